@@ -1,0 +1,79 @@
+"""The admin API: upload blobs, push, list and delete functions.
+
+A push is two steps, as with an OCI registry: upload each blob by its sha256 (``PUT /admin/v1/blobs/{digest}``,
+skipped when ``HEAD`` says the gateway has it), then ``PUT /admin/v1/functions/{name}`` with the digests. The
+second step validates everything and commits atomically, or changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+
+import anyio.to_thread
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway.oip import read_body, state_of
+from gateway.store import check_digest, check_name
+from wasm_host.errors import InvalidRequest
+
+MAX_PUSH_DOC = 64 * 1024
+
+
+async def head_blob(request: Request) -> Response:
+    digest = check_digest(request.path_params["digest"])
+    return Response(status_code=200 if state_of(request).store.has_blob(digest) else 404)
+
+
+async def put_blob(request: Request) -> Response:
+    state = state_of(request)
+    digest = check_digest(request.path_params["digest"])
+    limit = max(state.settings.max_module_bytes, state.settings.max_push_model_bytes)
+    created = await state.store.receive_upload(digest, request.stream(), limit)
+    return JSONResponse({"digest": f"sha256:{digest}"}, status_code=201 if created else 200)
+
+
+async def put_function(request: Request) -> Response:
+    state = state_of(request)
+    name = check_name(request.path_params["name"])
+    try:
+        doc = json.loads(await read_body(request, MAX_PUSH_DOC))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidRequest(f"push body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InvalidRequest('push body must be {"module": "sha256:..." | null, "models": {"alias": "sha256:..."}}')
+    module = doc.get("module")
+    if module is not None and not isinstance(module, str):
+        raise InvalidRequest("'module' must be a digest string or null")
+    models = doc.get("models") or {}
+    manifest = await anyio.to_thread.run_sync(state.registry.push, name, module, models)
+    return JSONResponse(manifest.to_json(), status_code=201)
+
+
+async def list_functions(request: Request) -> Response:
+    store = state_of(request).store
+    manifests = await anyio.to_thread.run_sync(store.manifests)
+    return JSONResponse({"functions": [m.to_json() for m in manifests]})
+
+
+async def get_function(request: Request) -> Response:
+    manifest = state_of(request).store.get(request.path_params["name"])
+    return JSONResponse(manifest.to_json())
+
+
+async def delete_function(request: Request) -> Response:
+    state = state_of(request)
+    manifest = await anyio.to_thread.run_sync(state.store.delete, request.path_params["name"])
+    state.registry.forget(manifest.name)
+    return JSONResponse({"deleted": manifest.name, "version": manifest.version})
+
+
+ROUTES = [
+    Route("/admin/v1/blobs/{digest}", head_blob, methods=["HEAD"]),
+    Route("/admin/v1/blobs/{digest}", put_blob, methods=["PUT"]),
+    Route("/admin/v1/functions", list_functions, methods=["GET"]),
+    Route("/admin/v1/functions/{name}", get_function, methods=["GET"]),
+    Route("/admin/v1/functions/{name}", put_function, methods=["PUT"]),
+    Route("/admin/v1/functions/{name}", delete_function, methods=["DELETE"]),
+]

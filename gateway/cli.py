@@ -1,0 +1,156 @@
+"""The ``wasm`` command: serve the gateway, and push, list and remove functions.
+
+Exit status: 0 on success, 1 when the gateway refused or could not be reached (the message says why), 2 for
+bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from gateway.client import DEFAULT_URL, AdminClient, ClientError
+from gateway.settings import Settings
+
+WASM_MAGIC = b"\0asm"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ClientError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:  # settings that do not parse
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wasm", description="wasmgate: a serverless WebAssembly inference gateway")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    _serve_flags(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    demo = sub.add_parser("demo", help="run the gateway with demo functions pushed (needs the dev extra)")
+    _serve_flags(demo)
+    demo.set_defaults(func=cmd_demo)
+
+    push = sub.add_parser("push", help="push an ONNX model, or a Wasm function with its models")
+    push.add_argument("file", type=Path, help="a .onnx model (served as is) or a .wasm function")
+    push.add_argument("--name", help="function name (default: the file name without its extension)")
+    push.add_argument("--model", action="append", default=[], metavar="ALIAS=FILE",
+                      help="a model the function may load by ALIAS (repeatable; .wasm functions only)")
+    _gateway_flag(push)
+    push.set_defaults(func=cmd_push)
+
+    ls = sub.add_parser("ls", help="list functions")
+    _gateway_flag(ls)
+    ls.set_defaults(func=cmd_ls)
+
+    rm = sub.add_parser("rm", help="delete a function")
+    rm.add_argument("name")
+    _gateway_flag(rm)
+    rm.set_defaults(func=cmd_rm)
+    return parser
+
+
+def _serve_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", help="interface to bind (default 127.0.0.1; env WASMGATE_HOST)")
+    p.add_argument("--port", type=int, help="port (default 8080; env WASMGATE_PORT)")
+    p.add_argument("--data-dir", type=Path, help="store directory (default ~/.local/share/wasmgate)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+
+def _gateway_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gateway", default=os.environ.get("WASMGATE_URL", DEFAULT_URL),
+                   help=f"gateway URL (default $WASMGATE_URL or {DEFAULT_URL})")
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    return Settings.from_env(host=args.host, port=args.port, data_dir=args.data_dir, log_level=args.log_level)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gateway.server import serve
+
+    serve(settings_from(args))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo import run_demo
+
+    return run_demo(settings_from(args))
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    data = _read(args.file)
+    name = args.name or re.sub(r"[^A-Za-z0-9._-]", "-", args.file.stem).strip("-.") or "function"
+    models: dict[str, bytes] = {}
+    for item in args.model:
+        alias, sep, path = item.partition("=")
+        if not sep or not alias or not path:
+            print(f"error: --model takes ALIAS=FILE, got {item!r}", file=sys.stderr)
+            return 2
+        models[alias] = _read(Path(path))
+    with AdminClient(args.gateway) as client:
+        if data[:4] == WASM_MAGIC:
+            result = client.push(name, data, models)
+        else:
+            if models:
+                print("error: --model is for .wasm functions; a bare ONNX model is pushed alone", file=sys.stderr)
+                return 2
+            result = client.push(name, None, {"model": data})
+    print(f"pushed {result['name']} version {result['version']} ({result['kind']})")
+    print(f"  infer: curl -X POST {args.gateway.rstrip('/')}/v2/models/{result['name']}/infer -d @request.json")
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    with AdminClient(args.gateway) as client:
+        functions = client.list()
+    rows = [("NAME", "VERSION", "KIND", "INPUTS", "OUTPUTS", "MODELS")]
+    for f in functions:
+        rows.append((
+            f["name"], str(f["version"]), f["kind"], _specs(f["inputs"]), _specs(f["outputs"]),
+            ",".join(f["models"]) or "-",
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    with AdminClient(args.gateway) as client:
+        result = client.delete(args.name)
+    print(f"deleted {result['deleted']} (was version {result['version']})")
+    return 0
+
+
+def _specs(specs: list[dict[str, object]] | None) -> str:
+    if specs is None:
+        return "?"
+    return ",".join(f"{s['name']}:{s['datatype']}{s['shape']}".replace(" ", "") for s in specs) or "-"
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ClientError(f"cannot read {path}: {exc.strerror}") from exc
+
+
+if __name__ == "__main__":
+    logging.basicConfig()
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""A small client for the admin API, used by the ``wasm`` CLI."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from wasm_host.errors import WasmgateError
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+class ClientError(WasmgateError):
+    """The gateway refused a call, or could not be reached. The message is the gateway's own."""
+
+
+class AdminClient:
+    def __init__(self, base_url: str, timeout: float = 300.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> AdminClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ClientError(
+                f"cannot reach the gateway at {self.base_url} ({exc}); is `wasm serve` running? "
+                "Set --gateway or WASMGATE_URL to point elsewhere."
+            ) from exc
+        if response.status_code >= 400 and method != "HEAD":
+            try:
+                message = response.json()["error"]
+            except (ValueError, KeyError, TypeError):
+                message = response.text[:500] or response.reason_phrase
+            raise ClientError(f"{response.status_code}: {message}")
+        return response
+
+    def upload(self, data: bytes) -> str:
+        """Upload a blob unless the gateway has it. Returns its digest (``sha256:<hex>``)."""
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        if self._call("HEAD", f"/admin/v1/blobs/{digest}").status_code != 200:
+            self._call("PUT", f"/admin/v1/blobs/{digest}", content=data,
+                       headers={"content-type": "application/octet-stream"})
+        return digest
+
+    def push(self, name: str, module: bytes | None, models: Mapping[str, bytes]) -> dict[str, Any]:
+        doc = {
+            "module": None if module is None else self.upload(module),
+            "models": {alias: self.upload(data) for alias, data in models.items()},
+        }
+        result: dict[str, Any] = self._call("PUT", f"/admin/v1/functions/{name}", json=doc).json()
+        return result
+
+    def list(self) -> list[dict[str, Any]]:
+        functions: list[dict[str, Any]] = self._call("GET", "/admin/v1/functions").json()["functions"]
+        return functions
+
+    def delete(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("DELETE", f"/admin/v1/functions/{name}").json()
+        return result

@@ -1,0 +1,247 @@
+"""The Open Inference Protocol v2 codec: JSON tensors and Triton's binary tensor extension, in and out.
+
+Parsing treats every body as hostile. Each failure is an :class:`InvalidRequest` whose message names the input
+and what to change; nothing here raises anything else for bad input.
+
+Binary extension (as Triton and ``tritonclient.http`` speak it): the body is a JSON header of
+``Inference-Header-Content-Length`` bytes followed by the raw input tensors in input order; an input carries
+``"parameters": {"binary_data_size": N}`` instead of ``data``. An output is answered in binary when it asks for
+``"parameters": {"binary_data": true}`` or the request sets ``"binary_data_output": true``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from wasm_host.errors import InvalidRequest, TooLarge
+from wasm_host.tensors import DTYPES, Tensor, expected_nbytes, join_bytes, split_bytes
+
+HEADER_LENGTH = "inference-header-content-length"
+MAX_DIMS = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestedOutput:
+    name: str
+    binary: bool | None  # None: not said per output; the request-level default applies
+
+
+@dataclasses.dataclass(frozen=True)
+class InferRequest:
+    id: str | None
+    parameters: dict[str, Any]
+    inputs: list[Tensor]
+    outputs: list[RequestedOutput] | None  # None: every output
+
+    @property
+    def binary_default(self) -> bool:
+        return self.parameters.get("binary_data_output") is True
+
+
+def parse_request(body: bytes, header_length: str | None, max_tensor_bytes: int) -> InferRequest:
+    """Parse an infer request body. ``header_length`` is the Inference-Header-Content-Length header, if any."""
+    if header_length is not None:
+        try:
+            n = int(header_length)
+        except ValueError:
+            raise InvalidRequest(f"Inference-Header-Content-Length {header_length[:40]!r} is not an integer") from None
+        if not 0 < n <= len(body):
+            raise InvalidRequest(
+                f"Inference-Header-Content-Length is {n} but the body has {len(body)} bytes"
+            )
+        head, binary = body[:n], memoryview(body)[n:]
+    else:
+        head, binary = body, memoryview(b"")
+    try:
+        doc = json.loads(head)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InvalidRequest("request body must be a JSON object with an 'inputs' list")
+    request_id = doc.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidRequest("'id' must be a string")
+    parameters = doc.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise InvalidRequest("'parameters' must be an object")
+    raw_inputs = doc.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise InvalidRequest("'inputs' must be a non-empty list of tensors")
+    inputs: list[Tensor] = []
+    offset = 0
+    for i, raw in enumerate(raw_inputs):
+        tensor, used = _parse_input(i, raw, binary[offset:], max_tensor_bytes)
+        offset += used
+        inputs.append(tensor)
+    if offset != len(binary):
+        raise InvalidRequest(
+            f"the binary section has {len(binary)} bytes but the inputs' binary_data_size add up to {offset}"
+        )
+    names = [t.name for t in inputs]
+    if len(set(names)) != len(names):
+        raise InvalidRequest(f"input names must be unique, got {names}")
+    return InferRequest(request_id, parameters, inputs, _parse_outputs(doc.get("outputs")))
+
+
+def _parse_input(i: int, raw: object, binary: memoryview, max_tensor_bytes: int) -> tuple[Tensor, int]:
+    if not isinstance(raw, dict):
+        raise InvalidRequest(f"inputs[{i}] must be an object with name, shape, datatype and data")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        raise InvalidRequest(f"inputs[{i}] needs a non-empty string 'name'")
+    where = f"input {name!r}"
+    datatype = raw.get("datatype")
+    if datatype not in DTYPES:
+        raise InvalidRequest(f"{where}: unknown datatype {datatype!r}; use one of {', '.join(DTYPES)}")
+    shape = raw.get("shape")
+    if (
+        not isinstance(shape, list)
+        or len(shape) > MAX_DIMS
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+    ):
+        raise InvalidRequest(f"{where}: 'shape' must be a list of at most {MAX_DIMS} non-negative integers")
+    dims = tuple(shape)
+    numel = math.prod(dims)
+    nbytes = expected_nbytes(datatype, dims)
+    if nbytes is not None and nbytes > max_tensor_bytes:
+        raise TooLarge(f"{where}: {nbytes} bytes exceeds the {max_tensor_bytes}-byte tensor limit")
+    params = raw.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise InvalidRequest(f"{where}: 'parameters' must be an object")
+    size = params.get("binary_data_size")
+    if size is not None:
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise InvalidRequest(f"{where}: binary_data_size must be a non-negative integer")
+        if size > len(binary):
+            raise InvalidRequest(
+                f"{where}: binary_data_size is {size} but only {len(binary)} bytes of binary data remain"
+            )
+        data = bytes(binary[:size])
+        if nbytes is not None and size != nbytes:
+            raise InvalidRequest(f"{where}: binary_data_size is {size}, shape {list(dims)} of {datatype} needs {nbytes}")
+        if nbytes is None:
+            try:
+                split_bytes(data, numel)
+            except ValueError as exc:
+                raise InvalidRequest(f"{where}: {exc}") from None
+        return Tensor(name, datatype, dims, data), size
+    if "data" not in raw:
+        raise InvalidRequest(f"{where}: needs 'data' (or parameters.binary_data_size with a binary body)")
+    return Tensor(name, datatype, dims, _json_data(where, datatype, dims, numel, raw["data"])), 0
+
+
+def _json_data(where: str, datatype: str, dims: Sequence[int], numel: int, data: object) -> bytes:
+    if datatype == "BYTES":
+        flat = _flatten(data)
+        if len(flat) != numel:
+            raise InvalidRequest(f"{where}: {len(flat)} elements of data for shape {list(dims)}")
+        if not all(isinstance(x, str) for x in flat):
+            raise InvalidRequest(f"{where}: BYTES data must be strings")
+        return join_bytes([x.encode() for x in flat])  # type: ignore[union-attr]
+    try:
+        arr = np.asarray(data)
+    except (ValueError, TypeError):
+        raise InvalidRequest(f"{where}: data is not a rectangular array of numbers") from None
+    if arr.size != numel:
+        raise InvalidRequest(f"{where}: {arr.size} elements of data for shape {list(dims)} ({numel} elements)")
+    kind = arr.dtype.kind if arr.size else "i"
+    if datatype == "BOOL":
+        ok = kind == "b"
+    elif datatype in ("FP16", "FP32", "FP64", "BF16"):
+        ok = kind in "iuf"
+    else:
+        ok = kind in "iu"
+    if not ok:
+        want = {"BOOL": "true/false"}.get(datatype, "integers" if datatype[0] in "IU" else "numbers")
+        raise InvalidRequest(f"{where}: {datatype} data must be {want}")
+    if datatype == "BF16":
+        bits = np.asarray(arr, dtype="<f4").reshape(-1).view("<u4")
+        return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype("<u2").tobytes()  # round to nearest even
+    target = np.dtype(DTYPES[datatype].numpy)
+    if target.kind in "iu" and arr.size:
+        info = np.iinfo(target)
+        if int(arr.min()) < info.min or int(arr.max()) > info.max:
+            raise InvalidRequest(f"{where}: a value is out of range for {datatype}")
+    return np.ascontiguousarray(arr, dtype=target).tobytes()
+
+
+def _flatten(data: object) -> list[object]:
+    if not isinstance(data, list):
+        return [data]
+    out: list[object] = []
+    stack: list[object] = [data]
+    while stack:  # iterative: a deeply nested body must not exhaust Python's recursion limit
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(reversed(item))
+        else:
+            out.append(item)
+    return out
+
+
+def _parse_outputs(raw: object) -> list[RequestedOutput] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list):
+        raise InvalidRequest("'outputs' must be a list of {name, parameters}")
+    out = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise InvalidRequest(f"outputs[{i}] must be an object with a string 'name'")
+        params = item.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise InvalidRequest(f"outputs[{i}]: 'parameters' must be an object")
+        binary = params.get("binary_data")
+        out.append(RequestedOutput(item["name"], binary if isinstance(binary, bool) else None))
+    return out
+
+
+def select_outputs(produced: Sequence[Tensor], request: InferRequest) -> list[tuple[Tensor, bool]]:
+    """The outputs to answer with, each with whether it goes in binary. Unknown names are a 400."""
+    default = request.binary_default
+    if request.outputs is None:
+        return [(t, default) for t in produced]
+    by_name = {t.name: t for t in produced}
+    unknown = [o.name for o in request.outputs if o.name not in by_name]
+    if unknown:
+        raise InvalidRequest(f"unknown output(s) {unknown}; this function produces {list(by_name)}")
+    return [(by_name[o.name], default if o.binary is None else o.binary) for o in request.outputs]
+
+
+def encode_response(
+    model_name: str, model_version: str, request: InferRequest, outputs: Sequence[tuple[Tensor, bool]]
+) -> tuple[bytes, Mapping[str, str]]:
+    """The response body and the headers it needs (Content-Type, and the header length when binary)."""
+    doc: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
+    if request.id is not None:
+        doc["id"] = request.id
+    raw: list[bytes] = []
+    entries = []
+    for tensor, binary in outputs:
+        entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
+        if binary:
+            entry["parameters"] = {"binary_data_size": len(tensor.data)}
+            raw.append(tensor.data)
+        else:
+            entry["data"] = _to_json_data(tensor)
+        entries.append(entry)
+    doc["outputs"] = entries
+    head = json.dumps(doc, separators=(",", ":")).encode()
+    if not raw:
+        return head, {"content-type": "application/json"}
+    return head + b"".join(raw), {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(head))}
+
+
+def _to_json_data(tensor: Tensor) -> list[Any]:
+    if tensor.datatype == "BYTES":
+        return [x.decode(errors="replace") for x in split_bytes(tensor.data)]
+    arr = np.frombuffer(tensor.data, dtype=DTYPES[tensor.datatype].numpy)
+    if tensor.datatype == "BF16":
+        arr = (arr.astype("<u4") << 16).view("<f4")
+    return arr.tolist()  # type: ignore[no-any-return]

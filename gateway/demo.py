@@ -1,0 +1,91 @@
+"""``wasm demo``: serve the gateway with demo functions already pushed, and print how to call them.
+
+The demo model is a logistic regression trained on scikit-learn's bundled digits data (8x8 images, pixel
+values 0-16, scaled to 0-1) and converted with skl2onnx, so the demo needs the ``dev`` extra and no network.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from gateway.client import AdminClient, ClientError
+from gateway.server import configure_logging, uvicorn_server
+from gateway.settings import Settings
+
+GUEST_BUILD = Path(__file__).resolve().parent.parent / "guest_modules" / "build"
+
+
+def train_digits() -> tuple[bytes, Any, Any]:
+    """(ONNX bytes, X_test as float32 scaled to 0-1, y_test) for a classifier of sklearn's digits.
+
+    The model has input ``input`` FP32 [-1, 64] and outputs ``label`` INT64 [-1] and ``probabilities``
+    FP32 [-1, 10]. Deterministic: a fixed split and a deterministic solver."""
+    try:
+        import numpy as np
+        from skl2onnx import to_onnx
+        from sklearn.datasets import load_digits
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.model_selection import train_test_split
+    except ImportError as exc:
+        raise ClientError(f"the demo model needs the dev extra (pip install -e '.[dev]'): {exc}") from exc
+    digits = load_digits()
+    x = (digits.data / 16.0).astype(np.float32)
+    x_train, x_test, y_train, y_test = train_test_split(x, digits.target, test_size=0.25, random_state=0)
+    clf = LogisticRegression(max_iter=2000).fit(x_train, y_train)
+    onx = to_onnx(clf, x_train[:1], options={"zipmap": False}, target_opset={"": 17, "ai.onnx.ml": 3})
+    onx.graph.input[0].name = "input"
+    for node in onx.graph.node:
+        node.input[:] = ["input" if i == "X" else i for i in node.input]
+    return onx.SerializeToString(), x_test, y_test
+
+
+def run_demo(settings: Settings) -> int:
+    configure_logging(settings)
+    model, x_test, y_test = train_digits()
+    server = uvicorn_server(settings)
+    thread = threading.Thread(target=server.run, name="wasmgate-server")
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            print("error: the gateway failed to start (see the log above)", file=sys.stderr)
+            return 1
+        time.sleep(0.05)
+    url = f"http://{settings.host}:{settings.port}"
+    try:
+        with AdminClient(url) as client:
+            client.push("digits", None, {"model": model})
+            top3 = GUEST_BUILD / "digits_topk.wasm"
+            if top3.exists():
+                client.push("digits-top3", top3.read_bytes(), {"digits": model})
+        _explain(url, x_test, y_test, top3.exists())
+        while thread.is_alive():
+            thread.join(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.should_exit = True
+        thread.join()
+    return 0
+
+
+def _explain(url: str, x_test: Any, y_test: Any, has_top3: bool) -> None:
+    row = [round(float(v), 4) for v in x_test[0]]
+    body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": row}]}
+    print(f"\nwasmgate demo is serving at {url}  (Ctrl-C stops it)\n")
+    print(f"digits: a bare ONNX classifier behind the passthrough guest. A test image of a {int(y_test[0])}:")
+    print(f"  curl -s {url}/v2/models/digits/infer -H 'content-type: application/json' \\\n"
+          f"    -d '{json.dumps(body)}'")
+    if has_top3:
+        raw = [round(float(v) * 16) for v in x_test[0]]
+        body = {"inputs": [{"name": "images", "shape": [1, 64], "datatype": "UINT8", "data": raw}]}
+        print("\ndigits-top3: a custom C function (raw 0-16 pixels in, top-3 labels and probabilities out):")
+        print(f"  curl -s {url}/v2/models/digits-top3/infer -H 'content-type: application/json' \\\n"
+              f"    -d '{json.dumps(body)}'")
+    else:
+        print("\n(build the example functions with `python guest_modules/build.py` to get digits-top3 too)")
+    print(f"\nMetadata: curl -s {url}/v2/models/digits    Functions: wasm ls --gateway {url}\n", flush=True)

@@ -1,0 +1,103 @@
+"""The one settings object: frozen, built once from ``WASMGATE_*`` environment variables and CLI flags, and
+passed down. Nothing reads the environment anywhere else, and nothing reads it at import time.
+
+Every field of :class:`Settings` and of the sandbox's :class:`~wasm_host.engine.SandboxLimits` can be set with
+``WASMGATE_<FIELD NAME IN UPPER CASE>``, e.g. ``WASMGATE_PORT=9000`` or ``WASMGATE_DEADLINE_MS=500``. CLI flags
+win over the environment; the environment wins over the defaults below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from wasm_host.engine import MiB, SandboxLimits
+
+ENV_PREFIX = "WASMGATE_"
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+def default_data_dir(environ: Mapping[str, str]) -> Path:
+    base = environ.get("XDG_DATA_HOME") or str(Path(environ.get("HOME", ".")) / ".local" / "share")
+    return Path(base) / "wasmgate"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    #: Interface to bind. Loopback by default: expose the gateway deliberately, behind a proxy or with care.
+    host: str = "127.0.0.1"
+    port: int = 8080
+    #: The embedded store: content-addressed blobs, one manifest per function, and the compile cache.
+    data_dir: Path = Path("wasmgate-data")
+    log_level: LogLevel = "info"
+    #: Largest request body accepted at the inference endpoint (and for one uploaded blob at push).
+    max_body_bytes: int = 64 * MiB
+    #: Largest Wasm module accepted at push.
+    max_module_bytes: int = 32 * MiB
+    #: Largest ONNX model accepted at push.
+    max_push_model_bytes: int = 512 * MiB
+    #: How many functions the store may hold.
+    max_functions: int = 1000
+    #: Idle instances kept ready per function; instances beyond this are dropped after their request.
+    pool_max_idle: int = 4
+    #: onnxruntime intra-op threads per session run. 1 suits many concurrent small requests.
+    ort_intra_op_threads: int = 1
+    #: Threads that run guests; bounds how many requests execute at once in this process.
+    worker_threads: int = 8
+    #: The sandbox's limits (deadline, memory, tensor and model sizes); defaults live in wasm_host.engine.
+    sandbox: SandboxLimits = dataclasses.field(default_factory=SandboxLimits)
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from ``environ`` (default ``os.environ``), then ``overrides`` (CLI flags; None is skipped).
+
+        Raises ValueError naming the variable when a value does not parse.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {"data_dir": default_data_dir(env)}
+        sandbox: dict[str, Any] = {}
+        for target, fields in ((values, cls._own_fields()), (sandbox, dataclasses.fields(SandboxLimits))):
+            for f in fields:
+                raw = env.get(ENV_PREFIX + f.name.upper())
+                if raw is not None:
+                    target[f.name] = _parse(f, raw)
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            if key in SandboxLimits.__dataclass_fields__:
+                sandbox[key] = value
+            else:
+                values[key] = value
+        values["sandbox"] = SandboxLimits(**sandbox)
+        return cls(**values)
+
+    @classmethod
+    def _own_fields(cls) -> list[dataclasses.Field[Any]]:
+        return [f for f in dataclasses.fields(cls) if f.name != "sandbox"]
+
+
+def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
+    name = ENV_PREFIX + f.name.upper()
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    try:
+        if kind == "int":
+            value = int(raw)
+            if value < 0:
+                raise ValueError("must not be negative")
+            return value
+        if kind == "Path":
+            return Path(raw)
+        if kind == "LogLevel":
+            if raw not in get_args(LogLevel):
+                raise ValueError(f"must be one of {', '.join(get_args(LogLevel))}")
+            return raw
+        return raw
+    except ValueError as exc:
+        raise ValueError(f"{name}={raw!r}: {exc}") from exc

@@ -1,0 +1,259 @@
+"""The embedded function store: content-addressed blobs plus one JSON manifest per function, on local disk.
+
+Layout under the data directory::
+
+    blobs/sha256/<hex>        immutable blobs (Wasm modules, ONNX models), named by their sha256
+    uploads/<hex>             blobs uploaded for a push that has not been committed yet
+    functions/<name>.json     the current manifest of each function
+    cache/                    the engine's compile cache (owned by wasm_host.engine)
+
+Every write goes to a temporary file in the same directory, is fsynced, and is renamed into place, so a reader
+(another worker process, or the gateway after a crash) sees either the old file or the new one. A push commits
+in one rename of its manifest: blobs are moved into ``blobs/`` first, and until the manifest lands nothing
+refers to them. Writers serialise on an ``flock`` so concurrent pushes from several processes cannot interleave
+their version numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import re
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from wasm_host.errors import InvalidRequest, NotFound, TooLarge
+from wasm_host.tensors import TensorSpec
+
+NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,126}[A-Za-z0-9])?")
+DIGEST_RE = re.compile(r"(?:sha256:)?([0-9a-f]{64})")
+UPLOAD_TTL_S = 3600
+Kind = Literal["passthrough", "custom"]
+
+
+def check_name(name: str) -> str:
+    """Function names are 1-128 characters of letters, digits, '.', '_' and '-', starting and ending with a
+    letter or digit, and without '..': safe as a file name and as a URL path segment."""
+    if not NAME_RE.fullmatch(name) or ".." in name:
+        shown = name if len(name) <= 64 else name[:64] + "..."
+        raise InvalidRequest(
+            f"invalid function name {shown!r}: use 1-128 letters, digits, '.', '_' or '-', "
+            "starting and ending with a letter or digit"
+        )
+    return name
+
+
+def check_digest(digest: str) -> str:
+    m = DIGEST_RE.fullmatch(digest)
+    if not m:
+        raise InvalidRequest(f"invalid digest {digest[:80]!r}: expected sha256:<64 lowercase hex digits>")
+    return m.group(1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    """What a function is: its module, the models it may load by alias, and its declared tensors."""
+
+    name: str
+    version: int
+    kind: Kind
+    module: str  # sha256 hex of the Wasm module
+    models: dict[str, str]  # alias -> sha256 hex of the ONNX model
+    inputs: list[TensorSpec] | None  # None: the function declares no signature
+    outputs: list[TensorSpec] | None
+    created: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "kind": self.kind,
+            "module": f"sha256:{self.module}",
+            "models": {alias: f"sha256:{d}" for alias, d in self.models.items()},
+            "inputs": None if self.inputs is None else [s.to_json() for s in self.inputs],
+            "outputs": None if self.outputs is None else [s.to_json() for s in self.outputs],
+            "created": self.created,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Manifest:
+        def specs(key: str) -> list[TensorSpec] | None:
+            raw = doc.get(key)
+            return None if raw is None else [TensorSpec.from_json(x) for x in raw]
+
+        return cls(
+            name=doc["name"],
+            version=int(doc["version"]),
+            kind=doc["kind"],
+            module=check_digest(doc["module"]),
+            models={alias: check_digest(d) for alias, d in doc["models"].items()},
+            inputs=specs("inputs"),
+            outputs=specs("outputs"),
+            created=float(doc.get("created", 0.0)),
+        )
+
+
+class LocalStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.blobs = root / "blobs" / "sha256"
+        self.uploads = root / "uploads"
+        self.functions = root / "functions"
+        for d in (self.blobs, self.uploads, self.functions):
+            d.mkdir(parents=True, exist_ok=True)
+        self._lock_path = root / ".lock"
+
+    # -- blobs ---------------------------------------------------------------------------------------------
+    def blob_path(self, digest: str) -> Path:
+        return self.blobs / digest
+
+    def read_blob(self, digest: str) -> bytes:
+        return self.blob_path(digest).read_bytes()
+
+    def upload_path(self, digest: str) -> Path:
+        return self.uploads / digest
+
+    def has_blob(self, digest: str) -> bool:
+        return self.blob_path(digest).exists() or self.upload_path(digest).exists()
+
+    def read_staged(self, digest: str) -> bytes:
+        """A blob by digest, from the store or from pending uploads. Raises InvalidRequest if neither has it."""
+        for path in (self.blob_path(digest), self.upload_path(digest)):
+            with contextlib.suppress(FileNotFoundError):
+                return path.read_bytes()
+        raise InvalidRequest(f"blob sha256:{digest} was never uploaded; upload it before pushing the function")
+
+    async def receive_upload(self, digest: str, chunks: AsyncIterator[bytes], limit: int) -> bool:
+        """Stream an upload to ``uploads/``, verifying its sha256 and size. Returns False when the store
+        already holds the blob (the body is still drained and checked)."""
+        fd, tmp = tempfile.mkstemp(dir=self.uploads, prefix=".tmp-")
+        h = hashlib.sha256()
+        size = 0
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                async for chunk in chunks:
+                    size += len(chunk)
+                    if size > limit:
+                        raise TooLarge(f"upload exceeds {limit} bytes (setting max_body_bytes)")
+                    h.update(chunk)
+                    fh.write(chunk)
+                fh.flush()
+                os.fsync(fh.fileno())
+            if h.hexdigest() != digest:
+                raise InvalidRequest(f"uploaded bytes have sha256:{h.hexdigest()}, not the sha256:{digest} named")
+            if self.blob_path(digest).exists():
+                return False
+            os.replace(tmp, self.upload_path(digest))
+            return True
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+    def stage(self, data: bytes) -> str:
+        """Stage bytes the gateway itself provides (the built-in passthrough module). Returns the digest."""
+        digest = hashlib.sha256(data).hexdigest()
+        if not self.has_blob(digest):
+            _atomic_write(self.upload_path(digest), data)
+        return digest
+
+    def prune_uploads(self, older_than_s: float = UPLOAD_TTL_S) -> int:
+        """Remove uploads no push committed within ``older_than_s``. Returns how many were removed."""
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for path in self.uploads.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+        return removed
+
+    # -- manifests -----------------------------------------------------------------------------------------
+    def _manifest_path(self, name: str) -> Path:
+        return self.functions / f"{check_name(name)}.json"
+
+    def get(self, name: str) -> Manifest:
+        try:
+            doc = json.loads(self._manifest_path(name).read_text())
+        except FileNotFoundError:
+            raise NotFound(f"function {name!r} not found") from None
+        return Manifest.from_json(doc)
+
+    def stamp(self, name: str) -> tuple[int, int] | None:
+        """A cheap change marker for ``name``'s manifest (inode, mtime), or None when it does not exist."""
+        try:
+            st = self._manifest_path(name).stat()
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_mtime_ns
+
+    def manifests(self) -> list[Manifest]:
+        out = []
+        for path in sorted(self.functions.glob("*.json")):
+            with contextlib.suppress(FileNotFoundError):
+                out.append(Manifest.from_json(json.loads(path.read_text())))
+        return out
+
+    def commit(self, manifest: Manifest, max_functions: int) -> Manifest:
+        """Make ``manifest`` the function's current version: move its staged blobs into the store, then
+        write the manifest atomically. Returns it with its version and time set."""
+        with self._locked():
+            path = self._manifest_path(manifest.name)
+            previous = None
+            with contextlib.suppress(FileNotFoundError):
+                previous = Manifest.from_json(json.loads(path.read_text()))
+            if previous is None and sum(1 for _ in self.functions.glob("*.json")) >= max_functions:
+                raise TooLarge(f"the store holds {max_functions} functions already (setting max_functions)")
+            for digest in (manifest.module, *manifest.models.values()):
+                staged = self.upload_path(digest)
+                if not self.blob_path(digest).exists():
+                    os.replace(staged, self.blob_path(digest))
+                    _fsync_dir(self.blobs)
+            final = dataclasses.replace(
+                manifest, version=(previous.version + 1 if previous else 1), created=time.time()
+            )
+            _atomic_write(path, json.dumps(final.to_json(), indent=1).encode())
+            return final
+
+    def delete(self, name: str) -> Manifest:
+        with self._locked():
+            manifest = self.get(name)
+            self._manifest_path(name).unlink()
+            _fsync_dir(self.functions)
+            return manifest
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with open(self._lock_path, "a+b") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

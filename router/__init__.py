@@ -1,0 +1,1 @@
+"""Deciding where a request runs, and running it there. Today: the local Wasm tier."""

@@ -1,0 +1,170 @@
+"""The shared wasmtime engine: sandbox defaults, the epoch ticker, and the on-disk compile cache.
+
+Every sandbox default lives here, in :class:`SandboxLimits`. The gateway's settings may override them; nothing
+else may. One :class:`WasmEngine` serves the whole process: a wasmtime ``Engine``, ``Module`` and
+``InstancePre`` are safe to share across threads, a ``Store`` is not (each instance owns one).
+
+Deadlines use epoch interruption: a daemon thread bumps the engine's epoch every ``epoch_tick_ms``, and each
+call into a guest sets its store's deadline in ticks, so a guest looping past its deadline traps with
+``TrapCode.INTERRUPT``. Time spent inside host calls (an onnxruntime run) is not interruptible; the host caps
+tensor and model sizes instead.
+
+The compile cache keeps ``Module.serialize()`` artifacts keyed by the module's sha256 and by the wasmtime
+version plus the engine configuration they were built for. An artifact is executable code, so each is stored
+with its own sha256 and checked before ``Module.deserialize``: a corrupted entry is rebuilt, never run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import tempfile
+import threading
+from importlib.metadata import version
+from pathlib import Path
+
+import wasmtime
+
+from wasm_host.errors import InvalidFunction
+
+log = logging.getLogger("wasmgate.engine")
+
+MiB = 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class SandboxLimits:
+    """Limits that every guest instance runs under. These are the defaults; settings may override them."""
+
+    #: Wall-clock budget for one call into the guest (``_initialize`` or ``handle``), in milliseconds.
+    deadline_ms: int = 2000
+    #: Granularity of deadlines: the ticker bumps the epoch this often. Deadlines round up to a tick.
+    epoch_tick_ms: int = 5
+    #: Linear memory an instance may grow to; ``memory.grow`` past it fails (malloc returns NULL).
+    memory_limit_bytes: int = 128 * MiB
+    #: Native stack a guest may use before it traps with a stack overflow.
+    max_wasm_stack_bytes: int = 1 * MiB
+    #: Largest tensor the host copies across the boundary in ``set_input`` or ``get_output``.
+    max_tensor_bytes: int = 64 * MiB
+    #: Largest model a guest may hand to ``load`` as bytes.
+    max_model_bytes: int = 256 * MiB
+
+    def deadline_ticks(self, deadline_ms: int | None = None) -> int:
+        """Ticks to allow for ``deadline_ms`` (default: this config's), rounded up, plus one for the tick in
+        progress: a deadline is never shorter than asked, and at most one tick longer."""
+        ms = self.deadline_ms if deadline_ms is None else deadline_ms
+        return -(-ms // self.epoch_tick_ms) + 1
+
+
+class WasmEngine:
+    """One wasmtime engine with the sandbox configuration, its epoch ticker and its compile cache.
+
+    Use as a context manager, or call :meth:`start` and :meth:`close`: the ticker must run for deadlines to
+    fire, and a store with epoch interruption traps at once if no deadline is set.
+    """
+
+    def __init__(self, limits: SandboxLimits, cache_dir: Path) -> None:
+        self.limits = limits
+        config = wasmtime.Config()
+        config.epoch_interruption = True
+        config.max_wasm_stack = limits.max_wasm_stack_bytes
+        config.cranelift_opt_level = "speed"
+        # Guests are single-threaded WASI modules; shared memory would let one outlive its store's limits.
+        config.wasm_threads = False
+        config.shared_memory = False
+        self.engine = wasmtime.Engine(config)
+        # The artifact format depends on the wasmtime version and on codegen settings; both go in the key.
+        tag = hashlib.sha256(f"epoch=1;stack={limits.max_wasm_stack_bytes};opt=speed".encode()).hexdigest()[:12]
+        self.cache_dir = cache_dir / f"wasmtime-{version('wasmtime')}-{tag}"
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+    def start(self) -> WasmEngine:
+        if self._ticker is None:
+            self._stop.clear()
+            self._ticker = threading.Thread(target=self._tick, name="wasmgate-epoch", daemon=True)
+            self._ticker.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join(timeout=1)
+            self._ticker = None
+
+    def __enter__(self) -> WasmEngine:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _tick(self) -> None:
+        interval = self.limits.epoch_tick_ms / 1000
+        while not self._stop.wait(interval):
+            self.engine.increment_epoch()
+
+    # -- compilation ---------------------------------------------------------------------------------------
+    def compile(self, wasm: bytes, digest: str) -> wasmtime.Module:
+        """Compile ``wasm`` (whose sha256 is ``digest``), or load it from the compile cache.
+
+        Raises :class:`InvalidFunction` when the bytes are not a valid module for this engine.
+        """
+        cached = self.load_cached(digest)
+        if cached is not None:
+            return cached
+        try:
+            module = wasmtime.Module(self.engine, wasm)
+        except wasmtime.WasmtimeError as exc:
+            raise InvalidFunction(f"not a valid WebAssembly module: {_first_line(exc)}") from exc
+        self._store_cached(digest, bytes(module.serialize()))
+        return module
+
+    def load_cached(self, digest: str) -> wasmtime.Module | None:
+        """The cached compiled module for ``digest``, or None when absent or corrupted (then it is removed)."""
+        path = self.cache_dir / f"{digest}.cwasm"
+        try:
+            blob = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        checksum, artifact = blob[:32], blob[32:]
+        if hashlib.sha256(artifact).digest() != checksum:
+            log.warning("compile cache entry %s is corrupted; rebuilding it", path.name)
+            path.unlink(missing_ok=True)
+            return None
+        try:
+            return wasmtime.Module.deserialize(self.engine, artifact)
+        except wasmtime.WasmtimeError as exc:  # e.g. written by an incompatible build with the same key
+            log.warning("compile cache entry %s is unusable (%s); rebuilding it", path.name, _first_line(exc))
+            path.unlink(missing_ok=True)
+            return None
+
+    def _store_cached(self, digest: str, artifact: bytes) -> None:
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(hashlib.sha256(artifact).digest())
+                fh.write(artifact)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.cache_dir / f"{digest}.cwasm")
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def new_store(self) -> wasmtime.Store:
+        """A store with this engine's memory limit and an empty WASI context: no preopened directories,
+        no arguments, no environment, stdio discarded, and (WASI preview 1 has none without preopened
+        sockets) no network."""
+        store = wasmtime.Store(self.engine)
+        store.set_limits(memory_size=self.limits.memory_limit_bytes, instances=1, tables=1, memories=1)
+        store.set_wasi(wasmtime.WasiConfig())
+        return store
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,65 @@
+"""The one exception tree of wasmgate.
+
+It lives in the lowest layer so that every layer can raise from it without importing upward; the gateway maps
+it to HTTP in one place (``gateway.errors``)::
+
+    WasmgateError
+    ├── InvalidRequest        bad input from the caller: body, tensors, parameters          -> 400
+    │   └── InvalidFunction   a push that cannot be accepted: bad module, bad model, bad name -> 400
+    ├── Unauthorized          a missing or wrong token                                       -> 401
+    ├── NotFound              no such function                                              -> 404
+    ├── TooLarge              a body, tensor, model or module past its configured limit      -> 413
+    ├── Unavailable           no capacity or not ready; may carry a retry hint              -> 503
+    └── GuestFailure          the function itself failed                                    -> 500
+        ├── GuestTrap         the guest trapped (unreachable, out of bounds, stack, memory)  -> 500
+        └── DeadlineExceeded  the guest ran past its deadline and was interrupted           -> 504
+
+Foreign exceptions (wasmtime traps, onnxruntime errors, OS errors) are translated where they enter, with
+``raise ... from exc``, so nothing outside this tree reaches the HTTP edge as a known failure.
+"""
+
+from __future__ import annotations
+
+
+class WasmgateError(Exception):
+    """Base of every error wasmgate raises on purpose. ``str(err)`` is safe to show to the caller."""
+
+
+class InvalidRequest(WasmgateError):
+    """The caller's input cannot be served as sent: the message says what to change."""
+
+
+class InvalidFunction(InvalidRequest):
+    """A push was refused. The store is left exactly as it was."""
+
+
+class Unauthorized(WasmgateError):
+    """The request lacks a valid bearer token."""
+
+
+class NotFound(WasmgateError):
+    """The named function (or version) does not exist."""
+
+
+class TooLarge(WasmgateError):
+    """Something exceeded a configured size limit; the message names the limit and its setting."""
+
+
+class Unavailable(WasmgateError):
+    """The gateway cannot take the request now. ``retry_after`` is a hint in seconds, if known."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class GuestFailure(WasmgateError):
+    """The function failed while serving the request (it reported a failure, or its output was malformed)."""
+
+
+class GuestTrap(GuestFailure):
+    """The guest trapped. The instance that trapped is discarded and never reused."""
+
+
+class DeadlineExceeded(GuestFailure):
+    """The guest ran past its deadline and was interrupted by the engine's epoch ticker."""

@@ -1,0 +1,227 @@
+"""One guest: checking a module against the function ABI, and running requests through an instance of it.
+
+An instance owns one wasmtime ``Store`` and must be used by one thread at a time. After a trap it is marked
+unhealthy and must be discarded: its memory may hold a half-written state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+
+import wasmtime
+
+from wasm_host.abi import STATUS_INVALID, STATUS_OK, decode_response, encode_request, unpack_result
+from wasm_host.engine import WasmEngine
+from wasm_host.errors import DeadlineExceeded, GuestFailure, GuestTrap, InvalidFunction, InvalidRequest
+from wasm_host.memory import GuestMemory, OutOfBounds
+from wasm_host.onnx_backend import ModelRef, OnnxBackend
+from wasm_host.tensors import Tensor, TensorSpec
+from wasm_host.wasi_nn import MODULE as NN_MODULE
+from wasm_host.wasi_nn import SIGNATURES as NN_SIGNATURES
+from wasm_host.wasi_nn import NnState, WasiNnHost
+
+log = logging.getLogger("wasmgate.guest")
+
+WASI_MODULE = "wasi_snapshot_preview1"
+MAX_MESSAGE = 4096
+MAX_SIGNATURE = 64 * 1024
+
+#: Required and optional exports: name -> (params, results) as wasm value type names; None for the memory.
+REQUIRED_EXPORTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]] | None] = {
+    "memory": None,
+    "alloc": (("i32",), ("i32",)),
+    "handle": (("i32", "i32"), ("i64",)),
+}
+OPTIONAL_EXPORTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "_initialize": ((), ()),
+    "signature": ((), ("i32",)),
+}
+
+
+def _functype(ty: object) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    if not isinstance(ty, wasmtime.FuncType):
+        return None
+    return tuple(str(p) for p in ty.params), tuple(str(r) for r in ty.results)
+
+
+def check_abi(module: wasmtime.Module) -> None:
+    """Refuse a module that does not follow the function ABI, naming every problem at once."""
+    problems: list[str] = []
+    for imp in module.imports:
+        if imp.module == WASI_MODULE:
+            continue
+        if imp.module == NN_MODULE and imp.name in NN_SIGNATURES:
+            arity = NN_SIGNATURES[imp.name]
+            if _functype(imp.type) != (("i32",) * arity, ("i32",)):
+                problems.append(f"import {NN_MODULE}.{imp.name} has the wrong type")
+            continue
+        problems.append(
+            f"import {imp.module}.{imp.name} is not allowed (only {WASI_MODULE} and the six {NN_MODULE} functions)"
+        )
+    exports = {e.name: e.type for e in module.exports}
+    for name, want in REQUIRED_EXPORTS.items():
+        if name not in exports:
+            problems.append(f"missing export {name!r}")
+        elif want is None:
+            if not isinstance(exports[name], wasmtime.MemoryType):
+                problems.append(f"export {name!r} must be a memory")
+        elif _functype(exports[name]) != want:
+            problems.append(f"export {name!r} must have type {_show(want)}")
+    for name, want in OPTIONAL_EXPORTS.items():
+        if name in exports and _functype(exports[name]) != want:
+            problems.append(f"export {name!r} must have type {_show(want)}")
+    if problems:
+        raise InvalidFunction("module does not follow the wasmgate function ABI: " + "; ".join(problems))
+
+
+def _show(sig: tuple[tuple[str, ...], tuple[str, ...]]) -> str:
+    return f"({', '.join(sig[0])}) -> ({', '.join(sig[1])})"
+
+
+class FunctionImage:
+    """A compiled, ABI-checked function, ready to instantiate many times: its ``InstancePre`` and the
+    models it may load by name."""
+
+    def __init__(
+        self,
+        engine: WasmEngine,
+        nn_host: WasiNnHost,
+        backend: OnnxBackend,
+        pre: wasmtime.InstancePre,
+        models: Mapping[str, ModelRef],
+    ) -> None:
+        self.engine = engine
+        self.nn_host = nn_host
+        self.backend = backend
+        self.pre = pre
+        self.models = dict(models)
+
+    def instantiate(self) -> GuestInstance:
+        return GuestInstance(self)
+
+
+class GuestInstance:
+    """A live instance. Construction runs ``_initialize`` under the deadline."""
+
+    def __init__(self, image: FunctionImage) -> None:
+        self.limits = image.engine.limits
+        self.healthy = True
+        self.requests = 0
+        self._nn_host = image.nn_host
+        self._store = image.engine.new_store()
+        self.nn = NnState(image.backend, image.models, self.limits)
+        self._store.set_epoch_deadline(self.limits.deadline_ticks())
+        with self._guard("instantiation"):
+            instance = image.pre.instantiate(self._store)
+        exports = instance.exports(self._store)
+        memory = exports["memory"]
+        assert isinstance(memory, wasmtime.Memory)  # check_abi guarantees it
+        self.memory = GuestMemory(self._store, memory)
+        self.nn.attach(self.memory)
+        self._alloc = exports["alloc"]
+        self._handle = exports["handle"]
+        self._signature = exports.get("signature")
+        init = exports.get("_initialize")
+        if isinstance(init, wasmtime.Func):
+            self._call("_initialize", init)
+
+    # -- calling into the guest ----------------------------------------------------------------------------
+    def _guard(self, what: str) -> _TrapGuard:
+        return _TrapGuard(self, what)
+
+    def _call(self, what: str, func: object, *args: int, deadline_ms: int | None = None) -> int:
+        assert isinstance(func, wasmtime.Func)
+        self._store.set_epoch_deadline(self.limits.deadline_ticks(deadline_ms))
+        with self._guard(what), self._nn_host.bind(self.nn):
+            result = func(self._store, *args)
+        return int(result) if result is not None else 0
+
+    def signature(self) -> tuple[list[TensorSpec], list[TensorSpec]] | None:
+        """The function's declared (inputs, outputs), from its optional ``signature`` export."""
+        if self._signature is None:
+            return None
+        ptr = self._call("signature", self._signature)
+        raw = self._read_cstring(ptr, MAX_SIGNATURE)
+        try:
+            doc = json.loads(raw)
+            inputs = [TensorSpec.from_json(x) for x in doc.get("inputs", [])]
+            outputs = [TensorSpec.from_json(x) for x in doc.get("outputs", [])]
+        except (ValueError, AttributeError, TypeError) as exc:
+            raise InvalidFunction(f"the module's signature() is not a valid signature document: {exc}") from exc
+        return inputs, outputs
+
+    def handle(
+        self, inputs: Sequence[Tensor], outputs: Sequence[TensorSpec], deadline_ms: int | None = None
+    ) -> list[Tensor]:
+        """Serve one request. Raises InvalidRequest (the function rejected the input), GuestFailure,
+        GuestTrap or DeadlineExceeded."""
+        request = encode_request(inputs, outputs)
+        self.requests += 1
+        self.nn.last_error = None
+        ptr = self._call("alloc", self._alloc, len(request), deadline_ms=deadline_ms) & 0xFFFFFFFF
+        if ptr == 0:
+            raise GuestFailure(f"the function could not allocate {len(request)} bytes for the request")
+        try:
+            self.memory.write(ptr, request)
+        except OutOfBounds as exc:
+            self.healthy = False
+            raise GuestFailure(f"the function's alloc returned an invalid buffer: {exc}") from exc
+        result = self._call("handle", self._handle, ptr, len(request), deadline_ms=deadline_ms)
+        status, out_ptr, out_len = unpack_result(result)
+        try:
+            body = self.memory.read(out_ptr, out_len)
+        except OutOfBounds as exc:
+            self.healthy = False
+            raise GuestFailure(f"the function returned a result outside its memory: {exc}") from exc
+        if status == STATUS_OK:
+            return decode_response(body)
+        message = body[:MAX_MESSAGE].decode(errors="replace") or "no message"
+        if self.nn.last_error:
+            message = f"{message} (wasi-nn: {self.nn.last_error})"
+        if status == STATUS_INVALID:
+            raise InvalidRequest(f"the function rejected the request: {message}")
+        raise GuestFailure(f"the function failed: {message}")
+
+    def _read_cstring(self, ptr: int, limit: int) -> str:
+        try:
+            size = self.memory.size
+            ptr &= 0xFFFFFFFF
+            chunk = self.memory.read(ptr, min(limit, max(0, size - ptr)))
+        except OutOfBounds as exc:
+            raise InvalidFunction(f"signature() returned an invalid pointer: {exc}") from exc
+        end = chunk.find(b"\0")
+        if end < 0:
+            raise InvalidFunction(f"signature() did not return a NUL-terminated string within {limit} bytes")
+        return chunk[:end].decode(errors="replace")
+
+
+class _TrapGuard:
+    """Translates wasmtime traps and errors into the exception tree, and marks the instance unhealthy."""
+
+    def __init__(self, instance: GuestInstance, what: str) -> None:
+        self.instance = instance
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        if exc is None or not isinstance(exc, wasmtime.WasmtimeError | wasmtime.Trap):
+            return
+        self.instance.healthy = False
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else type(exc).__name__
+        if isinstance(exc, wasmtime.Trap) and exc.trap_code == wasmtime.TrapCode.INTERRUPT:
+            ms = self.instance.limits.deadline_ms
+            raise DeadlineExceeded(f"the function ran past its deadline ({ms} ms) in {self.what}") from exc
+        log.info("guest trapped in %s: %s", self.what, text)
+        raise GuestTrap(f"the function trapped in {self.what}: {_trap_reason(exc, first)}") from exc
+
+
+def _trap_reason(exc: BaseException, first: str) -> str:
+    code = getattr(exc, "trap_code", None)
+    if isinstance(code, wasmtime.TrapCode):
+        return code.name.lower().replace("_", " ")
+    return first

@@ -1,0 +1,50 @@
+"""The sandbox host: one engine, one onnxruntime backend, one linker with WASI and WASI-NN.
+
+:meth:`Host.prepare` turns module bytes plus a model allowlist into a :class:`FunctionImage`; everything
+expensive (compilation, ABI checks, linking) happens there, at push or at start-up, never per request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import wasmtime
+
+from wasm_host.engine import SandboxLimits, WasmEngine
+from wasm_host.errors import InvalidFunction
+from wasm_host.guest import FunctionImage, check_abi
+from wasm_host.onnx_backend import ModelRef, OnnxBackend
+from wasm_host.wasi_nn import WasiNnHost
+
+
+class Host:
+    def __init__(self, limits: SandboxLimits, cache_dir: Path, intra_op_threads: int = 1) -> None:
+        self.engine = WasmEngine(limits, cache_dir)
+        self.backend = OnnxBackend(intra_op_threads)
+        self.nn_host = WasiNnHost()
+        self.linker = wasmtime.Linker(self.engine.engine)
+        self.linker.define_wasi()
+        self.nn_host.define(self.linker)
+
+    @property
+    def limits(self) -> SandboxLimits:
+        return self.engine.limits
+
+    def start(self) -> Host:
+        self.engine.start()
+        return self
+
+    def close(self) -> None:
+        self.engine.close()
+
+    def prepare(self, wasm: bytes, digest: str, models: Mapping[str, ModelRef]) -> FunctionImage:
+        """Compile (or load from the compile cache), check the ABI, and link. Raises InvalidFunction."""
+        module = self.engine.compile(wasm, digest)
+        check_abi(module)
+        try:
+            pre = self.linker.instantiate_pre(module)
+        except wasmtime.WasmtimeError as exc:  # e.g. a WASI import that does not exist in preview 1
+            first = str(exc).strip().splitlines()[0]
+            raise InvalidFunction(f"module cannot be linked against WASI preview 1 and WASI-NN: {first}") from exc
+        return FunctionImage(self.engine, self.nn_host, self.backend, pre, models)

@@ -1,0 +1,112 @@
+"""The onnxruntime backend behind WASI-NN: graphs (sessions) cached by the sha256 of the model bytes.
+
+One loaded model is one :class:`OnnxGraph`, shared by every instance that loads the same bytes, by name or by
+``load``. The cache holds graphs weakly: a graph lives as long as some function runtime or guest instance holds
+it, so dropping a function's runtime releases its sessions without any bookkeeping here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import threading
+import weakref
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from wasm_host.errors import InvalidFunction
+from wasm_host.tensors import DYNAMIC, ONNX_TYPES, TensorSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRef:
+    """A model a function may load by name: its content digest and where its bytes are."""
+
+    digest: str
+    path: Path
+
+
+@dataclasses.dataclass(frozen=True)
+class IOInfo:
+    """One graph input or output. ``datatype`` is the OIP name, or None when it is not a tensor
+    (a ZipMap's sequence of maps, say); -1 marks a dimension not fixed by the graph."""
+
+    name: str
+    onnx_type: str
+    datatype: str | None
+    shape: tuple[int, ...]
+
+    def spec(self) -> TensorSpec:
+        if self.datatype is None:
+            raise ValueError(f"{self.name!r} is a {self.onnx_type}, not a tensor")
+        return TensorSpec(self.name, self.datatype, self.shape)
+
+
+class OnnxGraph:
+    """A loaded model: an ``InferenceSession`` plus its input and output descriptions."""
+
+    def __init__(self, digest: str, session: ort.InferenceSession) -> None:
+        self.digest = digest
+        self.session = session
+        self.inputs = [_io(x) for x in session.get_inputs()]
+        self.outputs = [_io(x) for x in session.get_outputs()]
+        self.input_names = [x.name for x in self.inputs]
+
+    def run(self, feeds: Sequence[np.ndarray]) -> list[object]:
+        """Run with inputs in graph order; outputs in graph order (numpy arrays for tensor outputs)."""
+        return list(self.session.run(None, dict(zip(self.input_names, feeds, strict=True))))
+
+
+def _io(node: object) -> IOInfo:
+    onnx_type = str(getattr(node, "type", ""))
+    raw_shape = getattr(node, "shape", None) or []
+    shape = tuple(d if isinstance(d, int) and d >= 0 else DYNAMIC for d in raw_shape)
+    return IOInfo(str(getattr(node, "name", "")), onnx_type, ONNX_TYPES.get(onnx_type), shape)
+
+
+class OnnxBackend:
+    """Creates and caches sessions. Safe to use from several threads; one session runs concurrently."""
+
+    def __init__(self, intra_op_threads: int = 1) -> None:
+        self._intra_op_threads = intra_op_threads
+        self._graphs: weakref.WeakValueDictionary[str, OnnxGraph] = weakref.WeakValueDictionary()
+        self._lock = threading.Lock()
+
+    def load(self, model: bytes, digest: str | None = None) -> OnnxGraph:
+        """The graph for ``model``, from the cache when the same bytes are loaded already.
+
+        Raises :class:`InvalidFunction` when onnxruntime cannot load the bytes.
+        """
+        digest = digest or hashlib.sha256(model).hexdigest()
+        graph = self._graphs.get(digest)
+        if graph is not None:
+            return graph
+        with self._lock:  # one session per model, even when many instances load it at once
+            graph = self._graphs.get(digest)
+            if graph is None:
+                graph = OnnxGraph(digest, self._session(model))
+                self._graphs[digest] = graph
+            return graph
+
+    def load_ref(self, ref: ModelRef) -> OnnxGraph:
+        graph = self._graphs.get(ref.digest)
+        return graph if graph is not None else self.load(ref.path.read_bytes(), ref.digest)
+
+    def cached(self) -> int:
+        """How many graphs are alive in the cache."""
+        return len(self._graphs)
+
+    def _session(self, model: bytes) -> ort.InferenceSession:
+        options = ort.SessionOptions()
+        # Many requests run at once on a gateway: one thread per run keeps them from fighting over cores.
+        options.intra_op_num_threads = self._intra_op_threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises several unrelated exception types for bad models
+            text = str(exc).strip().splitlines()
+            raise InvalidFunction(f"not a valid ONNX model: {text[0] if text else type(exc).__name__}") from exc

@@ -1,0 +1,327 @@
+"""The host side of WASI-NN (``wasi_ephemeral_nn``, witx), implemented on onnxruntime.
+
+Semantics and the errno chosen for each failure are in ``guest_modules/ABI.md``. Two rules hold everywhere:
+
+- Every guest pointer and length is masked to u32 and checked against the current memory size before use
+  (wasmtime-py's raw memory access is not bounds-checked).
+- No Python exception crosses into the guest. Each import returns an ``nn_errno``; the real cause is kept in
+  :attr:`NnState.last_error` for the logs and for the error the caller sees. (A raising host function would
+  also leave its exception in a process-wide slot of wasmtime-py, where another thread could pick it up.)
+
+Handles (graphs, execution contexts) live in the :class:`NnState` of one instance. The imports are defined once
+on a shared linker; which instance a call belongs to is looked up in :class:`WasiNnHost`'s thread-local
+binding, which the instance sets around each call into the guest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import hashlib
+import logging
+import math
+import struct
+import threading
+from collections.abc import Callable, Iterator, Mapping
+
+import numpy as np
+import wasmtime
+
+from wasm_host.engine import SandboxLimits
+from wasm_host.memory import U32, GuestMemory, OutOfBounds
+from wasm_host.onnx_backend import ModelRef, OnnxBackend, OnnxGraph
+
+log = logging.getLogger("wasmgate.wasi_nn")
+
+MODULE = "wasi_ephemeral_nn"
+MAX_GRAPHS = 16  # per instance
+MAX_CONTEXTS = 64  # per instance
+MAX_NAME = 1024
+MAX_DIMS = 8
+
+
+class NnErrno(enum.IntEnum):
+    SUCCESS = 0
+    INVALID_ARGUMENT = 1
+    INVALID_ENCODING = 2
+    MISSING_MEMORY = 3
+    BUSY = 4
+    RUNTIME_ERROR = 5
+    UNSUPPORTED_OPERATION = 6
+    TOO_LARGE = 7
+    NOT_FOUND = 8
+
+
+ENCODING_ONNX = 1
+ENCODING_AUTODETECT = 5
+TARGETS = {0: "cpu", 1: "gpu", 2: "tpu"}
+
+#: WASI-NN tensor_type (current witx / wasmtime numbering) -> (OIP datatype, numpy dtype, element size).
+TENSOR_TYPES: dict[int, tuple[str, str, int]] = {
+    0: ("FP16", "<f2", 2),
+    1: ("FP32", "<f4", 4),
+    2: ("FP64", "<f8", 8),
+    3: ("UINT8", "u1", 1),
+    4: ("INT32", "<i4", 4),
+    5: ("INT64", "<i8", 8),
+}
+
+#: The six imports and their core-wasm arity (every parameter and the result are i32).
+SIGNATURES: dict[str, int] = {
+    "load": 5,
+    "load_by_name": 3,
+    "init_execution_context": 2,
+    "set_input": 3,
+    "compute": 1,
+    "get_output": 5,
+}
+
+
+class _Failure(Exception):
+    """Internal: aborts an import with an errno and a cause. Never leaves this module."""
+
+    def __init__(self, errno: NnErrno, cause: str) -> None:
+        super().__init__(cause)
+        self.errno = errno
+
+
+class _Context:
+    __slots__ = ("graph", "inputs", "outputs")
+
+    def __init__(self, graph: OnnxGraph) -> None:
+        self.graph = graph
+        self.inputs: list[np.ndarray | None] = [None] * len(graph.inputs)
+        self.outputs: list[object] | None = None
+
+
+class NnState:
+    """WASI-NN state of one guest instance: its memory, its handles, and the models it may load by name."""
+
+    def __init__(self, backend: OnnxBackend, models: Mapping[str, ModelRef], limits: SandboxLimits) -> None:
+        self.backend = backend
+        self.models = models
+        self.limits = limits
+        self.graphs: list[OnnxGraph] = []
+        self.contexts: list[_Context] = []
+        self.last_error: str | None = None
+        self.mem: GuestMemory | None = None
+
+    def attach(self, memory: GuestMemory) -> None:
+        self.mem = memory
+
+    def _memory(self) -> GuestMemory:
+        if self.mem is None:
+            raise _Failure(NnErrno.MISSING_MEMORY, "the module exports no memory")
+        return self.mem
+
+    def _span(self, ptr: int, length: int) -> None:
+        try:
+            self._memory().address(ptr, length)
+        except OutOfBounds as exc:
+            raise _Failure(NnErrno.INVALID_ARGUMENT, str(exc)) from exc
+
+    def read(self, ptr: int, length: int) -> bytes:
+        try:
+            return self._memory().read(ptr, length)
+        except OutOfBounds as exc:
+            raise _Failure(NnErrno.INVALID_ARGUMENT, str(exc)) from exc
+
+    def write(self, ptr: int, data: bytes) -> None:
+        try:
+            self._memory().write(ptr, data)
+        except OutOfBounds as exc:
+            raise _Failure(NnErrno.INVALID_ARGUMENT, str(exc)) from exc
+
+    def read_u32s(self, ptr: int, count: int) -> tuple[int, ...]:
+        return struct.unpack(f"<{count}I", self.read(ptr, 4 * count))
+
+    def write_u32(self, ptr: int, value: int) -> None:
+        self.write(ptr, struct.pack("<I", value))
+
+    # -- handles -------------------------------------------------------------------------------------------
+    def _graph(self, handle: int) -> OnnxGraph:
+        handle &= U32
+        if handle >= len(self.graphs):
+            raise _Failure(NnErrno.INVALID_ARGUMENT, f"no graph with handle {handle}")
+        return self.graphs[handle]
+
+    def _context(self, handle: int) -> _Context:
+        handle &= U32
+        if handle >= len(self.contexts):
+            raise _Failure(NnErrno.INVALID_ARGUMENT, f"no execution context with handle {handle}")
+        return self.contexts[handle]
+
+    def _add_graph(self, graph: OnnxGraph, out_ptr: int) -> None:
+        if len(self.graphs) >= MAX_GRAPHS:
+            raise _Failure(NnErrno.TOO_LARGE, f"an instance may load at most {MAX_GRAPHS} graphs")
+        self.graphs.append(graph)
+        self.write_u32(out_ptr, len(self.graphs) - 1)
+
+    # -- the six imports -----------------------------------------------------------------------------------
+    def load(self, builders_ptr: int, builders_len: int, encoding: int, target: int, graph_out: int) -> None:
+        encoding &= U32
+        target &= U32
+        if encoding not in (ENCODING_ONNX, ENCODING_AUTODETECT):
+            raise _Failure(NnErrno.INVALID_ENCODING, f"encoding {encoding} is not supported; use onnx (1)")
+        if target not in TARGETS:
+            raise _Failure(NnErrno.INVALID_ARGUMENT, f"unknown execution target {target}")
+        if builders_len & U32 != 1:
+            raise _Failure(NnErrno.INVALID_ARGUMENT, "an ONNX graph takes exactly one builder (the model bytes)")
+        self._span(graph_out, 4)
+        model_ptr, model_len = self.read_u32s(builders_ptr, 2)
+        if model_len > self.limits.max_model_bytes:
+            raise _Failure(
+                NnErrno.TOO_LARGE,
+                f"model of {model_len} bytes exceeds the {self.limits.max_model_bytes}-byte limit",
+            )
+        model = self.read(model_ptr, model_len)
+        try:
+            graph = self.backend.load(model, hashlib.sha256(model).hexdigest())
+        except Exception as exc:
+            raise _Failure(NnErrno.RUNTIME_ERROR, str(exc)) from exc
+        self._add_graph(graph, graph_out)
+
+    def load_by_name(self, name_ptr: int, name_len: int, graph_out: int) -> None:
+        name_len &= U32
+        if name_len > MAX_NAME:
+            raise _Failure(NnErrno.INVALID_ARGUMENT, f"model name longer than {MAX_NAME} bytes")
+        self._span(graph_out, 4)
+        try:
+            name = self.read(name_ptr, name_len).decode()
+        except UnicodeDecodeError as exc:
+            raise _Failure(NnErrno.INVALID_ARGUMENT, "model name is not UTF-8") from exc
+        ref = self.models.get(name)
+        if ref is None:
+            allowed = ", ".join(sorted(self.models)) or "none"
+            raise _Failure(
+                NnErrno.NOT_FOUND,
+                f"model {name!r} was not pushed with this function (it may load: {allowed}); "
+                f"push it with --model {name}=FILE.onnx",
+            )
+        try:
+            graph = self.backend.load_ref(ref)
+        except Exception as exc:
+            raise _Failure(NnErrno.RUNTIME_ERROR, f"loading model {name!r}: {exc}") from exc
+        self._add_graph(graph, graph_out)
+
+    def init_execution_context(self, graph: int, ctx_out: int) -> None:
+        g = self._graph(graph)
+        self._span(ctx_out, 4)
+        if len(self.contexts) >= MAX_CONTEXTS:
+            raise _Failure(NnErrno.TOO_LARGE, f"an instance may create at most {MAX_CONTEXTS} contexts")
+        self.contexts.append(_Context(g))
+        self.write_u32(ctx_out, len(self.contexts) - 1)
+
+    def set_input(self, ctx: int, index: int, tensor_ptr: int) -> None:
+        c = self._context(ctx)
+        index &= U32
+        dims_ptr, dims_len, ttype, data_ptr, data_len = struct.unpack("<IIB3xII", self.read(tensor_ptr, 20))
+        if index >= len(c.graph.inputs):
+            raise _Failure(NnErrno.INVALID_ARGUMENT, f"input index {index}: the graph has {len(c.graph.inputs)}")
+        want = c.graph.inputs[index]
+        if ttype not in TENSOR_TYPES:
+            raise _Failure(NnErrno.INVALID_ARGUMENT, f"input {index}: unknown tensor type {ttype}")
+        datatype, np_dtype, size = TENSOR_TYPES[ttype]
+        if datatype != want.datatype:
+            raise _Failure(
+                NnErrno.INVALID_ARGUMENT,
+                f"input {index} ({want.name!r}) takes {want.onnx_type}, the guest passed {datatype}",
+            )
+        if dims_len > MAX_DIMS:
+            raise _Failure(NnErrno.INVALID_ARGUMENT, f"input {index}: {dims_len} dims (at most {MAX_DIMS})")
+        dims = self.read_u32s(dims_ptr, dims_len)
+        if want.shape and not (
+            len(dims) == len(want.shape) and all(w in (-1, d) for w, d in zip(want.shape, dims, strict=True))
+        ):
+            raise _Failure(
+                NnErrno.INVALID_ARGUMENT,
+                f"input {index} ({want.name!r}) takes shape {list(want.shape)}, the guest passed {list(dims)}",
+            )
+        nbytes = size * math.prod(dims)
+        if nbytes > self.limits.max_tensor_bytes:
+            raise _Failure(NnErrno.TOO_LARGE, f"input {index}: {nbytes} bytes exceeds the tensor limit")
+        if data_len != nbytes:
+            raise _Failure(
+                NnErrno.INVALID_ARGUMENT, f"input {index}: data_len {data_len} but dims {list(dims)} need {nbytes}"
+            )
+        c.inputs[index] = np.frombuffer(self.read(data_ptr, data_len), dtype=np_dtype).reshape(dims)
+        c.outputs = None
+
+    def compute(self, ctx: int) -> None:
+        c = self._context(ctx)
+        missing = [c.graph.inputs[i].name for i, x in enumerate(c.inputs) if x is None]
+        if missing:
+            raise _Failure(NnErrno.UNSUPPORTED_OPERATION, f"compute before set_input of {missing}")
+        try:
+            c.outputs = c.graph.run(c.inputs)  # type: ignore[arg-type]  # None excluded just above
+        except Exception as exc:
+            raise _Failure(NnErrno.RUNTIME_ERROR, f"onnxruntime: {str(exc).strip()[:500]}") from exc
+
+    def get_output(self, ctx: int, index: int, out_ptr: int, out_max: int, written_out: int) -> None:
+        c = self._context(ctx)
+        index &= U32
+        out_max &= U32
+        if c.outputs is None:
+            raise _Failure(NnErrno.UNSUPPORTED_OPERATION, "get_output before compute")
+        if index >= len(c.outputs):
+            raise _Failure(NnErrno.INVALID_ARGUMENT, f"output index {index}: the graph has {len(c.outputs)}")
+        value = c.outputs[index]
+        if not isinstance(value, np.ndarray) or value.dtype.kind in "OUS":
+            raise _Failure(
+                NnErrno.UNSUPPORTED_OPERATION,
+                f"output {index} ({c.graph.outputs[index].onnx_type}) is not a numeric tensor",
+            )
+        self._span(written_out, 4)
+        nbytes = value.nbytes
+        if nbytes > self.limits.max_tensor_bytes:
+            raise _Failure(NnErrno.TOO_LARGE, f"output {index}: {nbytes} bytes exceeds the tensor limit")
+        if nbytes > out_max:
+            raise _Failure(NnErrno.TOO_LARGE, f"output {index} has {nbytes} bytes, the buffer {out_max}")
+        le = value.astype(value.dtype.newbyteorder("<"), copy=False)
+        self.write(out_ptr, np.ascontiguousarray(le).tobytes())
+        self.write_u32(written_out, nbytes)
+
+
+class WasiNnHost:
+    """Defines the six imports on a linker and routes each call to the instance running on this thread."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    @contextlib.contextmanager
+    def bind(self, state: NnState) -> Iterator[None]:
+        """Route this thread's WASI-NN calls to ``state`` while a call into its guest runs."""
+        previous = getattr(self._local, "state", None)
+        self._local.state = state
+        try:
+            yield
+        finally:
+            self._local.state = previous
+
+    def define(self, linker: wasmtime.Linker) -> None:
+        i32 = wasmtime.ValType.i32()
+        for name, arity in SIGNATURES.items():
+            ty = wasmtime.FuncType([i32] * arity, [i32])
+            linker.define_func(MODULE, name, ty, self._entry(name))
+
+    def _entry(self, name: str) -> Callable[..., int]:
+        local = self._local
+
+        def call(*args: int) -> int:
+            state: NnState | None = getattr(local, "state", None)
+            if state is None:  # called outside a bound request, e.g. from a start function
+                return int(NnErrno.BUSY)
+            try:
+                getattr(state, name)(*args)
+            except _Failure as failure:
+                state.last_error = f"{name}: {failure}"
+                log.debug("wasi-nn %s -> %s: %s", name, failure.errno.name.lower(), failure)
+                return int(failure.errno)
+            except Exception as exc:  # a host bug must still not cross into the guest
+                state.last_error = f"{name}: internal error: {exc!r}"
+                log.exception("wasi-nn %s failed unexpectedly", name)
+                return int(NnErrno.RUNTIME_ERROR)
+            return int(NnErrno.SUCCESS)
+
+        call.__name__ = f"wasi_nn_{name}"
+        return call
