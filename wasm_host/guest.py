@@ -115,7 +115,7 @@ class GuestInstance:
         self._store.set_epoch_deadline(self.limits.deadline_ticks())
         with self._guard("instantiation"):
             instance = image.pre.instantiate(self._store)
-        exports = instance.exports(self._store)
+        exports = self._exports = instance.exports(self._store)
         memory = exports["memory"]
         assert isinstance(memory, wasmtime.Memory)  # check_abi guarantees it
         self.memory = GuestMemory(self._store, memory)
@@ -137,6 +137,10 @@ class GuestInstance:
         with self._guard(what), self._nn_host.bind(self.nn):
             result = func(self._store, *args)
         return int(result) if result is not None else 0
+
+    def call(self, export: str, *args: int) -> int:
+        """Call any exported function under the deadline, with traps translated (for tools and tests)."""
+        return self._call(export, self._exports[export], *args)
 
     def signature(self) -> tuple[list[TensorSpec], list[TensorSpec]] | None:
         """The function's declared (inputs, outputs), from its optional ``signature`` export."""

@@ -1,0 +1,164 @@
+"""The sandbox's limits and the ABI checks, with inline WAT guests.
+
+Each hostile guest must fail with the right exception from the one tree, and the instance must be marked
+unhealthy so the pool throws it away.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import wasmtime
+
+from tests.conftest import prepare_wat
+from wasm_host.errors import DeadlineExceeded, GuestTrap, InvalidFunction, InvalidRequest
+from wasm_host.host import Host
+from wasm_host.tensors import Tensor
+
+ABI = """
+  (memory (export "memory") 1)
+  (func (export "alloc") (param i32) (result i32) (i32.const 1024))
+"""
+
+
+def guest(body: str, extra: str = "") -> str:
+    return f'(module {ABI} {extra} (func (export "handle") (param i32 i32) (result i64) {body}))'
+
+
+X = [Tensor("x", "FP32", (1,), b"\0\0\0\0")]
+
+
+def test_infinite_loop_hits_the_deadline(host: Host) -> None:
+    inst = prepare_wat(host, guest("(loop $l (br $l)) (i64.const 0)")).instantiate()
+    with pytest.raises(DeadlineExceeded, match="deadline"):
+        inst.handle(X, [])
+    assert not inst.healthy
+
+
+def test_deadline_is_per_call_not_per_instance(host: Host) -> None:
+    # A guest that returns in time on many consecutive calls must not accumulate towards the deadline.
+    inst = prepare_wat(host, guest("(i64.or (i64.shl (i64.const 2) (i64.const 62)) (i64.const 0))")).instantiate()
+    for _ in range(50):
+        with pytest.raises(Exception, match="function failed"):
+            inst.handle(X, [])
+    assert inst.healthy
+
+
+def test_initialize_that_loops_is_interrupted(host: Host) -> None:
+    image = prepare_wat(host, guest("(i64.const 0)", '(func (export "_initialize") (loop $l (br $l)))'))
+    with pytest.raises(DeadlineExceeded, match="_initialize"):
+        image.instantiate()
+
+
+def test_memory_bomb_is_refused_by_the_limit(host: Host) -> None:
+    # Grows by 1 page until memory.grow fails; the limit (16 MiB in the fixture) stops it, then it traps.
+    body = "(block $done (loop $l (br_if $done (i32.eq (memory.grow (i32.const 1)) (i32.const -1))) (br $l)))" \
+           " (unreachable)"
+    inst = prepare_wat(host, guest(body)).instantiate()
+    with pytest.raises(GuestTrap, match="unreachable"):
+        inst.handle(X, [])
+    assert inst.memory.size <= host.limits.memory_limit_bytes
+
+
+def test_unbounded_recursion_is_a_stack_overflow_trap(host: Host) -> None:
+    extra = '(func $r (param i32) (result i32) (i32.add (call $r (i32.add (local.get 0) (i32.const 1))) (i32.const 1)))'
+    inst = prepare_wat(host, guest("(drop (call $r (i32.const 0))) (i64.const 0)", extra)).instantiate()
+    with pytest.raises(GuestTrap, match="stack overflow"):
+        inst.handle(X, [])
+
+
+def test_result_pointer_outside_memory_is_a_guest_failure(host: Host) -> None:
+    # status 0, length 100, pointer 0xFFFFFF00: must be refused, not read out of bounds.
+    inst = prepare_wat(host, guest("(i64.const 0x64FFFFFF00)")).instantiate()
+    with pytest.raises(Exception, match="outside its memory"):
+        inst.handle(X, [])
+    assert not inst.healthy
+
+
+def test_alloc_returning_a_bad_pointer(host: Host) -> None:
+    wat = """(module (memory (export "memory") 1)
+      (func (export "alloc") (param i32) (result i32) (i32.const 65530))
+      (func (export "handle") (param i32 i32) (result i64) (i64.const 0)))"""
+    inst = prepare_wat(host, wat).instantiate()
+    with pytest.raises(Exception, match="invalid buffer"):
+        inst.handle(X, [])
+
+
+def test_guest_reported_invalid_input_is_invalid_request(host: Host) -> None:
+    extra = '(data (i32.const 200) "pixel out of range")'
+    inst = prepare_wat(host, guest("(i64.const 0x40000012000000C8)", extra)).instantiate()
+    with pytest.raises(InvalidRequest, match="pixel out of range"):
+        inst.handle(X, [])
+    assert inst.healthy
+
+
+@pytest.mark.parametrize(
+    ("wat", "why"),
+    [
+        ('(module (memory (export "memory") 1))', "missing export 'alloc'"),
+        (f'(module {ABI} (func (export "handle") (param i32) (result i32) (i32.const 0)))', "export 'handle' must"),
+        (
+            f'(module (import "env" "sneaky" (func)) {ABI} (func (export "handle") (param i32 i32) (result i64) '
+            "(i64.const 0)))",
+            "import env.sneaky is not allowed",
+        ),
+        (
+            f'(module (import "wasi_ephemeral_nn" "compute" (func (param i64) (result i32))) {ABI} '
+            '(func (export "handle") (param i32 i32) (result i64) (i64.const 0)))',
+            "wasi_ephemeral_nn.compute has the wrong type",
+        ),
+        (
+            f'(module (import "wasi_snapshot_preview1" "no_such_call" (func)) {ABI} '
+            '(func (export "handle") (param i32 i32) (result i64) (i64.const 0)))',
+            "cannot be linked",
+        ),
+    ],
+)
+def test_abi_violations_are_refused_with_a_reason(host: Host, wat: str, why: str) -> None:
+    with pytest.raises(InvalidFunction, match=why):
+        prepare_wat(host, wat)
+
+
+def test_garbage_is_not_a_module(host: Host) -> None:
+    with pytest.raises(InvalidFunction, match="not a valid WebAssembly module"):
+        host.prepare(b"\0asm\x01\0\0\0garbage", "ab" * 32, {})
+
+
+def test_compile_cache_is_reused_and_corruption_is_rebuilt(host: Host, tmp_path: Path) -> None:
+    wasm = bytes(wasmtime.wat2wasm(guest("(i64.const 0)")))
+    digest = hashlib.sha256(wasm).hexdigest()
+    host.prepare(wasm, digest, {})
+    entry = host.engine.cache_dir / f"{digest}.cwasm"
+    assert entry.exists()
+    assert host.engine.load_cached(digest) is not None
+    # Flip one byte of the compiled code: the checksum must catch it before deserialize runs it.
+    blob = bytearray(entry.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    entry.write_bytes(bytes(blob))
+    assert host.engine.load_cached(digest) is None
+    assert not entry.exists()
+    host.prepare(wasm, digest, {})  # rebuilt
+    assert host.engine.load_cached(digest) is not None
+
+
+def test_no_filesystem_or_environment(host: Host) -> None:
+    # path_open on fd 3 (the first preopen, if there were one) must fail with EBADF (8); environ_sizes_get
+    # must report zero variables.
+    wat = """(module
+      (import "wasi_snapshot_preview1" "path_open"
+        (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+      (import "wasi_snapshot_preview1" "environ_sizes_get" (func $env (param i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (data (i32.const 100) "etc/passwd")
+      (func (export "alloc") (param i32) (result i32) (i32.const 1024))
+      (func (export "handle") (param i32 i32) (result i64) (i64.const 0))
+      (func (export "try_open") (result i32)
+        (call $open (i32.const 3) (i32.const 0) (i32.const 100) (i32.const 10) (i32.const 0)
+                    (i64.const 2) (i64.const 0) (i32.const 0) (i32.const 200)))
+      (func (export "env_count") (result i32)
+        (drop (call $env (i32.const 300) (i32.const 304))) (i32.load (i32.const 300))))"""
+    inst = prepare_wat(host, wat).instantiate()
+    assert inst.call("try_open") == 8  # EBADF: there is no preopened directory
+    assert inst.call("env_count") == 0
