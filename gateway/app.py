@@ -44,6 +44,6 @@ def create_app(settings: Settings) -> Starlette:
 
     return Starlette(
         routes=[*oip.ROUTES, *admin.ROUTES],
-        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

@@ -48,8 +48,13 @@ def _parser() -> argparse.ArgumentParser:
     push = sub.add_parser("push", help="push an ONNX model, or a Wasm function with its models")
     push.add_argument("file", type=Path, help="a .onnx model (served as is) or a .wasm function")
     push.add_argument("--name", help="function name (default: the file name without its extension)")
-    push.add_argument("--model", action="append", default=[], metavar="ALIAS=FILE",
-                      help="a model the function may load by ALIAS (repeatable; .wasm functions only)")
+    push.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="ALIAS=FILE",
+        help="a model the function may load by ALIAS (repeatable; .wasm functions only)",
+    )
     _gateway_flag(push)
     push.set_defaults(func=cmd_push)
 
@@ -72,8 +77,11 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _gateway_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--gateway", default=os.environ.get("WASMGATE_URL", DEFAULT_URL),
-                   help=f"gateway URL (default $WASMGATE_URL or {DEFAULT_URL})")
+    p.add_argument(
+        "--gateway",
+        default=os.environ.get("WASMGATE_URL", DEFAULT_URL),
+        help=f"gateway URL (default $WASMGATE_URL or {DEFAULT_URL})",
+    )
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -108,7 +116,10 @@ def cmd_push(args: argparse.Namespace) -> int:
             result = client.push(name, data, models)
         else:
             if models:
-                print("error: --model is for .wasm functions; a bare ONNX model is pushed alone", file=sys.stderr)
+                print(
+                    "error: --model is for .wasm functions; a bare ONNX model is pushed alone",
+                    file=sys.stderr,
+                )
                 return 2
             result = client.push(name, None, {"model": data})
     print(f"pushed {result['name']} version {result['version']} ({result['kind']})")
@@ -121,10 +132,16 @@ def cmd_ls(args: argparse.Namespace) -> int:
         functions = client.list()
     rows = [("NAME", "VERSION", "KIND", "INPUTS", "OUTPUTS", "MODELS")]
     for f in functions:
-        rows.append((
-            f["name"], str(f["version"]), f["kind"], _specs(f["inputs"]), _specs(f["outputs"]),
-            ",".join(f["models"]) or "-",
-        ))
+        rows.append(
+            (
+                f["name"],
+                str(f["version"]),
+                f["kind"],
+                _specs(f["inputs"]),
+                _specs(f["outputs"]),
+                ",".join(f["models"]) or "-",
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())

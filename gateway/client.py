@@ -51,8 +51,12 @@ class AdminClient:
         """Upload a blob unless the gateway has it. Returns its digest (``sha256:<hex>``)."""
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         if self._call("HEAD", f"/admin/v1/blobs/{digest}").status_code != 200:
-            self._call("PUT", f"/admin/v1/blobs/{digest}", content=data,
-                       headers={"content-type": "application/octet-stream"})
+            self._call(
+                "PUT",
+                f"/admin/v1/blobs/{digest}",
+                content=data,
+                headers={"content-type": "application/octet-stream"},
+            )
         return digest
 
     def push(self, name: str, module: bytes | None, models: Mapping[str, bytes]) -> dict[str, Any]:

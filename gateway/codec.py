@@ -52,9 +52,7 @@ def parse_request(body: bytes, header_length: str | None, max_tensor_bytes: int)
         except ValueError:
             raise InvalidRequest(f"Inference-Header-Content-Length {header_length[:40]!r} is not an integer") from None
         if not 0 < n <= len(body):
-            raise InvalidRequest(
-                f"Inference-Header-Content-Length is {n} but the body has {len(body)} bytes"
-            )
+            raise InvalidRequest(f"Inference-Header-Content-Length is {n} but the body has {len(body)} bytes")
         head, binary = body[:n], memoryview(body)[n:]
     else:
         head, binary = body, memoryview(b"")
@@ -124,7 +122,9 @@ def _parse_input(i: int, raw: object, binary: memoryview, max_tensor_bytes: int)
             )
         data = bytes(binary[:size])
         if nbytes is not None and size != nbytes:
-            raise InvalidRequest(f"{where}: binary_data_size is {size}, shape {list(dims)} of {datatype} needs {nbytes}")
+            raise InvalidRequest(
+                f"{where}: binary_data_size is {size}, shape {list(dims)} of {datatype} needs {nbytes}"
+            )
         if nbytes is None:
             try:
                 split_bytes(data, numel)
@@ -141,9 +141,10 @@ def _json_data(where: str, datatype: str, dims: Sequence[int], numel: int, data:
         flat = _flatten(data)
         if len(flat) != numel:
             raise InvalidRequest(f"{where}: {len(flat)} elements of data for shape {list(dims)}")
-        if not all(isinstance(x, str) for x in flat):
+        strings = [x for x in flat if isinstance(x, str)]
+        if len(strings) != len(flat):
             raise InvalidRequest(f"{where}: BYTES data must be strings")
-        return join_bytes([x.encode() for x in flat])  # type: ignore[union-attr]
+        return join_bytes([x.encode() for x in strings])
     try:
         arr = np.asarray(data)
     except (ValueError, TypeError):
@@ -162,7 +163,8 @@ def _json_data(where: str, datatype: str, dims: Sequence[int], numel: int, data:
         raise InvalidRequest(f"{where}: {datatype} data must be {want}")
     if datatype == "BF16":
         bits = np.asarray(arr, dtype="<f4").reshape(-1).view("<u4")
-        return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype("<u2").tobytes()  # round to nearest even
+        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16  # round to nearest even
+        return bytes(rounded.astype("<u2").tobytes())
     target = np.dtype(DTYPES[datatype].numpy)
     if target.kind in "iu" and arr.size:
         info = np.iinfo(target)
@@ -224,7 +226,11 @@ def encode_response(
     raw: list[bytes] = []
     entries = []
     for tensor, binary in outputs:
-        entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
+        entry: dict[str, Any] = {
+            "name": tensor.name,
+            "datatype": tensor.datatype,
+            "shape": list(tensor.shape),
+        }
         if binary:
             entry["parameters"] = {"binary_data_size": len(tensor.data)}
             raw.append(tensor.data)

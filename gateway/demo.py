@@ -78,14 +78,15 @@ def _explain(url: str, x_test: Any, y_test: Any, has_top3: bool) -> None:
     body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": row}]}
     print(f"\nwasmgate demo is serving at {url}  (Ctrl-C stops it)\n")
     print(f"digits: a bare ONNX classifier behind the passthrough guest. A test image of a {int(y_test[0])}:")
-    print(f"  curl -s {url}/v2/models/digits/infer -H 'content-type: application/json' \\\n"
-          f"    -d '{json.dumps(body)}'")
+    print(f"  curl -s {url}/v2/models/digits/infer -H 'content-type: application/json' \\\n    -d '{json.dumps(body)}'")
     if has_top3:
         raw = [round(float(v) * 16) for v in x_test[0]]
         body = {"inputs": [{"name": "images", "shape": [1, 64], "datatype": "UINT8", "data": raw}]}
         print("\ndigits-top3: a custom C function (raw 0-16 pixels in, top-3 labels and probabilities out):")
-        print(f"  curl -s {url}/v2/models/digits-top3/infer -H 'content-type: application/json' \\\n"
-              f"    -d '{json.dumps(body)}'")
+        print(
+            f"  curl -s {url}/v2/models/digits-top3/infer -H 'content-type: application/json' \\\n"
+            f"    -d '{json.dumps(body)}'"
+        )
     else:
         print("\n(build the example functions with `python guest_modules/build.py` to get digits-top3 too)")
     print(f"\nMetadata: curl -s {url}/v2/models/digits    Functions: wasm ls --gateway {url}\n", flush=True)

@@ -54,8 +54,14 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
 async def handle_wasmgate_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, WasmgateError)
     status = status_of(exc)
-    log.log(logging.WARNING if status >= 500 else logging.INFO, "%s %s -> %d: %s",
-            request.method, request.url.path, status, exc)
+    log.log(
+        logging.WARNING if status >= 500 else logging.INFO,
+        "%s %s -> %d: %s",
+        request.method,
+        request.url.path,
+        status,
+        exc,
+    )
     headers = None
     if isinstance(exc, Unavailable) and exc.retry_after is not None:
         headers = {"retry-after": str(max(1, round(exc.retry_after)))}

@@ -125,8 +125,9 @@ class FunctionRegistry:
         except Exception as exc:
             raise InvalidFunction(f"the function failed to start: {exc}") from exc
         signature = instance.signature()
-        inputs, outputs = signature if signature is not None else (None, None)
-        return Manifest(name, 0, "custom", module_digest, digests, inputs, outputs)
+        if signature is None:
+            return Manifest(name, 0, "custom", module_digest, digests, None, None)
+        return Manifest(name, 0, "custom", module_digest, digests, *signature)
 
     def _check_model(self, alias: str, digest: str) -> OnnxGraph:
         data = self.store.read_staged(digest)
@@ -150,14 +151,15 @@ def passthrough_signature(graph: OnnxGraph) -> tuple[list[TensorSpec], list[Tens
     for kind, ios in (("input", graph.inputs), ("output", graph.outputs)):
         for io in ios:
             if io.datatype not in WASI_NN_DATATYPES:
-                hint = " (for a scikit-learn classifier, convert with options={'zipmap': False})" if (
-                    io.onnx_type.startswith("seq")
-                ) else ""
+                hint = (
+                    " (for a scikit-learn classifier, convert with options={'zipmap': False})"
+                    if (io.onnx_type.startswith("seq"))
+                    else ""
+                )
                 problems.append(f"{kind} {io.name!r} is {io.onnx_type}{hint}")
     if problems:
         raise InvalidFunction(
-            "WASI-NN carries only tensors of float16, float, double, uint8, int32 and int64: "
-            + "; ".join(problems)
+            "WASI-NN carries only tensors of float16, float, double, uint8, int32 and int64: " + "; ".join(problems)
         )
     return [io.spec() for io in graph.inputs], [io.spec() for io in graph.outputs]
 

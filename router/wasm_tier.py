@@ -21,9 +21,7 @@ class WasmTier:
     def __init__(self, threads: int) -> None:
         self._limiter = anyio.CapacityLimiter(threads)
 
-    async def infer(
-        self, pool: InstancePool, inputs: Sequence[Tensor], outputs: Sequence[TensorSpec]
-    ) -> list[Tensor]:
+    async def infer(self, pool: InstancePool, inputs: Sequence[Tensor], outputs: Sequence[TensorSpec]) -> list[Tensor]:
         return await anyio.to_thread.run_sync(_run, pool, inputs, outputs, limiter=self._limiter)
 
 

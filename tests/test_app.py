@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import wasmtime
 
-
 from gateway.app import create_app
 from gateway.settings import Settings
 from tests.conftest import AppClient, Digits, onnx_predict
@@ -131,7 +130,10 @@ def test_refused_pushes_leave_the_store_unchanged(client: AppClient, digits: Dig
     push(client, "digits", None, {"model": digits.model})
     before = client.get("/admin/v1/functions").json()
     cases = [
-        ({"module": None, "models": {"model": upload(client, b"garbage, not onnx")}}, "not a valid ONNX model"),
+        (
+            {"module": None, "models": {"model": upload(client, b"garbage, not onnx")}},
+            "not a valid ONNX model",
+        ),
         ({"module": upload(client, b"\0asm\x01\0\0\0junk"), "models": {}}, "not a valid WebAssembly module"),
         ({"module": upload(client, bytes(wasmtime.wat2wasm("(module)"))), "models": {}}, "missing export"),
         ({"module": None, "models": {}}, "exactly one ONNX model"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import struct
 
@@ -68,15 +69,23 @@ def test_bytes_and_bf16_round_trip() -> None:
         (b"[]", "JSON object"),
         (body(), "non-empty list"),
         (body({"name": "x", "shape": [2], "datatype": "FP33", "data": [1, 2]}), "unknown datatype"),
-        (body({"name": "x", "shape": [3], "datatype": "FP32", "data": [1, 2]}), "2 elements of data for shape"),
+        (
+            body({"name": "x", "shape": [3], "datatype": "FP32", "data": [1, 2]}),
+            "2 elements of data for shape",
+        ),
         (body({"name": "x", "shape": [-1], "datatype": "FP32", "data": [1]}), "non-negative"),
         (body({"name": "x", "shape": [2], "datatype": "INT32", "data": [1.5, 2]}), "must be integers"),
         (body({"name": "x", "shape": [1], "datatype": "UINT8", "data": [300]}), "out of range"),
         (body({"name": "x", "shape": [2], "datatype": "FP32", "data": [[1], [2, 3]]}), "rectangular"),
         (body({"name": "x", "shape": [1], "datatype": "FP32", "data": ["a"]}), "must be numbers"),
         (body({"name": "x", "shape": [1], "datatype": "FP32"}), "needs 'data'"),
-        (body({"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}, {"name": "x", "shape": [1],
-               "datatype": "FP32", "data": [1]}), "unique"),
+        (
+            body(
+                {"name": "x", "shape": [1], "datatype": "FP32", "data": [1]},
+                {"name": "x", "shape": [1], "datatype": "FP32", "data": [1]},
+            ),
+            "unique",
+        ),
         (body({"shape": [1], "datatype": "FP32", "data": [1]}), "needs a non-empty string 'name'"),
     ],
 )
@@ -94,7 +103,12 @@ def binary_body(sizes: list[int], raw: bytes) -> tuple[bytes, str]:
     head = json.dumps(
         {
             "inputs": [
-                {"name": f"x{i}", "shape": [n // 4], "datatype": "FP32", "parameters": {"binary_data_size": n}}
+                {
+                    "name": f"x{i}",
+                    "shape": [n // 4],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": n},
+                }
                 for i, n in enumerate(sizes)
             ],
             "outputs": [{"name": "y", "parameters": {"binary_data": True}}],
@@ -129,8 +143,14 @@ def test_binary_sizes_that_disagree(sizes: list[int], raw_len: int, header_delta
 
 
 def test_binary_output_encoding() -> None:
-    req = parse_request(body({"name": "x", "shape": [1], "datatype": "FP32", "data": [1]},
-                             parameters={"binary_data_output": True}), None, LIMIT)
+    req = parse_request(
+        body(
+            {"name": "x", "shape": [1], "datatype": "FP32", "data": [1]},
+            parameters={"binary_data_output": True},
+        ),
+        None,
+        LIMIT,
+    )
     y = Tensor.from_numpy("y", np.array([[1.5, 2.5]], np.float32))
     payload, headers = encode_response("m", "3", req, select_outputs([y], req))
     n = int(headers[HEADER_LENGTH])
@@ -140,8 +160,11 @@ def test_binary_output_encoding() -> None:
 
 
 def test_unknown_requested_output() -> None:
-    req = parse_request(body({"name": "x", "shape": [1], "datatype": "FP32", "data": [1]},
-                             outputs=[{"name": "nope"}]), None, LIMIT)
+    req = parse_request(
+        body({"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}, outputs=[{"name": "nope"}]),
+        None,
+        LIMIT,
+    )
     with pytest.raises(InvalidRequest, match="unknown output"):
         select_outputs([Tensor.from_numpy("y", np.zeros(1, np.float32))], req)
 
@@ -149,10 +172,8 @@ def test_unknown_requested_output() -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=400), st.one_of(st.none(), st.integers(-5, 500).map(str), st.text(max_size=5)))
 def test_arbitrary_bodies_only_raise_invalid_request(raw: bytes, header: str | None) -> None:
-    try:
+    with contextlib.suppress(InvalidRequest, TooLarge):
         parse_request(raw, header, LIMIT)
-    except (InvalidRequest, TooLarge):
-        pass
 
 
 json_values = st.recursive(
@@ -165,17 +186,22 @@ json_values = st.recursive(
 @settings(max_examples=300, deadline=None)
 @given(
     st.fixed_dictionaries(
-        {"inputs": st.lists(st.fixed_dictionaries({
-            "name": st.sampled_from(["x", "y", ""]),
-            "shape": st.lists(st.integers(-2, 4), max_size=3) | json_values,
-            "datatype": st.sampled_from(["FP32", "INT8", "UINT64", "BOOL", "BYTES", "BF16", "nope"]),
-            "data": json_values,
-        }), max_size=3)},
+        {
+            "inputs": st.lists(
+                st.fixed_dictionaries(
+                    {
+                        "name": st.sampled_from(["x", "y", ""]),
+                        "shape": st.lists(st.integers(-2, 4), max_size=3) | json_values,
+                        "datatype": st.sampled_from(["FP32", "INT8", "UINT64", "BOOL", "BYTES", "BF16", "nope"]),
+                        "data": json_values,
+                    }
+                ),
+                max_size=3,
+            )
+        },
         optional={"outputs": json_values, "parameters": json_values, "id": json_values},
     )
 )
 def test_structured_junk_only_raises_invalid_request(doc: dict[str, object]) -> None:
-    try:
+    with contextlib.suppress(InvalidRequest, TooLarge):
         parse_request(json.dumps(doc).encode(), None, LIMIT)
-    except (InvalidRequest, TooLarge):
-        pass

@@ -54,8 +54,10 @@ def test_initialize_that_loops_is_interrupted(host: Host) -> None:
 
 def test_memory_bomb_is_refused_by_the_limit(host: Host) -> None:
     # Grows by 1 page until memory.grow fails; the limit (16 MiB in the fixture) stops it, then it traps.
-    body = "(block $done (loop $l (br_if $done (i32.eq (memory.grow (i32.const 1)) (i32.const -1))) (br $l)))" \
-           " (unreachable)"
+    body = (
+        "(block $done (loop $l (br_if $done (i32.eq (memory.grow (i32.const 1)) (i32.const -1))) (br $l)))"
+        " (unreachable)"
+    )
     inst = prepare_wat(host, guest(body)).instantiate()
     with pytest.raises(GuestTrap, match="unreachable"):
         inst.handle(X, [])
@@ -63,7 +65,7 @@ def test_memory_bomb_is_refused_by_the_limit(host: Host) -> None:
 
 
 def test_unbounded_recursion_is_a_stack_overflow_trap(host: Host) -> None:
-    extra = '(func $r (param i32) (result i32) (i32.add (call $r (i32.add (local.get 0) (i32.const 1))) (i32.const 1)))'
+    extra = "(func $r (param i32) (result i32) (i32.add (call $r (i32.add (local.get 0) (i32.const 1))) (i32.const 1)))"
     inst = prepare_wat(host, guest("(drop (call $r (i32.const 0))) (i64.const 0)", extra)).instantiate()
     with pytest.raises(GuestTrap, match="stack overflow"):
         inst.handle(X, [])
@@ -98,7 +100,10 @@ def test_guest_reported_invalid_input_is_invalid_request(host: Host) -> None:
     ("wat", "why"),
     [
         ('(module (memory (export "memory") 1))', "missing export 'alloc'"),
-        (f'(module {ABI} (func (export "handle") (param i32) (result i32) (i32.const 0)))', "export 'handle' must"),
+        (
+            f'(module {ABI} (func (export "handle") (param i32) (result i32) (i32.const 0)))',
+            "export 'handle' must",
+        ),
         (
             f'(module (import "env" "sneaky" (func)) {ABI} (func (export "handle") (param i32 i32) (result i64) '
             "(i64.const 0)))",

@@ -163,7 +163,7 @@ class GuestInstance:
         GuestTrap or DeadlineExceeded."""
         request = encode_request(inputs, outputs)
         self.requests += 1
-        self.nn.last_error = None
+        self.nn.take_error()
         ptr = self._call("alloc", self._alloc, len(request), deadline_ms=deadline_ms) & 0xFFFFFFFF
         if ptr == 0:
             raise GuestFailure(f"the function could not allocate {len(request)} bytes for the request")
@@ -182,8 +182,9 @@ class GuestInstance:
         if status == STATUS_OK:
             return decode_response(body)
         message = body[:MAX_MESSAGE].decode(errors="replace") or "no message"
-        if self.nn.last_error:
-            message = f"{message} (wasi-nn: {self.nn.last_error})"
+        cause = self.nn.take_error()
+        if cause:
+            message = f"{message} (wasi-nn: {cause})"
         if status == STATUS_INVALID:
             raise InvalidRequest(f"the function rejected the request: {message}")
         raise GuestFailure(f"the function failed: {message}")

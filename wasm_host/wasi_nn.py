@@ -106,6 +106,11 @@ class NnState:
         self.last_error: str | None = None
         self.mem: GuestMemory | None = None
 
+    def take_error(self) -> str | None:
+        """The cause of the last failed import since the previous call, and forget it."""
+        cause, self.last_error = self.last_error, None
+        return cause
+
     def attach(self, memory: GuestMemory) -> None:
         self.mem = memory
 
@@ -242,7 +247,8 @@ class NnState:
             raise _Failure(NnErrno.TOO_LARGE, f"input {index}: {nbytes} bytes exceeds the tensor limit")
         if data_len != nbytes:
             raise _Failure(
-                NnErrno.INVALID_ARGUMENT, f"input {index}: data_len {data_len} but dims {list(dims)} need {nbytes}"
+                NnErrno.INVALID_ARGUMENT,
+                f"input {index}: data_len {data_len} but dims {list(dims)} need {nbytes}",
             )
         c.inputs[index] = np.frombuffer(self.read(data_ptr, data_len), dtype=np_dtype).reshape(dims)
         c.outputs = None

@@ -1,0 +1,299 @@
+"""End to end: a real ``wasm serve`` process on a free port, driven over HTTP by the ``wasm`` CLI, httpx and the
+Triton client, with real guests built from guest_modules/ and a real ONNX model."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import Digits, onnx_predict
+
+pytestmark = pytest.mark.e2e
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wasm_command() -> list[str]:
+    script = Path(sys.executable).parent / "wasm"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "gateway.cli"]
+
+
+class Gateway:
+    def __init__(self, data_dir: Path, log: Path) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WASMGATE_")}
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [*wasm_command(), "serve", "--port", str(self.port), "--data-dir", str(self.data_dir)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log.read_text()
+            try:
+                if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("gateway did not become ready:\n" + self.log.read_text())
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+            self.proc = None
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*wasm_command(), *args, "--gateway", self.url], capture_output=True, text=True, timeout=120
+        )
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[Gateway]:
+    gw = Gateway(tmp_path / "data", tmp_path / "gateway.log")
+    gw.start()
+    yield gw
+    gw.stop()
+
+
+def json_infer(url: str, name: str, inputs: list[dict[str, object]]) -> httpx.Response:
+    return httpx.post(f"{url}/v2/models/{name}/infer", json={"inputs": inputs}, timeout=60)
+
+
+def test_push_bare_model_with_cli_and_match_onnxruntime_on_the_whole_test_split(
+    gateway: Gateway, digits: Digits
+) -> None:
+    r = gateway.cli("push", str(digits.path), "--name", "digits")
+    assert r.returncode == 0, r.stderr
+    assert "pushed digits version 1 (passthrough)" in r.stdout
+
+    x = digits.x_test
+    labels, probs = onnx_predict(digits.model, x)
+    resp = json_infer(
+        gateway.url,
+        "digits",
+        [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.tolist()}],
+    )
+    assert resp.status_code == 200, resp.text
+    out = {o["name"]: o for o in resp.json()["outputs"]}
+    assert out["label"]["data"] == labels.tolist()
+    got = np.array(out["probabilities"]["data"], dtype=np.float32).reshape(out["probabilities"]["shape"])
+    np.testing.assert_array_equal(got, probs)
+    assert (np.array(out["label"]["data"]) == digits.y_test).mean() > 0.9  # the model itself is sane
+
+    # Row by row too: a reused instance must give the same answers as a fresh one.
+    for i in range(0, len(x), 50):
+        row = x[i : i + 1]
+        resp = json_infer(
+            gateway.url,
+            "digits",
+            [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": row.ravel().tolist()}],
+        )
+        assert resp.json()["outputs"][0]["data"] == [int(labels[i])]
+
+
+def test_triton_client_binary_protocol(gateway: Gateway, digits: Digits) -> None:
+    import tritonclient.http as triton
+
+    assert gateway.cli("push", str(digits.path), "--name", "digits").returncode == 0
+    client = triton.InferenceServerClient(url=f"127.0.0.1:{gateway.port}")
+    try:
+        assert client.is_server_live()
+        assert client.is_server_ready()
+        assert client.is_model_ready("digits")
+        meta = client.get_model_metadata("digits")
+        assert meta["inputs"][0] == {"name": "input", "datatype": "FP32", "shape": [-1, 64]}
+        x = digits.x_test
+        inp = triton.InferInput("input", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)  # binary by default
+        outputs = [triton.InferRequestedOutput("label"), triton.InferRequestedOutput("probabilities")]
+        result = client.infer("digits", [inp], outputs=outputs)
+        labels, probs = onnx_predict(digits.model, x)
+        np.testing.assert_array_equal(result.as_numpy("label"), labels)
+        np.testing.assert_array_equal(result.as_numpy("probabilities"), probs)
+        # No outputs named: the client asks for every output in binary.
+        result = client.infer("digits", [inp])
+        np.testing.assert_array_equal(result.as_numpy("probabilities"), probs)
+        # JSON input and JSON output through the same client.
+        small = triton.InferInput("input", [3, 64], "FP32")
+        small.set_data_from_numpy(x[:3], binary_data=False)
+        result = client.infer("digits", [small], outputs=[triton.InferRequestedOutput("label", binary_data=False)])
+        np.testing.assert_array_equal(result.as_numpy("label"), labels[:3])
+    finally:
+        client.close()
+
+
+def test_custom_function_with_pre_and_post_processing(
+    gateway: Gateway, digits: Digits, guests: dict[str, Path]
+) -> None:
+    r = gateway.cli("push", str(guests["digits_topk"]), "--name", "digits-top3", "--model", f"digits={digits.path}")
+    assert r.returncode == 0, r.stderr
+    assert "(custom)" in r.stdout
+    meta = httpx.get(f"{gateway.url}/v2/models/digits-top3").json()
+    assert meta["inputs"] == [{"name": "images", "datatype": "UINT8", "shape": [-1, 64]}]
+
+    raw = np.rint(digits.x_test * 16).astype(np.uint8)
+    resp = json_infer(
+        gateway.url,
+        "digits-top3",
+        [{"name": "images", "shape": list(raw.shape), "datatype": "UINT8", "data": raw.ravel().tolist()}],
+    )
+    assert resp.status_code == 200, resp.text
+    out = {o["name"]: o for o in resp.json()["outputs"]}
+    assert out["labels"]["shape"] == [len(raw), 3]
+    _, probs = onnx_predict(digits.model, raw.astype(np.float32) / 16)
+    expected = np.argsort(-probs, axis=1, kind="stable")[:, :3]
+    np.testing.assert_array_equal(np.array(out["labels"]["data"]).reshape(-1, 3), expected)
+    np.testing.assert_allclose(
+        np.array(out["probabilities"]["data"]).reshape(-1, 3),
+        np.take_along_axis(probs, expected, 1),
+        rtol=1e-6,
+    )
+
+    # The function validates its own input range: 17 is not a 0-16 pixel.
+    bad = raw[:1].copy()
+    bad[0, 5] = 17
+    resp = json_infer(
+        gateway.url,
+        "digits-top3",
+        [{"name": "images", "shape": [1, 64], "datatype": "UINT8", "data": bad.ravel().tolist()}],
+    )
+    assert resp.status_code == 400
+    assert "16" in resp.json()["error"]
+
+
+def test_bad_inputs_get_documented_statuses(gateway: Gateway, digits: Digits) -> None:
+    assert gateway.cli("push", str(digits.path), "--name", "digits").returncode == 0
+    url = f"{gateway.url}/v2/models/digits/infer"
+    good = {"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}
+    cases = [
+        (httpx.post(url, content=b'{"inputs": [', timeout=10), 400),
+        (httpx.post(url, json={"inputs": [{**good, "shape": [1, 63], "data": [0.0] * 63}]}, timeout=10), 400),
+        (httpx.post(url, json={"inputs": [{**good, "datatype": "FP64"}]}, timeout=10), 400),
+        (httpx.post(f"{gateway.url}/v2/models/nope/infer", json={"inputs": [good]}, timeout=10), 404),
+    ]
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": [1, 64],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": 256},
+                }
+            ]
+        }
+    ).encode()
+    truncated = httpx.post(
+        url,
+        content=head + b"\0" * 100,
+        timeout=10,
+        headers={"Inference-Header-Content-Length": str(len(head))},
+    )
+    cases.append((truncated, 400))
+    for resp, status in cases:
+        assert resp.status_code == status, resp.text
+        assert set(resp.json()) == {"error"}
+        assert resp.json()["error"]
+
+
+def test_functions_survive_a_restart_and_cli_ls_rm(tmp_path: Path, digits: Digits, guests: dict[str, Path]) -> None:
+    gw = Gateway(tmp_path / "data", tmp_path / "gateway.log")
+    gw.start()
+    try:
+        assert gw.cli("push", str(digits.path), "--name", "digits").returncode == 0
+        assert (
+            gw.cli("push", str(guests["digits_topk"]), "--name", "top3", "--model", f"digits={digits.path}").returncode
+            == 0
+        )
+        gw.stop()
+        gw.start()
+        x = digits.x_test[:5]
+        resp = json_infer(
+            gw.url,
+            "digits",
+            [{"name": "input", "shape": [5, 64], "datatype": "FP32", "data": x.ravel().tolist()}],
+        )
+        assert resp.status_code == 200
+        assert resp.json()["outputs"][0]["data"] == onnx_predict(digits.model, x)[0].tolist()
+        ls = gw.cli("ls")
+        assert ls.returncode == 0
+        lines = ls.stdout.splitlines()
+        assert lines[0].split() == ["NAME", "VERSION", "KIND", "INPUTS", "OUTPUTS", "MODELS"]
+        assert lines[1].split()[:3] == ["digits", "1", "passthrough"]
+        assert lines[2].split()[:3] == ["top3", "1", "custom"]
+        rm = gw.cli("rm", "digits")
+        assert rm.returncode == 0
+        assert "deleted digits" in rm.stdout
+        assert json_infer(gw.url, "digits", []).status_code == 404
+        assert gw.cli("rm", "digits").returncode == 1
+    finally:
+        gw.stop()
+
+
+def test_cli_refusals_are_clear(gateway: Gateway, tmp_path: Path) -> None:
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"this is not a model")
+    r = gateway.cli("push", str(junk))
+    assert r.returncode == 1
+    assert "not a valid ONNX model" in r.stderr
+    bad_module = tmp_path / "fn.wasm"
+    bad_module.write_bytes(b"\0asm\x01\0\0\0\x01")
+    r = gateway.cli("push", str(bad_module), "--name", "fn")
+    assert r.returncode == 1
+    assert "not a valid WebAssembly module" in r.stderr
+    assert gateway.cli("ls").stdout.count("\n") == 1  # header only: nothing was stored
+    r = subprocess.run(
+        [*wasm_command(), "ls", "--gateway", f"http://127.0.0.1:{free_port()}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 1
+    assert "cannot reach the gateway" in r.stderr
+
+
+@pytest.mark.skipif(
+    shutil.which("clang-14") is None and shutil.which("clang") is None,
+    reason="Debian clang with wasi-libc is not installed",
+)
+def test_guest_built_with_debian_clang_behaves_the_same(gateway: Gateway, digits: Digits, tmp_path: Path) -> None:
+    import build  # guest_modules/build.py
+
+    wasm = build.build(["digits_topk"], cc="clang", out=tmp_path / "clang")["digits_topk"]
+    assert gateway.cli("push", str(wasm), "--name", "top3-clang", "--model", f"digits={digits.path}").returncode == 0
+    raw = np.rint(digits.x_test[:20] * 16).astype(np.uint8)
+    resp = json_infer(
+        gateway.url,
+        "top3-clang",
+        [{"name": "images", "shape": [20, 64], "datatype": "UINT8", "data": raw.ravel().tolist()}],
+    )
+    assert resp.status_code == 200, resp.text
+    _, probs = onnx_predict(digits.model, raw.astype(np.float32) / 16)
+    labels = np.array(resp.json()["outputs"][0]["data"]).reshape(-1, 3)
+    np.testing.assert_array_equal(labels, np.argsort(-probs, axis=1, kind="stable")[:, :3])
