@@ -1,0 +1,99 @@
+"""The shipped guests (built-in passthrough and digits_topk) against the real host: correct answers, and a
+clean status 1 (never a trap) for malformed request buffers."""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.functions import PASSTHROUGH_ALIAS, passthrough_module, passthrough_signature
+from tests.conftest import Digits, onnx_predict
+from wasm_host.abi import MAGIC, STATUS_INVALID, encode_request, unpack_result
+from wasm_host.guest import GuestInstance
+from wasm_host.host import Host
+from wasm_host.onnx_backend import ModelRef
+from wasm_host.tensors import Tensor
+
+
+@pytest.fixture
+def passthrough(host: Host, digits: Digits) -> GuestInstance:
+    wasm = passthrough_module()
+    refs = {PASSTHROUGH_ALIAS: ModelRef(digits.digest, digits.path)}
+    return host.prepare(wasm, hashlib.sha256(wasm).hexdigest(), refs).instantiate()
+
+
+@pytest.fixture
+def top3(host: Host, digits: Digits, guests: dict[str, Path]) -> GuestInstance:
+    wasm = guests["digits_topk"].read_bytes()
+    refs = {"digits": ModelRef(digits.digest, digits.path)}
+    return host.prepare(wasm, hashlib.sha256(wasm).hexdigest(), refs).instantiate()
+
+
+def raw_handle(inst: GuestInstance, request: bytes) -> tuple[int, bytes]:
+    ptr = inst.call("alloc", len(request)) & 0xFFFFFFFF
+    assert ptr != 0
+    inst.memory.write(ptr, request)
+    status, out, n = unpack_result(inst.call("handle", ptr, len(request)))
+    return status, inst.memory.read(out, n)
+
+
+def test_passthrough_matches_onnxruntime_across_batch_sizes(passthrough: GuestInstance, digits: Digits) -> None:
+    graph = passthrough.nn.backend.load_ref(ModelRef(digits.digest, digits.path))
+    _, outputs = passthrough_signature(graph)
+    for n in (1, 7, 64, len(digits.x_test)):
+        x = digits.x_test[:n]
+        got = {t.name: t.to_numpy() for t in passthrough.handle([Tensor.from_numpy("input", x)], outputs)}
+        labels, probs = onnx_predict(digits.model, x)
+        np.testing.assert_array_equal(got["label"], labels)
+        np.testing.assert_array_equal(got["probabilities"], probs)
+    assert passthrough.healthy
+
+
+def test_top3_signature_and_results(top3: GuestInstance, digits: Digits) -> None:
+    signature = top3.signature()
+    assert signature is not None
+    inputs, outputs = signature
+    assert [(s.name, s.datatype, s.shape) for s in inputs] == [("images", "UINT8", (-1, 64))]
+    assert [s.name for s in outputs] == ["labels", "probabilities"]
+    raw = np.rint(digits.x_test[:10] * 16).astype(np.uint8)
+    got = {t.name: t.to_numpy() for t in top3.handle([Tensor.from_numpy("images", raw)], outputs)}
+    _, probs = onnx_predict(digits.model, raw.astype(np.float32) / 16)
+    np.testing.assert_array_equal(got["labels"], np.argsort(-probs, axis=1, kind="stable")[:, :3])
+
+
+requests = st.one_of(
+    st.binary(max_size=300),
+    # A valid header followed by junk, so the fuzzing reaches the entry parser.
+    st.tuples(st.integers(0, 70), st.integers(0, 70), st.binary(max_size=300)).map(
+        lambda t: struct.pack("<IIII", MAGIC, t[0], t[1], 0) + t[2]
+    ),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(requests)
+def test_malformed_requests_never_trap_the_passthrough(passthrough: GuestInstance, request: bytes) -> None:
+    status, _ = raw_handle(passthrough, request)
+    assert passthrough.healthy
+    assert status != 0 or request[:4] == struct.pack("<I", MAGIC)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(requests)
+def test_malformed_requests_never_trap_top3(top3: GuestInstance, request: bytes) -> None:
+    raw_handle(top3, request)
+    assert top3.healthy
+
+
+def test_truncated_valid_request_is_status_1(passthrough: GuestInstance, digits: Digits) -> None:
+    request = encode_request([Tensor.from_numpy("input", digits.x_test[:2])], [])
+    for cut in (3, 16, 20, 40, len(request) - 9):
+        status, message = raw_handle(passthrough, request[:cut])
+        assert status == STATUS_INVALID, cut
+        assert message
