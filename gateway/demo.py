@@ -7,6 +7,7 @@ values 0-16, scaled to 0-1) and converted with skl2onnx, so the demo needs the `
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import threading
 import time
@@ -46,6 +47,7 @@ def train_digits() -> tuple[bytes, Any, Any]:
 
 def run_demo(settings: Settings) -> int:
     configure_logging(settings)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # the demo's own pushes are not news
     model, x_test, y_test = train_digits()
     server = uvicorn_server(settings)
     thread = threading.Thread(target=server.run, name="wasmgate-server")

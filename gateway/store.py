@@ -194,10 +194,10 @@ class LocalStore:
 
     def manifests(self) -> list[Manifest]:
         out = []
-        for path in sorted(self.functions.glob("*.json")):
+        for path in self.functions.glob("*.json"):
             with contextlib.suppress(FileNotFoundError):
                 out.append(Manifest.from_json(json.loads(path.read_text())))
-        return out
+        return sorted(out, key=lambda m: m.name)
 
     def commit(self, manifest: Manifest, max_functions: int) -> Manifest:
         """Make ``manifest`` the function's current version: move its staged blobs into the store, then

@@ -17,6 +17,7 @@ from wasm_host.engine import WasmEngine
 from wasm_host.errors import DeadlineExceeded, GuestFailure, GuestTrap, InvalidFunction, InvalidRequest
 from wasm_host.memory import GuestMemory, OutOfBounds
 from wasm_host.onnx_backend import ModelRef, OnnxBackend
+from wasm_host.rawcall import RawExport
 from wasm_host.tensors import Tensor, TensorSpec
 from wasm_host.wasi_nn import MODULE as NN_MODULE
 from wasm_host.wasi_nn import SIGNATURES as NN_SIGNATURES
@@ -92,6 +93,12 @@ class FunctionImage:
         pre: wasmtime.InstancePre,
         models: Mapping[str, ModelRef],
     ) -> None:
+        #: Exported functions with i32/i64 parameters and at most one result: name -> (params, results).
+        self.func_exports: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+        for export in pre.module.exports:
+            sig = _functype(export.type)
+            if sig is not None and set(sig[0] + sig[1]) <= {"i32", "i64"} and len(sig[1]) <= 1:
+                self.func_exports[export.name] = sig
         self.engine = engine
         self.nn_host = nn_host
         self.backend = backend
@@ -115,32 +122,39 @@ class GuestInstance:
         self._store.set_epoch_deadline(self.limits.deadline_ticks())
         with self._guard("instantiation"):
             instance = image.pre.instantiate(self._store)
-        exports = self._exports = instance.exports(self._store)
+        exports = instance.exports(self._store)
         memory = exports["memory"]
         assert isinstance(memory, wasmtime.Memory)  # check_abi guarantees it
         self.memory = GuestMemory(self._store, memory)
         self.nn.attach(self.memory)
-        self._alloc = exports["alloc"]
-        self._handle = exports["handle"]
-        self._signature = exports.get("signature")
-        init = exports.get("_initialize")
-        if isinstance(init, wasmtime.Func):
-            self._call("_initialize", init)
+        self._funcs: dict[str, RawExport] = {}
+        for name, (params, results) in image.func_exports.items():
+            func = exports[name]
+            assert isinstance(func, wasmtime.Func)
+            self._funcs[name] = RawExport(self._store, func, params, results[0] if results else None)
+        self._alloc = self._funcs["alloc"]
+        self._handle = self._funcs["handle"]
+        self._signature = self._funcs.get("signature")
+        if "_initialize" in self._funcs:
+            self._call("_initialize", self._funcs["_initialize"])
 
     # -- calling into the guest ----------------------------------------------------------------------------
     def _guard(self, what: str) -> _TrapGuard:
         return _TrapGuard(self, what)
 
-    def _call(self, what: str, func: object, *args: int, deadline_ms: int | None = None) -> int:
-        assert isinstance(func, wasmtime.Func)
+    def _call(self, what: str, func: RawExport, *args: int, deadline_ms: int | None = None) -> int:
         self._store.set_epoch_deadline(self.limits.deadline_ticks(deadline_ms))
-        with self._guard(what), self._nn_host.bind(self.nn):
-            result = func(self._store, *args)
-        return int(result) if result is not None else 0
+        previous = self._nn_host.bind(self.nn)
+        try:
+            with self._guard(what):
+                return func(*args)
+        finally:
+            self._nn_host.bind(previous)
 
     def call(self, export: str, *args: int) -> int:
-        """Call any exported function under the deadline, with traps translated (for tools and tests)."""
-        return self._call(export, self._exports[export], *args)
+        """Call any exported function (i32/i64 parameters, at most one result) under the deadline, with traps
+        translated (for tools and tests)."""
+        return self._call(export, self._funcs[export], *args)
 
     def signature(self) -> tuple[list[TensorSpec], list[TensorSpec]] | None:
         """The function's declared (inputs, outputs), from its optional ``signature`` export."""

@@ -12,6 +12,8 @@ import struct
 
 import wasmtime
 
+from wasm_host.rawcall import RawMemory
+
 U32 = 0xFFFFFFFF
 
 
@@ -20,29 +22,41 @@ class OutOfBounds(ValueError):
 
 
 class GuestMemory:
-    __slots__ = ("_memory", "_store")
+    __slots__ = ("_pinned", "_raw")
 
     def __init__(self, store: wasmtime.Store, memory: wasmtime.Memory) -> None:
-        self._store = store
-        self._memory = memory
+        self._raw = RawMemory(store, memory)
+        self._pinned: tuple[int, int] | None = None
 
     @property
     def size(self) -> int:
-        return int(self._memory.data_len(self._store))
+        return self._raw.size()
+
+    def pin(self) -> None:
+        """Read base and size once for the duration of a host call. No guest code runs during a host call, so
+        the memory cannot grow or move until :meth:`unpin`."""
+        self._pinned = (self._raw.base(), self._raw.size())
+
+    def unpin(self) -> None:
+        self._pinned = None
 
     def address(self, ptr: int, length: int) -> int:
         """The host address of guest bytes [ptr, ptr+length), after checking they lie inside memory."""
         ptr &= U32
-        size = self.size
+        base, size = self._pinned or (self._raw.base(), self._raw.size())
         if length < 0 or ptr + length > size:
             raise OutOfBounds(f"guest range [{ptr}, {ptr}+{length}) is outside its {size}-byte memory")
-        return ctypes.addressof(self._memory.data_ptr(self._store).contents) + ptr
+        return base + ptr
 
     def read(self, ptr: int, length: int) -> bytes:
         return ctypes.string_at(self.address(ptr, length), length) if length else b""
 
     def write(self, ptr: int, data: bytes) -> None:
         ctypes.memmove(self.address(ptr, len(data)), data, len(data))
+
+    def write_from(self, ptr: int, source_address: int, length: int) -> None:
+        """Copy ``length`` bytes from a host address (a numpy array's buffer, say) into guest memory."""
+        ctypes.memmove(self.address(ptr, length), source_address, length)
 
     def read_u32s(self, ptr: int, count: int) -> tuple[int, ...]:
         return struct.unpack(f"<{count}I", self.read(ptr, 4 * count))

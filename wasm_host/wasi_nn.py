@@ -15,14 +15,13 @@ binding, which the instance sets around each call into the guest.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import hashlib
 import logging
 import math
 import struct
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import wasmtime
@@ -30,6 +29,7 @@ import wasmtime
 from wasm_host.engine import SandboxLimits
 from wasm_host.memory import U32, GuestMemory, OutOfBounds
 from wasm_host.onnx_backend import ModelRef, OnnxBackend, OnnxGraph
+from wasm_host.rawcall import RawLinkerFuncs
 
 log = logging.getLogger("wasmgate.wasi_nn")
 
@@ -75,6 +75,9 @@ SIGNATURES: dict[str, int] = {
     "compute": 1,
     "get_output": 5,
 }
+
+
+_TENSOR = struct.Struct("<IIB3xII")
 
 
 class _Failure(Exception):
@@ -220,7 +223,7 @@ class NnState:
     def set_input(self, ctx: int, index: int, tensor_ptr: int) -> None:
         c = self._context(ctx)
         index &= U32
-        dims_ptr, dims_len, ttype, data_ptr, data_len = struct.unpack("<IIB3xII", self.read(tensor_ptr, 20))
+        dims_ptr, dims_len, ttype, data_ptr, data_len = _TENSOR.unpack(self.read(tensor_ptr, 20))
         if index >= len(c.graph.inputs):
             raise _Failure(NnErrno.INVALID_ARGUMENT, f"input index {index}: the graph has {len(c.graph.inputs)}")
         want = c.graph.inputs[index]
@@ -235,7 +238,7 @@ class NnState:
         if dims_len > MAX_DIMS:
             raise _Failure(NnErrno.INVALID_ARGUMENT, f"input {index}: {dims_len} dims (at most {MAX_DIMS})")
         dims = self.read_u32s(dims_ptr, dims_len)
-        if want.shape and not (
+        if want.shape and dims != want.shape and not (
             len(dims) == len(want.shape) and all(w in (-1, d) for w, d in zip(want.shape, dims, strict=True))
         ):
             raise _Failure(
@@ -283,8 +286,11 @@ class NnState:
             raise _Failure(NnErrno.TOO_LARGE, f"output {index}: {nbytes} bytes exceeds the tensor limit")
         if nbytes > out_max:
             raise _Failure(NnErrno.TOO_LARGE, f"output {index} has {nbytes} bytes, the buffer {out_max}")
-        le = value.astype(value.dtype.newbyteorder("<"), copy=False)
-        self.write(out_ptr, np.ascontiguousarray(le).tobytes())
+        contiguous = np.ascontiguousarray(value.astype(value.dtype.newbyteorder("<"), copy=False))
+        try:
+            self._memory().write_from(out_ptr, contiguous.ctypes.data, nbytes)
+        except OutOfBounds as exc:
+            raise _Failure(NnErrno.INVALID_ARGUMENT, str(exc)) from exc
         self.write_u32(written_out, nbytes)
 
 
@@ -293,22 +299,18 @@ class WasiNnHost:
 
     def __init__(self) -> None:
         self._local = threading.local()
+        self._funcs = RawLinkerFuncs()
 
-    @contextlib.contextmanager
-    def bind(self, state: NnState) -> Iterator[None]:
-        """Route this thread's WASI-NN calls to ``state`` while a call into its guest runs."""
-        previous = getattr(self._local, "state", None)
+    def bind(self, state: NnState | None) -> NnState | None:
+        """Route this thread's WASI-NN calls to ``state`` (None: to nothing) while a call into its guest runs.
+        Returns the previous binding, to be restored by the caller."""
+        previous: NnState | None = getattr(self._local, "state", None)
         self._local.state = state
-        try:
-            yield
-        finally:
-            self._local.state = previous
+        return previous
 
     def define(self, linker: wasmtime.Linker) -> None:
-        i32 = wasmtime.ValType.i32()
         for name, arity in SIGNATURES.items():
-            ty = wasmtime.FuncType([i32] * arity, [i32])
-            linker.define_func(MODULE, name, ty, self._entry(name))
+            self._funcs.define(linker, MODULE, name, arity, self._entry(name))
 
     def _entry(self, name: str) -> Callable[..., int]:
         local = self._local
@@ -317,6 +319,8 @@ class WasiNnHost:
             state: NnState | None = getattr(local, "state", None)
             if state is None:  # called outside a bound request, e.g. from a start function
                 return int(NnErrno.BUSY)
+            if state.mem is not None:
+                state.mem.pin()
             try:
                 getattr(state, name)(*args)
             except _Failure as failure:
@@ -327,6 +331,9 @@ class WasiNnHost:
                 state.last_error = f"{name}: internal error: {exc!r}"
                 log.exception("wasi-nn %s failed unexpectedly", name)
                 return int(NnErrno.RUNTIME_ERROR)
+            finally:
+                if state.mem is not None:
+                    state.mem.unpin()
             return int(NnErrno.SUCCESS)
 
         call.__name__ = f"wasi_nn_{name}"
