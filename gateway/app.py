@@ -1,21 +1,28 @@
-"""The app factory: ``create_app(settings)`` wires the store, the sandbox host and the tiers in its lifespan."""
+"""The app factory: ``create_app(settings)`` wires the store, the sandbox host, the pools and the tiers in its
+lifespan, and runs the background work: pre-warming functions with ``min_warm``, and the reaper that scales
+idle functions down (to zero when ``min_warm`` is 0)."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 
+import anyio
+import anyio.to_thread
 from starlette.applications import Starlette
 
 from gateway import admin, oip
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.functions import FunctionRegistry
+from gateway.metrics import Metrics
 from gateway.settings import Settings
 from gateway.state import AppState
 from gateway.store import LocalStore
 from router.wasm_tier import WasmTier
 from wasm_host.host import Host
+from wasm_host.pool import Warmer
 
 log = logging.getLogger("wasmgate")
 
@@ -26,20 +33,32 @@ def create_app(settings: Settings) -> Starlette:
         store = LocalStore(settings.data_dir)
         store.prune_uploads()
         host = Host(settings.sandbox, settings.cache_dir, settings.ort_intra_op_threads).start()
-        state = AppState(
-            settings=settings,
-            store=store,
-            host=host,
-            registry=FunctionRegistry(store, host, settings),
-            wasm=WasmTier(settings.worker_threads),
+        metrics = Metrics(settings.metrics_multiproc_dir)
+        warmer = Warmer()
+        registry = FunctionRegistry(
+            store,
+            host,
+            settings,
+            warmer=warmer,
+            on_pool_change=metrics.observe_pool,
+            on_unload=metrics.forget_pool,
+            observer=metrics,
         )
+        state = AppState(settings, store, host, registry, WasmTier(settings.worker_threads), metrics)
         app.state.wasmgate = state
+        await anyio.to_thread.run_sync(registry.prewarm)
         state.ready = True
-        log.info("wasmgate ready: data dir %s", settings.data_dir)
+        log.info("wasmgate ready (pid %d): data dir %s", os.getpid(), settings.data_dir)
         try:
-            yield
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_reaper, state)
+                try:
+                    yield
+                finally:
+                    tg.cancel_scope.cancel()
         finally:
             state.ready = False
+            warmer.close()
             host.close()
 
     return Starlette(
@@ -47,3 +66,15 @@ def create_app(settings: Settings) -> Starlette:
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
+
+
+async def _reaper(state: AppState) -> None:
+    """Scale idle functions down every ``reap_interval_s``."""
+    while True:
+        await anyio.sleep(state.settings.reap_interval_s)
+        try:
+            for name in await anyio.to_thread.run_sync(state.registry.reap):
+                state.metrics.scale_to_zero.labels(name).inc()
+                log.info("scaled %s to zero", name)
+        except Exception:  # the reaper must outlive any one bad function
+            log.exception("reaping idle functions failed")

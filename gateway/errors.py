@@ -20,6 +20,7 @@ from wasm_host.errors import (
     InvalidRequest,
     NotFound,
     TooLarge,
+    TooManyRequests,
     Unauthorized,
     Unavailable,
     WasmgateError,
@@ -36,6 +37,7 @@ STATUS: list[tuple[type[WasmgateError], int]] = [
     (Unauthorized, 401),
     (NotFound, 404),
     (TooLarge, 413),
+    (TooManyRequests, 429),
     (Unavailable, 503),
 ]
 

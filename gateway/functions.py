@@ -13,20 +13,28 @@ on the next request.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import gc
+import logging
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from importlib.resources import files
+from typing import Any
 
 import wasmtime
 
 from gateway.settings import Settings
 from gateway.store import LocalStore, Manifest, check_digest, check_name
-from wasm_host.errors import InvalidFunction, InvalidRequest, TooLarge
+from router.admission import Admission, AdmissionObserver
+from wasm_host.errors import InvalidFunction, InvalidRequest, NotFound, TooLarge
 from wasm_host.host import Host
 from wasm_host.onnx_backend import ModelRef, OnnxGraph
-from wasm_host.pool import InstancePool
+from wasm_host.pool import InstancePool, PoolSettings, Warmer
 from wasm_host.tensors import Tensor, TensorSpec
 from wasm_host.wasi_nn import TENSOR_TYPES
+
+log = logging.getLogger("wasmgate.functions")
 
 PASSTHROUGH_ALIAS = "model"
 WASI_NN_DATATYPES = {t[0] for t in TENSOR_TYPES.values()}
@@ -37,62 +45,193 @@ def passthrough_module() -> bytes:
     return bytes(wasmtime.wat2wasm(files("wasm_host").joinpath("passthrough.wat").read_text()))
 
 
-@dataclasses.dataclass
 class LoadedFunction:
-    manifest: Manifest
-    pool: InstancePool
-    graphs: list[OnnxGraph]  # held so the shared sessions stay loaded while the function is
-    stamp: tuple[int, int] | None
+    """A function as one worker process serves it: its pool, its admission, and the sessions it holds."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        pool: InstancePool,
+        graphs: list[OnnxGraph],
+        stamp: tuple[int, int] | None,
+        observer: AdmissionObserver | None = None,
+    ) -> None:
+        self.manifest = manifest
+        self.pool = pool
+        self.graphs = graphs  # held so the shared sessions stay loaded while the function is
+        self.stamp = stamp
+        self.admission = _admission(manifest, observer)
+        self.observer = observer
+        self.last_used = time.monotonic()
+        self.cold = True  # until the first request has been served: that request reports the cold start
 
     @property
     def name(self) -> str:
         return self.manifest.name
 
+    def retune(self, manifest: Manifest, stamp: tuple[int, int] | None) -> None:
+        """Apply new pool settings to the same code without reloading it."""
+        if manifest.pool != self.manifest.pool:
+            self.pool.settings = manifest.pool
+            self.admission = _admission(manifest, self.observer)
+        self.manifest = manifest
+        self.stamp = stamp
+
+
+def _report(callback: Callable[[str, InstancePool], None], name: str, pool: InstancePool) -> None:
+    callback(name, pool)
+
+
+def _admission(manifest: Manifest, observer: AdmissionObserver | None) -> Admission:
+    p = manifest.pool
+    return Admission(manifest.name, p.effective_concurrency, p.max_queue, p.queue_timeout_s, observer)
+
 
 class FunctionRegistry:
-    def __init__(self, store: LocalStore, host: Host, settings: Settings) -> None:
+    """Loaded functions of this worker process, by name.
+
+    A function is loaded on its first request after start, push or scale to zero (a cold start: compile-cache
+    read, onnxruntime sessions, first instance), and unloaded by :meth:`reap` after ``idle_timeout_s`` without
+    requests unless ``min_warm`` keeps instances ready. Each lookup compares the manifest's file stamp, so a
+    push, delete or settings change made by another worker is seen on the next request.
+    """
+
+    def __init__(
+        self,
+        store: LocalStore,
+        host: Host,
+        settings: Settings,
+        warmer: Warmer | None = None,
+        on_pool_change: Callable[[str, InstancePool], None] | None = None,
+        on_unload: Callable[[str], None] | None = None,
+        observer: AdmissionObserver | None = None,
+    ) -> None:
+        self.observer = observer
         self.store = store
         self.host = host
         self.settings = settings
+        self.warmer = warmer
+        self._on_pool_change = on_pool_change
+        self._on_unload = on_unload
         self._loaded: dict[str, LoadedFunction] = {}
         self._lock = threading.Lock()
         self._passthrough: bytes | None = None
 
     # -- serving -------------------------------------------------------------------------------------------
     def get(self, name: str) -> LoadedFunction:
-        """The loaded function, (re)loading it when its manifest changed. Blocking: call from a thread.
-        Raises NotFound."""
+        """The loaded function, loading it when absent and reloading it when its code changed. Blocking (a
+        load reads files and creates sessions): call from a thread. Raises NotFound."""
         stamp = self.store.stamp(name)
         fn = self._loaded.get(name)
-        if fn is not None and fn.stamp == stamp:
+        if fn is not None and fn.stamp == stamp and stamp is not None:
             return fn
         with self._lock:
             fn = self._loaded.get(name)
-            if fn is not None and fn.stamp == stamp:
+            stamp = self.store.stamp(name)
+            if fn is not None and fn.stamp == stamp and stamp is not None:
                 return fn
-            manifest = self.store.get(name)  # raises NotFound
-            fn = self._load(manifest, self.store.stamp(name))
+            try:
+                manifest = self.store.get(name)
+            except NotFound:
+                self._unload_locked(name)
+                raise
+            if fn is not None and fn.manifest.code == manifest.code:
+                fn.retune(manifest, stamp)
+                return fn
+            self._unload_locked(name)
+            fn = self._load(manifest, stamp)
             self._loaded[name] = fn
             return fn
+
+    def loaded(self) -> list[LoadedFunction]:
+        return list(self._loaded.values())
 
     def _load(self, manifest: Manifest, stamp: tuple[int, int] | None) -> LoadedFunction:
         refs = {alias: ModelRef(d, self.store.blob_path(d)) for alias, d in manifest.models.items()}
         graphs = [self.host.backend.load_ref(ref) for ref in refs.values()]
         image = self.host.prepare(self.store.read_blob(manifest.module), manifest.module, refs)
-        return LoadedFunction(manifest, InstancePool(image, self.settings.pool_max_idle), graphs, stamp)
+        on_change = self._on_pool_change
+        pool = InstancePool(
+            image,
+            manifest.pool,
+            self.warmer,
+            on_change=functools.partial(_report, on_change, manifest.name) if on_change else None,
+        )
+        fn = LoadedFunction(manifest, pool, graphs, stamp, self.observer)
+        if self.warmer is not None and pool.target_ready():
+            self.warmer.schedule(pool)
+        return fn
 
     def forget(self, name: str) -> None:
         with self._lock:
-            self._loaded.pop(name, None)
+            self._unload_locked(name)
+
+    def _unload_locked(self, name: str) -> None:
+        fn = self._loaded.pop(name, None)
+        if fn is not None:
+            fn.pool.close()
+            if self._on_unload is not None:
+                self._on_unload(name)
+
+    def reap(self, now: float | None = None) -> list[str]:
+        """Scale idle functions down: to ``min_warm`` ready instances, or, with ``min_warm`` 0, unload them
+        entirely (instances and onnxruntime sessions; the compile cache and the store stay). Returns the names
+        unloaded."""
+        now = time.monotonic() if now is None else now
+        unloaded = []
+        with self._lock:
+            for name, fn in list(self._loaded.items()):
+                idle = now - fn.last_used
+                if fn.admission.in_flight or fn.admission.waiting or fn.pool.busy:
+                    continue
+                if idle < fn.manifest.pool.idle_timeout_s:
+                    continue
+                if fn.manifest.pool.min_warm == 0:
+                    self._unload_locked(name)
+                    unloaded.append(name)
+                else:
+                    fn.pool.shrink(fn.manifest.pool.min_warm)
+        if unloaded:
+            gc.collect()  # instances and sessions can sit in reference cycles; release their memory now
+        return unloaded
+
+    def prewarm(self) -> None:
+        """Load every function with ``min_warm`` > 0, so its instances are ready before its first request."""
+        for manifest in self.store.manifests():
+            if manifest.pool.min_warm > 0:
+                try:
+                    self.get(manifest.name)
+                except Exception as exc:  # a function that fails to load reports it on its own requests
+                    log.warning("prewarming %s failed: %s", manifest.name, exc)
 
     # -- pushing -------------------------------------------------------------------------------------------
-    def push(self, name: str, module: str | None, models: Mapping[str, str]) -> Manifest:
+    def push(
+        self, name: str, module: str | None, models: Mapping[str, str], pool: Mapping[str, Any] | None = None
+    ) -> Manifest:
         """Validate and commit a function. ``module`` and ``models`` are digests of uploaded blobs;
-        ``module=None`` pushes a bare ONNX model behind the built-in passthrough guest."""
-        manifest = self.validate(name, module, models)
+        ``module=None`` pushes a bare ONNX model behind the built-in passthrough guest. ``pool`` settings
+        apply over the function's current ones (or the defaults), so a re-push keeps its scaling."""
+        try:
+            base = self.store.get(check_name(name)).pool
+        except NotFound:
+            base = PoolSettings()
+        settings = self._pool_settings(pool or {}, base)
+        manifest = dataclasses.replace(self.validate(name, module, models), pool=settings)
         committed = self.store.commit(manifest, self.settings.max_functions)
         self.forget(name)
         return committed
+
+    def set_pool(self, name: str, pool: Mapping[str, Any]) -> Manifest:
+        """Change a function's pool settings; every worker applies them on its next request."""
+        current = self.store.get(check_name(name))
+        return self.store.set_pool(name, self._pool_settings(pool, current.pool))
+
+    @staticmethod
+    def _pool_settings(doc: Mapping[str, Any], base: PoolSettings) -> PoolSettings:
+        try:
+            return PoolSettings.from_json(doc, base)
+        except (ValueError, TypeError) as exc:
+            raise InvalidRequest(f"invalid pool settings: {exc}") from None
 
     def validate(self, name: str, module: str | None, models: Mapping[str, str]) -> Manifest:
         check_name(name)

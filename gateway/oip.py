@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from importlib.metadata import version
 
 import anyio.to_thread
@@ -10,9 +11,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.codec import HEADER_LENGTH, encode_response, parse_request, select_outputs
+from gateway.errors import status_of
 from gateway.functions import FunctionRegistry, LoadedFunction, bind_inputs
 from gateway.state import AppState
-from wasm_host.errors import InvalidRequest, NotFound, TooLarge
+from wasm_host.errors import InvalidRequest, NotFound, TooLarge, WasmgateError
 
 EXTENSIONS = ["binary_tensor_data"]
 
@@ -83,12 +85,37 @@ async def model_ready(request: Request) -> Response:
 async def infer(request: Request) -> Response:
     state = state_of(request)
     fn = await lookup(state.registry, request)
-    body = await read_body(request, state.settings.max_body_bytes)
-    req = parse_request(body, request.headers.get(HEADER_LENGTH), state.settings.sandbox.max_tensor_bytes)
-    inputs = bind_inputs(fn.name, fn.manifest.inputs, req.inputs)
-    produced = await state.wasm.infer(fn.pool, inputs, fn.manifest.outputs or [])
-    payload, headers = encode_response(fn.name, str(fn.manifest.version), req, select_outputs(produced, req))
-    return Response(payload, headers={**headers, "x-wasmgate-tier": state.wasm.name})
+    cold, fn.cold = fn.cold, False
+    backend = state.wasm.name
+    started = time.perf_counter()
+    fn.last_used = time.monotonic()
+    status = 500
+    try:
+        body = await read_body(request, state.settings.max_body_bytes)
+        req = parse_request(body, request.headers.get(HEADER_LENGTH), state.settings.sandbox.max_tensor_bytes)
+        inputs = bind_inputs(fn.name, fn.manifest.inputs, req.inputs)
+        produced = await state.wasm.infer(fn.admission, fn.pool, inputs, fn.manifest.outputs or [])
+        payload, headers = encode_response(fn.name, str(fn.manifest.version), req, select_outputs(produced, req))
+        status = 200
+    except WasmgateError as exc:
+        status = status_of(exc)
+        raise
+    finally:
+        fn.last_used = time.monotonic()
+        m = state.metrics
+        m.requests.labels(fn.name, backend, str(status)).inc()
+        m.latency.labels(fn.name, backend).observe(time.perf_counter() - started)
+        if cold:
+            m.cold_starts.labels(fn.name).inc()
+    extra = {"x-wasmgate-tier": backend}
+    if cold:
+        extra["x-wasmgate-cold-start"] = "true"
+    return Response(payload, headers={**headers, **extra})
+
+
+async def metrics(request: Request) -> Response:
+    m = state_of(request).metrics
+    return Response(await anyio.to_thread.run_sync(m.render), media_type=m.content_type)
 
 
 ROUTES = [
@@ -101,4 +128,5 @@ ROUTES = [
     Route("/v2/models/{name}/versions/{version}/ready", model_ready),
     Route("/v2/models/{name}/infer", infer, methods=["POST"]),
     Route("/v2/models/{name}/versions/{version}/infer", infer, methods=["POST"]),
+    Route("/metrics", metrics),
 ]

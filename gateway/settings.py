@@ -17,6 +17,7 @@ from typing import Any, Literal, get_args
 from wasm_host.engine import MiB, SandboxLimits
 
 ENV_PREFIX = "WASMGATE_"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LogLevel = Literal["debug", "info", "warning", "error"]
 
 
@@ -47,6 +48,13 @@ class Settings:
     ort_intra_op_threads: int = 1
     #: Threads that run guests; bounds how many requests execute at once in this process.
     worker_threads: int = 8
+    #: Worker processes serving (``wasm serve --workers``). Each has its own pools and admission limits.
+    workers: int = 1
+    #: How often idle functions are scaled down, in seconds.
+    reap_interval_s: float = 1.0
+    #: Shared directory for multi-process metrics; ``serve`` sets it up for its workers
+    #: (prometheus-client's own PROMETHEUS_MULTIPROC_DIR).
+    metrics_multiproc_dir: str | None = None
     #: The sandbox's limits (deadline, memory, tensor and model sizes); defaults live in wasm_host.engine.
     sandbox: SandboxLimits = dataclasses.field(default_factory=SandboxLimits)
 
@@ -62,6 +70,8 @@ class Settings:
         """
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {"data_dir": default_data_dir(env)}
+        if env.get(MULTIPROC_ENV):
+            values["metrics_multiproc_dir"] = env[MULTIPROC_ENV]
         sandbox: dict[str, Any] = {}
         for target, fields in ((values, cls._own_fields()), (sandbox, dataclasses.fields(SandboxLimits))):
             for f in fields:
@@ -80,7 +90,7 @@ class Settings:
 
     @classmethod
     def _own_fields(cls) -> list[dataclasses.Field[Any]]:
-        return [f for f in dataclasses.fields(cls) if f.name != "sandbox"]
+        return [f for f in dataclasses.fields(cls) if f.name not in ("sandbox", "metrics_multiproc_dir")]
 
 
 def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
@@ -92,6 +102,11 @@ def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
             if value < 0:
                 raise ValueError("must not be negative")
             return value
+        if kind == "float":
+            number = float(raw)
+            if not number >= 0:
+                raise ValueError("must be a non-negative number")
+            return number
         if kind == "Path":
             return Path(raw)
         if kind == "LogLevel":

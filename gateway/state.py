@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from gateway.functions import FunctionRegistry
+from gateway.metrics import Metrics
 from gateway.settings import Settings
 from gateway.store import LocalStore
 from router.wasm_tier import WasmTier
@@ -18,4 +19,5 @@ class AppState:
     host: Host
     registry: FunctionRegistry
     wasm: WasmTier
+    metrics: Metrics
     ready: bool = False

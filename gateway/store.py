@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from wasm_host.errors import InvalidRequest, NotFound, TooLarge
+from wasm_host.pool import PoolSettings
 from wasm_host.tensors import TensorSpec
 
 NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,126}[A-Za-z0-9])?")
@@ -69,6 +70,12 @@ class Manifest:
     inputs: list[TensorSpec] | None  # None: the function declares no signature
     outputs: list[TensorSpec] | None
     created: float = 0.0
+    pool: PoolSettings = dataclasses.field(default_factory=PoolSettings)
+
+    @property
+    def code(self) -> tuple[str, tuple[tuple[str, str], ...]]:
+        """What the function runs: its module and models. Equal codes can share loaded state."""
+        return self.module, tuple(sorted(self.models.items()))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -80,6 +87,7 @@ class Manifest:
             "inputs": None if self.inputs is None else [s.to_json() for s in self.inputs],
             "outputs": None if self.outputs is None else [s.to_json() for s in self.outputs],
             "created": self.created,
+            "pool": self.pool.to_json(),
         }
 
     @classmethod
@@ -97,6 +105,7 @@ class Manifest:
             inputs=specs("inputs"),
             outputs=specs("outputs"),
             created=float(doc.get("created", 0.0)),
+            pool=PoolSettings.from_json(doc.get("pool") or {}),
         )
 
 
@@ -219,6 +228,13 @@ class LocalStore:
             )
             _atomic_write(path, json.dumps(final.to_json(), indent=1).encode())
             return final
+
+    def set_pool(self, name: str, pool: PoolSettings) -> Manifest:
+        """Change a function's pool settings. The version (which counts pushes of code) stays."""
+        with self._locked():
+            manifest = dataclasses.replace(self.get(name), pool=pool)
+            _atomic_write(self._manifest_path(name), json.dumps(manifest.to_json(), indent=1).encode())
+            return manifest
 
     def delete(self, name: str) -> Manifest:
         with self._locked():

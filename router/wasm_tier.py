@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import anyio
 import anyio.to_thread
 
+from router.admission import Admission
 from wasm_host.pool import InstancePool
 from wasm_host.tensors import Tensor, TensorSpec
 
@@ -21,8 +22,13 @@ class WasmTier:
     def __init__(self, threads: int) -> None:
         self._limiter = anyio.CapacityLimiter(threads)
 
-    async def infer(self, pool: InstancePool, inputs: Sequence[Tensor], outputs: Sequence[TensorSpec]) -> list[Tensor]:
-        return await anyio.to_thread.run_sync(_run, pool, inputs, outputs, limiter=self._limiter)
+    async def infer(
+        self, admission: Admission, pool: InstancePool, inputs: Sequence[Tensor], outputs: Sequence[TensorSpec]
+    ) -> list[Tensor]:
+        """Run one request once admission gives it a slot. Raises TooManyRequests or Unavailable when it
+        does not, and the guest's errors otherwise."""
+        async with admission.slot():
+            return await anyio.to_thread.run_sync(_run, pool, inputs, outputs, limiter=self._limiter)
 
 
 def _run(pool: InstancePool, inputs: Sequence[Tensor], outputs: Sequence[TensorSpec]) -> list[Tensor]:

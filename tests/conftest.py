@@ -73,14 +73,24 @@ class AppClient:
     def __init__(self, app: Any) -> None:
         import functools
 
+        import anyio
         import httpx
         from anyio.from_thread import start_blocking_portal
 
         self._partial = functools.partial
         self._portal_cm = start_blocking_portal()
         self.portal = self._portal_cm.__enter__()
-        self._lifespan = app.router.lifespan_context(app)
-        self.portal.call(self._lifespan.__aenter__)
+        # The lifespan runs in one task of its own, as a server runs it (it holds a task group open).
+        self._started = self.portal.call(anyio.Event)
+        self._stop = self.portal.call(anyio.Event)
+
+        async def lifespan() -> None:
+            async with app.router.lifespan_context(app):
+                self._started.set()
+                await self._stop.wait()
+
+        self._lifespan = self.portal.start_task_soon(lifespan)
+        self.portal.call(self._started.wait)
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         self._client = httpx.AsyncClient(transport=transport, base_url="http://wasmgate.test")
 
@@ -101,7 +111,8 @@ class AppClient:
 
     def close(self) -> None:
         self.portal.call(self._client.aclose)
-        self.portal.call(self._lifespan.__aexit__, None, None, None)
+        self.portal.call(self._stop.set)
+        self._lifespan.result()
         self._portal_cm.__exit__(None, None, None)
 
     def __enter__(self) -> AppClient:

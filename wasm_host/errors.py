@@ -10,6 +10,7 @@ it to HTTP in one place (``gateway.errors``)::
     ├── NotFound              no such function                                              -> 404
     ├── TooLarge              a body, tensor, model or module past its configured limit      -> 413
     ├── Unavailable           no capacity or not ready; may carry a retry hint              -> 503
+    │   └── TooManyRequests   a function's queue is full; carries a retry hint              -> 429
     └── GuestFailure          the function itself failed                                    -> 500
         ├── GuestTrap         the guest trapped (unreachable, out of bounds, stack, memory)  -> 500
         └── DeadlineExceeded  the guest ran past its deadline and was interrupted           -> 504
@@ -51,6 +52,10 @@ class Unavailable(WasmgateError):
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class TooManyRequests(Unavailable):
+    """A function's concurrency limit and its wait queue are both full."""
 
 
 class GuestFailure(WasmgateError):

@@ -238,8 +238,10 @@ class NnState:
         if dims_len > MAX_DIMS:
             raise _Failure(NnErrno.INVALID_ARGUMENT, f"input {index}: {dims_len} dims (at most {MAX_DIMS})")
         dims = self.read_u32s(dims_ptr, dims_len)
-        if want.shape and dims != want.shape and not (
-            len(dims) == len(want.shape) and all(w in (-1, d) for w, d in zip(want.shape, dims, strict=True))
+        if (
+            want.shape
+            and dims != want.shape
+            and not (len(dims) == len(want.shape) and all(w in (-1, d) for w, d in zip(want.shape, dims, strict=True)))
         ):
             raise _Failure(
                 NnErrno.INVALID_ARGUMENT,

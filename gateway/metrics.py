@@ -1,0 +1,106 @@
+"""Prometheus metrics, served at ``/metrics``.
+
+Each app owns its own :class:`Metrics` and ``CollectorRegistry`` (no process-wide registry to reset in tests).
+With ``wasm serve --workers N`` the workers share a ``PROMETHEUS_MULTIPROC_DIR`` that ``serve`` creates before
+they start, and a scrape of any worker aggregates all of them: counters and histograms are summed, and the
+instance and queue gauges are summed over live workers (``livesum``).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+from wasm_host.pool import InstancePool
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, multiprocess_dir: str | None = None) -> None:
+        self.multiprocess_dir = multiprocess_dir
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "wasmgate_requests",
+            "Inference requests by function, backend and HTTP status.",
+            ["function", "backend", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "wasmgate_request_duration_seconds",
+            "Inference latency inside the gateway, by function and backend.",
+            ["function", "backend"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.cold_starts = Counter(
+            "wasmgate_cold_starts",
+            "Requests that found their function scaled to zero and loaded it.",
+            ["function"],
+            registry=r,
+        )
+        self.scale_to_zero = Counter(
+            "wasmgate_scale_to_zero",
+            "Times a function was unloaded after its idle timeout.",
+            ["function"],
+            registry=r,
+        )
+        self.instances = Gauge(
+            "wasmgate_instances",
+            "Instances per function by state: warm (ready), busy, instantiating.",
+            ["function", "state"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.queue_depth_gauge = Gauge(
+            "wasmgate_queue_depth",
+            "Requests waiting for a concurrency slot, by function.",
+            ["function"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.rejections = Counter(
+            "wasmgate_rejections",
+            "Requests refused by admission, by function and reason (queue_full, queue_timeout).",
+            ["function", "reason"],
+            registry=r,
+        )
+        self.instantiations = Counter(
+            "wasmgate_instantiations",
+            "Instances created, by function and where (background, request).",
+            ["function", "where"],
+            registry=r,
+        )
+
+    def observe_pool(self, function: str, pool: InstancePool) -> None:
+        self.instances.labels(function, "warm").set(pool.ready)
+        self.instances.labels(function, "busy").set(pool.busy)
+        self.instances.labels(function, "instantiating").set(pool.instantiating)
+
+    def queue_depth(self, function: str, depth: int) -> None:
+        self.queue_depth_gauge.labels(function).set(depth)
+
+    def rejected(self, function: str, reason: str) -> None:
+        self.rejections.labels(function, reason).inc()
+
+    def forget_pool(self, function: str) -> None:
+        for state in ("warm", "busy", "instantiating"):
+            self.instances.labels(function, state).set(0)
+
+    def render(self) -> bytes:
+        if self.multiprocess_dir:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
+            return bytes(generate_latest(registry))
+        return bytes(generate_latest(self.registry))

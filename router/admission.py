@@ -1,0 +1,87 @@
+"""Admission: how many requests of one function run at once, and how many may wait.
+
+A request takes a slot if one is free; otherwise it waits in a bounded queue, first come first served. Past the
+queue it is refused at once with 429 (``TooManyRequests``); a request that waits longer than the queue timeout
+is refused with 503 (``Unavailable``). Both carry a Retry-After hint. No request is dropped silently: each one
+either runs or gets one of these answers.
+
+Admission state lives on the event loop of one worker process, so the limits are per worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+import anyio
+
+from wasm_host.errors import TooManyRequests, Unavailable
+
+
+class AdmissionObserver(Protocol):
+    def queue_depth(self, function: str, depth: int) -> None: ...
+
+    def rejected(self, function: str, reason: str) -> None: ...
+
+
+class Admission:
+    def __init__(
+        self,
+        name: str,
+        limit: int,
+        max_queue: int,
+        queue_timeout_s: float,
+        observer: AdmissionObserver | None = None,
+    ) -> None:
+        self.observer = observer
+        self.name = name
+        self.limit = limit
+        self.max_queue = max_queue
+        self.queue_timeout_s = queue_timeout_s
+        self._slots = anyio.Semaphore(limit)
+        self.waiting = 0
+        self.in_flight = 0
+        self.rejected_full = 0
+        self.rejected_timeout = 0
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        if self.waiting == 0 and self._slots.value > 0:
+            self._slots.acquire_nowait()
+        else:
+            if self.waiting >= self.max_queue:
+                self.rejected_full += 1
+                if self.observer is not None:
+                    self.observer.rejected(self.name, "queue_full")
+                raise TooManyRequests(
+                    f"function {self.name!r} is at its concurrency limit ({self.limit}) and its queue is full "
+                    f"({self.max_queue}); retry later or raise concurrency/max_queue",
+                    retry_after=1,
+                )
+            self._waiting(+1)
+            try:
+                with anyio.fail_after(self.queue_timeout_s):
+                    await self._slots.acquire()
+            except TimeoutError:
+                self.rejected_timeout += 1
+                if self.observer is not None:
+                    self.observer.rejected(self.name, "queue_timeout")
+                raise Unavailable(
+                    f"function {self.name!r} waited {self.queue_timeout_s:g} s for a free slot "
+                    f"(concurrency {self.limit}); retry later",
+                    retry_after=max(1.0, self.queue_timeout_s),
+                ) from None
+            finally:
+                self._waiting(-1)
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            self._slots.release()
+
+    def _waiting(self, delta: int) -> None:
+        self.waiting += delta
+        if self.observer is not None:
+            self.observer.queue_depth(self.name, self.waiting)
