@@ -1,5 +1,8 @@
 """The admin API: upload blobs, push, list and delete functions.
 
+``PATCH /admin/v1/functions/{name}/pool`` changes a function's pool settings (partially) without a new
+version; every worker applies them on its next request.
+
 A push is two steps, as with an OCI registry: upload each blob by its sha256 (``PUT /admin/v1/blobs/{digest}``,
 skipped when ``HEAD`` says the gateway has it), then ``PUT /admin/v1/functions/{name}`` with the digests. The
 second step validates everything and commits atomically, or changes nothing.
@@ -47,8 +50,24 @@ async def put_function(request: Request) -> Response:
     if module is not None and not isinstance(module, str):
         raise InvalidRequest("'module' must be a digest string or null")
     models = doc.get("models") or {}
-    manifest = await anyio.to_thread.run_sync(state.registry.push, name, module, models)
+    pool = doc.get("pool") or {}
+    if not isinstance(pool, dict):
+        raise InvalidRequest("'pool' must be an object of pool settings")
+    manifest = await anyio.to_thread.run_sync(state.registry.push, name, module, models, pool)
     return JSONResponse(manifest.to_json(), status_code=201)
+
+
+async def patch_pool(request: Request) -> Response:
+    state = state_of(request)
+    name = check_name(request.path_params["name"])
+    try:
+        doc = json.loads(await read_body(request, MAX_PUSH_DOC))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidRequest(f"body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InvalidRequest('body must be an object of pool settings, e.g. {"min_warm": 1}')
+    manifest = await anyio.to_thread.run_sync(state.registry.set_pool, name, doc)
+    return JSONResponse(manifest.to_json())
 
 
 async def list_functions(request: Request) -> Response:
@@ -76,4 +95,5 @@ ROUTES = [
     Route("/admin/v1/functions/{name}", get_function, methods=["GET"]),
     Route("/admin/v1/functions/{name}", put_function, methods=["PUT"]),
     Route("/admin/v1/functions/{name}", delete_function, methods=["DELETE"]),
+    Route("/admin/v1/functions/{name}/pool", patch_pool, methods=["PATCH"]),
 ]

@@ -58,6 +58,7 @@ def create_app(settings: Settings) -> Starlette:
                     tg.cancel_scope.cancel()
         finally:
             state.ready = False
+            metrics.close()
             warmer.close()
             host.close()
 

@@ -55,12 +55,19 @@ def _parser() -> argparse.ArgumentParser:
         metavar="ALIAS=FILE",
         help="a model the function may load by ALIAS (repeatable; .wasm functions only)",
     )
+    _pool_flags(push)
     _gateway_flag(push)
     push.set_defaults(func=cmd_push)
 
     ls = sub.add_parser("ls", help="list functions")
     _gateway_flag(ls)
     ls.set_defaults(func=cmd_ls)
+
+    scale = sub.add_parser("scale", help="change a function's pool settings")
+    scale.add_argument("name")
+    _pool_flags(scale)
+    _gateway_flag(scale)
+    scale.set_defaults(func=cmd_scale)
 
     rm = sub.add_parser("rm", help="delete a function")
     rm.add_argument("name")
@@ -74,6 +81,35 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, help="port (default 8080; env WASMGATE_PORT)")
     p.add_argument("--data-dir", type=Path, help="store directory (default ~/.local/share/wasmgate)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--workers", type=int, help="worker processes (default 1; env WASMGATE_WORKERS)")
+
+
+POOL_FLAGS = {
+    "min_warm": (int, "instances kept ready without traffic (0: scale to zero)"),
+    "max_instances": (int, "most instances alive at once per worker"),
+    "idle_timeout": (float, "seconds without requests before scaling down"),
+    "concurrency": (int, "requests executing at once per worker"),
+    "max_queue": (int, "requests that may wait for a slot (more: 429)"),
+    "queue_timeout": (float, "seconds a request may wait for a slot (longer: 503)"),
+    "recycle_after": (int, "requests a reused instance serves before it is replaced"),
+}
+POOL_KEYS = {"idle_timeout": "idle_timeout_s", "queue_timeout": "queue_timeout_s"}
+
+
+def _pool_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("pool settings (omitted: unchanged, or the defaults for a new function)")
+    for flag, (kind, text) in POOL_FLAGS.items():
+        g.add_argument(f"--{flag.replace('_', '-')}", type=kind, help=text)
+    g.add_argument(
+        "--isolation",
+        choices=["reuse", "fresh"],
+        help="reuse: instances serve many requests; fresh: a new instance per request",
+    )
+
+
+def pool_settings_from(args: argparse.Namespace) -> dict[str, object]:
+    values = {POOL_KEYS.get(k, k): getattr(args, k) for k in (*POOL_FLAGS, "isolation")}
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def _gateway_flag(p: argparse.ArgumentParser) -> None:
@@ -85,7 +121,9 @@ def _gateway_flag(p: argparse.ArgumentParser) -> None:
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    return Settings.from_env(host=args.host, port=args.port, data_dir=args.data_dir, log_level=args.log_level)
+    return Settings.from_env(
+        host=args.host, port=args.port, data_dir=args.data_dir, log_level=args.log_level, workers=args.workers
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -112,8 +150,9 @@ def cmd_push(args: argparse.Namespace) -> int:
             return 2
         models[alias] = _read(Path(path))
     with AdminClient(args.gateway) as client:
+        pool = pool_settings_from(args)
         if data[:4] == WASM_MAGIC:
-            result = client.push(name, data, models)
+            result = client.push(name, data, models, pool)
         else:
             if models:
                 print(
@@ -121,7 +160,7 @@ def cmd_push(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
                 return 2
-            result = client.push(name, None, {"model": data})
+            result = client.push(name, None, {"model": data}, pool)
     print(f"pushed {result['name']} version {result['version']} ({result['kind']})")
     print(f"  infer: curl -X POST {args.gateway.rstrip('/')}/v2/models/{result['name']}/infer -d @request.json")
     return 0
@@ -145,6 +184,18 @@ def cmd_ls(args: argparse.Namespace) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    return 0
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    pool = pool_settings_from(args)
+    if not pool:
+        print("error: name at least one setting to change, e.g. --min-warm 1", file=sys.stderr)
+        return 2
+    with AdminClient(args.gateway) as client:
+        result = client.set_pool(args.name, pool)
+    settings = ", ".join(f"{k}={v}" for k, v in result["pool"].items())
+    print(f"{result['name']}: {settings}")
     return 0
 
 

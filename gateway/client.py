@@ -59,12 +59,19 @@ class AdminClient:
             )
         return digest
 
-    def push(self, name: str, module: bytes | None, models: Mapping[str, bytes]) -> dict[str, Any]:
+    def push(
+        self, name: str, module: bytes | None, models: Mapping[str, bytes], pool: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
         doc = {
             "module": None if module is None else self.upload(module),
             "models": {alias: self.upload(data) for alias, data in models.items()},
+            "pool": dict(pool or {}),
         }
         result: dict[str, Any] = self._call("PUT", f"/admin/v1/functions/{name}", json=doc).json()
+        return result
+
+    def set_pool(self, name: str, pool: Mapping[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("PATCH", f"/admin/v1/functions/{name}/pool", json=dict(pool)).json()
         return result
 
     def list(self) -> list[dict[str, Any]]:

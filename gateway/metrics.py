@@ -8,6 +8,8 @@ instance and queue gauges are summed over live workers (``livesum``).
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -97,6 +99,11 @@ class Metrics:
     def forget_pool(self, function: str) -> None:
         for state in ("warm", "busy", "instantiating"):
             self.instances.labels(function, state).set(0)
+
+    def close(self) -> None:
+        """Drop this process's live gauges from the shared directory (its counters stay in the totals)."""
+        if self.multiprocess_dir:
+            multiprocess.mark_process_dead(os.getpid(), self.multiprocess_dir)  # type: ignore[no-untyped-call]
 
     def render(self) -> bytes:
         if self.multiprocess_dir:

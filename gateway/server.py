@@ -1,13 +1,25 @@
-"""Running the app under uvicorn."""
+"""Running the app under uvicorn, in one process or several.
+
+With ``workers > 1`` uvicorn's supervisor starts the workers with ``spawn`` (never ``fork`` after start-up: a
+forked copy of a process with wasmtime's and onnxruntime's threads is not safe). Each worker builds its own
+app from the environment, so ``serve`` first writes the complete settings into ``WASMGATE_*`` variables, and
+points prometheus-client's multi-process mode at a fresh shared directory so that ``/metrics`` on any worker
+reports all of them. Workers share the store and the compile cache on disk; each has its own pools.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
+from typing import Any
 
 import uvicorn
+from starlette.applications import Starlette
 
 from gateway.app import create_app
-from gateway.settings import Settings
+from gateway.settings import MULTIPROC_ENV, Settings
 
 
 def configure_logging(settings: Settings) -> None:
@@ -15,17 +27,35 @@ def configure_logging(settings: Settings) -> None:
 
 
 def uvicorn_server(settings: Settings) -> uvicorn.Server:
-    config = uvicorn.Config(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=False,
-        timeout_graceful_shutdown=30,
-    )
-    return uvicorn.Server(config)
+    return uvicorn.Server(uvicorn.Config(create_app(settings), **_uvicorn_options(settings)))
+
+
+def _uvicorn_options(settings: Settings) -> dict[str, Any]:
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "access_log": False,
+        "timeout_graceful_shutdown": 30,
+    }
+
+
+def app_from_env() -> Starlette:
+    """The app of one worker process, from the settings its parent exported (uvicorn's ``factory``)."""
+    settings = Settings.from_env()
+    configure_logging(settings)
+    return create_app(settings)
 
 
 def serve(settings: Settings) -> None:
     configure_logging(settings)
-    uvicorn_server(settings).run()
+    if settings.workers <= 1:
+        uvicorn_server(settings).run()
+        return
+    metrics_dir = tempfile.mkdtemp(prefix="wasmgate-metrics-")
+    os.environ.update(settings.to_env())
+    os.environ[MULTIPROC_ENV] = metrics_dir
+    try:
+        uvicorn.run("gateway.server:app_from_env", factory=True, workers=settings.workers, **_uvicorn_options(settings))
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -88,6 +88,14 @@ class Settings:
         values["sandbox"] = SandboxLimits(**sandbox)
         return cls(**values)
 
+    def to_env(self) -> dict[str, str]:
+        """Every setting as the ``WASMGATE_*`` variable that :meth:`from_env` reads back to an equal object."""
+        env = {}
+        for obj, fields in ((self, self._own_fields()), (self.sandbox, dataclasses.fields(SandboxLimits))):
+            for f in fields:
+                env[ENV_PREFIX + f.name.upper()] = str(getattr(obj, f.name))
+        return env
+
     @classmethod
     def _own_fields(cls) -> list[dataclasses.Field[Any]]:
         return [f for f in dataclasses.fields(cls) if f.name not in ("sandbox", "metrics_multiproc_dir")]

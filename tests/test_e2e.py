@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -34,7 +35,8 @@ def wasm_command() -> list[str]:
 
 
 class Gateway:
-    def __init__(self, data_dir: Path, log: Path) -> None:
+    def __init__(self, data_dir: Path, log: Path, *extra: str) -> None:
+        self.extra = extra
         self.data_dir = data_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -45,7 +47,7 @@ class Gateway:
         env = {k: v for k, v in os.environ.items() if not k.startswith("WASMGATE_")}
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [*wasm_command(), "serve", "--port", str(self.port), "--data-dir", str(self.data_dir)],
+                [*wasm_command(), "serve", "--port", str(self.port), "--data-dir", str(self.data_dir), *self.extra],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
@@ -297,3 +299,32 @@ def test_guest_built_with_debian_clang_behaves_the_same(gateway: Gateway, digits
     _, probs = onnx_predict(digits.model, raw.astype(np.float32) / 16)
     labels = np.array(resp.json()["outputs"][0]["data"]).reshape(-1, 3)
     np.testing.assert_array_equal(labels, np.argsort(-probs, axis=1, kind="stable")[:, :3])
+
+
+def test_workers_see_pushes_and_deletes_made_through_another_worker(tmp_path: Path, digits: Digits) -> None:
+    """Two worker processes share the store: whichever worker takes a push, every worker serves the new version
+    on its next request, and a delete is seen by all. Each request opens a new connection, so the kernel spreads
+    them over the workers; /metrics from any one worker reports the sum of both."""
+    from tests.test_scaling import metric
+
+    gw = Gateway(tmp_path / "data", tmp_path / "gateway.log", "--workers", "2")
+    gw.start()
+    try:
+        body = [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": digits.x_test[0].tolist()}]
+        for version in ("1", "2"):
+            assert gw.cli("push", str(digits.path), "--name", "digits").returncode == 0
+            for _ in range(20):
+                resp = json_infer(gw.url, "digits", body)
+                assert resp.status_code == 200, resp.text
+                assert resp.json()["model_version"] == version
+        assert gw.cli("rm", "digits").returncode == 0
+        for _ in range(20):
+            assert json_infer(gw.url, "digits", body).status_code == 404
+        # Scrapes land on either worker; each must report both workers' requests.
+        for _ in range(10):
+            text = httpx.get(f"{gw.url}/metrics", timeout=10).text
+            assert metric(text, "wasmgate_requests_total", function="digits", status="200") == 40
+        pids = set(re.findall(r"wasmgate ready \(pid (\d+)\)", gw.log.read_text()))
+        assert len(pids) == 2
+    finally:
+        gw.stop()
