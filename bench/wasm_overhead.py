@@ -31,17 +31,17 @@ from gateway.functions import PASSTHROUGH_ALIAS, passthrough_module, passthrough
 from wasm_host.engine import SandboxLimits
 from wasm_host.host import Host
 from wasm_host.onnx_backend import ModelRef
-from wasm_host.pool import InstancePool
+from wasm_host.pool import InstancePool, PoolSettings
 from wasm_host.tensors import Tensor
 
 
 def dense_model(seed: int = 0) -> bytes:
-    """A float MLP 256 -> 1024 -> 1024 -> 10 with ReLU: 2.37 M parameters, about 9.5 MB."""
+    """A float MLP 256 -> 1024 -> 1024 -> 1024 -> 10 with ReLU: 2.37 M parameters, about 9.5 MB."""
     import onnx
     from onnx import helper, numpy_helper
 
     rng = np.random.default_rng(seed)
-    sizes = [256, 1024, 1024, 10]
+    sizes = [256, 1024, 1024, 1024, 10]
     nodes, inits = [], []
     prev = "input"
     for i, (a, b) in enumerate(itertools.pairwise(sizes)):
@@ -90,7 +90,7 @@ def run(name: str, model: bytes, x: np.ndarray, iterations: int, blocks: int = 1
             image = host.prepare(
                 wasm, hashlib.sha256(wasm).hexdigest(), {PASSTHROUGH_ALIAS: ModelRef(digest, model_path)}
             )
-            pool = InstancePool(image, max_idle=1)
+            pool = InstancePool(image, PoolSettings())
             inputs = [Tensor.from_numpy(graph.inputs[0].name, x)]
 
             # The bare baseline uses its own session with the same options the backend uses.

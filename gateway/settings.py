@@ -42,8 +42,6 @@ class Settings:
     max_push_model_bytes: int = 512 * MiB
     #: How many functions the store may hold.
     max_functions: int = 1000
-    #: Idle instances kept ready per function; instances beyond this are dropped after their request.
-    pool_max_idle: int = 4
     #: onnxruntime intra-op threads per session run. 1 suits many concurrent small requests.
     ort_intra_op_threads: int = 1
     #: Threads that run guests; bounds how many requests execute at once in this process.

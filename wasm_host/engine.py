@@ -71,12 +71,15 @@ class WasmEngine:
         config.epoch_interruption = True
         config.max_wasm_stack = limits.max_wasm_stack_bytes
         config.cranelift_opt_level = "speed"
+        # Linear memory stays at one address for an instance's life (it grows within its reservation), which
+        # lets the host check guest pointers without asking wasmtime for the base on every access.
+        config.memory_may_move = False
         # Guests are single-threaded WASI modules; shared memory would let one outlive its store's limits.
         config.wasm_threads = False
         config.shared_memory = False
         self.engine = wasmtime.Engine(config)
         # The artifact format depends on the wasmtime version and on codegen settings; both go in the key.
-        tag = hashlib.sha256(f"epoch=1;stack={limits.max_wasm_stack_bytes};opt=speed".encode()).hexdigest()[:12]
+        tag = hashlib.sha256(f"epoch=1;stack={limits.max_wasm_stack_bytes};opt=speed;move=0".encode()).hexdigest()[:12]
         self.cache_dir = cache_dir / f"wasmtime-{version('wasmtime')}-{tag}"
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None

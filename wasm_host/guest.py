@@ -119,9 +119,11 @@ class GuestInstance:
         self._nn_host = image.nn_host
         self._store = image.engine.new_store()
         self.nn = NnState(image.backend, image.models, self.limits)
-        self._store.set_epoch_deadline(self.limits.deadline_ticks())
-        with self._guard("instantiation"):
+        self._arm()
+        try:
             instance = image.pre.instantiate(self._store)
+        except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
+            raise self._trapped("instantiation", exc) from exc
         exports = instance.exports(self._store)
         memory = exports["memory"]
         assert isinstance(memory, wasmtime.Memory)  # check_abi guarantees it
@@ -136,30 +138,48 @@ class GuestInstance:
         self._handle = self._funcs["handle"]
         self._signature = self._funcs.get("signature")
         if "_initialize" in self._funcs:
-            self._call("_initialize", self._funcs["_initialize"])
+            self._call("_initialize", self._funcs["_initialize"])  # under the instantiation's deadline
 
     # -- calling into the guest ----------------------------------------------------------------------------
-    def _guard(self, what: str) -> _TrapGuard:
-        return _TrapGuard(self, what)
+    def _arm(self, deadline_ms: int | None = None) -> None:
+        """Start a deadline: the guest calls made until the next ``_arm`` share it."""
+        self._deadline_ms = self.limits.deadline_ms if deadline_ms is None else deadline_ms
+        self._store.set_epoch_deadline(self.limits.deadline_ticks(self._deadline_ms))
 
-    def _call(self, what: str, func: RawExport, *args: int, deadline_ms: int | None = None) -> int:
-        self._store.set_epoch_deadline(self.limits.deadline_ticks(deadline_ms))
+    def _call(self, what: str, func: RawExport, *args: int) -> int:
         previous = self._nn_host.bind(self.nn)
         try:
-            with self._guard(what):
-                return func(*args)
+            return func(*args)
+        except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
+            raise self._trapped(what, exc) from exc
         finally:
             self._nn_host.bind(previous)
 
+    def _trapped(self, what: str, exc: wasmtime.WasmtimeError | wasmtime.Trap) -> GuestFailure:
+        """The error for a trap (or engine error) in ``what``; the instance is unusable from here on."""
+        self.healthy = False
+        text = str(exc).strip()
+        if isinstance(exc, wasmtime.Trap) and exc.trap_code == wasmtime.TrapCode.INTERRUPT:
+            return DeadlineExceeded(f"the function ran past its deadline ({self._deadline_ms} ms) in {what}")
+        log.info("guest trapped in %s: %s", what, text)
+        code = getattr(exc, "trap_code", None)
+        if isinstance(code, wasmtime.TrapCode):
+            reason = code.name.lower().replace("_", " ")
+        else:
+            reason = text.splitlines()[0] if text else type(exc).__name__
+        return GuestTrap(f"the function trapped in {what}: {reason}")
+
     def call(self, export: str, *args: int) -> int:
-        """Call any exported function (i32/i64 parameters, at most one result) under the deadline, with traps
-        translated (for tools and tests)."""
+        """Call any exported function (i32/i64 parameters, at most one result) under a fresh deadline, with
+        traps translated (for tools and tests)."""
+        self._arm()
         return self._call(export, self._funcs[export], *args)
 
     def signature(self) -> tuple[list[TensorSpec], list[TensorSpec]] | None:
         """The function's declared (inputs, outputs), from its optional ``signature`` export."""
         if self._signature is None:
             return None
+        self._arm()
         ptr = self._call("signature", self._signature)
         raw = self._read_cstring(ptr, MAX_SIGNATURE)
         try:
@@ -178,7 +198,8 @@ class GuestInstance:
         request = encode_request(inputs, outputs)
         self.requests += 1
         self.nn.take_error()
-        ptr = self._call("alloc", self._alloc, len(request), deadline_ms=deadline_ms) & 0xFFFFFFFF
+        self._arm(deadline_ms)  # one deadline for the whole request: alloc, then handle
+        ptr = self._call("alloc", self._alloc, len(request)) & 0xFFFFFFFF
         if ptr == 0:
             raise GuestFailure(f"the function could not allocate {len(request)} bytes for the request")
         try:
@@ -186,7 +207,7 @@ class GuestInstance:
         except OutOfBounds as exc:
             self.healthy = False
             raise GuestFailure(f"the function's alloc returned an invalid buffer: {exc}") from exc
-        result = self._call("handle", self._handle, ptr, len(request), deadline_ms=deadline_ms)
+        result = self._call("handle", self._handle, ptr, len(request))
         status, out_ptr, out_len = unpack_result(result)
         try:
             body = self.memory.read(out_ptr, out_len)
@@ -214,33 +235,3 @@ class GuestInstance:
         if end < 0:
             raise InvalidFunction(f"signature() did not return a NUL-terminated string within {limit} bytes")
         return chunk[:end].decode(errors="replace")
-
-
-class _TrapGuard:
-    """Translates wasmtime traps and errors into the exception tree, and marks the instance unhealthy."""
-
-    def __init__(self, instance: GuestInstance, what: str) -> None:
-        self.instance = instance
-        self.what = what
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
-        if exc is None or not isinstance(exc, wasmtime.WasmtimeError | wasmtime.Trap):
-            return
-        self.instance.healthy = False
-        text = str(exc).strip()
-        first = text.splitlines()[0] if text else type(exc).__name__
-        if isinstance(exc, wasmtime.Trap) and exc.trap_code == wasmtime.TrapCode.INTERRUPT:
-            ms = self.instance.limits.deadline_ms
-            raise DeadlineExceeded(f"the function ran past its deadline ({ms} ms) in {self.what}") from exc
-        log.info("guest trapped in %s: %s", self.what, text)
-        raise GuestTrap(f"the function trapped in {self.what}: {_trap_reason(exc, first)}") from exc
-
-
-def _trap_reason(exc: BaseException, first: str) -> str:
-    code = getattr(exc, "trap_code", None)
-    if isinstance(code, wasmtime.TrapCode):
-        return code.name.lower().replace("_", " ")
-    return first

@@ -1,8 +1,7 @@
 """Bounds-checked access to a guest's linear memory.
 
 wasmtime-py's raw pointer access is not bounds-checked, so every guest pointer goes through here: masked to u32
-(wasm i32 values arrive signed) and checked against the memory's size at the moment of access, since the
-guest may have grown (and so moved) its memory since the last call.
+(wasm i32 values arrive signed) and checked against the memory's size.
 """
 
 from __future__ import annotations
@@ -22,31 +21,33 @@ class OutOfBounds(ValueError):
 
 
 class GuestMemory:
-    __slots__ = ("_pinned", "_raw")
+    """Bounds-checked reads and writes of one instance's memory.
+
+    Two facts make this cheap and still safe. The engine is configured with ``memory_may_move = False``, so the
+    base address is fixed for the instance's life. And a wasm memory never shrinks, so a range that fits the
+    size last seen still fits now: the size is read again only when a range does not fit it.
+    """
+
+    __slots__ = ("_base", "_raw", "_size")
 
     def __init__(self, store: wasmtime.Store, memory: wasmtime.Memory) -> None:
         self._raw = RawMemory(store, memory)
-        self._pinned: tuple[int, int] | None = None
+        self._base = self._raw.base()
+        self._size = self._raw.size()
 
     @property
     def size(self) -> int:
-        return self._raw.size()
-
-    def pin(self) -> None:
-        """Read base and size once for the duration of a host call. No guest code runs during a host call, so
-        the memory cannot grow or move until :meth:`unpin`."""
-        self._pinned = (self._raw.base(), self._raw.size())
-
-    def unpin(self) -> None:
-        self._pinned = None
+        self._size = self._raw.size()
+        return self._size
 
     def address(self, ptr: int, length: int) -> int:
         """The host address of guest bytes [ptr, ptr+length), after checking they lie inside memory."""
         ptr &= U32
-        base, size = self._pinned or (self._raw.base(), self._raw.size())
-        if length < 0 or ptr + length > size:
-            raise OutOfBounds(f"guest range [{ptr}, {ptr}+{length}) is outside its {size}-byte memory")
-        return base + ptr
+        if length < 0 or ptr + length > self._size:
+            size = self.size  # the guest may have grown its memory since we last looked
+            if length < 0 or ptr + length > size:
+                raise OutOfBounds(f"guest range [{ptr}, {ptr}+{length}) is outside its {size}-byte memory")
+        return self._base + ptr
 
     def read(self, ptr: int, length: int) -> bytes:
         return ctypes.string_at(self.address(ptr, length), length) if length else b""
@@ -62,4 +63,4 @@ class GuestMemory:
         return struct.unpack(f"<{count}I", self.read(ptr, 4 * count))
 
     def write_u32(self, ptr: int, value: int) -> None:
-        self.write(ptr, struct.pack("<I", value))
+        ctypes.c_uint32.from_address(self.address(ptr, 4)).value = value

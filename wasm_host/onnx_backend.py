@@ -8,6 +8,7 @@ it, so dropping a function's runtime releases its sessions without any bookkeepi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import threading
 import weakref
@@ -38,6 +39,16 @@ class IOInfo:
     onnx_type: str
     datatype: str | None
     shape: tuple[int, ...]
+
+    def accepts(self, dims: tuple[int, ...]) -> bool:
+        """Whether ``dims`` fits this shape: same rank, and equal wherever the graph fixes a dimension."""
+        if len(dims) != len(self.shape):
+            return False
+        return all(dims[i] == d for i, d in self._fixed)
+
+    @functools.cached_property
+    def _fixed(self) -> tuple[tuple[int, int], ...]:
+        return tuple((i, d) for i, d in enumerate(self.shape) if d != DYNAMIC)
 
     def spec(self) -> TensorSpec:
         if self.datatype is None:

@@ -20,6 +20,7 @@ import hashlib
 import logging
 import math
 import struct
+import sys
 import threading
 from collections.abc import Callable, Mapping
 
@@ -38,6 +39,7 @@ MAX_GRAPHS = 16  # per instance
 MAX_CONTEXTS = 64  # per instance
 MAX_NAME = 1024
 MAX_DIMS = 8
+LITTLE_ENDIAN = sys.byteorder == "little"
 
 
 class NnErrno(enum.IntEnum):
@@ -238,11 +240,7 @@ class NnState:
         if dims_len > MAX_DIMS:
             raise _Failure(NnErrno.INVALID_ARGUMENT, f"input {index}: {dims_len} dims (at most {MAX_DIMS})")
         dims = self.read_u32s(dims_ptr, dims_len)
-        if (
-            want.shape
-            and dims != want.shape
-            and not (len(dims) == len(want.shape) and all(w in (-1, d) for w, d in zip(want.shape, dims, strict=True)))
-        ):
+        if want.shape and not want.accepts(dims):
             raise _Failure(
                 NnErrno.INVALID_ARGUMENT,
                 f"input {index} ({want.name!r}) takes shape {list(want.shape)}, the guest passed {list(dims)}",
@@ -288,7 +286,9 @@ class NnState:
             raise _Failure(NnErrno.TOO_LARGE, f"output {index}: {nbytes} bytes exceeds the tensor limit")
         if nbytes > out_max:
             raise _Failure(NnErrno.TOO_LARGE, f"output {index} has {nbytes} bytes, the buffer {out_max}")
-        contiguous = np.ascontiguousarray(value.astype(value.dtype.newbyteorder("<"), copy=False))
+        if not (value.dtype.isnative and LITTLE_ENDIAN):
+            value = value.astype(value.dtype.newbyteorder("<"))
+        contiguous = np.ascontiguousarray(value)
         try:
             self._memory().write_from(out_ptr, contiguous.ctypes.data, nbytes)
         except OutOfBounds as exc:
@@ -321,8 +321,6 @@ class WasiNnHost:
             state: NnState | None = getattr(local, "state", None)
             if state is None:  # called outside a bound request, e.g. from a start function
                 return int(NnErrno.BUSY)
-            if state.mem is not None:
-                state.mem.pin()
             try:
                 getattr(state, name)(*args)
             except _Failure as failure:
@@ -333,9 +331,6 @@ class WasiNnHost:
                 state.last_error = f"{name}: internal error: {exc!r}"
                 log.exception("wasi-nn %s failed unexpectedly", name)
                 return int(NnErrno.RUNTIME_ERROR)
-            finally:
-                if state.mem is not None:
-                    state.mem.unpin()
             return int(NnErrno.SUCCESS)
 
         call.__name__ = f"wasi_nn_{name}"
