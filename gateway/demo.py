@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.client import AdminClient, ClientError
-from gateway.server import configure_logging, uvicorn_server
+from gateway.server import configure_logging, tune_interpreter, uvicorn_server
 from gateway.settings import Settings
 
 GUEST_BUILD = Path(__file__).resolve().parent.parent / "guest_modules" / "build"
@@ -47,6 +47,7 @@ def train_digits() -> tuple[bytes, Any, Any]:
 
 def run_demo(settings: Settings) -> int:
     configure_logging(settings)
+    tune_interpreter(settings)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # the demo's own pushes are not news
     model, x_test, y_test = train_digits()
     server = uvicorn_server(settings)

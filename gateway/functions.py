@@ -143,6 +143,15 @@ class FunctionRegistry:
             self._loaded[name] = fn
             return fn
 
+    def get_loaded(self, name: str) -> LoadedFunction | None:
+        """The function if it is loaded and its manifest unchanged; None when :meth:`get` has work to do.
+        Cheap enough for the event loop: one stat() of the manifest."""
+        fn = self._loaded.get(name)
+        if fn is None:
+            return None
+        stamp = self.store.stamp(name)
+        return fn if stamp is not None and fn.stamp == stamp else None
+
     def loaded(self) -> list[LoadedFunction]:
         return list(self._loaded.values())
 

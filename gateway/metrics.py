@@ -31,6 +31,7 @@ class Metrics:
 
     def __init__(self, multiprocess_dir: str | None = None) -> None:
         self.multiprocess_dir = multiprocess_dir
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -84,6 +85,17 @@ class Metrics:
             ["function", "where"],
             registry=r,
         )
+
+    def observe_request(self, function: str, backend: str, status: int, seconds: float, cold: bool) -> None:
+        key = (function, backend, status)
+        children = self._children.get(key)
+        if children is None:  # labels() validates on every call; the hot path reuses bound children
+            children = (self.requests.labels(function, backend, str(status)), self.latency.labels(function, backend))
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+        if cold:
+            self.cold_starts.labels(function).inc()
 
     def observe_pool(self, function: str, pool: InstancePool) -> None:
         self.instances.labels(function, "warm").set(pool.ready)

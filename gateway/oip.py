@@ -44,7 +44,10 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 async def lookup(registry: FunctionRegistry, request: Request) -> LoadedFunction:
     name = request.path_params["name"]
-    fn = await anyio.to_thread.run_sync(registry.get, name)
+    # A loaded, unchanged function costs one stat(); only a load (a cold start) goes to a thread.
+    fn = registry.get_loaded(name)
+    if fn is None:
+        fn = await anyio.to_thread.run_sync(registry.get, name)
     wanted = request.path_params.get("version")
     if wanted is not None and wanted != str(fn.manifest.version):
         raise NotFound(f"function {name!r} has no version {wanted!r} (current: {fn.manifest.version})")
@@ -102,11 +105,7 @@ async def infer(request: Request) -> Response:
         raise
     finally:
         fn.last_used = time.monotonic()
-        m = state.metrics
-        m.requests.labels(fn.name, backend, str(status)).inc()
-        m.latency.labels(fn.name, backend).observe(time.perf_counter() - started)
-        if cold:
-            m.cold_starts.labels(fn.name).inc()
+        state.metrics.observe_request(fn.name, backend, status, time.perf_counter() - started, cold)
     extra = {"x-wasmgate-tier": backend}
     if cold:
         extra["x-wasmgate-cold-start"] = "true"

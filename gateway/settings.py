@@ -46,6 +46,8 @@ class Settings:
     ort_intra_op_threads: int = 1
     #: Threads that run guests; bounds how many requests execute at once in this process.
     worker_threads: int = 8
+    #: CPython's GIL switch interval while serving, in milliseconds (CPython's default is 5).
+    gil_switch_interval_ms: float = 1.0
     #: Worker processes serving (``wasm serve --workers``). Each has its own pools and admission limits.
     workers: int = 1
     #: How often idle functions are scaled down, in seconds.
