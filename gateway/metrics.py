@@ -32,6 +32,7 @@ class Metrics:
     def __init__(self, multiprocess_dir: str | None = None) -> None:
         self.multiprocess_dir = multiprocess_dir
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._seen: dict[str, tuple[int, int, int]] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -101,6 +102,16 @@ class Metrics:
         self.instances.labels(function, "warm").set(pool.ready)
         self.instances.labels(function, "busy").set(pool.busy)
         self.instances.labels(function, "instantiating").set(pool.instantiating)
+        # The pool keeps running totals; count what is new since this pool was last seen.
+        made_on_request = pool.instantiated_on_request
+        made_ahead = pool.instantiated - made_on_request
+        seen = self._seen.get(function)
+        ahead_before, request_before = (seen[1], seen[2]) if seen and seen[0] == id(pool) else (0, 0)
+        if made_ahead > ahead_before:
+            self.instantiations.labels(function, "background").inc(made_ahead - ahead_before)
+        if made_on_request > request_before:
+            self.instantiations.labels(function, "request").inc(made_on_request - request_before)
+        self._seen[function] = (id(pool), made_ahead, made_on_request)
 
     def queue_depth(self, function: str, depth: int) -> None:
         self.queue_depth_gauge.labels(function).set(depth)
@@ -109,6 +120,7 @@ class Metrics:
         self.rejections.labels(function, reason).inc()
 
     def forget_pool(self, function: str) -> None:
+        self._seen.pop(function, None)
         for state in ("warm", "busy", "instantiating"):
             self.instances.labels(function, state).set(0)
 

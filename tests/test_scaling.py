@@ -138,6 +138,8 @@ def test_known_sequence_of_requests_in_metrics(client: AppClient, digits: Digits
     assert metric(text, "wasmgate_instances", function="digits", state="busy") == 0
     assert metric(text, "wasmgate_instances", function="digits", state="warm") == 1  # one reused instance
     assert metric(text, "wasmgate_queue_depth", function="digits") == 0
+    assert metric(text, "wasmgate_instantiations_total", function="digits", where="request") == 1
+    assert metric(text, "wasmgate_instantiations_total", function="digits", where="background") == 0
 
 
 # -- admission on its own, deterministic with events ---------------------------------------------------------

@@ -161,6 +161,7 @@ class InstancePool:
                 self.busy -= 1
             raise
         self._refill_later()
+        self._changed()
         return instance
 
     def release(self, instance: GuestInstance) -> None:
