@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from bench.http_load import BENCH, WASM, free_port, server
+from bench.http_load import BENCH, WASM, free_port, kserve_command, server
 from gateway.demo import train_digits
 from tests.test_scaling import metric
 
@@ -130,22 +130,8 @@ def main() -> None:
         ("plain", [sys.executable, str(BENCH / "plain_server.py"), str(model_path)], None),
     ]
     if args.kserve_python:
-        env = {"KSERVE_MODEL": "digits", "KSERVE_MODEL_PATH": str(model_path)}
-        candidates.append(
-            (
-                "kserve",
-                [
-                    args.kserve_python,
-                    str(BENCH / "kserve_server.py"),
-                    "--enable_latency_logging",
-                    "false",
-                    "--configure_logging",
-                    "false",
-                    "--http_port",
-                ],
-                env,
-            )
-        )
+        ks, env = kserve_command(args.kserve_python, model_path)
+        candidates.append(("kserve", ks, env))
     print(f"\nprocess start to first served inference, median of {args.process_trials} (s):")
     medians = {}
     for name, base, env in candidates:

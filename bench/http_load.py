@@ -120,6 +120,13 @@ def wrk(url: str, body: bytes, connections: int, duration: int, pin: str | None)
     }
 
 
+def kserve_command(python: str, model_path: Path) -> tuple[list[str], dict[str, str]]:
+    """KServe's server for the digits model; the port goes last (``--http_port`` is the final flag)."""
+    cmd = [python, str(BENCH / "kserve_server.py"), "--enable_latency_logging", "false",
+           "--configure_logging", "false", "--http_port"]  # fmt: skip
+    return cmd, {"KSERVE_MODEL": "digits", "KSERVE_MODEL_PATH": str(model_path)}
+
+
 def check(url: str, name: str, body: bytes, expected: list[int]) -> None:
     r = httpx.post(f"{url}/v2/models/digits/infer", content=body, headers={"content-type": "application/json"})
     r.raise_for_status()
@@ -170,16 +177,7 @@ def main() -> None:
     servers.append(("plain", [sys.executable, str(BENCH / "plain_server.py"), str(model_path), str(port)], None, None))
     servers.append(("wasmgate", wasmgate_cmd(0, str(tmp / "data")), None, [push]))
     if args.kserve_python:
-        env = {"KSERVE_MODEL": "digits", "KSERVE_MODEL_PATH": str(model_path)}
-        ks = [
-            args.kserve_python,
-            str(BENCH / "kserve_server.py"),
-            "--enable_latency_logging",
-            "false",
-            "--configure_logging",
-            "false",
-            "--http_port",
-        ]
+        ks, env = kserve_command(args.kserve_python, model_path)
         servers.append(("kserve", ks, env, None))
     else:
         print("kserve: skipped (no --kserve-python)")

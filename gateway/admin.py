@@ -11,6 +11,7 @@ second step validates everything and commits atomically, or changes nothing.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import anyio.to_thread
 from starlette.requests import Request
@@ -22,6 +23,17 @@ from gateway.store import check_digest, check_name
 from wasm_host.errors import InvalidRequest
 
 MAX_PUSH_DOC = 64 * 1024
+
+
+async def json_object(request: Request, expected: str) -> dict[str, Any]:
+    """The request body as a JSON object; InvalidRequest with ``expected`` when it is anything else."""
+    try:
+        doc = json.loads(await read_body(request, MAX_PUSH_DOC))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidRequest(f"body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InvalidRequest(expected)
+    return doc
 
 
 async def head_blob(request: Request) -> Response:
@@ -40,12 +52,9 @@ async def put_blob(request: Request) -> Response:
 async def put_function(request: Request) -> Response:
     state = state_of(request)
     name = check_name(request.path_params["name"])
-    try:
-        doc = json.loads(await read_body(request, MAX_PUSH_DOC))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidRequest(f"push body is not valid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise InvalidRequest('push body must be {"module": "sha256:..." | null, "models": {"alias": "sha256:..."}}')
+    doc = await json_object(
+        request, 'push body must be {"module": "sha256:..." | null, "models": {"alias": "sha256:..."}}'
+    )
     module = doc.get("module")
     if module is not None and not isinstance(module, str):
         raise InvalidRequest("'module' must be a digest string or null")
@@ -60,12 +69,7 @@ async def put_function(request: Request) -> Response:
 async def patch_pool(request: Request) -> Response:
     state = state_of(request)
     name = check_name(request.path_params["name"])
-    try:
-        doc = json.loads(await read_body(request, MAX_PUSH_DOC))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidRequest(f"body is not valid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise InvalidRequest('body must be an object of pool settings, e.g. {"min_warm": 1}')
+    doc = await json_object(request, 'body must be an object of pool settings, e.g. {"min_warm": 1}')
     manifest = await anyio.to_thread.run_sync(state.registry.set_pool, name, doc)
     return JSONResponse(manifest.to_json())
 
