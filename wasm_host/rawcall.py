@@ -17,6 +17,7 @@ per-call checks sound. This uses private attributes of wasmtime-py objects (``St
 from __future__ import annotations
 
 import ctypes
+import struct
 from collections.abc import Callable
 
 import wasmtime
@@ -26,35 +27,43 @@ _TrapPtr = ctypes.POINTER(ffi.wasm_trap_t)
 
 
 class RawExport:
-    """One exported function of one instance, callable with i32/i64 arguments and one i32/i64 result."""
+    """One exported function of one instance, callable with i32/i64 arguments and one i32/i64 result.
 
-    __slots__ = ("_buf", "_ctx", "_func", "_kinds", "_owner")
+    The argument/result buffer and the ctypes views of its slots are made once; a call only stores the
+    arguments, calls, and loads the result.
+    """
+
+    __slots__ = ("_buf", "_ctx", "_func", "_n", "_owner", "_result", "_slots", "_trap", "_trap_ref")
 
     def __init__(self, store: wasmtime.Store, func: wasmtime.Func, params: tuple[str, ...], result: str | None):
         self._owner = func  # keeps the wasmtime_func_t alive
         self._ctx = store._context()
         self._func = ctypes.byref(func._func)
-        self._buf = (ffi.wasmtime_val_raw_t * max(len(params), 1))()
-        self._kinds = (params, result)
+        self._n = max(len(params), 1)
+        self._buf = (ffi.wasmtime_val_raw_t * self._n)()
+        base = ctypes.addressof(self._buf)
+        size = ctypes.sizeof(ffi.wasmtime_val_raw_t)
+        # Each slot is a union; its i32 and i64 members both start at the slot's first byte (little-endian).
+        self._slots = [_SCALAR[kind].from_address(base + i * size) for i, kind in enumerate(params)]
+        self._result = _SCALAR[result].from_address(base) if result else None
+        self._trap = _TrapPtr()
+        self._trap_ref = ctypes.byref(self._trap)
 
     def __call__(self, *args: int) -> int:
-        buf = self._buf
-        params, result = self._kinds
-        for i, (kind, value) in enumerate(zip(params, args, strict=True)):
-            if kind == "i64":
-                buf[i].i64 = value
-            else:
-                buf[i].i32 = value
-        trap = _TrapPtr()
-        error = ffi.wasmtime_func_call_unchecked(self._ctx, self._func, buf, len(buf), ctypes.byref(trap))
+        for slot, value in zip(self._slots, args, strict=True):
+            slot.value = value
+        error = ffi.wasmtime_func_call_unchecked(self._ctx, self._func, self._buf, self._n, self._trap_ref)
         if error:
             raise wasmtime.WasmtimeError._from_ptr(error)
-        if trap:
-            raise wasmtime.Trap._from_ptr(trap)
-        if result is None:
-            return 0
-        return int(buf[0].i64 if result == "i64" else buf[0].i32)
+        if self._trap:
+            trap = wasmtime.Trap._from_ptr(self._trap)  # takes ownership of the trap object
+            self._trap = _TrapPtr()
+            self._trap_ref = ctypes.byref(self._trap)
+            raise trap
+        return 0 if self._result is None else int(self._result.value)
 
+
+_SCALAR: dict[str, type[ctypes.c_int32] | type[ctypes.c_int64]] = {"i32": ctypes.c_int32, "i64": ctypes.c_int64}
 
 # Private bindings (``dll[name]`` makes a new function object, so wasmtime-py's own are untouched) that return
 # the base address as a plain int rather than a ctypes pointer that must then be cast.
@@ -88,6 +97,8 @@ HostFn = Callable[..., int]
 
 
 _FINALIZE = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(lambda _env: None)
+# wasmtime_func_unchecked_callback_t with plain addresses for the caller and the values.
+_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
 
 
 class RawLinkerFuncs:
@@ -101,30 +112,22 @@ class RawLinkerFuncs:
         """Define ``module.name`` as ``(i32 x arity) -> i32``. ``fn`` must not raise: an exception here has
         nowhere to go but a crash, so callers catch everything and return an errno."""
 
-        def callback(_env: int, _caller: object, values: ctypes.Array[ffi.wasmtime_val_raw], _n: int) -> int:
-            values[0].i32 = fn(*[values[i].i32 for i in range(arity)])
+        # The values arrive as an address (not a POINTER to the union, whose every index would build a ctypes
+        # object): i32 argument k sits at byte 16*k, and the i32 result goes in slot 0.
+        fmt = struct.Struct("<" + "i12x" * arity)
+        stride = ctypes.sizeof(ffi.wasmtime_val_raw_t)
+        assert stride == 16, "wasmtime_val_raw_t is expected to be 16 bytes"
+        string_at = ctypes.string_at
+        from_address = ctypes.c_int32.from_address
+        size = stride * arity
+
+        def callback(_env: int, _caller: int, values: int, _n: int) -> int:
+            from_address(values).value = fn(*fmt.unpack(string_at(values, size)))
             return 0
 
-        if arity == 1:
-
-            def callback(_env: int, _caller: object, values: ctypes.Array[ffi.wasmtime_val_raw], _n: int) -> int:
-                values[0].i32 = fn(values[0].i32)
-                return 0
-
-        elif arity == 3:
-
-            def callback(_env: int, _caller: object, values: ctypes.Array[ffi.wasmtime_val_raw], _n: int) -> int:
-                values[0].i32 = fn(values[0].i32, values[1].i32, values[2].i32)
-                return 0
-
-        elif arity == 5:
-
-            def callback(_env: int, _caller: object, values: ctypes.Array[ffi.wasmtime_val_raw], _n: int) -> int:
-                v = values
-                values[0].i32 = fn(v[0].i32, v[1].i32, v[2].i32, v[3].i32, v[4].i32)
-                return 0
-
-        raw_cb = ffi.wasmtime_func_unchecked_callback_t(callback)
+        own_cb = _CALLBACK(callback)
+        self._callbacks.append(own_cb)
+        raw_cb = ctypes.cast(own_cb, ffi.wasmtime_func_unchecked_callback_t)
         self._callbacks.append(raw_cb)
         i32 = wasmtime.ValType.i32()
         ty = wasmtime.FuncType([i32] * arity, [i32])
