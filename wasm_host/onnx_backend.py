@@ -44,7 +44,10 @@ class IOInfo:
         """Whether ``dims`` fits this shape: same rank, and equal wherever the graph fixes a dimension."""
         if len(dims) != len(self.shape):
             return False
-        return all(dims[i] == d for i, d in self._fixed)
+        for i, d in self._fixed:  # a plain loop: this runs on every set_input
+            if dims[i] != d:
+                return False
+        return True
 
     @functools.cached_property
     def _fixed(self) -> tuple[tuple[int, int], ...]:
@@ -68,7 +71,7 @@ class OnnxGraph:
 
     def run(self, feeds: Sequence[np.ndarray]) -> list[object]:
         """Run with inputs in graph order; outputs in graph order (numpy arrays for tensor outputs)."""
-        return list(self.session.run(None, dict(zip(self.input_names, feeds, strict=True))))
+        return self.session.run(None, dict(zip(self.input_names, feeds, strict=True)))  # type: ignore[no-any-return]
 
 
 def _io(node: object) -> IOInfo:

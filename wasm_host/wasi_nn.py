@@ -258,9 +258,10 @@ class NnState:
 
     def compute(self, ctx: int) -> None:
         c = self._context(ctx)
-        missing = [c.graph.inputs[i].name for i, x in enumerate(c.inputs) if x is None]
-        if missing:
-            raise _Failure(NnErrno.UNSUPPORTED_OPERATION, f"compute before set_input of {missing}")
+        for x in c.inputs:
+            if x is None:
+                missing = [c.graph.inputs[i].name for i, y in enumerate(c.inputs) if y is None]
+                raise _Failure(NnErrno.UNSUPPORTED_OPERATION, f"compute before set_input of {missing}")
         try:
             c.outputs = c.graph.run(c.inputs)  # type: ignore[arg-type]  # None excluded just above
         except Exception as exc:
