@@ -44,7 +44,7 @@ class IOInfo:
         """Whether ``dims`` fits this shape: same rank, and equal wherever the graph fixes a dimension."""
         if len(dims) != len(self.shape):
             return False
-        for i, d in self._fixed:  # a plain loop: this runs on every set_input
+        for i, d in self._fixed:  # noqa: SIM110  # a plain loop: this runs on every set_input
             if dims[i] != d:
                 return False
         return True
