@@ -44,7 +44,9 @@ def create_app(settings: Settings) -> Starlette:
             on_unload=metrics.forget_pool,
             observer=metrics,
         )
-        state = AppState(settings, store, host, registry, WasmTier(settings.worker_threads), metrics)
+        state = AppState(
+            settings, store, host, registry, WasmTier(settings.worker_threads, settings.inline_below_ms), metrics
+        )
         app.state.wasmgate = state
         await anyio.to_thread.run_sync(registry.prewarm)
         state.ready = True

@@ -46,6 +46,9 @@ class Settings:
     ort_intra_op_threads: int = 1
     #: Threads that run guests; bounds how many requests execute at once in this process.
     worker_threads: int = 8
+    #: A function whose recent calls averaged less than this runs on the event loop thread rather than a
+    #: worker thread (the hop costs more than such a call). 0 sends every call to a thread.
+    inline_below_ms: float = 2.0
     #: CPython's GIL switch interval while serving, in milliseconds (CPython's default is 5).
     gil_switch_interval_ms: float = 1.0
     #: Worker processes serving (``wasm serve --workers``). Each has its own pools and admission limits.

@@ -12,6 +12,7 @@ import pytest
 from gateway.app import create_app
 from gateway.settings import Settings
 from router.admission import Admission
+from router.wasm_tier import runs_inline
 from tests.conftest import AppClient, Digits
 from tests.test_app import infer_body, push
 from wasm_host.errors import TooManyRequests, Unavailable
@@ -197,3 +198,29 @@ def _wait(condition: object) -> None:
     from tests.test_pool import wait_for
 
     wait_for(condition)
+
+
+def test_placement_policy() -> None:
+    from router.wasm_tier import runs_inline
+
+    assert not runs_inline(None, 2.0)  # no history: a thread, where a slow guest cannot hold the loop
+    assert runs_inline(0.3, 2.0)
+    assert not runs_inline(2.5, 2.0)
+    assert not runs_inline(0.3, 0.0)  # 0 turns inline execution off
+
+
+def test_a_guest_that_hits_its_deadline_is_kept_off_the_event_loop(tmp_path: Path) -> None:
+    import wasmtime
+
+    loop = wasmtime.wat2wasm("""(module (memory (export "memory") 1)
+      (func (export "alloc") (param i32) (result i32) (i32.const 1024))
+      (func (export "handle") (param i32 i32) (result i64) (loop $l (br $l)) (i64.const 0)))""")
+    settings = Settings.from_env({}, data_dir=tmp_path / "data", reap_interval_s=3600.0, deadline_ms=100)
+    with AppClient(create_app(settings)) as c:
+        push(c, "loop", bytes(loop), {})
+        x = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]}
+        assert c.post("/v2/models/loop/infer", json=x).status_code == 504
+        (fn,) = state(c).registry.loaded()
+        assert fn.pool.typical_ms is not None
+        assert fn.pool.typical_ms >= 100  # the deadline counted: the next call goes to a worker thread
+        assert not runs_inline(fn.pool.typical_ms, settings.inline_below_ms)

@@ -115,6 +115,8 @@ class InstancePool:
         self._lock = threading.Lock()
         self.busy = 0
         self.instantiating = 0
+        #: Running average of recent request times in milliseconds, kept by the caller (None: no history).
+        self.typical_ms: float | None = None
         self.closed = False
         #: Counters for metrics and tests.
         self.instantiated = 0
