@@ -33,6 +33,7 @@ class Metrics:
         self.multiprocess_dir = multiprocess_dir
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._seen: dict[str, tuple[int, int, int]] = {}
+        self._pool_gauges: dict[str, tuple[Gauge, ...]] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -99,13 +100,19 @@ class Metrics:
             self.cold_starts.labels(function).inc()
 
     def observe_pool(self, function: str, pool: InstancePool) -> None:
-        self.instances.labels(function, "warm").set(pool.ready)
-        self.instances.labels(function, "busy").set(pool.busy)
-        self.instances.labels(function, "instantiating").set(pool.instantiating)
+        gauges = self._pool_gauges.get(function)
+        if gauges is None:  # called twice per request: bind the label children once
+            gauges = tuple(self.instances.labels(function, s) for s in ("warm", "busy", "instantiating"))
+            self._pool_gauges[function] = gauges
+        gauges[0].set(pool.ready)
+        gauges[1].set(pool.busy)
+        gauges[2].set(pool.instantiating)
         # The pool keeps running totals; count what is new since this pool was last seen.
         made_on_request = pool.instantiated_on_request
         made_ahead = pool.instantiated - made_on_request
         seen = self._seen.get(function)
+        if seen == (id(pool), made_ahead, made_on_request):
+            return
         ahead_before, request_before = (seen[1], seen[2]) if seen and seen[0] == id(pool) else (0, 0)
         if made_ahead > ahead_before:
             self.instantiations.labels(function, "background").inc(made_ahead - ahead_before)

@@ -201,7 +201,6 @@ def _wait(condition: object) -> None:
 
 
 def test_placement_policy() -> None:
-    from router.wasm_tier import runs_inline
 
     assert not runs_inline(None, 2.0)  # no history: a thread, where a slow guest cannot hold the loop
     assert runs_inline(0.3, 2.0)
