@@ -118,6 +118,8 @@ async def metrics(request: Request) -> Response:
 
 
 ROUTES = [
+    # Infer first: routes are matched in order, and it is the route that carries the traffic.
+    Route("/v2/models/{name}/infer", infer, methods=["POST"]),
     Route("/v2/health/live", live),
     Route("/v2/health/ready", ready),
     Route("/v2", server_metadata),
@@ -125,7 +127,6 @@ ROUTES = [
     Route("/v2/models/{name}/versions/{version}", model_metadata),
     Route("/v2/models/{name}/ready", model_ready),
     Route("/v2/models/{name}/versions/{version}/ready", model_ready),
-    Route("/v2/models/{name}/infer", infer, methods=["POST"]),
     Route("/v2/models/{name}/versions/{version}/infer", infer, methods=["POST"]),
     Route("/metrics", metrics),
 ]
