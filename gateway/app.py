@@ -35,15 +35,7 @@ def create_app(settings: Settings) -> Starlette:
         host = Host(settings.sandbox, settings.cache_dir, settings.ort_intra_op_threads).start()
         metrics = Metrics(settings.metrics_multiproc_dir)
         warmer = Warmer()
-        registry = FunctionRegistry(
-            store,
-            host,
-            settings,
-            warmer=warmer,
-            on_pool_change=metrics.observe_pool,
-            on_unload=metrics.forget_pool,
-            observer=metrics,
-        )
+        registry = FunctionRegistry(store, host, settings, warmer=warmer, observer=metrics)
         state = AppState(
             settings, store, host, registry, WasmTier(settings.worker_threads, settings.inline_below_ms), metrics
         )

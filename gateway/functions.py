@@ -18,9 +18,9 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from importlib.resources import files
-from typing import Any
+from typing import Any, Protocol
 
 import wasmtime
 
@@ -78,8 +78,12 @@ class LoadedFunction:
         self.stamp = stamp
 
 
-def _report(callback: Callable[[str, InstancePool], None], name: str, pool: InstancePool) -> None:
-    callback(name, pool)
+class FunctionObserver(AdmissionObserver, Protocol):
+    """What the registry reports as functions load, change and unload (the metrics implement it)."""
+
+    def observe_pool(self, function: str, pool: InstancePool) -> None: ...
+
+    def forget_pool(self, function: str) -> None: ...
 
 
 def _admission(manifest: Manifest, observer: AdmissionObserver | None) -> Admission:
@@ -102,17 +106,13 @@ class FunctionRegistry:
         host: Host,
         settings: Settings,
         warmer: Warmer | None = None,
-        on_pool_change: Callable[[str, InstancePool], None] | None = None,
-        on_unload: Callable[[str], None] | None = None,
-        observer: AdmissionObserver | None = None,
+        observer: FunctionObserver | None = None,
     ) -> None:
         self.observer = observer
         self.store = store
         self.host = host
         self.settings = settings
         self.warmer = warmer
-        self._on_pool_change = on_pool_change
-        self._on_unload = on_unload
         self._loaded: dict[str, LoadedFunction] = {}
         self._lock = threading.Lock()
         self._passthrough: bytes | None = None
@@ -159,12 +159,12 @@ class FunctionRegistry:
         refs = {alias: ModelRef(d, self.store.blob_path(d)) for alias, d in manifest.models.items()}
         graphs = [self.host.backend.load_ref(ref) for ref in refs.values()]
         image = self.host.prepare(self.store.read_blob(manifest.module), manifest.module, refs)
-        on_change = self._on_pool_change
+        observer = self.observer
         pool = InstancePool(
             image,
             manifest.pool,
             self.warmer,
-            on_change=functools.partial(_report, on_change, manifest.name) if on_change else None,
+            on_change=functools.partial(observer.observe_pool, manifest.name) if observer else None,
         )
         fn = LoadedFunction(manifest, pool, graphs, stamp, self.observer)
         if self.warmer is not None and pool.target_ready():
@@ -179,8 +179,8 @@ class FunctionRegistry:
         fn = self._loaded.pop(name, None)
         if fn is not None:
             fn.pool.close()
-            if self._on_unload is not None:
-                self._on_unload(name)
+            if self.observer is not None:
+                self.observer.forget_pool(name)
 
     def reap(self, now: float | None = None) -> list[str]:
         """Scale idle functions down: to ``min_warm`` ready instances, or, with ``min_warm`` 0, unload them
