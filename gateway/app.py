@@ -64,12 +64,14 @@ def create_app(settings: Settings) -> Starlette:
 
 
 async def _reaper(state: AppState) -> None:
-    """Scale idle functions down every ``reap_interval_s``."""
+    """Scale idle functions down, and sample the pools into the metrics, every ``reap_interval_s``."""
     while True:
         await anyio.sleep(state.settings.reap_interval_s)
         try:
             for name in await anyio.to_thread.run_sync(state.registry.reap):
                 state.metrics.scale_to_zero.labels(name).inc()
                 log.info("scaled %s to zero", name)
+            # With several workers a scrape reaches one of them; the others' gauges come from this sample.
+            state.metrics.sample((fn.name, fn.pool) for fn in state.registry.loaded())
         except Exception:  # the reaper must outlive any one bad function
             log.exception("reaping idle functions failed")

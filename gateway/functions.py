@@ -13,7 +13,6 @@ on the next request.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import gc
 import logging
 import threading
@@ -79,9 +78,7 @@ class LoadedFunction:
 
 
 class FunctionObserver(AdmissionObserver, Protocol):
-    """What the registry reports as functions load, change and unload (the metrics implement it)."""
-
-    def observe_pool(self, function: str, pool: InstancePool) -> None: ...
+    """What the registry reports as functions unload and as requests queue (the metrics implement it)."""
 
     def forget_pool(self, function: str) -> None: ...
 
@@ -159,13 +156,7 @@ class FunctionRegistry:
         refs = {alias: ModelRef(d, self.store.blob_path(d)) for alias, d in manifest.models.items()}
         graphs = [self.host.backend.load_ref(ref) for ref in refs.values()]
         image = self.host.prepare(self.store.read_blob(manifest.module), manifest.module, refs)
-        observer = self.observer
-        pool = InstancePool(
-            image,
-            manifest.pool,
-            self.warmer,
-            on_change=functools.partial(observer.observe_pool, manifest.name) if observer else None,
-        )
+        pool = InstancePool(image, manifest.pool, self.warmer)
         fn = LoadedFunction(manifest, pool, graphs, stamp, self.observer)
         if self.warmer is not None and pool.target_ready():
             self.warmer.schedule(pool)

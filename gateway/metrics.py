@@ -9,6 +9,7 @@ instance and queue gauges are summed over live workers (``livesum``).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -98,6 +99,13 @@ class Metrics:
         children[1].observe(seconds)
         if cold:
             self.cold_starts.labels(function).inc()
+
+    def sample(self, pools: Iterable[tuple[str, InstancePool]]) -> None:
+        """Copy the pools' figures into the instance gauges and counters. Called at each scrape and by the
+        reaper, not per request: a gauge is only ever read at a scrape, so setting it on every acquire and
+        release would cost each request for nothing."""
+        for function, pool in pools:
+            self.observe_pool(function, pool)
 
     def observe_pool(self, function: str, pool: InstancePool) -> None:
         gauges = self._pool_gauges.get(function)

@@ -113,7 +113,9 @@ async def infer(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    m = state_of(request).metrics
+    state = state_of(request)
+    m = state.metrics
+    m.sample((fn.name, fn.pool) for fn in state.registry.loaded())
     return Response(await anyio.to_thread.run_sync(m.render), media_type=m.content_type)
 
 

@@ -23,7 +23,7 @@ import dataclasses
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
 from wasm_host.guest import FunctionImage, GuestInstance
@@ -105,12 +105,10 @@ class InstancePool:
         image: FunctionImage,
         settings: PoolSettings,
         warmer: Warmer | None = None,
-        on_change: Callable[[InstancePool], None] | None = None,
     ) -> None:
         self.image = image
         self.settings = settings
         self._warmer = warmer
-        self._on_change = on_change
         self._ready: list[GuestInstance] = []
         self._lock = threading.Lock()
         self.busy = 0
@@ -163,7 +161,6 @@ class InstancePool:
                 self.busy -= 1
             raise
         self._refill_later()
-        self._changed()
         return instance
 
     def release(self, instance: GuestInstance) -> None:
@@ -178,7 +175,6 @@ class InstancePool:
             elif s.isolation == "reuse":
                 self.recycled += 1
         self._refill_later()
-        self._changed()
 
     @contextlib.contextmanager
     def instance(self) -> Iterator[GuestInstance]:
@@ -212,8 +208,6 @@ class InstancePool:
                     break
                 self._ready.append(instance)
             made += 1
-        if made:
-            self._changed()
         return made
 
     def shrink(self, keep: int) -> int:
@@ -221,8 +215,6 @@ class InstancePool:
         with self._lock:
             dropped = self._ready[: max(0, len(self._ready) - keep)]
             del self._ready[: len(dropped)]
-        if dropped:
-            self._changed()
         return len(dropped)
 
     def close(self) -> None:
@@ -230,7 +222,6 @@ class InstancePool:
         with self._lock:
             self.closed = True
             self._ready.clear()
-        self._changed()
 
     def _is_closed(self) -> bool:
         return self.closed
@@ -238,10 +229,6 @@ class InstancePool:
     def _refill_later(self) -> None:
         if self._warmer is not None and not self.closed and len(self._ready) < self.target_ready():
             self._warmer.schedule(self)
-
-    def _changed(self) -> None:
-        if self._on_change is not None:
-            self._on_change(self)
 
 
 class Warmer:
