@@ -12,12 +12,14 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
+from uvicorn.supervisors import Multiprocess
 
 from gateway.app import create_app
 from gateway.settings import MULTIPROC_ENV, Settings
@@ -39,6 +41,21 @@ def _uvicorn_options(settings: Settings) -> dict[str, Any]:
         "access_log": False,
         "timeout_graceful_shutdown": 30,
     }
+
+
+def tcp_listener(host: str, port: int) -> socket.socket:
+    """The listening socket the workers share, made as ``IPPROTO_TCP`` explicitly.
+
+    uvicorn's own (``socket.socket(AF_INET)``) carries protocol 0, and asyncio enables TCP_NODELAY only on
+    connections whose socket says IPPROTO_TCP; the workers' connections then wait on Nagle's algorithm and
+    delayed ACKs, about 40 ms per response (measured: 23 req/s at concurrency 1, for any app).
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
 
 
 def app_from_env() -> Starlette:
@@ -67,6 +84,9 @@ def serve(settings: Settings) -> None:
     os.environ.update(settings.to_env())
     os.environ[MULTIPROC_ENV] = metrics_dir
     try:
-        uvicorn.run("gateway.server:app_from_env", factory=True, workers=settings.workers, **_uvicorn_options(settings))
+        config = uvicorn.Config(
+            "gateway.server:app_from_env", factory=True, workers=settings.workers, **_uvicorn_options(settings)
+        )
+        Multiprocess(config, sockets=[tcp_listener(settings.host, settings.port)]).run()
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
