@@ -5,6 +5,7 @@ idle functions down (to zero when ``min_warm`` is 0)."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -41,6 +42,9 @@ def create_app(settings: Settings) -> Starlette:
         )
         app.state.wasmgate = state
         await anyio.to_thread.run_sync(registry.prewarm)
+        # Everything made so far lives as long as the process: keep it out of every later collection, so a
+        # full collection (which can land in any request) walks only what requests allocate.
+        gc.freeze()
         state.ready = True
         log.info("wasmgate ready (pid %d): data dir %s", os.getpid(), settings.data_dir)
         try:
