@@ -47,8 +47,12 @@ def _functype(ty: object) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
     return tuple(str(p) for p in ty.params), tuple(str(r) for r in ty.results)
 
 
-def check_abi(module: wasmtime.Module) -> None:
-    """Refuse a module that does not follow the function ABI, naming every problem at once."""
+FuncSig = tuple[tuple[str, ...], tuple[str, ...]]
+
+
+def check_abi(module: wasmtime.Module) -> dict[str, FuncSig]:
+    """Refuse a module that does not follow the function ABI, naming every problem at once. Returns its
+    callable exports (i32/i64 parameters, at most one result) with their signatures."""
     problems: list[str] = []
     for imp in module.imports:
         if imp.module == WASI_MODULE:
@@ -75,6 +79,12 @@ def check_abi(module: wasmtime.Module) -> None:
             problems.append(f"export {name!r} must have type {_show(want)}")
     if problems:
         raise InvalidFunction("module does not follow the wasmgate function ABI: " + "; ".join(problems))
+    callable_exports = {}
+    for name, ty in exports.items():
+        sig = _functype(ty)
+        if sig is not None and set(sig[0] + sig[1]) <= {"i32", "i64"} and len(sig[1]) <= 1:
+            callable_exports[name] = sig
+    return callable_exports
 
 
 def _show(sig: tuple[tuple[str, ...], tuple[str, ...]]) -> str:
@@ -92,13 +102,10 @@ class FunctionImage:
         backend: OnnxBackend,
         pre: wasmtime.InstancePre,
         models: Mapping[str, ModelRef],
+        func_exports: Mapping[str, FuncSig],
     ) -> None:
         #: Exported functions with i32/i64 parameters and at most one result: name -> (params, results).
-        self.func_exports: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
-        for export in pre.module.exports:
-            sig = _functype(export.type)
-            if sig is not None and set(sig[0] + sig[1]) <= {"i32", "i64"} and len(sig[1]) <= 1:
-                self.func_exports[export.name] = sig
+        self.func_exports = dict(func_exports)
         self.engine = engine
         self.nn_host = nn_host
         self.backend = backend

@@ -13,7 +13,7 @@ import wasmtime
 
 from wasm_host.engine import SandboxLimits, WasmEngine
 from wasm_host.errors import InvalidFunction
-from wasm_host.guest import FunctionImage, check_abi
+from wasm_host.guest import FuncSig, FunctionImage, check_abi
 from wasm_host.onnx_backend import ModelRef, OnnxBackend
 from wasm_host.wasi_nn import WasiNnHost
 
@@ -26,6 +26,7 @@ class Host:
         self.linker = wasmtime.Linker(self.engine.engine)
         self.linker.define_wasi()
         self.nn_host.define(self.linker)
+        self._checked: dict[str, dict[str, FuncSig]] = {}  # module digest -> its callable exports
 
     @property
     def limits(self) -> SandboxLimits:
@@ -41,10 +42,14 @@ class Host:
     def prepare(self, wasm: bytes, digest: str, models: Mapping[str, ModelRef]) -> FunctionImage:
         """Compile (or load from the compile cache), check the ABI, and link. Raises InvalidFunction."""
         module = self.engine.compile(wasm, digest)
-        check_abi(module)
+        # Reading a module's import and export types goes through many FFI calls; the answer for a digest
+        # never changes, so a function coming back from zero does not pay for it again.
+        exports = self._checked.get(digest)
+        if exports is None:
+            exports = self._checked[digest] = check_abi(module)
         try:
             pre = self.linker.instantiate_pre(module)
         except wasmtime.WasmtimeError as exc:  # e.g. a WASI import that does not exist in preview 1
             first = str(exc).strip().splitlines()[0]
             raise InvalidFunction(f"module cannot be linked against WASI preview 1 and WASI-NN: {first}") from exc
-        return FunctionImage(self.engine, self.nn_host, self.backend, pre, models)
+        return FunctionImage(self.engine, self.nn_host, self.backend, pre, models, exports)
