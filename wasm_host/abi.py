@@ -7,6 +7,7 @@ checked before use, and a malformed response is a :class:`GuestFailure` naming w
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Sequence
 
@@ -33,25 +34,38 @@ def encode_request(inputs: Sequence[Tensor], outputs: Sequence[TensorSpec]) -> b
     """One request buffer: the inputs with their data, then a data-less spec per declared output."""
     parts = [_HEADER.pack(MAGIC, len(inputs), len(outputs), 0)]
     for t in inputs:
-        parts.append(_entry(t.name, t.datatype, t.shape, t.data))
-    for s in outputs:
-        parts.append(_entry(s.name, s.datatype, s.shape, b""))
+        data = t.data
+        parts.append(_entry_head(t.name, t.datatype, t.shape, len(data)))
+        parts.append(data)
+        parts.append(_PADDING[-len(data) & 7])
+    parts.append(_specs(tuple(outputs)))
     return b"".join(parts)
 
 
-def _entry(name: str, datatype: str, shape: Sequence[int], data: bytes) -> bytes:
+_PADDING = [b"\0" * n for n in range(8)]
+_DIMS = [struct.Struct(f"<{n}I") for n in range(MAX_DIMS + 1)]
+
+
+@functools.lru_cache(maxsize=1024)
+def _entry_head(name: str, datatype: str, shape: tuple[int, ...], data_len: int) -> bytes:
+    """An entry up to its data: fixed fields, dims and name, each padded to 8. Cached: a function sees the
+    same few names, types and shapes request after request."""
     raw_name = name.encode()
     ndim = len(shape)
     dims = struct.pack(f"<{ndim}I", *(DYNAMIC_DIM if d < 0 else d for d in shape))
     return b"".join(
         (
-            _ENTRY.pack(len(raw_name), DTYPES[datatype].code, ndim, len(data)),
+            _ENTRY.pack(len(raw_name), DTYPES[datatype].code, ndim, data_len),
             dims.ljust(_pad8(len(dims)), b"\0"),
             raw_name.ljust(_pad8(len(raw_name)), b"\0"),
-            data,
-            b"\0" * (_pad8(len(data)) - len(data)),
         )
     )
+
+
+@functools.lru_cache(maxsize=256)
+def _specs(outputs: tuple[TensorSpec, ...]) -> bytes:
+    """The output specs of a request; the same for every request of a function."""
+    return b"".join(_entry_head(s.name, s.datatype, s.shape, 0) for s in outputs)
 
 
 def unpack_result(result: int) -> tuple[int, int, int]:
@@ -94,7 +108,7 @@ def decode_response(buf: bytes) -> list[Tensor]:
         next_at = data_at + _pad8(data_len)
         if dims_end > end or data_at + data_len > end:
             raise _bad(f"entry {i} runs past the end of the buffer")
-        raw_dims = struct.unpack_from(f"<{ndim}I", buf, pos)
+        raw_dims = _DIMS[ndim].unpack_from(buf, pos)
         try:
             name = buf[name_at : name_at + name_len].decode()
         except UnicodeDecodeError as exc:
