@@ -135,6 +135,8 @@ class FunctionRegistry:
                 raise
             if fn is not None and fn.manifest.code == manifest.code:
                 fn.retune(manifest, stamp)
+                if self.warmer is not None and fn.pool.ready < fn.pool.target_ready():
+                    self.warmer.schedule(fn.pool)  # e.g. min_warm was raised
                 return fn
             self._unload_locked(name)
             fn = self._load(manifest, stamp)

@@ -223,3 +223,14 @@ def test_a_guest_that_hits_its_deadline_is_kept_off_the_event_loop(tmp_path: Pat
         assert fn.pool.typical_ms is not None
         assert fn.pool.typical_ms >= 100  # the deadline counted: the next call goes to a worker thread
         assert not runs_inline(fn.pool.typical_ms, settings.inline_below_ms)
+
+
+def test_raising_min_warm_on_a_loaded_function_warms_it(client: AppClient, digits: Digits) -> None:
+    push(client, "digits", None, {"model": digits.model})
+    body = infer_body(digits.x_test[:1])
+    assert client.post("/v2/models/digits/infer", json=body).status_code == 200
+    (fn,) = state(client).registry.loaded()
+    assert client.request("PATCH", "/admin/v1/functions/digits/pool", json={"min_warm": 3}).status_code == 200
+    assert client.post("/v2/models/digits/infer", json=body).status_code == 200  # applies the new settings
+    assert state(client).registry.loaded() == [fn]  # same code: retuned in place, not reloaded
+    _wait(lambda: fn.pool.ready >= 3)
