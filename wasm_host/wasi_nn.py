@@ -317,13 +317,15 @@ class WasiNnHost:
 
     def _entry(self, name: str) -> Callable[..., int]:
         local = self._local
+        method = getattr(NnState, name)  # looked up once, not per call
+        ok, busy = int(NnErrno.SUCCESS), int(NnErrno.BUSY)
 
         def call(*args: int) -> int:
             state: NnState | None = getattr(local, "state", None)
             if state is None:  # called outside a bound request, e.g. from a start function
-                return int(NnErrno.BUSY)
+                return busy
             try:
-                getattr(state, name)(*args)
+                method(state, *args)
             except _Failure as failure:
                 state.last_error = f"{name}: {failure}"
                 log.debug("wasi-nn %s -> %s: %s", name, failure.errno.name.lower(), failure)
@@ -332,7 +334,7 @@ class WasiNnHost:
                 state.last_error = f"{name}: internal error: {exc!r}"
                 log.exception("wasi-nn %s failed unexpectedly", name)
                 return int(NnErrno.RUNTIME_ERROR)
-            return int(NnErrno.SUCCESS)
+            return ok
 
         call.__name__ = f"wasi_nn_{name}"
         return call
