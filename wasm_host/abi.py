@@ -74,12 +74,6 @@ def unpack_result(result: int) -> tuple[int, int, int]:
     return r >> 62, r & 0xFFFF_FFFF, (r >> 32) & 0x3FFF_FFFF
 
 
-def pack_result(status: int, ptr: int, length: int) -> int:
-    """The inverse of :func:`unpack_result`, as a signed i64 (what a guest returns)."""
-    r = (status << 62) | (length << 32) | ptr
-    return r - (1 << 64) if r >= 1 << 63 else r
-
-
 def decode_response(buf: bytes) -> list[Tensor]:
     """Parse a guest's response. Resolves at most one unknown (0xFFFFFFFF) dim per tensor from its data."""
     end = len(buf)

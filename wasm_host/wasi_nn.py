@@ -124,29 +124,19 @@ class NnState:
             raise _Failure(NnErrno.MISSING_MEMORY, "the module exports no memory")
         return self.mem
 
+    # Guest memory access. An out-of-bounds range raises OutOfBounds, which the import's entry point turns
+    # into invalid_argument, the one errno for a bad pointer.
     def _span(self, ptr: int, length: int) -> None:
-        try:
-            self._memory().address(ptr, length)
-        except OutOfBounds as exc:
-            raise _Failure(NnErrno.INVALID_ARGUMENT, str(exc)) from exc
+        self._memory().address(ptr, length)
 
     def read(self, ptr: int, length: int) -> bytes:
-        try:
-            return self._memory().read(ptr, length)
-        except OutOfBounds as exc:
-            raise _Failure(NnErrno.INVALID_ARGUMENT, str(exc)) from exc
-
-    def write(self, ptr: int, data: bytes) -> None:
-        try:
-            self._memory().write(ptr, data)
-        except OutOfBounds as exc:
-            raise _Failure(NnErrno.INVALID_ARGUMENT, str(exc)) from exc
+        return self._memory().read(ptr, length)
 
     def read_u32s(self, ptr: int, count: int) -> tuple[int, ...]:
-        return struct.unpack(f"<{count}I", self.read(ptr, 4 * count))
+        return self._memory().read_u32s(ptr, count)
 
     def write_u32(self, ptr: int, value: int) -> None:
-        self.write(ptr, struct.pack("<I", value))
+        self._memory().write_u32(ptr, value)
 
     # -- handles -------------------------------------------------------------------------------------------
     def _graph(self, handle: int) -> OnnxGraph:
@@ -290,10 +280,7 @@ class NnState:
         if not (value.dtype.isnative and LITTLE_ENDIAN):
             value = value.astype(value.dtype.newbyteorder("<"))
         contiguous = np.ascontiguousarray(value)
-        try:
-            self._memory().write_from(out_ptr, contiguous.ctypes.data, nbytes)
-        except OutOfBounds as exc:
-            raise _Failure(NnErrno.INVALID_ARGUMENT, str(exc)) from exc
+        self._memory().write_from(out_ptr, contiguous.ctypes.data, nbytes)
         self.write_u32(written_out, nbytes)
 
 
@@ -318,7 +305,7 @@ class WasiNnHost:
     def _entry(self, name: str) -> Callable[..., int]:
         local = self._local
         method = getattr(NnState, name)  # looked up once, not per call
-        ok, busy = int(NnErrno.SUCCESS), int(NnErrno.BUSY)
+        ok, busy, invalid = int(NnErrno.SUCCESS), int(NnErrno.BUSY), int(NnErrno.INVALID_ARGUMENT)
 
         def call(*args: int) -> int:
             state: NnState | None = getattr(local, "state", None)
@@ -330,6 +317,10 @@ class WasiNnHost:
                 state.last_error = f"{name}: {failure}"
                 log.debug("wasi-nn %s -> %s: %s", name, failure.errno.name.lower(), failure)
                 return int(failure.errno)
+            except OutOfBounds as exc:
+                state.last_error = f"{name}: {exc}"
+                log.debug("wasi-nn %s -> invalid_argument: %s", name, exc)
+                return invalid
             except Exception as exc:  # a host bug must still not cross into the guest
                 state.last_error = f"{name}: internal error: {exc!r}"
                 log.exception("wasi-nn %s failed unexpectedly", name)
