@@ -328,3 +328,28 @@ def test_workers_see_pushes_and_deletes_made_through_another_worker(tmp_path: Pa
         assert len(pids) == 2
     finally:
         gw.stop()
+
+
+def test_isolation_set_at_push_and_changed_with_wasm_scale(gateway: Gateway, tmp_path: Path) -> None:
+    """A guest that counts its requests: pushed with --isolation fresh every request sees a new instance;
+    after `wasm scale --isolation reuse` one instance serves them in turn."""
+    import wasmtime
+
+    from tests.test_pool import COUNTER
+
+    module = tmp_path / "counter.wasm"
+    module.write_bytes(bytes(wasmtime.wat2wasm(COUNTER)))
+    r = gateway.cli("push", str(module), "--name", "counter", "--isolation", "fresh", "--max-instances", "2")
+    assert r.returncode == 0, r.stderr
+    body = [{"name": "x", "shape": [1], "datatype": "FP32", "data": [0.0]}]
+
+    def counts() -> list[int]:
+        return [json_infer(gateway.url, "counter", body).json()["outputs"][0]["data"][0] for _ in range(3)]
+
+    assert counts() == [1, 1, 1]
+    r = gateway.cli("scale", "counter", "--isolation", "reuse")
+    assert r.returncode == 0, r.stderr
+    assert "isolation=reuse" in r.stdout
+    assert "max_instances=2" in r.stdout  # settings not named are kept
+    assert counts() == [1, 2, 3]
+    assert gateway.cli("scale", "counter").returncode == 2  # nothing to change is a usage error
