@@ -76,6 +76,6 @@ async def _reaper(state: AppState) -> None:
                 state.metrics.scale_to_zero.labels(name).inc()
                 log.info("scaled %s to zero", name)
             # With several workers a scrape reaches one of them; the others' gauges come from this sample.
-            state.metrics.sample((fn.name, fn.pool) for fn in state.registry.loaded())
+            state.metrics.sample(state.registry.pools())
         except Exception:  # the reaper must outlive any one bad function
             log.exception("reaping idle functions failed")

@@ -119,15 +119,15 @@ class FunctionRegistry:
     def get(self, name: str) -> LoadedFunction:
         """The loaded function, loading it when absent and reloading it when its code changed. Blocking (a
         load reads files and creates sessions): call from a thread. Raises NotFound."""
-        stamp = self.store.stamp(name)
-        fn = self._loaded.get(name)
-        if fn is not None and fn.stamp == stamp and stamp is not None:
+        fn = self.get_loaded(name)
+        if fn is not None:
             return fn
         with self._lock:
+            fn = self.get_loaded(name)  # another thread may have loaded it while this one waited
+            if fn is not None:
+                return fn
             fn = self._loaded.get(name)
             stamp = self.store.stamp(name)
-            if fn is not None and fn.stamp == stamp and stamp is not None:
-                return fn
             try:
                 manifest = self.store.get(name)
             except NotFound:
@@ -154,6 +154,10 @@ class FunctionRegistry:
 
     def loaded(self) -> list[LoadedFunction]:
         return list(self._loaded.values())
+
+    def pools(self) -> list[tuple[str, InstancePool]]:
+        """Each loaded function's name and pool, for the metrics."""
+        return [(fn.name, fn.pool) for fn in self._loaded.values()]
 
     def _load(self, manifest: Manifest, stamp: tuple[int, int] | None) -> LoadedFunction:
         refs = {alias: ModelRef(d, self.store.blob_path(d)) for alias, d in manifest.models.items()}

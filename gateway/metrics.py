@@ -23,7 +23,7 @@ from prometheus_client import (
 
 from wasm_host.pool import InstancePool
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+INSTANCE_STATES = ("warm", "busy", "instantiating")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -109,8 +109,8 @@ class Metrics:
 
     def observe_pool(self, function: str, pool: InstancePool) -> None:
         gauges = self._pool_gauges.get(function)
-        if gauges is None:  # called twice per request: bind the label children once
-            gauges = tuple(self.instances.labels(function, s) for s in ("warm", "busy", "instantiating"))
+        if gauges is None:  # called at every scrape and reap: bind the label children once
+            gauges = tuple(self.instances.labels(function, s) for s in INSTANCE_STATES)
             self._pool_gauges[function] = gauges
         gauges[0].set(pool.ready)
         gauges[1].set(pool.busy)
@@ -136,7 +136,7 @@ class Metrics:
 
     def forget_pool(self, function: str) -> None:
         self._seen.pop(function, None)
-        for state in ("warm", "busy", "instantiating"):
+        for state in INSTANCE_STATES:
             self.instances.labels(function, state).set(0)
 
     def close(self) -> None:

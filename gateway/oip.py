@@ -115,7 +115,7 @@ async def infer(request: Request) -> Response:
 async def metrics(request: Request) -> Response:
     state = state_of(request)
     m = state.metrics
-    m.sample((fn.name, fn.pool) for fn in state.registry.loaded())
+    m.sample(state.registry.pools())
     return Response(await anyio.to_thread.run_sync(m.render), media_type=m.content_type)
 
 
