@@ -135,8 +135,7 @@ class FunctionRegistry:
                 raise
             if fn is not None and fn.manifest.code == manifest.code:
                 fn.retune(manifest, stamp)
-                if self.warmer is not None and fn.pool.ready < fn.pool.target_ready():
-                    self.warmer.schedule(fn.pool)  # e.g. min_warm was raised
+                fn.pool.refill_soon()  # e.g. min_warm was raised
                 return fn
             self._unload_locked(name)
             fn = self._load(manifest, stamp)
@@ -168,8 +167,7 @@ class FunctionRegistry:
         # first request runs where its earlier requests ran instead of paying a thread hop.
         pool.typical_ms = self._history.get(manifest.name)
         fn = LoadedFunction(manifest, pool, graphs, stamp, self.observer)
-        if self.warmer is not None and pool.target_ready():
-            self.warmer.schedule(pool)
+        pool.refill_soon()
         return fn
 
     def forget(self, name: str) -> None:

@@ -160,7 +160,7 @@ class InstancePool:
             with self._lock:
                 self.busy -= 1
             raise
-        self._refill_later()
+        self.refill_soon()
         return instance
 
     def release(self, instance: GuestInstance) -> None:
@@ -174,7 +174,7 @@ class InstancePool:
                 self.discarded += 1
             elif s.isolation == "reuse":
                 self.recycled += 1
-        self._refill_later()
+        self.refill_soon()
 
     @contextlib.contextmanager
     def instance(self) -> Iterator[GuestInstance]:
@@ -226,7 +226,8 @@ class InstancePool:
     def _is_closed(self) -> bool:
         return self.closed
 
-    def _refill_later(self) -> None:
+    def refill_soon(self) -> None:
+        """Ask the warmer (if any) to top the pool up to ``target_ready`` in the background."""
         if self._warmer is not None and not self.closed and len(self._ready) < self.target_ready():
             self._warmer.schedule(self)
 
