@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import itertools
 import statistics
 import tempfile
 import time
@@ -26,42 +25,13 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from gateway.demo import train_digits
+from gateway.demo import dense_model, train_digits
 from gateway.functions import PASSTHROUGH_ALIAS, passthrough_module, passthrough_signature
 from wasm_host.engine import SandboxLimits
 from wasm_host.host import Host
 from wasm_host.onnx_backend import ModelRef
 from wasm_host.pool import InstancePool, PoolSettings
 from wasm_host.tensors import Tensor
-
-
-def dense_model(seed: int = 0) -> bytes:
-    """A float MLP 256 -> 1024 -> 1024 -> 1024 -> 10 with ReLU: 2.37 M parameters, about 9.5 MB."""
-    import onnx
-    from onnx import helper, numpy_helper
-
-    rng = np.random.default_rng(seed)
-    sizes = [256, 1024, 1024, 1024, 10]
-    nodes, inits = [], []
-    prev = "input"
-    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
-        w = numpy_helper.from_array((rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32), f"w{i}")
-        bias = numpy_helper.from_array(np.zeros(b, np.float32), f"b{i}")
-        inits += [w, bias]
-        out = "output" if i == len(sizes) - 2 else f"h{i}"
-        nodes.append(helper.make_node("Gemm", [prev, f"w{i}", f"b{i}"], [f"g{i}" if out != "output" else out]))
-        if out != "output":
-            nodes.append(helper.make_node("Relu", [f"g{i}"], [out]))
-        prev = out
-    graph = helper.make_graph(
-        nodes,
-        "dense",
-        [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["N", sizes[0]])],
-        [helper.make_tensor_value_info("output", onnx.TensorProto.FLOAT, ["N", sizes[-1]])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    return bytes(model.SerializeToString())
 
 
 def timings(fn: Callable[[], object], n: int) -> list[float]:

@@ -10,17 +10,18 @@ second step validates everything and commits atomically, or changes nothing.
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
 import anyio.to_thread
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.oip import read_body, state_of
 from gateway.store import check_digest, check_name
-from wasm_host.errors import InvalidRequest
+from wasm_host.errors import InvalidRequest, NotFound
 
 MAX_PUSH_DOC = 64 * 1024
 
@@ -39,6 +40,15 @@ async def json_object(request: Request, expected: str) -> dict[str, Any]:
 async def head_blob(request: Request) -> Response:
     digest = check_digest(request.path_params["digest"])
     return Response(status_code=200 if state_of(request).store.has_blob(digest) else 404)
+
+
+async def get_blob(request: Request) -> Response:
+    """A stored blob's bytes: how a runner in another pod fetches a function's module and models."""
+    digest = check_digest(request.path_params["digest"])
+    path = state_of(request).store.blob_path(digest)
+    if not path.exists():
+        raise NotFound(f"blob sha256:{digest} is not in the store")
+    return FileResponse(path, media_type="application/octet-stream")
 
 
 async def put_blob(request: Request) -> Response:
@@ -62,7 +72,12 @@ async def put_function(request: Request) -> Response:
     pool = doc.get("pool") or {}
     if not isinstance(pool, dict):
         raise InvalidRequest("'pool' must be an object of pool settings")
-    manifest = await anyio.to_thread.run_sync(state.registry.push, name, module, models, pool)
+    placement = {key: doc.get(key) for key in ("tier", "endpoint", "endpoint_model")}
+    for key, value in placement.items():
+        if value is not None and not isinstance(value, str):
+            raise InvalidRequest(f"'{key}' must be a string")
+    push = functools.partial(state.registry.push, name, module, models, pool, **placement)
+    manifest = await anyio.to_thread.run_sync(push)
     return JSONResponse(manifest.to_json(), status_code=201)
 
 
@@ -94,6 +109,7 @@ async def delete_function(request: Request) -> Response:
 
 ROUTES = [
     Route("/admin/v1/blobs/{digest}", head_blob, methods=["HEAD"]),
+    Route("/admin/v1/blobs/{digest}", get_blob, methods=["GET"]),
     Route("/admin/v1/blobs/{digest}", put_blob, methods=["PUT"]),
     Route("/admin/v1/functions", list_functions, methods=["GET"]),
     Route("/admin/v1/functions/{name}", get_function, methods=["GET"]),

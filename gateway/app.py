@@ -12,59 +12,82 @@ from collections.abc import AsyncIterator
 
 import anyio
 import anyio.to_thread
+import onnxruntime as ort
 from starlette.applications import Starlette
 
 from gateway import admin, oip
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.functions import FunctionRegistry
 from gateway.metrics import Metrics
+from gateway.pods import check_scaler, make_pod_tier
 from gateway.settings import Settings
-from gateway.state import AppState
+from gateway.source import GatewaySource
+from gateway.state import AppState, Role
 from gateway.store import LocalStore
 from router.wasm_tier import WasmTier
 from wasm_host.host import Host
 from wasm_host.pool import Warmer
+from wasm_host.providers import CPU, choose_providers
 
 log = logging.getLogger("wasmgate")
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: Settings, role: Role = "gateway") -> Starlette:
+    """The app of a gateway, or (``role="runner"``) of a pod-tier runner: the same OIP v2 endpoints on the same
+    engine, without the admin API or a pod tier of its own, and with the node's execution providers."""
+    if role == "gateway":
+        check_scaler(settings)  # a bad pod_scaler fails at start, not at the first pod request
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         store = LocalStore(settings.data_dir)
-        store.prune_uploads()
-        host = Host(settings.sandbox, settings.cache_dir, settings.ort_intra_op_threads).start()
+        providers = [CPU]
+        if role == "gateway":
+            store.prune_uploads()
+        else:
+            providers = choose_providers(settings.execution_providers, ort.get_available_providers())
+        host = Host(settings.sandbox, settings.cache_dir, settings.ort_intra_op_threads, providers).start()
         metrics = Metrics(settings.metrics_multiproc_dir)
+        metrics.providers(providers)
         warmer = Warmer()
-        registry = FunctionRegistry(store, host, settings, warmer=warmer, observer=metrics)
-        state = AppState(
-            settings, store, host, registry, WasmTier(settings.worker_threads, settings.inline_below_ms), metrics
-        )
+        source = None
+        if role == "runner" and settings.runner_source_url:
+            source = GatewaySource(settings.runner_source_url, store, settings.max_push_model_bytes)
+        registry = FunctionRegistry(store, host, settings, warmer=warmer, observer=metrics, source=source)
+        wasm = WasmTier(settings.worker_threads, settings.inline_below_ms)
+        pods, activator = make_pod_tier(settings, metrics) if role == "gateway" else (None, None)
+        state = AppState(settings, store, host, registry, wasm, metrics, role, pods)
         app.state.wasmgate = state
         await anyio.to_thread.run_sync(registry.prewarm)
         # Everything made so far lives as long as the process: keep it out of every later collection, so a
         # full collection (which can land in any request) walks only what requests allocate.
         gc.freeze()
         state.ready = True
-        log.info("wasmgate ready (pid %d): data dir %s", os.getpid(), settings.data_dir)
+        log.info(
+            "wasmgate %s ready (pid %d): data dir %s, providers %s", role, os.getpid(), settings.data_dir, providers
+        )
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_reaper, state)
+                if activator is not None:
+                    tg.start_soon(activator.run)
                 try:
                     yield
                 finally:
                     tg.cancel_scope.cancel()
         finally:
             state.ready = False
+            with anyio.CancelScope(shield=True):
+                if pods is not None:
+                    await pods.aclose()
+                if source is not None:
+                    source.close()
             metrics.close()
             warmer.close()
             host.close()
 
-    return Starlette(
-        routes=[*oip.ROUTES, *admin.ROUTES],
-        exception_handlers=EXCEPTION_HANDLERS,
-        lifespan=lifespan,
-    )
+    routes = [*oip.ROUTES, *admin.ROUTES] if role == "gateway" else oip.ROUTES
+    return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
 
 
 async def _reaper(state: AppState) -> None:

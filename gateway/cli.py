@@ -13,6 +13,7 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from gateway.client import DEFAULT_URL, AdminClient, ClientError
 from gateway.settings import Settings
@@ -41,12 +42,26 @@ def _parser() -> argparse.ArgumentParser:
     _serve_flags(serve)
     serve.set_defaults(func=cmd_serve)
 
+    runner = sub.add_parser("runner", help="run a pod-tier runner (model server) for the functions sent to it")
+    _serve_flags(runner, workers=False)
+    runner.add_argument(
+        "--providers",
+        help="onnxruntime execution providers: auto (default) or e.g. cuda,cpu (env WASMGATE_EXECUTION_PROVIDERS)",
+    )
+    runner.add_argument("--memory-budget-mb", type=int, help="unload least recently used models past this (0: none)")
+    runner.add_argument("--source-url", help="gateway URL to fetch functions from (default: the data dir only)")
+    runner.add_argument("--fd", type=int, help=argparse.SUPPRESS)  # a listening socket from the local scaler
+    runner.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)  # exit when no longer its child
+    runner.set_defaults(func=cmd_runner)
+
     demo = sub.add_parser("demo", help="run the gateway with demo functions pushed (needs the dev extra)")
     _serve_flags(demo)
     demo.set_defaults(func=cmd_demo)
 
     push = sub.add_parser("push", help="push an ONNX model, or a Wasm function with its models")
-    push.add_argument("file", type=Path, help="a .onnx model (served as is) or a .wasm function")
+    push.add_argument(
+        "file", type=Path, nargs="?", help="a .onnx model (served as is) or a .wasm function; optional with --endpoint"
+    )
     push.add_argument("--name", help="function name (default: the file name without its extension)")
     push.add_argument(
         "--model",
@@ -55,6 +70,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="ALIAS=FILE",
         help="a model the function may load by ALIAS (repeatable; .wasm functions only)",
     )
+    push.add_argument(
+        "--tier", choices=["wasm", "pod"], help="where requests run: the gateway's sandbox (wasm) or runners (pod)"
+    )
+    push.add_argument("--endpoint", help="an existing OIP v2 server (Triton, KServe, ...) to serve the pod tier")
+    push.add_argument("--endpoint-model", help="the model's name on --endpoint (default: the function's name)")
     _pool_flags(push)
     _gateway_flag(push)
     push.set_defaults(func=cmd_push)
@@ -76,12 +96,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _serve_flags(p: argparse.ArgumentParser) -> None:
+def _serve_flags(p: argparse.ArgumentParser, workers: bool = True) -> None:
     p.add_argument("--host", help="interface to bind (default 127.0.0.1; env WASMGATE_HOST)")
     p.add_argument("--port", type=int, help="port (default 8080; env WASMGATE_PORT)")
     p.add_argument("--data-dir", type=Path, help="store directory (default ~/.local/share/wasmgate)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    p.add_argument("--workers", type=int, help="worker processes (default 1; env WASMGATE_WORKERS)")
+    if workers:
+        p.add_argument("--workers", type=int, help="worker processes (default 1; env WASMGATE_WORKERS)")
 
 
 POOL_FLAGS = {
@@ -120,10 +141,28 @@ def _gateway_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
-def settings_from(args: argparse.Namespace) -> Settings:
+def settings_from(args: argparse.Namespace, **more: Any) -> Settings:
     return Settings.from_env(
-        host=args.host, port=args.port, data_dir=args.data_dir, log_level=args.log_level, workers=args.workers
+        host=args.host,
+        port=args.port,
+        data_dir=args.data_dir,
+        log_level=args.log_level,
+        workers=getattr(args, "workers", None),
+        **more,
     )
+
+
+def cmd_runner(args: argparse.Namespace) -> int:
+    from gateway.server import serve_runner
+
+    settings = settings_from(
+        args,
+        execution_providers=args.providers,
+        model_memory_budget_mb=args.memory_budget_mb,
+        runner_source_url=args.source_url,
+    )
+    serve_runner(settings, args.fd, args.parent_pid)
+    return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -140,8 +179,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    data = _read(args.file)
-    name = args.name or re.sub(r"[^A-Za-z0-9._-]", "-", args.file.stem).strip("-.") or "function"
+    if args.file is None and args.endpoint is None:
+        print("error: push takes a .onnx or .wasm file, or --endpoint for a function served elsewhere", file=sys.stderr)
+        return 2
+    placement = {"tier": args.tier, "endpoint": args.endpoint, "endpoint_model": args.endpoint_model}
+    data = _read(args.file) if args.file is not None else None
+    name = args.name or (args.file and re.sub(r"[^A-Za-z0-9._-]", "-", args.file.stem).strip("-.")) or None
+    if name is None:
+        print("error: name the function with --name", file=sys.stderr)
+        return 2
     models: dict[str, bytes] = {}
     for item in args.model:
         alias, sep, path = item.partition("=")
@@ -151,8 +197,8 @@ def cmd_push(args: argparse.Namespace) -> int:
         models[alias] = _read(Path(path))
     with AdminClient(args.gateway) as client:
         pool = pool_settings_from(args)
-        if data[:4] == WASM_MAGIC:
-            result = client.push(name, data, models, pool)
+        if data is None or data[:4] == WASM_MAGIC:
+            result = client.push(name, data, models, pool, placement)
         else:
             if models:
                 print(
@@ -160,8 +206,9 @@ def cmd_push(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
                 return 2
-            result = client.push(name, None, {"model": data}, pool)
-    print(f"pushed {result['name']} version {result['version']} ({result['kind']})")
+            result = client.push(name, None, {"model": data}, pool, placement)
+    where = f"tier {result['tier']}" + (f" at {result['endpoint']}" if result.get("endpoint") else "")
+    print(f"pushed {result['name']} version {result['version']} ({result['kind']}, {where})")
     print(f"  infer: curl -X POST {args.gateway.rstrip('/')}/v2/models/{result['name']}/infer -d @request.json")
     return 0
 
@@ -169,13 +216,14 @@ def cmd_push(args: argparse.Namespace) -> int:
 def cmd_ls(args: argparse.Namespace) -> int:
     with AdminClient(args.gateway) as client:
         functions = client.list()
-    rows = [("NAME", "VERSION", "KIND", "INPUTS", "OUTPUTS", "MODELS")]
+    rows = [("NAME", "VERSION", "KIND", "TIER", "INPUTS", "OUTPUTS", "MODELS")]
     for f in functions:
         rows.append(
             (
                 f["name"],
                 str(f["version"]),
                 f["kind"],
+                f.get("tier", "wasm"),
                 _specs(f["inputs"]),
                 _specs(f["outputs"]),
                 ",".join(f["models"]) or "-",

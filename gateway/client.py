@@ -60,12 +60,20 @@ class AdminClient:
         return digest
 
     def push(
-        self, name: str, module: bytes | None, models: Mapping[str, bytes], pool: Mapping[str, Any] | None = None
+        self,
+        name: str,
+        module: bytes | None,
+        models: Mapping[str, bytes],
+        pool: Mapping[str, Any] | None = None,
+        placement: Mapping[str, str | None] | None = None,
     ) -> dict[str, Any]:
+        """Upload what the gateway lacks, then push. ``placement``: ``tier``, ``endpoint``, ``endpoint_model``
+        (None values are left out)."""
         doc = {
             "module": None if module is None else self.upload(module),
             "models": {alias: self.upload(data) for alias, data in models.items()},
             "pool": dict(pool or {}),
+            **{k: v for k, v in (placement or {}).items() if v is not None},
         }
         result: dict[str, Any] = self._call("PUT", f"/admin/v1/functions/{name}", json=doc).json()
         return result

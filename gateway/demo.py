@@ -21,6 +21,39 @@ from gateway.settings import Settings
 GUEST_BUILD = Path(__file__).resolve().parent.parent / "guest_modules" / "build"
 
 
+def dense_model(sizes: tuple[int, ...] = (256, 1024, 1024, 1024, 10), seed: int = 0) -> bytes:
+    """A float MLP (Gemm + ReLU layers) made with ``onnx.helper``: input ``input`` FP32 [N, sizes[0]], output
+    ``output`` FP32 [N, sizes[-1]]. The default is 2.37 M parameters, about 9.5 MB: a model the router would
+    send to the pod tier. Needs the dev extra (onnx)."""
+    import itertools
+
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], []
+    prev = "input"
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
+        w = numpy_helper.from_array((rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32), f"w{i}")
+        bias = numpy_helper.from_array(np.zeros(b, np.float32), f"b{i}")
+        inits += [w, bias]
+        last = i == len(sizes) - 2
+        nodes.append(helper.make_node("Gemm", [prev, f"w{i}", f"b{i}"], ["output" if last else f"g{i}"]))
+        if not last:
+            nodes.append(helper.make_node("Relu", [f"g{i}"], [f"h{i}"]))
+        prev = "output" if last else f"h{i}"
+    graph = helper.make_graph(
+        nodes,
+        "dense",
+        [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["N", sizes[0]])],
+        [helper.make_tensor_value_info("output", onnx.TensorProto.FLOAT, ["N", sizes[-1]])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return bytes(model.SerializeToString())
+
+
 def train_digits() -> tuple[bytes, Any, Any]:
     """(ONNX bytes, X_test as float32 scaled to 0-1, y_test) for a classifier of sklearn's digits.
 

@@ -17,6 +17,7 @@ import gc
 import logging
 import threading
 import time
+import urllib.parse
 from collections.abc import Mapping
 from importlib.resources import files
 from typing import Any, Protocol
@@ -24,9 +25,10 @@ from typing import Any, Protocol
 import wasmtime
 
 from gateway.settings import Settings
-from gateway.store import LocalStore, Manifest, check_digest, check_name
+from gateway.store import TIERS, LocalStore, Manifest, check_digest, check_name
 from router.admission import Admission, AdmissionObserver
-from wasm_host.errors import InvalidFunction, InvalidRequest, NotFound, TooLarge
+from wasm_host.engine import MiB
+from wasm_host.errors import InvalidFunction, InvalidRequest, NotFound, TooLarge, Unavailable
 from wasm_host.host import Host
 from wasm_host.onnx_backend import ModelRef, OnnxGraph
 from wasm_host.pool import InstancePool, PoolSettings, Warmer
@@ -61,6 +63,7 @@ class LoadedFunction:
         self.stamp = stamp
         self.admission = _admission(manifest, observer)
         self.observer = observer
+        self.model_bytes = 0  # size of its ONNX models on disk: what the runner's memory budget counts
         self.last_used = time.monotonic()
         self.cold = True  # until the first request has been served: that request reports the cold start
 
@@ -77,10 +80,18 @@ class LoadedFunction:
         self.stamp = stamp
 
 
+class FunctionSource(Protocol):
+    """Where a runner fetches a function its store lacks (``gateway.source.GatewaySource``)."""
+
+    def fetch(self, name: str) -> Manifest: ...
+
+
 class FunctionObserver(AdmissionObserver, Protocol):
     """What the registry reports as functions unload and as requests queue (the metrics implement it)."""
 
     def forget_pool(self, function: str) -> None: ...
+
+    def evicted(self, function: str) -> None: ...
 
 
 def _admission(manifest: Manifest, observer: AdmissionObserver | None) -> Admission:
@@ -104,13 +115,16 @@ class FunctionRegistry:
         settings: Settings,
         warmer: Warmer | None = None,
         observer: FunctionObserver | None = None,
+        source: FunctionSource | None = None,
     ) -> None:
         self.observer = observer
+        self.source = source
         self.store = store
         self.host = host
         self.settings = settings
         self.warmer = warmer
         self._loaded: dict[str, LoadedFunction] = {}
+        self._manifests: dict[str, tuple[tuple[int, int], Manifest]] = {}  # name -> (file stamp, manifest)
         self._history: dict[str, float] = {}  # name -> typical call time, kept across scale to zero
         self._lock = threading.Lock()
         self._passthrough: bytes | None = None
@@ -140,7 +154,40 @@ class FunctionRegistry:
             self._unload_locked(name)
             fn = self._load(manifest, stamp)
             self._loaded[name] = fn
+            self._keep_to_budget(fn)
             return fn
+
+    def _keep_to_budget(self, keep: LoadedFunction) -> None:
+        """Unload least recently used idle functions until the loaded models fit ``model_memory_budget_mb``.
+        A function with requests in flight is never unloaded; when only those remain the budget is exceeded
+        for a while, rather than failing requests."""
+        budget = self.settings.model_memory_budget_mb * MiB
+        if budget <= 0:
+            return
+        total = sum(fn.model_bytes for fn in self._loaded.values())
+        for fn in sorted(self._loaded.values(), key=lambda f: f.last_used):
+            if total <= budget:
+                break
+            if fn is keep or fn.admission.in_flight or fn.admission.waiting or fn.pool.busy:
+                continue
+            log.info("unloading %s (least recently used) to keep models within %d MiB", fn.name, budget // MiB)
+            total -= fn.model_bytes
+            self._unload_locked(fn.name)
+            if self.observer is not None:
+                self.observer.evicted(fn.name)
+
+    def get_version(self, name: str, version: int | None) -> LoadedFunction:
+        """:meth:`get`, for a runner that was sent ``version`` (None: the current one): a store that lacks
+        the function or has an older version fetches it from the source first, if there is one."""
+        fn = self.get_loaded(name)
+        if fn is not None and (version is None or fn.manifest.version == version):
+            return fn
+        if self.source is not None:
+            stamp = self.store.stamp(name)
+            current = self.store.get(name).version if stamp is not None else None
+            if current is None or (version is not None and current < version):
+                self.source.fetch(name)
+        return self.get(name)
 
     def get_loaded(self, name: str) -> LoadedFunction | None:
         """The function if it is loaded and its manifest unchanged; None when :meth:`get` has work to do.
@@ -151,6 +198,21 @@ class FunctionRegistry:
         stamp = self.store.stamp(name)
         return fn if stamp is not None and fn.stamp == stamp else None
 
+    def manifest(self, name: str) -> Manifest:
+        """The function's current manifest without loading the function (a pod-tier function is never
+        loaded in the gateway). Re-read only when the manifest file changed; costs one stat() otherwise.
+        Raises NotFound, or InvalidRequest for a name that cannot exist."""
+        stamp = self.store.stamp(name)
+        if stamp is None:
+            self._manifests.pop(name, None)
+            raise NotFound(f"function {name!r} not found")
+        cached = self._manifests.get(name)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        manifest = self.store.get(name)
+        self._manifests[name] = (stamp, manifest)
+        return manifest
+
     def loaded(self) -> list[LoadedFunction]:
         return list(self._loaded.values())
 
@@ -159,6 +221,8 @@ class FunctionRegistry:
         return [(fn.name, fn.pool) for fn in self._loaded.values()]
 
     def _load(self, manifest: Manifest, stamp: tuple[int, int] | None) -> LoadedFunction:
+        if manifest.kind == "external":
+            raise Unavailable(f"{manifest.name!r} is served by its registered endpoint only; it has no code to run")
         refs = {alias: ModelRef(d, self.store.blob_path(d)) for alias, d in manifest.models.items()}
         graphs = [self.host.backend.load_ref(ref) for ref in refs.values()]
         image = self.host.prepare(self.store.read_blob(manifest.module), manifest.module, refs)
@@ -167,6 +231,7 @@ class FunctionRegistry:
         # first request runs where its earlier requests ran instead of paying a thread hop.
         pool.typical_ms = self._history.get(manifest.name)
         fn = LoadedFunction(manifest, pool, graphs, stamp, self.observer)
+        fn.model_bytes = sum(ref.path.stat().st_size for ref in refs.values())
         pool.refill_soon()
         return fn
 
@@ -216,17 +281,46 @@ class FunctionRegistry:
 
     # -- pushing -------------------------------------------------------------------------------------------
     def push(
-        self, name: str, module: str | None, models: Mapping[str, str], pool: Mapping[str, Any] | None = None
+        self,
+        name: str,
+        module: str | None,
+        models: Mapping[str, str],
+        pool: Mapping[str, Any] | None = None,
+        *,
+        tier: str | None = None,
+        endpoint: str | None = None,
+        endpoint_model: str | None = None,
     ) -> Manifest:
         """Validate and commit a function. ``module`` and ``models`` are digests of uploaded blobs;
         ``module=None`` pushes a bare ONNX model behind the built-in passthrough guest. ``pool`` settings
-        apply over the function's current ones (or the defaults), so a re-push keeps its scaling."""
+        apply over the function's current ones (or the defaults), so a re-push keeps its scaling.
+
+        ``tier`` is where requests run: ``wasm`` (this gateway's sandbox) or ``pod`` (the runners). An
+        ``endpoint`` registers an existing OIP v2 server as the function's pod tier; with no module and no
+        models the function is served by that server alone (kind ``external``)."""
         try:
             base = self.store.get(check_name(name)).pool
         except NotFound:
             base = PoolSettings()
         settings = self._pool_settings(pool or {}, base)
-        manifest = dataclasses.replace(self.validate(name, module, models), pool=settings)
+        endpoint = check_endpoint(endpoint)
+        if endpoint_model is not None:
+            check_name(endpoint_model)
+        if tier is None:
+            tier = "pod" if endpoint else "wasm"
+        if tier not in TIERS:
+            raise InvalidRequest(f"tier {tier!r} is not one of {', '.join(TIERS)}")
+        if module is None and not models:
+            if endpoint is None:
+                raise InvalidFunction("a push needs a module, a model, or an endpoint that serves the function")
+            if tier != "pod":
+                raise InvalidFunction("a function served by an endpoint alone runs on the pod tier: use tier 'pod'")
+            manifest = Manifest(check_name(name), 0, "external", "", {}, None, None)
+        else:
+            manifest = self.validate(name, module, models)
+        manifest = dataclasses.replace(
+            manifest, pool=settings, tier=tier, endpoint=endpoint, endpoint_model=endpoint_model
+        )
         committed = self.store.commit(manifest, self.settings.max_functions)
         self.forget(name)
         self._history.pop(name, None)  # new code: its speed is unknown again
@@ -293,6 +387,17 @@ class FunctionRegistry:
         if self._passthrough is None:
             self._passthrough = passthrough_module()
         return self._passthrough
+
+
+def check_endpoint(url: str | None) -> str | None:
+    """An endpoint URL as stored: ``http(s)://host[:port][/prefix]`` without a trailing slash."""
+    if url is None:
+        return None
+    parsed = urllib.parse.urlsplit(url) if isinstance(url, str) else None
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.hostname or parsed.query:
+        shown = str(url)[:100]
+        raise InvalidRequest(f"endpoint {shown!r} must be an http:// or https:// base URL, e.g. http://triton:8000")
+    return url.rstrip("/")
 
 
 def passthrough_signature(graph: OnnxGraph) -> tuple[list[TensorSpec], list[TensorSpec]]:

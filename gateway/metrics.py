@@ -82,6 +82,51 @@ class Metrics:
             ["function", "reason"],
             registry=r,
         )
+        self.evictions = Counter(
+            "wasmgate_evictions",
+            "Functions unloaded to keep loaded models within model_memory_budget_mb (runners), by function.",
+            ["function"],
+            registry=r,
+        )
+        self.execution_provider = Gauge(
+            "wasmgate_execution_provider",
+            "onnxruntime execution providers sessions are created with: 1 for each, by provider and rank "
+            "(0: preferred).",
+            ["provider", "rank"],
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.pod_replicas = Gauge(
+            "wasmgate_pod_replicas",
+            "Pod-tier replicas: ready to serve, and wanted (asked of the scaler).",
+            ["state"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.pod_held = Gauge(
+            "wasmgate_pod_held_requests",
+            "Requests held by the activator while the pod tier scales up.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.pod_in_flight = Gauge(
+            "wasmgate_pod_in_flight",
+            "Requests forwarded to pod-tier replicas and not yet answered.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.pod_scale_events = Counter(
+            "wasmgate_pod_scale_events",
+            "Times the pod tier was asked for a new replica count, by direction (up, down, zero).",
+            ["direction"],
+            registry=r,
+        )
+        self.pod_retries = Counter(
+            "wasmgate_pod_retries",
+            "Pod-tier requests retried on another replica after one did not take them.",
+            registry=r,
+        )
+        self._pod_wanted = 0
         self.instantiations = Counter(
             "wasmgate_instantiations",
             "Instances created, by function and where (background, request).",
@@ -133,6 +178,24 @@ class Metrics:
 
     def rejected(self, function: str, reason: str) -> None:
         self.rejections.labels(function, reason).inc()
+
+    def evicted(self, function: str) -> None:
+        self.evictions.labels(function).inc()
+
+    def providers(self, providers: list[str]) -> None:
+        for rank, provider in enumerate(providers):
+            self.execution_provider.labels(provider, str(rank)).set(1)
+
+    def pod_state(self, ready: int, wanted: int, held: int, in_flight: int) -> None:
+        self.pod_replicas.labels("ready").set(ready)
+        self.pod_replicas.labels("wanted").set(wanted)
+        self.pod_held.set(held)
+        self.pod_in_flight.set(in_flight)
+
+    def pod_scaled(self, replicas: int) -> None:
+        direction = "zero" if replicas == 0 else "up" if replicas > self._pod_wanted else "down"
+        self._pod_wanted = replicas
+        self.pod_scale_events.labels(direction).inc()
 
     def forget_pool(self, function: str) -> None:
         self._seen.pop(function, None)

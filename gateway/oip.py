@@ -12,11 +12,14 @@ from starlette.routing import Route
 
 from gateway.codec import HEADER_LENGTH, encode_response, parse_request, select_outputs
 from gateway.errors import status_of
-from gateway.functions import FunctionRegistry, LoadedFunction, bind_inputs
+from gateway.functions import FunctionRegistry, bind_inputs
 from gateway.state import AppState
+from gateway.store import Manifest
+from router.pod_tier import Target
 from wasm_host.errors import InvalidRequest, NotFound, TooLarge, WasmgateError
 
 EXTENSIONS = ["binary_tensor_data"]
+PLATFORMS = {"passthrough": "onnxruntime_onnx", "custom": "wasmgate_wasm", "external": "wasmgate_endpoint"}
 
 
 def state_of(request: Request) -> AppState:
@@ -42,16 +45,17 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def lookup(registry: FunctionRegistry, request: Request) -> LoadedFunction:
-    name = request.path_params["name"]
-    # A loaded, unchanged function costs one stat(); only a load (a cold start) goes to a thread.
-    fn = registry.get_loaded(name)
-    if fn is None:
-        fn = await anyio.to_thread.run_sync(registry.get, name)
+async def lookup(registry: FunctionRegistry, request: Request) -> Manifest:
+    """The function's current manifest, checked against a version in the path. Loads nothing."""
+    manifest = registry.manifest(request.path_params["name"])
+    check_version(request, manifest)
+    return manifest
+
+
+def check_version(request: Request, manifest: Manifest) -> None:
     wanted = request.path_params.get("version")
-    if wanted is not None and wanted != str(fn.manifest.version):
-        raise NotFound(f"function {name!r} has no version {wanted!r} (current: {fn.manifest.version})")
-    return fn
+    if wanted is not None and wanted != str(manifest.version):
+        raise NotFound(f"function {manifest.name!r} has no version {wanted!r} (current: {manifest.version})")
 
 
 async def live(request: Request) -> Response:
@@ -63,17 +67,28 @@ async def ready(request: Request) -> Response:
 
 
 async def server_metadata(request: Request) -> Response:
-    return JSONResponse({"name": "wasmgate", "version": version("wasmgate"), "extensions": EXTENSIONS})
+    """OIP server metadata, plus what this process is (``role``) and the onnxruntime execution providers its
+    sessions are created with, best first (a runner's choice by what the node has)."""
+    state = state_of(request)
+    return JSONResponse(
+        {
+            "name": "wasmgate" if state.role == "gateway" else "wasmgate-runner",
+            "version": version("wasmgate"),
+            "extensions": EXTENSIONS,
+            "role": state.role,
+            "execution_providers": state.host.backend.providers,
+            "execution_providers_in_use": state.host.backend.providers_in_use(),
+        }
+    )
 
 
 async def model_metadata(request: Request) -> Response:
-    fn = await lookup(state_of(request).registry, request)
-    m = fn.manifest
+    m = await lookup(state_of(request).registry, request)
     return JSONResponse(
         {
             "name": m.name,
             "versions": [str(m.version)],
-            "platform": "onnxruntime_onnx" if m.kind == "passthrough" else "wasmgate_wasm",
+            "platform": PLATFORMS[m.kind],
             "inputs": [s.to_json() for s in m.inputs or []],
             "outputs": [s.to_json() for s in m.outputs or []],
         }
@@ -81,13 +96,32 @@ async def model_metadata(request: Request) -> Response:
 
 
 async def model_ready(request: Request) -> Response:
+    """Ready when the function exists. A Wasm-tier function loads on demand in milliseconds and a pod-tier
+    one is held while replicas start, so neither makes a caller wait for an explicit load."""
     await lookup(state_of(request).registry, request)
     return Response(status_code=200)
 
 
 async def infer(request: Request) -> Response:
     state = state_of(request)
-    fn = await lookup(state.registry, request)
+    registry = state.registry
+    name = request.path_params["name"]
+    # A loaded function runs here: pod-tier functions are never loaded in a gateway, so the one-stat() check
+    # of the hot path stays as it was. Anything else reads the (cached) manifest to learn its tier.
+    fn = registry.get_loaded(name)
+    if fn is None and state.pods is not None:
+        manifest = registry.manifest(name)
+        if manifest.tier == "pod":
+            check_version(request, manifest)
+            return await infer_on_pod(request, state, manifest)
+    wanted = request.path_params.get("version")
+    if fn is None or (wanted is not None and wanted != str(fn.manifest.version)):
+        if state.role == "runner":
+            version = int(wanted) if wanted is not None and wanted.isdigit() else None
+            fn = await anyio.to_thread.run_sync(registry.get_version, name, version)
+        else:
+            fn = await anyio.to_thread.run_sync(registry.get, name)
+    check_version(request, fn.manifest)
     cold, fn.cold = fn.cold, False
     backend = state.wasm.name
     started = time.perf_counter()
@@ -110,6 +144,30 @@ async def infer(request: Request) -> Response:
     if cold:
         extra["x-wasmgate-cold-start"] = "true"
     return Response(payload, headers={**headers, **extra})
+
+
+async def infer_on_pod(request: Request, state: AppState, manifest: Manifest) -> Response:
+    """Forward to the pod tier: the body goes as it came, and the replica's response comes back as it is."""
+    assert state.pods is not None
+    started = time.perf_counter()
+    status = 500
+    held = False
+    try:
+        body = await read_body(request, state.settings.max_body_bytes)
+        target = Target(manifest.name, manifest.version, manifest.endpoint, manifest.endpoint_model)
+        served = await state.pods.infer(target, body, request.headers)
+        status, held = served.response.status, served.held
+        if served.retried:
+            state.metrics.pod_retries.inc()
+    except WasmgateError as exc:
+        status = status_of(exc)
+        raise
+    finally:
+        state.metrics.observe_request(manifest.name, "pod", status, time.perf_counter() - started, held)
+    headers = {**served.response.headers, "x-wasmgate-tier": "pod", "x-wasmgate-replica": served.replica}
+    if held:
+        headers["x-wasmgate-cold-start"] = "true"
+    return Response(served.response.body, status_code=status, headers=headers)
 
 
 async def metrics(request: Request) -> Response:

@@ -15,6 +15,8 @@ import shutil
 import socket
 import sys
 import tempfile
+import threading
+import time
 from typing import Any
 
 import uvicorn
@@ -23,14 +25,17 @@ from uvicorn.supervisors import Multiprocess
 
 from gateway.app import create_app
 from gateway.settings import MULTIPROC_ENV, Settings
+from gateway.state import Role
 
 
 def configure_logging(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx logs every request it makes at INFO: the pod tier's forwards and health checks would flood the log.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
-def uvicorn_server(settings: Settings) -> uvicorn.Server:
-    return uvicorn.Server(uvicorn.Config(create_app(settings), **_uvicorn_options(settings)))
+def uvicorn_server(settings: Settings, role: Role = "gateway") -> uvicorn.Server:
+    return uvicorn.Server(uvicorn.Config(create_app(settings, role), **_uvicorn_options(settings)))
 
 
 def _uvicorn_options(settings: Settings) -> dict[str, Any]:
@@ -39,7 +44,8 @@ def _uvicorn_options(settings: Settings) -> dict[str, Any]:
         "port": settings.port,
         "log_level": settings.log_level,
         "access_log": False,
-        "timeout_graceful_shutdown": 30,
+        # On SIGTERM uvicorn stops accepting, lets in-flight requests finish for this long, then closes.
+        "timeout_graceful_shutdown": settings.drain_timeout_s,
     }
 
 
@@ -72,6 +78,31 @@ def tune_interpreter(settings: Settings) -> None:
     can wait that long for a guest thread's host code to yield the GIL. 1 ms measured about 1.5x the
     throughput of the default on one core (bench/http_load.py)."""
     sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
+
+
+def serve_runner(settings: Settings, fd: int | None = None, parent_pid: int | None = None) -> None:
+    """Run a pod-tier runner: one process, on the listening socket ``fd`` when given (the local scaler binds
+    it), else on ``host:port``. With ``parent_pid`` the runner stops itself, as on SIGTERM, once it is no
+    longer that process's child, so a killed gateway leaves no runners behind."""
+    configure_logging(settings)
+    tune_interpreter(settings)
+    server = uvicorn_server(settings, "runner")
+    if parent_pid is not None:
+        _watch_parent(server, parent_pid)
+    sockets = [socket.socket(fileno=fd)] if fd is not None else None
+    server.run(sockets=sockets)
+
+
+def _watch_parent(server: uvicorn.Server, parent: int) -> None:
+    # The parent's pid comes from the parent itself: one read here could already see the reaper that
+    # adopted this process, if the parent died while this one was still starting.
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        logging.getLogger("wasmgate").warning("parent process %d is gone; draining and exiting", parent)
+        server.should_exit = True
+
+    threading.Thread(target=watch, name="wasmgate-parent-watch", daemon=True).start()
 
 
 def serve(settings: Settings) -> None:

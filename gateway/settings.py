@@ -58,6 +58,45 @@ class Settings:
     #: Shared directory for multi-process metrics; ``serve`` sets it up for its workers
     #: (prometheus-client's own PROMETHEUS_MULTIPROC_DIR).
     metrics_multiproc_dir: str | None = None
+    #: A runner's onnxruntime execution providers, in order of preference: ``auto`` takes the best the node
+    #: has (TensorRT, CUDA, ROCm, OpenVINO, then CPU), or name them, e.g. ``cuda,cpu``. The gateway's own
+    #: Wasm tier always runs on the CPU.
+    execution_providers: str = "auto"
+    #: A runner keeps models loaded until their ONNX bytes together pass this many MiB; then it unloads the
+    #: least recently used functions that are idle. 0: no budget.
+    model_memory_budget_mb: int = 0
+    # -- the pod tier ----------------------------------------------------------------------------------------
+    #: Who runs the pod tier's runners: ``local`` (runner processes on this machine, started on demand),
+    #: ``kubernetes`` (a runner Deployment, scaled through its scale subresource) or ``none`` (no pod tier,
+    #: except functions registered with their own endpoint).
+    pod_scaler: str = "local"
+    #: Replicas kept up without traffic (0: scale to zero), and the most the pod tier scales to.
+    pod_min_replicas: int = 0
+    pod_max_replicas: int = 2
+    #: In-flight requests per replica the pod tier scales for: demand / target, rounded up, replicas.
+    pod_target_in_flight: int = 16
+    #: Seconds without pod-tier requests before its replicas scale to zero (to ``pod_min_replicas``).
+    pod_idle_grace_s: float = 60.0
+    #: Requests held while no replica is ready (scaling from zero), and how long each may wait (then 503).
+    pod_max_held: int = 256
+    pod_hold_timeout_s: float = 120.0
+    #: Forwarding: seconds to connect to a replica, and for the whole of one forwarded request.
+    pod_connect_timeout_s: float = 2.0
+    pod_request_timeout_s: float = 60.0
+    #: Kubernetes scaler: the runner Deployment and the Service whose EndpointSlices list its ready pods,
+    #: their namespace (empty: the pod's own, else ``default``), the Service port's name, and a kubeconfig
+    #: path (empty: in-cluster config, else ``~/.kube/config``).
+    k8s_namespace: str = ""
+    k8s_deployment: str = "wasmgate-runner"
+    k8s_service: str = "wasmgate-runner"
+    k8s_port_name: str = "http"
+    kubeconfig: str = ""
+    #: A runner whose store lacks a function fetches it from this gateway's admin API (in Kubernetes, the
+    #: gateway Service). Empty: the runner serves from its data directory only (the local scaler shares the
+    #: gateway's).
+    runner_source_url: str = ""
+    #: Seconds a stopping process (gateway or runner, on SIGTERM) waits for in-flight requests to finish.
+    drain_timeout_s: float = 30.0
     #: The sandbox's limits (deadline, memory, tensor and model sizes); defaults live in wasm_host.engine.
     sandbox: SandboxLimits = dataclasses.field(default_factory=SandboxLimits)
 

@@ -25,9 +25,9 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 from wasm_host.errors import InvalidRequest, NotFound, TooLarge
 from wasm_host.pool import PoolSettings
@@ -36,7 +36,9 @@ from wasm_host.tensors import TensorSpec
 NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,126}[A-Za-z0-9])?")
 DIGEST_RE = re.compile(r"(?:sha256:)?([0-9a-f]{64})")
 UPLOAD_TTL_S = 3600
-Kind = Literal["passthrough", "custom"]
+Kind = Literal["passthrough", "custom", "external"]
+Tier = Literal["wasm", "pod"]
+TIERS: tuple[Tier, ...] = ("wasm", "pod")
 
 
 def check_name(name: str) -> str:
@@ -60,17 +62,22 @@ def check_digest(digest: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Manifest:
-    """What a function is: its module, the models it may load by alias, and its declared tensors."""
+    """What a function is: its module, the models it may load by alias, and its declared tensors; where it
+    runs (``tier``); and, for a function served by an existing OIP v2 server (kind ``external``), that
+    server's base URL and the model name it knows the function by."""
 
     name: str
     version: int
     kind: Kind
-    module: str  # sha256 hex of the Wasm module
+    module: str  # sha256 hex of the Wasm module; "" for an external function
     models: dict[str, str]  # alias -> sha256 hex of the ONNX model
     inputs: list[TensorSpec] | None  # None: the function declares no signature
     outputs: list[TensorSpec] | None
     created: float = 0.0
     pool: PoolSettings = dataclasses.field(default_factory=PoolSettings)
+    tier: Tier = "wasm"
+    endpoint: str | None = None  # base URL of an existing OIP v2 server serving this function's pod tier
+    endpoint_model: str | None = None  # the model's name on that server (default: the function's name)
 
     @property
     def code(self) -> tuple[str, tuple[tuple[str, str], ...]]:
@@ -82,12 +89,15 @@ class Manifest:
             "name": self.name,
             "version": self.version,
             "kind": self.kind,
-            "module": f"sha256:{self.module}",
+            "module": f"sha256:{self.module}" if self.module else None,
             "models": {alias: f"sha256:{d}" for alias, d in self.models.items()},
             "inputs": None if self.inputs is None else [s.to_json() for s in self.inputs],
             "outputs": None if self.outputs is None else [s.to_json() for s in self.outputs],
             "created": self.created,
             "pool": self.pool.to_json(),
+            "tier": self.tier,
+            "endpoint": self.endpoint,
+            "endpoint_model": self.endpoint_model,
         }
 
     @classmethod
@@ -96,16 +106,20 @@ class Manifest:
             raw = doc.get(key)
             return None if raw is None else [TensorSpec.from_json(x) for x in raw]
 
+        kind = doc["kind"]
         return cls(
             name=doc["name"],
             version=int(doc["version"]),
-            kind=doc["kind"],
-            module=check_digest(doc["module"]),
+            kind=kind,
+            module="" if kind == "external" else check_digest(doc["module"]),
             models={alias: check_digest(d) for alias, d in doc["models"].items()},
             inputs=specs("inputs"),
             outputs=specs("outputs"),
             created=float(doc.get("created", 0.0)),
             pool=PoolSettings.from_json(doc.get("pool") or {}),
+            tier=doc.get("tier", "wasm"),
+            endpoint=doc.get("endpoint"),
+            endpoint_model=doc.get("endpoint_model"),
         )
 
 
@@ -142,25 +156,34 @@ class LocalStore:
     async def receive_upload(self, digest: str, chunks: AsyncIterator[bytes], limit: int) -> bool:
         """Stream an upload to ``uploads/``, verifying its sha256 and size. Returns False when the store
         already holds the blob (the body is still drained and checked)."""
+        with self._upload(digest, limit) as upload:
+            async for chunk in chunks:
+                upload.write(chunk)
+        return upload.created
+
+    def write_upload(self, digest: str, chunks: Iterable[bytes], limit: int) -> bool:
+        """:meth:`receive_upload` for a blocking source."""
+        with self._upload(digest, limit) as upload:
+            for chunk in chunks:
+                upload.write(chunk)
+        return upload.created
+
+    @contextlib.contextmanager
+    def _upload(self, digest: str, limit: int) -> Iterator[_Upload]:
         fd, tmp = tempfile.mkstemp(dir=self.uploads, prefix=".tmp-")
-        h = hashlib.sha256()
-        size = 0
         try:
             with os.fdopen(fd, "wb") as fh:
-                async for chunk in chunks:
-                    size += len(chunk)
-                    if size > limit:
-                        raise TooLarge(f"upload exceeds {limit} bytes (setting max_body_bytes)")
-                    h.update(chunk)
-                    fh.write(chunk)
+                upload = _Upload(fh, limit)
+                yield upload
                 fh.flush()
                 os.fsync(fh.fileno())
-            if h.hexdigest() != digest:
-                raise InvalidRequest(f"uploaded bytes have sha256:{h.hexdigest()}, not the sha256:{digest} named")
-            if self.blob_path(digest).exists():
-                return False
-            os.replace(tmp, self.upload_path(digest))
-            return True
+            if upload.sha256.hexdigest() != digest:
+                raise InvalidRequest(
+                    f"uploaded bytes have sha256:{upload.sha256.hexdigest()}, not the sha256:{digest} named"
+                )
+            if not self.blob_path(digest).exists():
+                os.replace(tmp, self.upload_path(digest))
+                upload.created = True
         finally:
             Path(tmp).unlink(missing_ok=True)
 
@@ -218,16 +241,26 @@ class LocalStore:
                 previous = Manifest.from_json(json.loads(path.read_text()))
             if previous is None and sum(1 for _ in self.functions.glob("*.json")) >= max_functions:
                 raise TooLarge(f"the store holds {max_functions} functions already (setting max_functions)")
-            for digest in (manifest.module, *manifest.models.values()):
-                staged = self.upload_path(digest)
-                if not self.blob_path(digest).exists():
-                    os.replace(staged, self.blob_path(digest))
-                    _fsync_dir(self.blobs)
             final = dataclasses.replace(
                 manifest, version=(previous.version + 1 if previous else 1), created=time.time()
             )
-            _atomic_write(path, json.dumps(final.to_json(), indent=1).encode())
+            self._place(final)
             return final
+
+    def install(self, manifest: Manifest) -> Manifest:
+        """Make ``manifest`` current exactly as given, version included (a runner mirroring the gateway's
+        store). Its blobs must be uploaded or stored already."""
+        with self._locked():
+            self._place(manifest)
+            return manifest
+
+    def _place(self, manifest: Manifest) -> None:
+        """Move the manifest's staged blobs into the store, then write it: the one rename that commits."""
+        for digest in (manifest.module, *manifest.models.values()):
+            if digest and not self.blob_path(digest).exists():
+                os.replace(self.upload_path(digest), self.blob_path(digest))
+                _fsync_dir(self.blobs)
+        _atomic_write(self._manifest_path(manifest.name), json.dumps(manifest.to_json(), indent=1).encode())
 
     def set_pool(self, name: str, pool: PoolSettings) -> Manifest:
         """Change a function's pool settings. The version (which counts pushes of code) stays."""
@@ -251,6 +284,24 @@ class LocalStore:
                 yield
             finally:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+class _Upload:
+    """One upload in progress: counts, hashes and writes its chunks."""
+
+    def __init__(self, fh: BinaryIO, limit: int) -> None:
+        self.fh = fh
+        self.limit = limit
+        self.size = 0
+        self.sha256 = hashlib.sha256()
+        self.created = False
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.limit:
+            raise TooLarge(f"upload exceeds {self.limit} bytes (setting max_body_bytes)")
+        self.sha256.update(chunk)
+        self.fh.write(chunk)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -136,7 +136,7 @@ def test_refused_pushes_leave_the_store_unchanged(client: AppClient, digits: Dig
         ),
         ({"module": upload(client, b"\0asm\x01\0\0\0junk"), "models": {}}, "not a valid WebAssembly module"),
         ({"module": upload(client, bytes(wasmtime.wat2wasm("(module)"))), "models": {}}, "missing export"),
-        ({"module": None, "models": {}}, "exactly one ONNX model"),
+        ({"module": None, "models": {}}, "a push needs a module, a model, or an endpoint"),
         ({"module": None, "models": {"model": "sha256:" + "1" * 64}}, "never uploaded"),
         ({"module": None, "models": {"../x": upload(client, digits.model)}}, "invalid function name"),
     ]

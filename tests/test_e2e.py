@@ -35,8 +35,15 @@ def wasm_command() -> list[str]:
 
 
 class Gateway:
-    def __init__(self, data_dir: Path, log: Path, *extra: str) -> None:
+    """A real ``wasm serve`` (or, with ``command="runner"``, ``wasm runner``) process on a free port, with
+    ``env`` as its only WASMGATE_* settings."""
+
+    def __init__(
+        self, data_dir: Path, log: Path, *extra: str, command: str = "serve", env: dict[str, str] | None = None
+    ) -> None:
         self.extra = extra
+        self.command = command
+        self.settings_env = env or {}
         self.data_dir = data_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -44,10 +51,11 @@ class Gateway:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("WASMGATE_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WASMGATE_")} | self.settings_env
+        where = ["--port", str(self.port), "--data-dir", str(self.data_dir)]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [*wasm_command(), "serve", "--port", str(self.port), "--data-dir", str(self.data_dir), *self.extra],
+                [*wasm_command(), self.command, *where, *self.extra],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
@@ -92,7 +100,7 @@ def test_push_bare_model_with_cli_and_match_onnxruntime_on_the_whole_test_split(
 ) -> None:
     r = gateway.cli("push", str(digits.path), "--name", "digits")
     assert r.returncode == 0, r.stderr
-    assert "pushed digits version 1 (passthrough)" in r.stdout
+    assert "pushed digits version 1 (passthrough, tier wasm)" in r.stdout
 
     x = digits.x_test
     labels, probs = onnx_predict(digits.model, x)
@@ -155,7 +163,7 @@ def test_custom_function_with_pre_and_post_processing(
 ) -> None:
     r = gateway.cli("push", str(guests["digits_topk"]), "--name", "digits-top3", "--model", f"digits={digits.path}")
     assert r.returncode == 0, r.stderr
-    assert "(custom)" in r.stdout
+    assert "(custom, tier wasm)" in r.stdout
     meta = httpx.get(f"{gateway.url}/v2/models/digits-top3").json()
     assert meta["inputs"] == [{"name": "images", "datatype": "UINT8", "shape": [-1, 64]}]
 
@@ -246,7 +254,7 @@ def test_functions_survive_a_restart_and_cli_ls_rm(tmp_path: Path, digits: Digit
         ls = gw.cli("ls")
         assert ls.returncode == 0
         lines = ls.stdout.splitlines()
-        assert lines[0].split() == ["NAME", "VERSION", "KIND", "INPUTS", "OUTPUTS", "MODELS"]
+        assert lines[0].split() == ["NAME", "VERSION", "KIND", "TIER", "INPUTS", "OUTPUTS", "MODELS"]
         assert lines[1].split()[:3] == ["digits", "1", "passthrough"]
         assert lines[2].split()[:3] == ["top3", "1", "custom"]
         rm = gw.cli("rm", "digits")
@@ -324,7 +332,7 @@ def test_workers_see_pushes_and_deletes_made_through_another_worker(tmp_path: Pa
         for _ in range(10):
             text = httpx.get(f"{gw.url}/metrics", timeout=10).text
             assert metric(text, "wasmgate_requests_total", function="digits", status="200") == 40
-        pids = set(re.findall(r"wasmgate ready \(pid (\d+)\)", gw.log.read_text()))
+        pids = set(re.findall(r"wasmgate gateway ready \(pid (\d+)\)", gw.log.read_text()))
         assert len(pids) == 2
     finally:
         gw.stop()

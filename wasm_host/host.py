@@ -6,7 +6,7 @@ expensive (compilation, ABI checks, linking) happens there, at push or at start-
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import wasmtime
@@ -15,13 +15,16 @@ from wasm_host.engine import SandboxLimits, WasmEngine
 from wasm_host.errors import InvalidFunction
 from wasm_host.guest import FuncSig, FunctionImage, check_abi
 from wasm_host.onnx_backend import ModelRef, OnnxBackend
+from wasm_host.providers import CPU
 from wasm_host.wasi_nn import WasiNnHost
 
 
 class Host:
-    def __init__(self, limits: SandboxLimits, cache_dir: Path, intra_op_threads: int = 1) -> None:
+    def __init__(
+        self, limits: SandboxLimits, cache_dir: Path, intra_op_threads: int = 1, providers: Sequence[str] = (CPU,)
+    ) -> None:
         self.engine = WasmEngine(limits, cache_dir)
-        self.backend = OnnxBackend(intra_op_threads)
+        self.backend = OnnxBackend(intra_op_threads, providers)
         self.nn_host = WasiNnHost()
         self.linker = wasmtime.Linker(self.engine.engine)
         self.linker.define_wasi()

@@ -19,6 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 from wasm_host.errors import InvalidFunction
+from wasm_host.providers import CPU
 from wasm_host.tensors import DYNAMIC, ONNX_TYPES, TensorSpec
 
 
@@ -84,8 +85,10 @@ def _io(node: object) -> IOInfo:
 class OnnxBackend:
     """Creates and caches sessions. Safe to use from several threads; one session runs concurrently."""
 
-    def __init__(self, intra_op_threads: int = 1) -> None:
+    def __init__(self, intra_op_threads: int = 1, providers: Sequence[str] = (CPU,)) -> None:
         self._intra_op_threads = intra_op_threads
+        #: Execution providers sessions are created with, best first (see wasm_host.providers).
+        self.providers = list(providers)
         self._graphs: weakref.WeakValueDictionary[str, OnnxGraph] = weakref.WeakValueDictionary()
         self._lock = threading.Lock()
 
@@ -113,6 +116,15 @@ class OnnxBackend:
         """How many graphs are alive in the cache."""
         return len(self._graphs)
 
+    def providers_in_use(self) -> list[str]:
+        """The providers the loaded sessions actually run on (onnxruntime drops a provider whose library
+        fails to load, e.g. CUDA without a driver), in order of first appearance."""
+        seen: dict[str, None] = {}
+        for graph in list(self._graphs.values()):
+            for provider in graph.session.get_providers():
+                seen.setdefault(provider, None)
+        return list(seen)
+
     def _session(self, model: bytes) -> ort.InferenceSession:
         options = ort.SessionOptions()
         # Many requests run at once on a gateway: one thread per run keeps them from fighting over cores.
@@ -120,7 +132,7 @@ class OnnxBackend:
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         try:
-            return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+            return ort.InferenceSession(model, options, providers=self.providers)
         except Exception as exc:  # onnxruntime raises several unrelated exception types for bad models
             text = str(exc).strip().splitlines()
             raise InvalidFunction(f"not a valid ONNX model: {text[0] if text else type(exc).__name__}") from exc

@@ -1,0 +1,57 @@
+"""Building the gateway's pod tier from the settings: the scaler, the activator and the forwarder."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from gateway.settings import MULTIPROC_ENV, Settings
+from router.activator import Activator, PodObserver
+from router.forward import Forwarder
+from router.pod_policy import ScalePolicy
+from router.pod_tier import PodTier
+from router.scaler import Scaler
+
+SCALERS = ("local", "kubernetes", "none")
+
+
+def runner_command() -> list[str]:
+    """How the local scaler starts a runner: this interpreter, this installation."""
+    return [sys.executable, "-m", "gateway.cli", "runner"]
+
+
+def check_scaler(settings: Settings) -> None:
+    if settings.pod_scaler not in SCALERS:
+        raise ValueError(f"WASMGATE_POD_SCALER={settings.pod_scaler!r}: use one of {', '.join(SCALERS)}")
+
+
+def make_scaler(settings: Settings) -> Scaler | None:
+    """The configured scaler, or None for ``pod_scaler=none``. Raises ValueError for an unknown one."""
+    if settings.pod_scaler == "local":
+        from router.scalers.local import LocalProcessScaler
+
+        # A runner reads the same settings (store, sandbox limits, providers) from the same variables; it
+        # keeps its own metrics, never the gateway workers' shared directory.
+        env = {k: v for k, v in os.environ.items() if k != MULTIPROC_ENV} | settings.to_env()
+        return LocalProcessScaler(runner_command(), env, stop_grace_s=settings.drain_timeout_s)
+    if settings.pod_scaler == "kubernetes":
+        from router.scalers.kubernetes import KubernetesScaler
+
+        return KubernetesScaler.from_settings(settings)
+    if settings.pod_scaler == "none":
+        return None
+    raise ValueError(f"WASMGATE_POD_SCALER={settings.pod_scaler!r}: use one of {', '.join(SCALERS)}")
+
+
+def make_pod_tier(settings: Settings, observer: PodObserver | None) -> tuple[PodTier, Activator | None]:
+    scaler = make_scaler(settings)
+    policy = ScalePolicy(
+        settings.pod_min_replicas, settings.pod_max_replicas, settings.pod_target_in_flight, settings.pod_idle_grace_s
+    )
+    activator = (
+        None
+        if scaler is None
+        else Activator(scaler, policy, settings.pod_max_held, settings.pod_hold_timeout_s, observer)
+    )
+    forwarder = Forwarder(settings.pod_connect_timeout_s, settings.pod_request_timeout_s)
+    return PodTier(forwarder, activator), activator

@@ -1,0 +1,103 @@
+"""Forwarding inference requests to a replica over HTTP, with httpx.
+
+One :class:`Forwarder` per app holds one ``httpx.AsyncClient``: keep-alive connections are pooled per replica,
+so a warm replica costs no TCP handshake per request. The request body goes out exactly as the caller sent it
+(JSON, or Triton binary tensors with their ``Inference-Header-Content-Length``), and the replica's response
+comes back as it is; the gateway neither parses nor re-encodes tensors for the pod tier.
+
+Failures are told apart by whether a retry could run the request twice:
+
+- :class:`ReplicaUnreachable`: the replica never took the request (connection refused or reset before the
+  request was written, connect timeout, or the connection closed before any response byte on a reused
+  keep-alive connection). Retrying it on another replica is safe in the sense the gateway promises: no
+  response was ever produced.
+- :class:`~wasm_host.errors.DeadlineExceeded`: the replica took the request and did not answer within
+  ``pod_request_timeout_s``. Never retried: it may still be running.
+- :class:`~wasm_host.errors.Unavailable`: the response began and then broke off. Never retried.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+from collections.abc import Mapping
+
+import httpx
+
+from wasm_host.errors import DeadlineExceeded, Unavailable
+
+#: Request headers a replica needs to read the body; everything else (cookies, tokens) stays at the gateway.
+FORWARDED_REQUEST_HEADERS = ("content-type", "inference-header-content-length")
+#: Response headers that describe the body; hop-by-hop and framing headers are the gateway's own.
+FORWARDED_RESPONSE_HEADERS = ("content-type", "inference-header-content-length")
+
+
+NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class ReplicaUnreachable(Unavailable):
+    """The replica did not take the request; no response was produced, so another replica may serve it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Forwarded:
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+
+class Forwarder:
+    def __init__(self, connect_timeout_s: float, request_timeout_s: float, max_connections: int = 256) -> None:
+        self.request_timeout_s = request_timeout_s
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(request_timeout_s, connect=connect_timeout_s),
+            # httpcore writes a request's head and body in separate sends; with Nagle's algorithm on, the body
+            # waits for the replica's delayed ACK of the head. TCP_NODELAY sends it at once.
+            transport=httpx.AsyncHTTPTransport(limits=limits, socket_options=[NODELAY]),
+            # A replica is addressed directly; proxies from the environment must not reroute that traffic.
+            trust_env=False,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> Forwarded:
+        """POST ``body`` to ``url``; raises ReplicaUnreachable or DeadlineExceeded as the module says."""
+        sent = {k: v for k in FORWARDED_REQUEST_HEADERS if (v := headers.get(k)) is not None}
+        request = self._client.build_request("POST", url, content=body, headers=sent)
+        try:
+            response = await self._client.send(request, stream=True)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise ReplicaUnreachable(f"cannot connect to {_origin(url)}: {_reason(exc)}") from exc
+        except httpx.TimeoutException as exc:
+            raise self._deadline(url) from exc
+        except httpx.TransportError as exc:
+            # Closed or reset before the response began: a draining replica closing a keep-alive connection,
+            # or a replica that died. Nothing was answered.
+            raise ReplicaUnreachable(f"{_origin(url)} closed the connection without answering") from exc
+        # The response has started: from here on a failure is final, never a reason to run it elsewhere.
+        try:
+            content = await response.aread()
+        except httpx.TimeoutException as exc:
+            raise self._deadline(url) from exc
+        except httpx.TransportError as exc:
+            raise Unavailable(f"{_origin(url)} failed in the middle of its response: {_reason(exc)}") from exc
+        finally:
+            await response.aclose()
+        kept = {k: v for k in FORWARDED_RESPONSE_HEADERS if (v := response.headers.get(k)) is not None}
+        return Forwarded(response.status_code, content, kept)
+
+    def _deadline(self, url: str) -> DeadlineExceeded:
+        return DeadlineExceeded(
+            f"{_origin(url)} did not answer within {self.request_timeout_s:g} s (setting pod_request_timeout_s)"
+        )
+
+
+def _origin(url: str) -> str:
+    parsed = httpx.URL(url)
+    return f"{parsed.host}:{parsed.port}" if parsed.port else parsed.host
+
+
+def _reason(exc: Exception) -> str:
+    return str(exc) or type(exc).__name__

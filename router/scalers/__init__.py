@@ -1,0 +1,1 @@
+"""Scalers for the pod tier: local runner processes, and Kubernetes Deployments."""

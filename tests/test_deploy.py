@@ -1,0 +1,598 @@
+"""The Kubernetes manifests under ``deploy/``: schema-valid, hardened, and consistent with the code they run.
+
+Every object is validated with kubernetes-validate in strict mode (unknown fields are errors) against the
+oldest Kubernetes these manifests target and the newest the package knows, offline from its bundled schemas.
+The tests then check what the manifests promise: the runner starts at zero replicas, GPU and edge runners
+get what their hardware needs, every container is locked down and probed, RBAC is exactly what the
+Kubernetes scaler calls, and every ``WASMGATE_*`` variable is a real setting with a value that parses.
+
+``render`` is a stand-in for ``kustomize build``: no kustomize or kubectl binary can be installed where these
+tests run, so it implements exactly the subset of kustomize that these kustomizations use, and raises
+:class:`KustomizeSubsetError` on anything else, so that no test passes on a kustomization it does not
+understand. It implements:
+
+- ``apiVersion: kustomize.config.k8s.io/v1beta1`` and ``kind: Kustomization``;
+- ``resources``: YAML files inside the kustomization's directory (kustomize's default load restriction), with
+  one or more objects each, and directories holding a ``kustomization.yaml``, built recursively, depth first;
+- ``patches``: entries with only ``path``, naming a strategic-merge patch that identifies its one target by
+  apiVersion, kind and name. Maps merge recursively; lists of containers, init containers, env vars and
+  volumes merge by ``name``, volume mounts by ``mountPath``; ``tolerations``, ``command`` and ``args`` are
+  replaced. Any other list, a null, or a ``$``-directive is an error;
+- ``namespace``: set on every namespaced object after the patches; a Namespace object must already bear
+  that name;
+- ``images``: ``name`` with ``newName`` and/or ``newTag``, on Deployment containers' images (no digests).
+  An entry that matches no container is an error, where kustomize would ignore it;
+- ``sortOptions: {order: fifo}``: objects come out in resource order, the only order implemented.
+
+Objects of a kind outside those the manifests use, or two objects with the same kind, namespace and name,
+are errors too.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import kubernetes_validate
+import pytest
+import yaml
+from kubernetes.utils import parse_quantity
+
+from gateway.server import _uvicorn_options
+from gateway.settings import Settings
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+BASE = DEPLOY / "base"
+RENDERINGS = {"base": BASE, "gpu": DEPLOY / "overlays" / "gpu", "edge": DEPLOY / "overlays" / "edge"}
+OVERLAY_NAMESPACE = "wasmgate"
+#: The oldest Kubernetes these manifests are written for (sortOptions needs kubectl 1.27+; the restricted Pod
+#: Security profile and EndpointSlice v1 are long GA by then), and the newest kubernetes-validate knows.
+K8S_VERSIONS = ("1.30", kubernetes_validate.latest_version())
+HEALTH = {"livenessProbe": "/v2/health/live", "readinessProbe": "/v2/health/ready"}
+#: Every variable the settings read; anything else named WASMGATE_* is a typo the gateway would ignore.
+SETTING_NAMES = frozenset(Settings().to_env())
+#: Variables outside the settings that the manifests may set, and why: the root filesystem is read-only, so
+#: libraries that cache under $HOME are pointed at the /tmp volume.
+OTHER_ENV = frozenset({"HOME"})
+GPU = "nvidia.com/gpu"
+SCALER_RULES = {
+    ("apps", "deployments/scale", "get", ("wasmgate-runner",)),
+    ("apps", "deployments/scale", "patch", ("wasmgate-runner",)),
+    ("discovery.k8s.io", "endpointslices", "list", ()),
+    ("discovery.k8s.io", "endpointslices", "watch", ()),
+}
+
+Obj = dict[str, Any]
+
+
+# -- the kustomize subset ----------------------------------------------------------------------------------
+
+
+class KustomizeSubsetError(Exception):
+    """A kustomization asks for something :func:`render` does not implement, or is wrong in a way kustomize
+    would also refuse."""
+
+
+KUSTOMIZATION_KEYS = frozenset({"apiVersion", "kind", "resources", "patches", "namespace", "images", "sortOptions"})
+CLUSTER_SCOPED = frozenset({"Namespace"})
+NAMESPACED = frozenset({"ServiceAccount", "Role", "RoleBinding", "PersistentVolumeClaim", "Service", "Deployment"})
+MERGE_KEYS = {"containers": "name", "initContainers": "name", "env": "name", "volumes": "name"}
+MERGE_KEYS["volumeMounts"] = "mountPath"
+REPLACED_LISTS = frozenset({"tolerations", "command", "args"})
+
+
+def render(directory: Path) -> list[Obj]:
+    """The objects ``kustomize build directory`` would print, for the subset in the module docstring."""
+    kustomization = _load(directory / "kustomization.yaml")
+    if len(kustomization) != 1:
+        raise KustomizeSubsetError(f"{directory}/kustomization.yaml: expected one document")
+    spec = kustomization[0]
+    unknown = set(spec) - KUSTOMIZATION_KEYS
+    if unknown:
+        raise KustomizeSubsetError(f"{directory}: kustomization keys not implemented: {sorted(unknown)}")
+    if (spec.get("apiVersion"), spec.get("kind")) != ("kustomize.config.k8s.io/v1beta1", "Kustomization"):
+        raise KustomizeSubsetError(f"{directory}: not a kustomize.config.k8s.io/v1beta1 Kustomization")
+    if spec.get("sortOptions", {"order": "fifo"}) != {"order": "fifo"}:
+        raise KustomizeSubsetError(f"{directory}: only sortOptions {{order: fifo}} is implemented")
+    objects: list[Obj] = []
+    for entry in spec.get("resources", []):
+        path = (directory / entry).resolve()
+        if path.is_dir():
+            objects += render(path)
+        elif not path.is_relative_to(directory.resolve()):
+            raise KustomizeSubsetError(f"{directory}: resource file {entry} is outside the kustomization root")
+        else:
+            objects += _load(path)
+    for entry in spec.get("patches", []):
+        if set(entry) != {"path"}:
+            raise KustomizeSubsetError(f"{directory}: only patches with just a path are implemented: {entry}")
+        for patch in _load(directory / entry["path"]):
+            _apply_patch(objects, patch, entry["path"])
+    if "namespace" in spec:
+        _set_namespace(objects, spec["namespace"])
+    for entry in spec.get("images", []):
+        _set_image(objects, entry)
+    seen = set()
+    for obj in objects:
+        key = (obj["kind"], obj["metadata"].get("namespace"), obj["metadata"]["name"])
+        if key in seen:
+            raise KustomizeSubsetError(f"{directory}: {key} appears twice")
+        seen.add(key)
+    return objects
+
+
+def _load(path: Path) -> list[Obj]:
+    if not path.is_file():
+        raise KustomizeSubsetError(f"{path}: no such file")
+    docs = [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+    for doc in docs:
+        if doc.get("kind") == "Kustomization":
+            continue
+        if not isinstance(doc.get("metadata"), dict) or "name" not in doc["metadata"]:
+            raise KustomizeSubsetError(f"{path}: an object without metadata.name")
+        if doc.get("kind") not in NAMESPACED | CLUSTER_SCOPED:
+            raise KustomizeSubsetError(f"{path}: kind {doc.get('kind')} is not implemented")
+    return docs
+
+
+def _apply_patch(objects: list[Obj], patch: Obj, source: str) -> None:
+    _check_patch(patch, source)
+    meta = patch.get("metadata", {})
+    targets = [
+        obj
+        for obj in objects
+        if (obj["apiVersion"], obj["kind"], obj["metadata"]["name"], obj["metadata"].get("namespace"))
+        == (patch.get("apiVersion"), patch.get("kind"), meta.get("name"), meta.get("namespace"))
+    ]
+    if len(targets) != 1:
+        raise KustomizeSubsetError(f"{source}: patch matches {len(targets)} objects, not one")
+    _merge(targets[0], patch, source)
+
+
+def _check_patch(value: Any, source: str) -> None:
+    if value is None:
+        raise KustomizeSubsetError(f"{source}: null (delete) in a patch is not implemented")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if str(key).startswith("$"):
+                raise KustomizeSubsetError(f"{source}: patch directive {key} is not implemented")
+            _check_patch(item, source)
+    elif isinstance(value, list):
+        for item in value:
+            _check_patch(item, source)
+
+
+def _merge(target: Obj, patch: Obj, source: str) -> None:
+    for key, value in patch.items():
+        if key not in target:
+            target[key] = copy.deepcopy(value)
+        elif isinstance(value, dict) and isinstance(target[key], dict):
+            _merge(target[key], value, source)
+        elif isinstance(value, list) and key in MERGE_KEYS:
+            _merge_list(target[key], value, MERGE_KEYS[key], source)
+        elif isinstance(value, list) and key not in REPLACED_LISTS:
+            raise KustomizeSubsetError(f"{source}: merging the list {key!r} is not implemented")
+        elif isinstance(value, dict | list) != isinstance(target[key], dict | list):
+            raise KustomizeSubsetError(f"{source}: {key!r} changes between a scalar and a collection")
+        else:
+            target[key] = copy.deepcopy(value)
+
+
+def _merge_list(target: list[Obj], items: list[Obj], key: str, source: str) -> None:
+    for item in items:
+        if not isinstance(item, dict) or key not in item:
+            raise KustomizeSubsetError(f"{source}: a list item without its merge key {key!r}")
+        match = [existing for existing in target if existing.get(key) == item[key]]
+        if match:
+            _merge(match[0], item, source)
+        else:
+            target.append(copy.deepcopy(item))
+
+
+def _set_namespace(objects: list[Obj], namespace: str) -> None:
+    for obj in objects:
+        if obj["kind"] in NAMESPACED:
+            obj["metadata"]["namespace"] = namespace
+        elif obj["metadata"]["name"] != namespace:
+            # kustomize renames Namespace objects here; this subset only accepts one that needs no renaming.
+            raise KustomizeSubsetError(f"Namespace {obj['metadata']['name']} is not the namespace {namespace}")
+
+
+def _set_image(objects: list[Obj], entry: Obj) -> None:
+    if "name" not in entry or not set(entry) - {"name"} or set(entry) - {"name", "newName", "newTag"}:
+        raise KustomizeSubsetError(f"images: only name with newName and/or newTag is implemented: {entry}")
+    matched = 0
+    for obj in objects:
+        if obj["kind"] != "Deployment":
+            continue
+        pod = obj["spec"]["template"]["spec"]
+        for container in pod.get("containers", []) + pod.get("initContainers", []):
+            if "@" in container["image"]:
+                raise KustomizeSubsetError(f"images: digests are not implemented: {container['image']}")
+            name, tag = _split_image(container["image"])
+            if name == entry["name"]:
+                tag = entry.get("newTag", tag)
+                container["image"] = entry.get("newName", name) + (f":{tag}" if tag else "")
+                matched += 1
+    if not matched:
+        raise KustomizeSubsetError(f"images: {entry['name']} matches no container")
+
+
+def _split_image(image: str) -> tuple[str, str | None]:
+    name, sep, tag = image.rpartition(":")
+    if not sep or "/" in tag:  # no tag, or the colon was a registry's port
+        return image, None
+    return name, tag
+
+
+# -- reading the rendered objects ------------------------------------------------------------------------
+
+
+@functools.cache
+def _rendered(name: str) -> str:
+    return json.dumps(render(RENDERINGS[name]))
+
+
+def rendered(name: str) -> list[Obj]:
+    """A fresh copy of a rendering, which a test may change freely."""
+    objects: list[Obj] = json.loads(_rendered(name))
+    return objects
+
+
+def one(objects: list[Obj], kind: str, name: str) -> Obj:
+    found = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} {name}, found {len(found)}"
+    return found[0]
+
+
+@dataclasses.dataclass
+class Container:
+    deployment: Obj
+    pod: Obj
+    spec: Obj
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {}
+        for var in self.spec.get("env", []):
+            assert set(var) == {"name", "value"}, f"{var['name']}: only literal values are expected"
+            env[var["name"]] = var["value"]
+        return env
+
+    def settings(self) -> Settings:
+        return Settings.from_env(self.env)
+
+    def port(self, ref: str | int) -> int:
+        """The container port a probe or Service targets, by name or number; fails when it is not declared."""
+        for port in self.spec.get("ports", []):
+            if ref in (port.get("name"), port["containerPort"]):
+                return int(port["containerPort"])
+        raise AssertionError(f"{self.spec['name']} exposes no port {ref!r}")
+
+
+def containers(objects: list[Obj]) -> Iterator[Container]:
+    for obj in objects:
+        if obj["kind"] == "Deployment":
+            pod = obj["spec"]["template"]["spec"]
+            for spec in pod.get("initContainers", []) + pod["containers"]:
+                yield Container(obj, pod, spec)
+
+
+def gateway(objects: list[Obj]) -> Container:
+    return next(c for c in containers(objects) if c.deployment["metadata"]["name"] == "wasmgate")
+
+
+def runner(objects: list[Obj]) -> Container:
+    return next(c for c in containers(objects) if c.deployment["metadata"]["name"] == "wasmgate-runner")
+
+
+# -- schema validation -------------------------------------------------------------------------------------
+
+
+BASE_FILES = sorted(p.name for p in BASE.glob("*.yaml") if p.name != "kustomization.yaml")
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("filename", BASE_FILES)
+def test_base_file_validates_strictly(filename: str, version: str) -> None:
+    docs = [doc for doc in yaml.safe_load_all((BASE / filename).read_text()) if doc is not None]
+    assert docs
+    for doc in docs:
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("name", RENDERINGS)
+def test_rendered_objects_validate_strictly(name: str, version: str) -> None:
+    objects = rendered(name)
+    assert objects
+    for obj in objects:
+        kubernetes_validate.validate(obj, version, strict=True)
+
+
+@pytest.mark.parametrize(
+    ("path", "typo"),
+    [
+        (["spec"], ("replicas", "replica")),
+        (
+            ["spec", "template", "spec", "containers", 0, "securityContext"],
+            ("readOnlyRootFilesystem", "readOnlyRootFileSystem"),
+        ),
+    ],
+)
+def test_strict_validation_rejects_unknown_fields(path: list[str | int], typo: tuple[str, str]) -> None:
+    deployment = one(rendered("base"), "Deployment", "wasmgate-runner")
+    node: Any = deployment
+    for step in path:
+        node = node[step]
+    right, wrong = typo
+    node[wrong] = node.pop(right)
+    with pytest.raises(kubernetes_validate.ValidationError, match=wrong):
+        kubernetes_validate.validate(deployment, K8S_VERSIONS[0], strict=True)
+
+
+def test_base_lists_every_manifest_in_numbered_order() -> None:
+    """House style: manifests are numbered in apply order, and each says why it has its number."""
+    resources = yaml.safe_load((BASE / "kustomization.yaml").read_text())["resources"]
+    assert resources == BASE_FILES  # every file applied, in the order of its number
+    for filename in BASE_FILES:
+        number = re.match(r"(\d\d)-", filename)
+        assert number, f"{filename} is not numbered"
+        assert (BASE / filename).read_text().startswith(f"# {number[1]}: "), f"{filename}: say why {number[1]}"
+
+
+# -- what the manifests promise ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", RENDERINGS)
+def test_runner_starts_at_zero_replicas(name: str) -> None:
+    assert one(rendered(name), "Deployment", "wasmgate-runner")["spec"]["replicas"] == 0
+
+
+def test_gpu_runner_takes_one_gpu_on_a_gpu_node() -> None:
+    objects = rendered("gpu")
+    r = runner(objects)
+    resources = r.spec["resources"]
+    assert parse_quantity(resources["limits"][GPU]) == 1
+    assert resources["requests"][GPU] == resources["limits"][GPU]
+    assert r.pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert {"key": GPU, "operator": "Exists", "effect": "NoSchedule"} in r.pod["tolerations"]
+    assert r.spec["image"].endswith("-cuda")
+    assert r.settings().execution_providers == "auto"
+    # The gateway runs no model on a GPU and is not scheduled onto GPU nodes.
+    g = gateway(objects)
+    assert GPU not in json.dumps(g.pod)
+
+
+def test_edge_has_no_gpu_anywhere() -> None:
+    objects = rendered("edge")
+    assert GPU not in json.dumps(objects)
+    for c in containers(objects):
+        assert not any("nvidia" in key for key in c.pod.get("nodeSelector", {}))
+        assert not c.pod.get("tolerations")
+    r = runner(objects)
+    assert r.spec["image"].endswith("-cpu")
+    assert r.settings().execution_providers == "cpu"
+    assert gateway(objects).settings().pod_max_replicas == 1
+
+
+@pytest.mark.parametrize("name", RENDERINGS)
+def test_every_container_is_hardened(name: str) -> None:
+    for c in containers(rendered(name)):
+        pod_sc, sc = c.pod["securityContext"], c.spec["securityContext"]
+        assert pod_sc["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is True
+        uid = sc.get("runAsUser", pod_sc.get("runAsUser"))
+        assert isinstance(uid, int)
+        assert uid > 0
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["readOnlyRootFilesystem"] is True
+        assert sc["capabilities"] == {"drop": ["ALL"]}
+        assert not sc.get("privileged")
+        # Service links would inject WASMGATE_PORT=tcp://... for the `wasmgate` Service over the port setting.
+        assert c.pod["enableServiceLinks"] is False
+        # With a read-only root, everything the app writes must be a mounted volume.
+        mounts = {m["mountPath"]: m for m in c.spec["volumeMounts"]}
+        volumes = {v["name"] for v in c.pod["volumes"]}
+        for path in (str(c.settings().data_dir), "/tmp"):
+            assert path in mounts, f"{c.spec['name']}: {path} is not a volume"
+            assert not mounts[path].get("readOnly")
+            assert mounts[path]["name"] in volumes
+
+
+@pytest.mark.parametrize("name", RENDERINGS)
+def test_every_container_has_requests_and_limits(name: str) -> None:
+    for c in containers(rendered(name)):
+        requests, limits = c.spec["resources"]["requests"], c.spec["resources"]["limits"]
+        for resource in ("cpu", "memory"):
+            assert parse_quantity(requests[resource]) <= parse_quantity(limits[resource]), resource
+        for resource in set(requests) | set(limits):
+            if "/" in resource:  # extended resources (GPUs) cannot be overcommitted
+                assert requests.get(resource) == limits.get(resource), resource
+
+
+@pytest.mark.parametrize("name", RENDERINGS)
+def test_probes_hit_the_health_endpoints_on_the_serving_port(name: str) -> None:
+    for c in containers(rendered(name)):
+        serving = c.settings().port
+        assert c.port("http") == serving
+        for probe, path in HEALTH.items():
+            get = c.spec[probe]["httpGet"]
+            assert get["path"] == path
+            assert c.port(get["port"]) == serving
+        if "startupProbe" in c.spec:
+            assert c.port(c.spec["startupProbe"]["httpGet"]["port"]) == serving
+    # A runner's start can be slow (onnxruntime, CUDA): liveness must wait for it.
+    assert "startupProbe" in runner(rendered(name)).spec
+
+
+@pytest.mark.parametrize("name", RENDERINGS)
+def test_termination_grace_outlasts_the_drain(name: str) -> None:
+    drain = _uvicorn_options(Settings())["timeout_graceful_shutdown"]
+    for c in containers(rendered(name)):
+        pause = 0
+        if "lifecycle" in c.spec:
+            command = c.spec["lifecycle"]["preStop"]["exec"]["command"]
+            assert command[0] == "sleep"
+            pause = int(command[1])
+        assert c.pod["terminationGracePeriodSeconds"] > pause + drain
+
+
+@pytest.mark.parametrize("name", RENDERINGS)
+def test_rbac_is_exactly_what_the_scaler_calls(name: str) -> None:
+    objects = rendered(name)
+    kinds = {o["kind"] for o in objects}
+    assert not kinds & {"ClusterRole", "ClusterRoleBinding"}
+    (role,) = [o for o in objects if o["kind"] == "Role"]
+    granted = {
+        (group, resource, verb, tuple(rule.get("resourceNames", ())))
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    assert granted == SCALER_RULES
+    (binding,) = [o for o in objects if o["kind"] == "RoleBinding"]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    g, r = gateway(objects), runner(objects)
+    account = g.pod["serviceAccountName"]
+    (subject,) = binding["subjects"]
+    assert (subject["kind"], subject["name"]) == ("ServiceAccount", account)
+    # No namespace means the binding's own, which is where the gateway runs.
+    assert subject.get("namespace", binding["metadata"].get("namespace")) == binding["metadata"].get("namespace")
+    one(objects, "ServiceAccount", account)
+    assert g.pod["automountServiceAccountToken"] is True
+    # The runner has an account of its own, bound to nothing, and no token.
+    assert r.pod["serviceAccountName"] != account
+    assert one(objects, "ServiceAccount", r.pod["serviceAccountName"])["automountServiceAccountToken"] is False
+    assert r.pod["automountServiceAccountToken"] is False
+    # The scaler's settings name what the Role allows and what the manifests create.
+    settings = g.settings()
+    assert settings.pod_scaler == "kubernetes"
+    assert settings.k8s_namespace == ""  # the pod's own namespace, i.e. the Role's
+    assert settings.k8s_deployment == r.deployment["metadata"]["name"] == role["rules"][0]["resourceNames"][0]
+
+
+@pytest.mark.parametrize("name", RENDERINGS)
+def test_services_select_their_own_pods(name: str) -> None:
+    objects = rendered(name)
+    g, r = gateway(objects), runner(objects)
+    settings = g.settings()
+    for service_name, own, other in (("wasmgate", g, r), (settings.k8s_service, r, g)):
+        service = one(objects, "Service", service_name)
+        selector = service["spec"]["selector"]
+        assert selector.items() <= own.deployment["spec"]["template"]["metadata"]["labels"].items()
+        assert not selector.items() <= other.deployment["spec"]["template"]["metadata"]["labels"].items()
+        assert selector == own.deployment["spec"]["selector"]["matchLabels"]
+        (port,) = service["spec"]["ports"]
+        assert port["name"] == "http"
+        assert own.port(port["targetPort"]) == own.settings().port
+    # The scaler reads runner addresses from EndpointSlices by the port's name.
+    runner_ports = one(objects, "Service", settings.k8s_service)["spec"]["ports"]
+    assert settings.k8s_port_name in {p["name"] for p in runner_ports}
+
+
+@pytest.mark.parametrize("name", RENDERINGS)
+def test_runners_fetch_functions_from_the_gateway_service(name: str) -> None:
+    objects = rendered(name)
+    url = urlsplit(runner(objects).settings().runner_source_url)
+    service = one(objects, "Service", "wasmgate")
+    assert url.scheme == "http"
+    # The short name resolves in the runner's own namespace, which is the gateway's.
+    assert url.hostname == service["metadata"]["name"]
+    assert url.port == service["spec"]["ports"][0]["port"]
+
+
+@pytest.mark.parametrize("name", RENDERINGS)
+def test_env_vars_are_real_settings_with_values_that_parse(name: str) -> None:
+    for c in containers(rendered(name)):
+        unknown = {var for var in c.env if var.startswith("WASMGATE_")} - SETTING_NAMES
+        assert not unknown, f"{c.spec['name']}: not settings: {sorted(unknown)}"
+        assert set(c.env) - SETTING_NAMES <= OTHER_ENV
+        settings = c.settings()  # raises ValueError naming a variable whose value does not parse
+        assert settings.host == "0.0.0.0"
+
+
+@pytest.mark.parametrize("name", RENDERINGS)
+def test_labels_and_namespace(name: str) -> None:
+    objects = rendered(name)
+    for obj in objects:
+        assert obj["metadata"]["labels"]["app.kubernetes.io/part-of"] == "wasmgate", obj["metadata"]["name"]
+        if name != "base" and obj["kind"] != "Namespace":
+            assert obj["metadata"]["namespace"] == OVERLAY_NAMESPACE
+    for c in containers(objects):
+        labels = c.deployment["spec"]["template"]["metadata"]["labels"]
+        assert labels["app.kubernetes.io/name"] == "wasmgate"
+        assert labels["app.kubernetes.io/component"] == c.spec["name"]  # gateway | runner
+        assert labels["app.kubernetes.io/part-of"] == "wasmgate"
+        _, tag = _split_image(c.spec["image"])
+        assert tag
+        assert tag != "latest"
+    if name != "base":
+        namespace = one(objects, "Namespace", OVERLAY_NAMESPACE)
+        assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+# -- the renderer refuses what it does not implement ------------------------------------------------------
+
+
+def _write(directory: Path, files: dict[str, str]) -> Path:
+    for filename, text in files.items():
+        (directory / filename).write_text(text)
+    return directory
+
+
+KUSTOMIZATION = "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+ACCOUNT = "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: a\n"
+RUNNER_PATCH: Obj = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "wasmgate-runner"}}
+
+
+def test_renderer_refuses_unknown_kustomization_keys(tmp_path: Path) -> None:
+    _write(tmp_path, {"kustomization.yaml": KUSTOMIZATION + "resources: [a.yaml]\ncommonLabels: {x: y}\n"})
+    _write(tmp_path, {"a.yaml": ACCOUNT})
+    with pytest.raises(KustomizeSubsetError, match="commonLabels"):
+        render(tmp_path)
+
+
+def test_renderer_refuses_list_merges_it_does_not_model(tmp_path: Path) -> None:
+    containers = [{"name": "runner", "ports": [{"containerPort": 9000}]}]
+    patch = {**RUNNER_PATCH, "spec": {"template": {"spec": {"containers": containers}}}}
+    _write(tmp_path, {"kustomization.yaml": KUSTOMIZATION + f"resources: [{BASE}]\npatches:\n  - path: p.yaml\n"})
+    _write(tmp_path, {"p.yaml": yaml.safe_dump(patch)})
+    with pytest.raises(KustomizeSubsetError, match="ports"):
+        render(tmp_path)
+
+
+def test_renderer_refuses_resource_files_outside_the_root(tmp_path: Path) -> None:
+    (tmp_path / "overlay").mkdir()
+    _write(tmp_path, {"a.yaml": ACCOUNT})
+    _write(tmp_path / "overlay", {"kustomization.yaml": KUSTOMIZATION + "resources: [../a.yaml]\n"})
+    with pytest.raises(KustomizeSubsetError, match="outside"):
+        render(tmp_path / "overlay")
+
+
+def test_renderer_merges_env_by_name_and_replaces_tolerations(tmp_path: Path) -> None:
+    pod = {
+        "tolerations": [{"key": "k", "operator": "Exists"}],
+        "containers": [{"name": "runner", "env": [{"name": "WASMGATE_PORT", "value": "9"}]}],
+    }
+    patch = {**RUNNER_PATCH, "spec": {"template": {"spec": pod}}}
+    patch["metadata"] = {**RUNNER_PATCH["metadata"], "namespace": OVERLAY_NAMESPACE}
+    gpu = RENDERINGS["gpu"]
+    _write(tmp_path, {"kustomization.yaml": KUSTOMIZATION + f"resources: [{gpu}]\npatches:\n  - path: p.yaml\n"})
+    _write(tmp_path, {"p.yaml": yaml.safe_dump(patch)})
+    r = runner(render(tmp_path))
+    assert r.env["WASMGATE_PORT"] == "9"
+    assert list(r.env) == list(runner(rendered("gpu")).env)  # merged in place, nothing dropped or moved
+    assert r.pod["tolerations"] == pod["tolerations"]  # the GPU toleration is gone: lists without a key replace

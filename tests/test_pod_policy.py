@@ -1,0 +1,190 @@
+"""The pod tier's decisions (pure functions) and the activator's holding, releasing and scaling.
+
+The activator tests drive it with :class:`ScriptedScaler`, a scaler whose replicas the test turns ready by
+hand: the activator is the thing under test here, and the scalers are tested against real processes
+(tests/test_pod_tier.py) and the Kubernetes API emulator (tests/test_kubernetes_scaler.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import anyio
+import pytest
+
+from router.activator import Activator
+from router.pod_policy import ScalePolicy, desired_replicas, needed_replicas, pick_replica
+from router.scaler import Replica
+from wasm_host.errors import TooManyRequests, Unavailable
+
+R1, R2, R3 = Replica("a", "http://a"), Replica("b", "http://b"), Replica("c", "http://c")
+
+
+def test_needed_replicas_rounds_demand_up_within_bounds() -> None:
+    policy = ScalePolicy(min_replicas=0, max_replicas=3, target_in_flight=4)
+    assert [needed_replicas(policy, d) for d in (0, 1, 4, 5, 8, 9, 100)] == [0, 1, 1, 2, 2, 3, 3]
+    assert needed_replicas(ScalePolicy(min_replicas=1, max_replicas=2, target_in_flight=4), 0) == 1
+
+
+def test_scaling_up_is_immediate_and_down_waits_for_the_grace_period() -> None:
+    policy = ScalePolicy(max_replicas=4, target_in_flight=2, idle_grace_s=10)
+    assert desired_replicas(policy, demand=5, current=0, below_for_s=0) == 3
+    assert desired_replicas(policy, demand=1, current=3, below_for_s=9.9) == 3
+    assert desired_replicas(policy, demand=1, current=3, below_for_s=10) == 1
+    assert desired_replicas(policy, demand=0, current=1, below_for_s=10) == 0
+    assert desired_replicas(policy, demand=0, current=1, below_for_s=0) == 1
+
+
+def test_bad_policies_are_refused() -> None:
+    for kwargs in ({"max_replicas": 0}, {"min_replicas": 3, "max_replicas": 2}, {"target_in_flight": 0}):
+        with pytest.raises(ValueError, match="pod"):
+            ScalePolicy(**kwargs)  # type: ignore[arg-type]
+
+
+def test_pick_prefers_a_replica_holding_the_model_until_it_is_full() -> None:
+    ready = [R1, R2, R3]
+    assert pick_replica(ready, {}, set(), 4) == R1  # nothing known: the first, least loaded
+    assert pick_replica(ready, {"a": 1}, set(), 4) == R2  # least loaded
+    assert pick_replica(ready, {"b": 3}, {"b"}, 4) == R2  # affinity beats load while it has room
+    assert pick_replica(ready, {"b": 4}, {"b"}, 4) == R1  # a full holder loses to an empty replica
+    assert pick_replica(ready, {}, {"b"}, 4, exclude={"b"}) == R1
+    assert pick_replica(ready, {}, set(), 4, exclude={"a", "b", "c"}) is None
+
+
+class ScriptedScaler:
+    """A scaler whose replicas become ready only when the test says so; it records what it was asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[int] = []
+        self._ready: list[Replica] = []
+        self._on_change: Callable[[], None] = lambda: None
+
+    async def run(self, on_change: Callable[[], None]) -> None:
+        self._on_change = on_change
+        await anyio.sleep_forever()
+
+    async def scale(self, replicas: int) -> None:
+        self.asked.append(replicas)
+
+    def ready(self) -> Sequence[Replica]:
+        return tuple(self._ready)
+
+    def wanted(self) -> int:
+        return self.asked[-1] if self.asked else 0
+
+    async def aclose(self) -> None:
+        pass
+
+    def set_ready(self, *replicas: Replica) -> None:
+        self._ready = list(replicas)
+        self._on_change()
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    with anyio.fail_after(timeout):
+        while not condition():
+            await anyio.sleep(0.005)
+
+
+def test_held_requests_scale_from_zero_and_are_released_in_arrival_order() -> None:
+    async def main() -> None:
+        scaler = ScriptedScaler()
+        activator = Activator(scaler, ScalePolicy(max_replicas=2, target_in_flight=2), 10, 30, tick_s=0.01)
+        order: list[int] = []
+
+        async def request(i: int) -> None:
+            async with activator.acquire("f") as lease:
+                assert lease.held
+                assert lease.replica == R1
+                order.append(i)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(activator.run)
+            async with anyio.create_task_group() as requests:
+                for i in range(5):
+                    requests.start_soon(request, i)
+                    await wait_for(lambda i=i: activator.held == i + 1)  # type: ignore[misc]
+                # Held, and the scaler asked for replicas for all five at once (5 / 2 -> 3, capped at 2).
+                await wait_for(lambda: scaler.wanted() == 2)
+                assert order == []
+                scaler.set_ready(R1)
+            assert order == [0, 1, 2, 3, 4]
+            assert activator.held == 0
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)
+
+
+def test_a_hold_past_its_timeout_is_a_503_with_retry_after_and_a_full_queue_a_429() -> None:
+    async def main() -> None:
+        scaler = ScriptedScaler()
+        activator = Activator(scaler, ScalePolicy(), max_held=1, hold_timeout_s=0.2, tick_s=0.01)
+        errors: list[Exception] = []
+
+        async def request() -> None:
+            try:
+                async with activator.acquire("f"):
+                    pass
+            except Unavailable as exc:
+                errors.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(activator.run)
+            async with anyio.create_task_group() as requests:
+                requests.start_soon(request)
+                await wait_for(lambda: activator.held == 1)
+                requests.start_soon(request)
+            tg.cancel_scope.cancel()
+        assert isinstance(errors[0], TooManyRequests)
+        assert "pod_max_held" in str(errors[0])
+        timeout = errors[1]
+        assert type(timeout) is Unavailable
+        assert "pod_hold_timeout_s" in str(timeout)
+        assert timeout.retry_after is not None
+        assert activator.held == 0
+
+    anyio.run(main)
+
+
+def test_a_retry_does_not_wait_and_skips_the_replica_that_failed() -> None:
+    async def main() -> None:
+        scaler = ScriptedScaler()
+        activator = Activator(scaler, ScalePolicy(), 10, 30, tick_s=0.01)
+        scaler.set_ready(R1, R2)
+        async with activator.acquire("f") as lease:
+            first = lease.replica
+        activator.failed(first)
+        async with activator.acquire("f", exclude=[first.id], hold=False) as lease:
+            assert lease.replica != first
+        # A new request avoids the suspect replica while another is ready.
+        async with activator.acquire("f") as lease:
+            assert lease.replica != first
+        scaler.set_ready(first)
+        with pytest.raises(Unavailable, match="no other pod-tier replica"):
+            async with activator.acquire("f", exclude=[first.id], hold=False):
+                pass
+
+    anyio.run(main)
+
+
+def test_idle_replicas_scale_to_zero_after_the_grace_period_only() -> None:
+    async def main() -> None:
+        scaler = ScriptedScaler()
+        activator = Activator(scaler, ScalePolicy(idle_grace_s=0.3), 10, 30, tick_s=0.01)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(activator.run)
+            async with anyio.create_task_group() as requests:
+
+                async def request() -> None:
+                    async with activator.acquire("f"):
+                        await anyio.sleep(0.1)
+
+                requests.start_soon(request)
+                await wait_for(lambda: scaler.asked == [1])
+                scaler.set_ready(R1)
+            started = anyio.current_time()
+            await wait_for(lambda: scaler.asked == [1, 0])
+            assert anyio.current_time() - started >= 0.3
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)

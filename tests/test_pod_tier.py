@@ -1,0 +1,333 @@
+"""The pod tier end to end on one machine: a real ``wasm serve`` whose local scaler starts real ``wasm runner``
+processes, driven over HTTP; plus runners on their own (as an existing OIP v2 endpoint, and fetching their
+functions from a gateway) and a runner app's memory budget."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from gateway.app import create_app
+from gateway.demo import dense_model
+from gateway.settings import Settings
+from tests.conftest import AppClient, Digits
+from tests.test_app import infer_body, push
+from tests.test_e2e import Gateway
+from tests.test_scaling import metric
+
+pytestmark = pytest.mark.e2e
+
+#: Big enough that the router would send it to a pod (about 4.3 MB), small enough to load in well under a second.
+SIZES = (256, 1024, 768, 10)
+
+
+@pytest.fixture(scope="module")
+def dense(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ort.InferenceSession]:
+    model = dense_model(SIZES)
+    path = tmp_path_factory.mktemp("dense") / "dense.onnx"
+    path.write_bytes(model)
+    return path, ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+
+
+def dense_request(seed: int, rows: int = 2) -> tuple[dict[str, object], np.ndarray]:
+    x = np.random.default_rng(seed).standard_normal((rows, SIZES[0])).astype(np.float32)
+    body = {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
+    return body, x
+
+
+def expected(session: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
+    out: np.ndarray = session.run(None, {"input": x})[0]
+    return out
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def runner_pids(gateway: Gateway) -> list[int]:
+    """The gateway's child processes that are runners (Linux /proc)."""
+    assert gateway.proc is not None
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == gateway.proc.pid and b"runner" in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def replica_url(replica: str) -> str:
+    return f"http://127.0.0.1:{replica.rsplit('@', 1)[1]}"
+
+
+@pytest.fixture
+def pod_gateway(tmp_path: Path) -> Iterator[Gateway]:
+    env = {
+        "WASMGATE_POD_MAX_REPLICAS": "2",
+        "WASMGATE_POD_TARGET_IN_FLIGHT": "8",
+        "WASMGATE_POD_IDLE_GRACE_S": "3",
+        "WASMGATE_POD_HOLD_TIMEOUT_S": "60",
+        "WASMGATE_DRAIN_TIMEOUT_S": "5",
+    }
+    gw = Gateway(tmp_path / "data", tmp_path / "gateway.log", env=env)
+    gw.start()
+    yield gw
+    gw.stop()
+
+
+def test_burst_from_zero_is_held_served_exactly_once_and_runners_stop_when_idle(
+    pod_gateway: Gateway, dense: tuple[Path, ort.InferenceSession]
+) -> None:
+    path, session = dense
+    r = pod_gateway.cli("push", str(path), "--name", "dense", "--tier", "pod")
+    assert r.returncode == 0, r.stderr
+    assert "tier pod" in r.stdout
+    assert runner_pids(pod_gateway) == []  # a push starts nothing: the tier is at zero
+
+    def call(i: int) -> tuple[httpx.Response, np.ndarray]:
+        body, x = dense_request(i)
+        return httpx.post(f"{pod_gateway.url}/v2/models/dense/infer", json=body, timeout=120), x
+
+    with concurrent.futures.ThreadPoolExecutor(50) as pool:
+        results = list(pool.map(call, range(50)))
+    replicas = set()
+    for response, x in results:
+        assert response.status_code == 200, response.text
+        assert response.headers["x-wasmgate-tier"] == "pod"
+        replicas.add(response.headers["x-wasmgate-replica"])
+        got = np.array(response.json()["outputs"][0]["data"], np.float32).reshape(2, 10)
+        np.testing.assert_allclose(got, expected(session, x), rtol=1e-4, atol=1e-5)
+    assert sum(r.headers.get("x-wasmgate-cold-start") == "true" for r, _ in results) >= 1
+    # Exactly once: the runners together served 50 requests of the function, and the gateway forwarded 50.
+    served = sum(
+        metric(httpx.get(f"{replica_url(rep)}/metrics").text, "wasmgate_requests_total", function="dense")
+        for rep in replicas
+    )
+    assert served == 50
+    text = httpx.get(f"{pod_gateway.url}/metrics").text
+    assert metric(text, "wasmgate_requests_total", function="dense", backend="pod", status="200") == 50
+    assert metric(text, "wasmgate_pod_scale_events_total", direction="up") >= 1
+    assert 1 <= len(runner_pids(pod_gateway)) <= 2
+
+    # No traffic for the grace period (3 s): the runners are stopped, and the tier reports zero.
+    wait_until(lambda: runner_pids(pod_gateway) == [], 30, "runners to stop after the idle grace period")
+    for rep in replicas:
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"{replica_url(rep)}/v2/health/live", timeout=2)
+    text = httpx.get(f"{pod_gateway.url}/metrics").text
+    assert metric(text, "wasmgate_pod_replicas", state="ready") == 0
+    assert metric(text, "wasmgate_pod_scale_events_total", direction="zero") == 1
+
+    # And back from zero: the next request is held and served.
+    body, x = dense_request(99)
+    again = httpx.post(f"{pod_gateway.url}/v2/models/dense/infer", json=body, timeout=120)
+    assert again.status_code == 200
+    assert again.headers["x-wasmgate-cold-start"] == "true"
+
+
+def test_killing_a_runner_mid_traffic_retries_or_fails_clearly_and_the_gateway_recovers(
+    tmp_path: Path, dense: tuple[Path, ort.InferenceSession]
+) -> None:
+    path, session = dense
+    env = {"WASMGATE_POD_MIN_REPLICAS": "2", "WASMGATE_POD_MAX_REPLICAS": "2", "WASMGATE_DRAIN_TIMEOUT_S": "5"}
+    gw = Gateway(tmp_path / "data", tmp_path / "gateway.log", env=env)
+    gw.start()
+    try:
+        assert gw.cli("push", str(path), "--name", "dense", "--tier", "pod").returncode == 0
+        wait_until(lambda: len(runner_pids(gw)) == 2, 60, "two runners (pod_min_replicas=2)")
+        first = runner_pids(gw)
+
+        stop = time.monotonic() + 4.0
+        killed: list[int] = []
+
+        def traffic(worker: int) -> list[tuple[int, str, bool]]:
+            seen = []
+            with httpx.Client(timeout=60) as client:
+                i = 0
+                while time.monotonic() < stop:
+                    body, x = dense_request(worker * 10_000 + i)
+                    r = client.post(f"{gw.url}/v2/models/dense/infer", json=body)
+                    ok = False
+                    if r.status_code == 200:
+                        got = np.array(r.json()["outputs"][0]["data"], np.float32).reshape(2, 10)
+                        ok = bool(np.allclose(got, expected(session, x), rtol=1e-4, atol=1e-5))
+                    seen.append((r.status_code, r.text, ok))
+                    i += 1
+                    if worker == 0 and i == 20 and not killed:
+                        killed.append(first[0])
+                        os.kill(first[0], signal.SIGKILL)
+            return seen
+
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            outcomes = [o for seen in pool.map(traffic, range(4)) for o in seen]
+        assert killed
+        for status, text, ok in outcomes:
+            if status == 200:
+                assert ok, "a 200 carried a wrong result"
+            else:
+                # The only failure allowed is a clear 503 that says what happened.
+                assert status == 503, text
+                assert "replica" in text
+        assert sum(1 for status, _, _ in outcomes if status == 200) > len(outcomes) // 2
+
+        # The scaler replaces the killed runner; the gateway serves as before.
+        wait_until(lambda: len(runner_pids(gw)) == 2 and first[0] not in runner_pids(gw), 60, "a replacement runner")
+        for i in range(10):
+            body, x = dense_request(50_000 + i)
+            r = httpx.post(f"{gw.url}/v2/models/dense/infer", json=body, timeout=60)
+            assert r.status_code == 200, r.text
+            got = np.array(r.json()["outputs"][0]["data"], np.float32).reshape(2, 10)
+            np.testing.assert_allclose(got, expected(session, x), rtol=1e-4, atol=1e-5)
+        retries = metric(httpx.get(f"{gw.url}/metrics").text, "wasmgate_pod_retries_total")
+        failures = sum(1 for status, _, _ in outcomes if status != 200)
+        print(f"{len(outcomes)} requests, {failures} failed with 503, {retries:.0f} retried on the other replica")
+        last = runner_pids(gw)
+    finally:
+        gw.stop()
+    # Stopping the gateway stops its runners.
+    assert [pid for pid in last if Path(f"/proc/{pid}").exists()] == []
+
+
+def test_runners_exit_when_their_gateway_is_killed(tmp_path: Path, dense: tuple[Path, ort.InferenceSession]) -> None:
+    env = {"WASMGATE_POD_MIN_REPLICAS": "1"}
+    gw = Gateway(tmp_path / "data", tmp_path / "gateway.log", env=env)
+    gw.start()
+    try:
+        wait_until(lambda: len(runner_pids(gw)) == 1, 60, "a runner (pod_min_replicas=1)")
+        (pid,) = runner_pids(gw)
+        assert gw.proc is not None
+        gw.proc.kill()  # SIGKILL: the gateway cannot stop its runners itself
+        gw.proc.wait()
+        wait_until(lambda: not _alive(pid), 30, f"orphaned runner {pid} to exit")
+    finally:
+        gw.stop()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_an_existing_oip_server_registered_as_the_pod_tier(
+    tmp_path: Path, dense: tuple[Path, ort.InferenceSession]
+) -> None:
+    """A runner started on its own is an OIP v2 server like any other; registered with ``--endpoint`` it
+    serves a function the gateway holds no code for, under the name the server knows it by."""
+    path, session = dense
+    server = Gateway(tmp_path / "server-data", tmp_path / "server.log", command="runner")
+    gw = Gateway(tmp_path / "data", tmp_path / "gateway.log", env={"WASMGATE_POD_SCALER": "none"})
+    gw.start()
+    try:
+        # The server's own store gets the model through another gateway on the same data dir.
+        loader = Gateway(tmp_path / "server-data", tmp_path / "loader.log", env={"WASMGATE_POD_SCALER": "none"})
+        loader.start()
+        assert loader.cli("push", str(path), "--name", "mlp-v7").returncode == 0
+        loader.stop()
+        server.start()
+        r = gw.cli("push", "--name", "remote", "--endpoint", server.url, "--endpoint-model", "mlp-v7")
+        assert r.returncode == 0, r.stderr
+        assert "(external, tier pod at" in r.stdout
+        body, x = dense_request(7)
+        resp = httpx.post(f"{gw.url}/v2/models/remote/infer", json=body, timeout=60)
+        assert resp.status_code == 200, resp.text
+        assert resp.headers["x-wasmgate-replica"] == server.url
+        assert resp.json()["model_name"] == "mlp-v7"
+        got = np.array(resp.json()["outputs"][0]["data"], np.float32).reshape(2, 10)
+        np.testing.assert_allclose(got, expected(session, x), rtol=1e-4, atol=1e-5)
+        meta = httpx.get(f"{gw.url}/v2/models/remote").json()
+        assert meta["platform"] == "wasmgate_endpoint"
+
+        server.stop()  # the endpoint goes away: a clear 503, not a hang or a 500
+        down = httpx.post(f"{gw.url}/v2/models/remote/infer", json=body, timeout=60)
+        assert down.status_code == 503
+        assert "unreachable" in down.json()["error"]
+        assert "retry-after" in down.headers
+        # A pod-tier function with no endpoint on a gateway without a scaler says how to fix it.
+        assert gw.cli("push", str(path), "--name", "local-pod", "--tier", "pod").returncode == 0
+        nope = httpx.post(f"{gw.url}/v2/models/local-pod/infer", json=body, timeout=60)
+        assert nope.status_code == 503
+        assert "pod_scaler" in nope.json()["error"]
+    finally:
+        gw.stop()
+        server.stop()
+
+
+def test_a_runner_fetches_functions_from_its_gateway_and_follows_new_versions(
+    tmp_path: Path, digits: Digits, dense: tuple[Path, ort.InferenceSession]
+) -> None:
+    """As in a cluster, where a runner pod shares no disk with the gateway: ``--source-url``."""
+    path, session = dense
+    gw = Gateway(tmp_path / "data", tmp_path / "gateway.log", env={"WASMGATE_POD_SCALER": "none"})
+    gw.start()
+    runner = Gateway(tmp_path / "runner-data", tmp_path / "runner.log", "--source-url", gw.url, command="runner")
+    try:
+        assert gw.cli("push", str(digits.path), "--name", "fn").returncode == 0
+        runner.start()
+        x = digits.x_test[:3]
+        body = {"inputs": [{"name": "input", "shape": [3, 64], "datatype": "FP32", "data": x.ravel().tolist()}]}
+        r = httpx.post(f"{runner.url}/v2/models/fn/versions/1/infer", json=body, timeout=60)
+        assert r.status_code == 200, r.text
+        assert r.json()["outputs"][0]["datatype"] == "INT64"
+
+        # A new version at the gateway: the runner, sent version 2, fetches it.
+        assert gw.cli("push", str(path), "--name", "fn").returncode == 0
+        body2, x2 = dense_request(3)
+        r = httpx.post(f"{runner.url}/v2/models/fn/versions/2/infer", json=body2, timeout=60)
+        assert r.status_code == 200, r.text
+        got = np.array(r.json()["outputs"][0]["data"], np.float32).reshape(2, 10)
+        np.testing.assert_allclose(got, expected(session, x2), rtol=1e-4, atol=1e-5)
+        assert httpx.post(f"{runner.url}/v2/models/missing/infer", json=body2, timeout=60).status_code == 404
+        # The runner's metadata says what it runs on; this machine has no accelerator, so the CPU.
+        meta = httpx.get(f"{runner.url}/v2").json()
+        assert meta["role"] == "runner"
+        assert meta["execution_providers"][-1] == "CPUExecutionProvider"
+        assert "CPUExecutionProvider" in meta["execution_providers_in_use"]
+        text = httpx.get(f"{runner.url}/metrics").text
+        assert metric(text, "wasmgate_execution_provider", provider="CPUExecutionProvider") == 1
+        # A runner has no admin API.
+        assert httpx.get(f"{runner.url}/admin/v1/functions").status_code == 404
+    finally:
+        runner.stop()
+        gw.stop()
+
+
+def test_a_runner_unloads_least_recently_used_models_past_its_memory_budget(tmp_path: Path, digits: Digits) -> None:
+    dense_small = dense_model((64, 512, 512, 10))  # about 1.3 MB
+    data = tmp_path / "data"
+    with AppClient(create_app(Settings.from_env({}, data_dir=data, pod_scaler="none"))) as gateway:
+        push(gateway, "a", None, {"model": dense_small})
+        push(gateway, "b", None, {"model": dense_model((64, 512, 512, 10), seed=1)})
+    settings = Settings.from_env({}, data_dir=data, model_memory_budget_mb=2, reap_interval_s=3600.0)
+    body = infer_body(np.zeros((1, 64), np.float32))
+    with AppClient(create_app(settings, role="runner")) as runner:
+        assert runner.post("/v2/models/a/infer", json=body).status_code == 200
+        assert runner.post("/v2/models/b/infer", json=body).status_code == 200  # a is unloaded for b
+        text = runner.get("/metrics").text
+        assert metric(text, "wasmgate_evictions_total", function="a") == 1
+        assert metric(text, "wasmgate_evictions_total", function="b") == 0
+        again = runner.post("/v2/models/a/infer", json=body)
+        assert again.status_code == 200
+        assert again.headers["x-wasmgate-cold-start"] == "true"
+        assert metric(runner.get("/metrics").text, "wasmgate_evictions_total", function="b") == 1
