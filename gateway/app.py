@@ -35,17 +35,18 @@ log = logging.getLogger("wasmgate")
 def create_app(settings: Settings, role: Role = "gateway") -> Starlette:
     """The app of a gateway, or (``role="runner"``) of a pod-tier runner: the same OIP v2 endpoints on the same
     engine, without the admin API or a pod tier of its own, and with the node's execution providers."""
+    # Bad settings fail here, at start, with the setting's name: not in the lifespan, not at the first request.
     if role == "gateway":
-        check_scaler(settings)  # a bad pod_scaler fails at start, not at the first pod request
+        check_scaler(settings)
+        providers = [CPU]  # the gateway's own tier is the CPU tier
+    else:
+        providers = choose_providers(settings.execution_providers, ort.get_available_providers())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         store = LocalStore(settings.data_dir)
-        providers = [CPU]
         if role == "gateway":
             store.prune_uploads()
-        else:
-            providers = choose_providers(settings.execution_providers, ort.get_available_providers())
         host = Host(settings.sandbox, settings.cache_dir, settings.ort_intra_op_threads, providers).start()
         metrics = Metrics(settings.metrics_multiproc_dir)
         metrics.providers(providers)

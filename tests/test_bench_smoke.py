@@ -3,7 +3,13 @@ give identical outputs, which each benchmark asserts before timing)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
+import pytest
 
 from bench.wasm_overhead import dense_model, run
 from tests.conftest import Digits
@@ -17,3 +23,22 @@ def test_wasm_overhead_bench_runs(digits: Digits) -> None:
 
 def test_dense_model_is_about_ten_megabytes() -> None:
     assert 9_000_000 < len(dense_model()) < 11_000_000
+
+
+@pytest.mark.e2e
+def test_pod_cold_start_bench_runs_quick() -> None:
+    """One round against a real gateway and its runner, wasmgate only; the bench checks the cold-start header
+    and the output against onnxruntime itself."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WASMGATE_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.pod_cold_start", "--quick"],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| wasmgate ") and "pod tier" in line]
+    assert len(rows) == 1, done.stdout
+    assert "| 1 |" in rows[0]

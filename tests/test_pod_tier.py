@@ -5,8 +5,12 @@ functions from a gateway) and a runner app's memory budget."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import json
 import os
 import signal
+import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +25,7 @@ from gateway.demo import dense_model
 from gateway.settings import Settings
 from tests.conftest import AppClient, Digits
 from tests.test_app import infer_body, push
-from tests.test_e2e import Gateway
+from tests.test_e2e import Gateway, wasm_command
 from tests.test_scaling import metric
 
 pytestmark = pytest.mark.e2e
@@ -331,3 +335,203 @@ def test_a_runner_unloads_least_recently_used_models_past_its_memory_budget(tmp_
         assert again.status_code == 200
         assert again.headers["x-wasmgate-cold-start"] == "true"
         assert metric(runner.get("/metrics").text, "wasmgate_evictions_total", function="b") == 1
+
+
+def binary_body(x: np.ndarray) -> tuple[bytes, dict[str, str]]:
+    """A Triton binary-extension request: JSON header, then the raw tensor, output asked for in binary."""
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": list(x.shape),
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "outputs": [{"name": "output", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    headers = {"inference-header-content-length": str(len(header)), "content-type": "application/octet-stream"}
+    return header + x.tobytes(), headers
+
+
+def binary_output(response: httpx.Response, rows: int) -> np.ndarray:
+    n = int(response.headers["inference-header-content-length"])
+    return np.frombuffer(response.content[n:], np.float32).reshape(rows, 10)
+
+
+def test_binary_tensors_pass_through_a_slow_replica_times_out_and_a_stopping_runner_drains(
+    tmp_path: Path, dense: tuple[Path, ort.InferenceSession]
+) -> None:
+    path, session = dense
+    data = tmp_path / "data"
+    # A batch of 4096 rows through this model is about 26 G multiply-adds: seconds on one core, so it is
+    # still running when the gateway's timeout fires and when the runner is told to stop.
+    heavy_sizes = (1024, 2048, 2048, 10)
+    heavy_model = dense_model(heavy_sizes)
+    heavy = tmp_path / "heavy.onnx"
+    heavy.write_bytes(heavy_model)
+    heavy_session = ort.InferenceSession(heavy_model, providers=["CPUExecutionProvider"])
+    slow_ms = "20000"
+    runner = Gateway(data, tmp_path / "runner.log", command="runner", env={"WASMGATE_DEADLINE_MS": slow_ms})
+    gw = Gateway(
+        data,
+        tmp_path / "gateway.log",
+        env={
+            "WASMGATE_POD_SCALER": "none",
+            "WASMGATE_POD_REQUEST_TIMEOUT_S": "0.3",
+            "WASMGATE_MAX_TENSOR_BYTES": str(64 << 20),
+            "WASMGATE_DEADLINE_MS": slow_ms,
+        },
+    )
+    gw.start()
+    runner.start()
+    try:
+        assert gw.cli("push", str(path), "--name", "dense").returncode == 0
+        assert gw.cli("push", str(heavy), "--name", "heavy").returncode == 0
+        r = gw.cli("push", "--name", "via-pod", "--endpoint", runner.url, "--endpoint-model", "dense")
+        assert r.returncode == 0, r.stderr
+        r = gw.cli("push", "--name", "heavy-pod", "--endpoint", runner.url, "--endpoint-model", "heavy")
+        assert r.returncode == 0, r.stderr
+
+        # Binary in, binary out, through the gateway and back: the bytes are the replica's own.
+        x = np.random.default_rng(5).standard_normal((3, SIZES[0])).astype(np.float32)
+        body, headers = binary_body(x)
+        direct = httpx.post(f"{runner.url}/v2/models/dense/infer", content=body, headers=headers, timeout=60)
+        via = httpx.post(f"{gw.url}/v2/models/via-pod/infer", content=body, headers=headers, timeout=60)
+        assert via.status_code == direct.status_code == 200, via.text
+        assert via.content == direct.content
+        assert via.headers["inference-header-content-length"] == direct.headers["inference-header-content-length"]
+        np.testing.assert_allclose(binary_output(via, 3), expected(session, x), rtol=1e-4, atol=1e-5)
+
+        # A big batch takes the replica well past the gateway's pod_request_timeout_s (0.3 s): 504, named.
+        big = np.random.default_rng(6).standard_normal((4096, heavy_sizes[0])).astype(np.float32)
+        big_body, big_headers = binary_body(big)
+        timed_out = httpx.post(f"{gw.url}/v2/models/heavy-pod/infer", content=big_body, headers=big_headers, timeout=60)
+        assert timed_out.status_code == 504, timed_out.text[:300]
+        assert "pod_request_timeout_s" in timed_out.json()["error"]
+
+        # SIGTERM while that batch runs on the runner: it finishes and answers, then the runner exits.
+        def busy() -> float:
+            text = httpx.get(f"{runner.url}/metrics").text
+            return metric(text, "wasmgate_instances", function="heavy", state="busy")
+
+        def heavy_served() -> float:
+            return metric(httpx.get(f"{runner.url}/metrics").text, "wasmgate_requests_total", function="heavy")
+
+        # The runner still computes the batch the gateway gave up on; let it finish first.
+        wait_until(lambda: heavy_served() == 1, 60, "the timed-out batch to finish on the runner")
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(
+                httpx.post, f"{runner.url}/v2/models/heavy/infer", content=big_body, headers=big_headers, timeout=60
+            )
+            wait_until(lambda: busy() == 1 or pending.done(), 30, "the batch to be running")
+            assert not pending.done(), "the batch finished before the runner was told to stop"
+            assert runner.proc is not None
+            runner.proc.send_signal(signal.SIGTERM)
+            answered = pending.result()
+        assert answered.status_code == 200, answered.text[:300]
+        got = binary_output(answered, 4096)
+        np.testing.assert_allclose(got, heavy_session.run(None, {"input": big})[0], rtol=1e-3, atol=1e-4)
+        # Exits once drained: uvicorn ends by re-raising the signal it caught, as a process killed by it would.
+        assert runner.proc.wait(timeout=30) in (0, -signal.SIGTERM)
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"{runner.url}/v2/health/live", timeout=2)
+    finally:
+        runner.stop()
+        gw.stop()
+
+
+def test_the_pod_tier_on_the_kubernetes_scaler_with_runner_pods_as_processes(
+    tmp_path: Path, dense: tuple[Path, ort.InferenceSession]
+) -> None:
+    """The cluster path on one machine. No Kubernetes API server can run here, so the gateway's real
+    ``kubernetes`` client talks to ``tests.kube_emulator`` (an emulator of exactly the API subset the scaler
+    calls, over HTTP, loaded from a kubeconfig); its pods are real ``wasm runner`` processes that share no
+    disk with the gateway and fetch the function from it (``--source-url``), and a prober marks a pod ready
+    when its ``/v2/health/ready`` answers, as the kubelet's readiness probe would."""
+    from tests.kube_emulator import KubeEmulator
+
+    path, session = dense
+    gw = Gateway(
+        tmp_path / "data",
+        tmp_path / "gateway.log",
+        env={
+            "WASMGATE_POD_SCALER": "kubernetes",
+            "WASMGATE_K8S_NAMESPACE": "default",
+            "WASMGATE_POD_IDLE_GRACE_S": "2",
+            "WASMGATE_POD_MAX_REPLICAS": "2",
+            "WASMGATE_POD_TARGET_IN_FLIGHT": "4",
+        },
+    )
+    pods: dict[str, Gateway] = {}
+    stopped: list[str] = []
+
+    def start_pod(name: str) -> tuple[str, int]:
+        pod = Gateway(tmp_path / name, tmp_path / f"{name}.log", "--source-url", gw.url, command="runner")
+        assert pod.log is not None
+        with open(pod.log, "ab") as log:
+            pod.proc = subprocess.Popen(
+                [*wasm_command(), "runner", "--port", str(pod.port), "--data-dir", str(pod.data_dir), *pod.extra],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        pods[name] = pod
+        return "127.0.0.1", pod.port
+
+    def stop_pod(name: str) -> None:
+        stopped.append(name)
+        proc = pods[name].proc
+        assert proc is not None
+        proc.terminate()  # the kubelet's SIGTERM; the runner drains and exits
+
+    with KubeEmulator(ready_delay_s=None, on_pod_start=start_pod, on_pod_stop=stop_pod) as emulator:
+        gw.settings_env["WASMGATE_KUBECONFIG"] = str(emulator.write_kubeconfig(tmp_path / "kubeconfig"))
+        probing = True
+
+        def probe() -> None:
+            marked: set[str] = set()
+            while probing:
+                for name, pod in list(pods.items()):
+                    if name in marked or name in stopped:
+                        continue
+                    with contextlib.suppress(httpx.TransportError):
+                        if httpx.get(f"{pod.url}/v2/health/ready", timeout=1).status_code == 200:
+                            emulator.set_ready(name, True)
+                            marked.add(name)
+                time.sleep(0.05)
+
+        prober = threading.Thread(target=probe, daemon=True)
+        prober.start()
+        gw.start()
+        try:
+            assert gw.cli("push", str(path), "--name", "dense", "--tier", "pod").returncode == 0
+            assert emulator.spec_replicas == 0
+
+            def call(i: int) -> tuple[httpx.Response, np.ndarray]:
+                body, x = dense_request(i)
+                return httpx.post(f"{gw.url}/v2/models/dense/infer", json=body, timeout=120), x
+
+            with concurrent.futures.ThreadPoolExecutor(20) as pool:
+                results = list(pool.map(call, range(20)))
+            for response, x in results:
+                assert response.status_code == 200, response.text
+                assert response.headers["x-wasmgate-replica"] in pods  # the pod's name, from its EndpointSlice
+                got = np.array(response.json()["outputs"][0]["data"], np.float32).reshape(2, 10)
+                np.testing.assert_allclose(got, expected(session, x), rtol=1e-4, atol=1e-5)
+            assert emulator.spec_replicas == 2  # 20 held requests / 4 per replica, capped at 2
+            served = sum(
+                metric(httpx.get(f"{pod.url}/metrics").text, "wasmgate_requests_total", function="dense")
+                for pod in pods.values()
+            )
+            assert served == 20
+
+            # Idle past the grace period: the scale subresource goes back to 0 and the pods are stopped.
+            wait_until(lambda: emulator.spec_replicas == 0, 30, "the Deployment to be scaled to zero")
+            wait_until(lambda: all(p.proc is not None and p.proc.poll() is not None for p in pods.values()), 30, "pods")
+        finally:
+            probing = False
+            gw.stop()
+            for pod in pods.values():
+                pod.stop()

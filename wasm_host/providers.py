@@ -41,11 +41,3 @@ def choose_providers(spec: str, available: Sequence[str]) -> list[str]:
                 f"(it has {', '.join(available)}); install the matching onnxruntime package or use 'auto'"
             )
     return [c for c in chosen if c != CPU] + [CPU]
-
-
-def short_name(provider: str) -> str:
-    """``CUDAExecutionProvider`` -> ``cuda``; unknown names are returned unchanged."""
-    for short, full in SHORT_NAMES.items():
-        if full == provider:
-            return short
-    return provider

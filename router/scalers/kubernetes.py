@@ -1,0 +1,463 @@
+"""The pod tier on Kubernetes: a runner Deployment scaled through its ``scale`` subresource, and the ready pods
+read from its Service's EndpointSlices.
+
+What it asks of the API server, and so what the gateway's RBAC Role must grant, in the scaler's namespace:
+
+- ``get`` and ``patch`` on ``deployments/scale`` in API group ``apps``;
+- ``list`` and ``watch`` on ``endpointslices`` in API group ``discovery.k8s.io``.
+
+Readiness comes from EndpointSlices rather than from pods: the EndpointSlice controller already folds a pod's
+readiness probe, its IP and its termination into one condition per endpoint, and the gateway then needs no
+access to pods at all.
+
+The official client is blocking, so every call runs in a worker thread. The watch is one long request in a
+thread of its own; its events are applied on the event loop's thread, so the scaler's state is only ever
+touched there.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+
+from router.scaler import Replica
+from wasm_host.errors import Unavailable
+
+try:
+    import kubernetes.client
+    import kubernetes.config
+    import kubernetes.watch
+    import urllib3.exceptions
+    from kubernetes.client.exceptions import ApiException
+except ImportError as exc:  # the client is an optional extra
+    raise ImportError(
+        "the Kubernetes scaler needs the official Kubernetes client: pip install 'wasmgate[kubernetes]'"
+    ) from exc
+
+if TYPE_CHECKING:
+    from gateway.settings import Settings
+
+log = logging.getLogger("wasmgate.kubernetes")
+
+T = TypeVar("T")
+
+#: Where a pod's service account namespace is mounted (the in-cluster default namespace).
+NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+#: Label the EndpointSlice controller puts on every slice of a Service.
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+
+#: A watch that the server ends sooner than this without an event is retried after a backoff (client-go's
+#: reflector treats such "very short watches" the same way).
+SHORT_WATCH_S = 1.0
+
+# Failures worth logging and retrying in the watch loop: the API server answered with an error, or could not
+# be reached (urllib3 raises its own errors, not OSError, for refused and reset connections), or answered
+# something the client's models could not read (pydantic's ValidationError is a ValueError).
+_TRANSIENT = (ApiException, urllib3.exceptions.HTTPError, OSError, ValueError)
+
+
+class KubernetesScaler:
+    """Scales one Deployment and reports the ready endpoints of one Service (see the module docstring).
+
+    ``run`` reads the Deployment's scale, then lists the Service's EndpointSlices and watches them from the
+    list's resourceVersion (and does both again whenever it has to list again). A watch that the server ends
+    (its ``timeout_seconds``) is resumed from the last resourceVersion seen, bookmarks included, without
+    listing again. A watch that fails with 410 (the resourceVersion fell out of the server's history) is
+    followed at once by a fresh list. Any other failure (refused, reset, 5xx, 403) is logged and retried with
+    a list after a bounded exponential backoff (``backoff_s``: first and longest delay).
+
+    A replica is an endpoint whose ``conditions.ready`` is true or unset (the API defines nil as ready) and
+    that is not ``terminating``, in a slice that has a port named ``port_name``. Its id is the pod's name
+    (``targetRef``), else its address; the same id in two slices (the controller moves endpoints between
+    slices) counts once. Its URL uses the endpoint's first address, bracketed when IPv6.
+
+    The scaler closes the ``api_client`` on ``aclose`` only when it built it (``api_client=None`` or
+    :meth:`from_settings`); a client passed in stays the caller's.
+    """
+
+    def __init__(
+        self,
+        *,
+        namespace: str,
+        deployment: str,
+        service: str,
+        port_name: str = "http",
+        api_client: kubernetes.client.ApiClient | None = None,
+        watch_timeout_s: int = 30,
+        request_timeout_s: float = 10.0,
+        backoff_s: tuple[float, float] = (0.2, 5.0),
+    ) -> None:
+        self.namespace = namespace
+        self.deployment = deployment
+        self.service = service
+        self.port_name = port_name
+        self._owns_client = api_client is None
+        self._api = api_client if api_client is not None else _load_api_client("")[0]
+        self._apps = kubernetes.client.AppsV1Api(self._api)
+        self._discovery = kubernetes.client.DiscoveryV1Api(self._api)
+        self._watch_timeout_s = watch_timeout_s
+        self._request_timeout_s = request_timeout_s
+        self._backoff_min, self._backoff_max = backoff_s
+        self._selector = f"{SERVICE_NAME_LABEL}={service}"
+        self._wanted = 0
+        # Bumped by every scale(): a scale read that started before a scale() must not overwrite its value.
+        self._scale_calls = 0
+        self._slices: dict[str, Any] = {}  # name -> V1EndpointSlice
+        self._ready: tuple[Replica, ...] = ()
+        self._resource_version: str | None = None
+        self._portless_logged: set[str] = set()
+        self._active: _ActiveWatch | None = None
+        self._closed = threading.Event()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> KubernetesScaler:
+        """A scaler for ``settings.k8s_*``, with its own client configuration (the client's global default is
+        left alone). ``settings.kubeconfig`` names a kubeconfig file; when empty, the in-cluster service
+        account is used, else ``~/.kube/config`` (or ``$KUBECONFIG``). The namespace is
+        ``settings.k8s_namespace``, else the pod's own (the service account's namespace file), else
+        ``default``. Raises :class:`Unavailable` when no configuration can be loaded."""
+        api_client, in_cluster = _load_api_client(settings.kubeconfig)
+        namespace = settings.k8s_namespace or (_pod_namespace() if in_cluster else "") or "default"
+        scaler = cls(
+            namespace=namespace,
+            deployment=settings.k8s_deployment,
+            service=settings.k8s_service,
+            port_name=settings.k8s_port_name,
+            api_client=api_client,
+        )
+        scaler._owns_client = True
+        return scaler
+
+    # -- the Scaler protocol ---------------------------------------------------------------------------------
+
+    def ready(self) -> Sequence[Replica]:
+        return self._ready
+
+    def wanted(self) -> int:
+        """The replicas last asked for with :meth:`scale`, else the Deployment's ``spec.replicas`` as read
+        when ``run`` started (and again at each relist); 0 before either."""
+        return self._wanted
+
+    async def scale(self, replicas: int) -> None:
+        """Patch the Deployment's scale subresource to ``replicas``.
+
+        The patch is sent even when ``replicas`` equals :meth:`wanted`: the cached value may be stale
+        (someone else scaled the Deployment), and a patch that changes nothing is a no-op on the server (no
+        write, no new resourceVersion), so skipping it would save one request at the risk of a wrong answer.
+        Raises :class:`Unavailable` naming the Deployment and the API's answer when the patch fails.
+        """
+        if replicas < 0:
+            raise ValueError(f"replicas must not be negative, got {replicas}")
+        self._scale_calls += 1
+        try:
+            result = await self._call(
+                self._apps.patch_namespaced_deployment_scale,
+                self.deployment,
+                self.namespace,
+                {"spec": {"replicas": replicas}},
+                # Merge patch (RFC 7386) is the plainest patch type the scale subresource accepts; naming it
+                # keeps the request the same whichever default this client version would pick for a dict.
+                _content_type="application/merge-patch+json",
+            )
+        except _TRANSIENT as exc:
+            raise self._unavailable("patch", exc) from exc
+        self._wanted = _spec_replicas(result, default=replicas)
+
+    async def run(self, on_change: Callable[[], None]) -> None:
+        backoff = self._backoff_min
+        while not self._closed.is_set():
+            try:
+                await self._read_scale()
+                await self._relist(on_change)
+                while not self._closed.is_set():
+                    started = anyio.current_time()
+                    events = await self._watch(on_change)
+                    # The server ended the watch (its timeout): resume where it stopped, without a list. One
+                    # that ended at once with nothing in it (a proxy, a server shutting down) is not repeated
+                    # at once, or a server that keeps doing so would be asked in a hot loop.
+                    if events or anyio.current_time() - started >= SHORT_WATCH_S:
+                        backoff = self._backoff_min
+                    else:
+                        await anyio.sleep(backoff)
+                        backoff = min(backoff * 2, self._backoff_max)
+            except _TRANSIENT as exc:
+                if isinstance(exc, ApiException) and exc.status == 410:
+                    log.info("the watch of EndpointSlices of service %s expired (410); listing again", self._where())
+                    continue
+                if self._closed.is_set():
+                    break
+                log.warning(
+                    "watching EndpointSlices of service %s failed, retrying in %.1fs: %s",
+                    self._where(),
+                    backoff,
+                    _summary(exc),
+                )
+            await anyio.sleep(backoff)
+            backoff = min(backoff * 2, self._backoff_max)
+
+    async def aclose(self) -> None:
+        """Stop watching (within a few seconds, even when the API server has stopped answering) and release
+        the client if the scaler built it. The Deployment is left as it is."""
+        self._closed.set()
+        active = self._active
+        if active is not None:
+            await active.halt()
+        if self._owns_client:
+            self._api.close()  # type: ignore[no-untyped-call]
+
+    # -- discovery -------------------------------------------------------------------------------------------
+
+    async def _read_scale(self) -> None:
+        """Adopt the Deployment's spec.replicas, unless a scale() was made meanwhile. A failure is logged, not
+        raised: discovery does not need it, and scale() reports its own failures."""
+        calls = self._scale_calls
+        try:
+            result = await self._call(self._apps.read_namespaced_deployment_scale, self.deployment, self.namespace)
+        except _TRANSIENT as exc:
+            log.warning("%s", self._unavailable("get", exc))
+            return
+        if calls == self._scale_calls:
+            self._wanted = _spec_replicas(result, default=self._wanted)
+
+    async def _relist(self, on_change: Callable[[], None]) -> None:
+        listed = await self._call(
+            self._discovery.list_namespaced_endpoint_slice, self.namespace, label_selector=self._selector
+        )
+        self._slices = {item.metadata.name: item for item in listed.items if item.metadata and item.metadata.name}
+        # None only from a server that breaks the API; the watch then starts from "now", with the current state.
+        self._resource_version = listed.metadata.resource_version if listed.metadata else None
+        self._refresh(on_change)
+
+    async def _watch(self, on_change: Callable[[], None]) -> int:
+        """One watch request, from the last resourceVersion, until the server ends it or it fails. Returns how
+        many events it delivered."""
+        active = _ActiveWatch(kubernetes.watch.Watch())  # type: ignore[no-untyped-call]
+        self._active = active
+        kwargs: dict[str, Any] = {
+            "label_selector": self._selector,
+            "resource_version": self._resource_version,
+            "allow_watch_bookmarks": True,
+            # Also turns off the client's own retry after a 410, which would watch from a stale version.
+            "timeout_seconds": self._watch_timeout_s,
+            # A connection that dies silently ends the read within this, rather than never.
+            "_request_timeout": (self._request_timeout_s, self._watch_timeout_s + self._request_timeout_s),
+        }
+
+        def apply(event: dict[str, Any]) -> None:  # on the event loop's thread
+            if not active.stopping.is_set():
+                active.events += 1
+                self._apply(event, on_change)
+
+        def stream() -> None:  # in a worker thread
+            try:
+                for event in active.watch.stream(
+                    self._discovery.list_namespaced_endpoint_slice, self.namespace, **kwargs
+                ):
+                    if active.stopping.is_set():
+                        break
+                    anyio.from_thread.run_sync(apply, event)
+            except BaseException as exc:
+                # Raised again below, outside the task group (which would wrap it in an ExceptionGroup). A
+                # stopped watch fails by design, its socket shut under it: that is not a failure.
+                if not active.stopping.is_set():
+                    active.failure = exc
+            finally:
+                active.done.set()
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(active.halt_when_cancelled)
+                # Not abandoned on cancellation: halt_when_cancelled stops the request, and this waits for the
+                # thread to let go of it, so nothing is left reading from the client after aclose().
+                await anyio.to_thread.run_sync(stream)
+                tg.cancel_scope.cancel()
+        finally:
+            self._active = None
+        if active.failure is not None:
+            raise active.failure
+        return active.events
+
+    def _apply(self, event: dict[str, Any], on_change: Callable[[], None]) -> None:
+        kind = event["type"]
+        raw = event["raw_object"]
+        if kind in ("ADDED", "MODIFIED"):
+            self._slices[raw["metadata"]["name"]] = event["object"]
+        elif kind == "DELETED":
+            self._slices.pop(raw["metadata"]["name"], None)
+        # BOOKMARK events carry only a resourceVersion: a cheaper place to resume from.
+        version = raw.get("metadata", {}).get("resourceVersion")
+        if version:
+            self._resource_version = version
+        if kind != "BOOKMARK":
+            self._refresh(on_change)
+
+    def _refresh(self, on_change: Callable[[], None]) -> None:
+        ready = self._ready_replicas()
+        if ready != self._ready:
+            self._ready = ready
+            on_change()
+
+    def _ready_replicas(self) -> tuple[Replica, ...]:
+        found: dict[str, Replica] = {}
+        for name in sorted(self._slices):
+            piece = self._slices[name]
+            endpoints = piece.endpoints or ()
+            if not endpoints:
+                continue  # the controller's placeholder slice, or a slice emptied before its deletion
+            port = next((p.port for p in piece.ports or () if (p.name or "") == self.port_name), None)
+            if port is None:
+                if name not in self._portless_logged:
+                    self._portless_logged.add(name)
+                    log.warning(
+                        "EndpointSlice %s/%s has no port named %r; its endpoints are not used (set "
+                        "WASMGATE_K8S_PORT_NAME to the Service port's name)",
+                        self.namespace,
+                        name,
+                        self.port_name,
+                    )
+                continue
+            for endpoint in endpoints:
+                conditions = endpoint.conditions
+                if conditions is not None and (conditions.ready is False or conditions.terminating):
+                    continue
+                if not endpoint.addresses:
+                    continue
+                address = endpoint.addresses[0]
+                ref = endpoint.target_ref
+                replica_id = ref.name if ref is not None and ref.name else address
+                host = f"[{address}]" if ":" in address else address
+                found.setdefault(replica_id, Replica(id=replica_id, url=f"http://{host}:{port}"))
+        return tuple(sorted(found.values(), key=lambda r: r.id))
+
+    # -- plumbing --------------------------------------------------------------------------------------------
+
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """One blocking API call in a worker thread, with a request timeout. Abandoned when cancelled: the
+        call holds nothing the scaler must wait for, and its timeout ends it."""
+        kwargs.setdefault("_request_timeout", self._request_timeout_s)
+        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), abandon_on_cancel=True)
+
+    def _where(self) -> str:
+        return f"{self.namespace}/{self.service}"
+
+    def _unavailable(self, verb: str, exc: BaseException) -> Unavailable:
+        what = f"deployment {self.namespace}/{self.deployment}"
+        if isinstance(exc, ValueError):
+            return Unavailable(f"cannot {verb} the scale of {what}: the API server's answer is unreadable: {exc}")
+        if not isinstance(exc, ApiException) or not exc.status:
+            return Unavailable(
+                f"cannot {verb} the scale of {what}: the Kubernetes API server is unreachable ({_summary(exc)})",
+                retry_after=1.0,
+            )
+        detail = _status_message(exc)
+        if exc.status == 401:
+            hint = "the API server did not accept the credentials (check the kubeconfig or service account token)"
+        elif exc.status == 403:
+            hint = f"RBAC must allow {verb} on deployments/scale in API group apps in namespace {self.namespace}"
+        elif exc.status == 404:
+            hint = "no such Deployment (check WASMGATE_K8S_DEPLOYMENT and WASMGATE_K8S_NAMESPACE)"
+        else:
+            hint = "the API server refused the request"
+        return Unavailable(
+            f"cannot {verb} the scale of {what}: {exc.status} {exc.reason}: {hint}: {detail}",
+            retry_after=_retry_after(exc),
+        )
+
+
+class _ActiveWatch:
+    """One watch request in flight, and the means to stop it from the event loop."""
+
+    def __init__(self, watch: Any) -> None:
+        self.watch = watch
+        self.stopping = threading.Event()
+        self.done = threading.Event()
+        self.events = 0
+        self.failure: BaseException | None = None
+
+    async def halt_when_cancelled(self) -> None:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.halt()
+
+    async def halt(self, timeout_s: float = 5.0) -> None:
+        """Stop the watch and wait (at most ``timeout_s``) for its thread to let go. ``Watch.stop()`` shuts the
+        request's socket, but only once the request is sent, and ``Watch.stream()`` clears the stop flag as
+        it starts; so it is repeated until the thread is seen to finish."""
+        self.stopping.set()
+        with anyio.move_on_after(timeout_s):
+            while not self.done.is_set():
+                self.watch.stop()
+                await anyio.sleep(0.02)
+
+
+def _load_api_client(kubeconfig: str) -> tuple[kubernetes.client.ApiClient, bool]:
+    """A client with a configuration of its own; and whether it is the in-cluster one."""
+    configuration = kubernetes.client.Configuration()
+    try:
+        if not kubeconfig:
+            try:
+                kubernetes.config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+                return kubernetes.client.ApiClient(configuration), True
+            except kubernetes.config.ConfigException:
+                pass  # not in a pod: fall back to the user's kubeconfig, as kubectl does
+        kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig or None, client_configuration=configuration
+        )
+    except (kubernetes.config.ConfigException, OSError, ValueError) as exc:
+        where = kubeconfig or "the in-cluster service account or ~/.kube/config"
+        raise Unavailable(f"cannot load the Kubernetes client configuration from {where}: {exc}") from exc
+    return kubernetes.client.ApiClient(configuration), False
+
+
+def _pod_namespace() -> str:
+    try:
+        return NAMESPACE_FILE.read_text().strip()
+    except OSError:
+        return ""
+
+
+def _spec_replicas(scale: Any, default: int) -> int:
+    # autoscaling/v1 ScaleSpec.replicas is omitempty: a Deployment scaled to zero reads back as "spec": {}.
+    spec = getattr(scale, "spec", None)
+    if spec is None:
+        return default
+    replicas = spec.replicas
+    return int(replicas) if replicas is not None else 0
+
+
+def _status_message(exc: ApiException) -> str:
+    """The message of the Status object the API server sent, else the HTTP reason."""
+    try:
+        body = json.loads(exc.body or "")
+    except ValueError:
+        return str(exc.reason)
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return str(body["message"])
+    return str(exc.reason)
+
+
+def _retry_after(exc: ApiException) -> float | None:
+    headers = exc.headers or {}
+    value = headers.get("Retry-After") if hasattr(headers, "get") else None
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _summary(exc: BaseException) -> str:
+    if isinstance(exc, ApiException):
+        return f"{exc.status} {exc.reason}: {_status_message(exc)}"
+    return f"{type(exc).__name__}: {exc}"
