@@ -57,6 +57,13 @@ def emulator(make_emulator: Callable[..., KubeEmulator]) -> KubeEmulator:
     return make_emulator()
 
 
+def scaler_for(client: kubernetes.client.ApiClient, **kwargs: Any) -> KubernetesScaler:
+    """The scaler as the manifests configure it (namespace default, the runner Deployment and Service)."""
+    return KubernetesScaler(
+        namespace="default", deployment="wasmgate-runner", service="wasmgate-runner", api_client=client, **kwargs
+    )
+
+
 def client_for(emulator: KubeEmulator, token: str | None = None) -> kubernetes.client.ApiClient:
     configuration = kubernetes.client.Configuration()
     configuration.host = emulator.url
@@ -71,13 +78,7 @@ def make_scaler(emulator: KubeEmulator) -> Iterator[Callable[..., KubernetesScal
     def make(**kwargs: Any) -> KubernetesScaler:
         clients.append(client_for(emulator))
         kwargs.setdefault("backoff_s", (0.01, 0.05))
-        return KubernetesScaler(
-            namespace="default",
-            deployment="wasmgate-runner",
-            service="wasmgate-runner",
-            api_client=clients[-1],
-            **kwargs,
-        )
+        return scaler_for(clients[-1], **kwargs)
 
     yield make
     for client in clients:
@@ -163,9 +164,7 @@ async def test_scale_from_zero_serves_pods_once_ready(emulator: KubeEmulator, ma
 async def test_wanted_follows_the_deployment_when_run_starts(make_emulator: Any) -> None:
     emulator = make_emulator(replicas=3)
     with client_for(emulator) as client:
-        scaler = KubernetesScaler(
-            namespace="default", deployment="wasmgate-runner", service="wasmgate-runner", api_client=client
-        )
+        scaler = scaler_for(client)
         async with running(scaler, emulator):
             assert scaler.wanted() == 3
             await until(lambda: len(scaler.ready()) == 3, "three ready replicas")
@@ -177,9 +176,7 @@ async def test_terminating_endpoints_are_not_served(make_emulator: Any) -> None:
     # the terminating condition tells the scaler to stop sending to a pod that is shutting down.
     emulator = make_emulator(publish_not_ready_addresses=True, terminate_delay_s=60)
     with client_for(emulator) as client:
-        scaler = KubernetesScaler(
-            namespace="default", deployment="wasmgate-runner", service="wasmgate-runner", api_client=client
-        )
+        scaler = scaler_for(client)
         async with running(scaler, emulator):
             await scaler.scale(2)
             await until(lambda: len(scaler.ready()) == 2, "two replicas")
@@ -240,9 +237,7 @@ async def test_replicas_reach_real_servers_across_slices(make_emulator: Any) -> 
     emulator = make_emulator(on_pod_start=start, on_pod_stop=stop)
     try:
         with client_for(emulator) as client:
-            scaler = KubernetesScaler(
-                namespace="default", deployment="wasmgate-runner", service="wasmgate-runner", api_client=client
-            )
+            scaler = scaler_for(client)
             async with running(scaler, emulator):
                 await scaler.scale(2)
                 await until(lambda: len(scaler.ready()) == 2, "two replicas")
@@ -263,9 +258,7 @@ async def test_ipv6_addresses_are_bracketed_and_duplicates_count_once(make_emula
     counter = iter(range(1, 100))
     emulator = make_emulator(on_pod_start=lambda pod: (f"fd00::{next(counter)}", 9000))
     with client_for(emulator) as client:
-        scaler = KubernetesScaler(
-            namespace="default", deployment="wasmgate-runner", service="wasmgate-runner", api_client=client
-        )
+        scaler = scaler_for(client)
         async with running(scaler, emulator):
             await scaler.scale(1)
             await until(lambda: len(scaler.ready()) == 1, "one replica")
@@ -338,14 +331,7 @@ async def test_relists_after_410_and_converges(emulator: KubeEmulator, make_scal
 async def test_resumes_an_ended_watch_from_the_last_version_without_relisting(make_emulator: Any) -> None:
     emulator = make_emulator(bookmark_interval_s=0.2)
     with client_for(emulator) as client:
-        scaler = KubernetesScaler(
-            namespace="default",
-            deployment="wasmgate-runner",
-            service="wasmgate-runner",
-            api_client=client,
-            watch_timeout_s=1,
-            backoff_s=(0.01, 0.05),
-        )
+        scaler = scaler_for(client, watch_timeout_s=1, backoff_s=(0.01, 0.05))
         async with running(scaler, emulator):
             await scaler.scale(1)
             await until(lambda: len(scaler.ready()) == 1, "one replica")

@@ -20,6 +20,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from bench.pod_cold_start import runner_children
 from gateway.app import create_app
 from gateway.demo import dense_model
 from gateway.settings import Settings
@@ -62,21 +63,9 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
 
 
 def runner_pids(gateway: Gateway) -> list[int]:
-    """The gateway's child processes that are runners (Linux /proc)."""
+    """The gateway's child processes that are runners."""
     assert gateway.proc is not None
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == gateway.proc.pid and b"runner" in cmdline:
-            pids.append(int(entry.name))
-    return pids
+    return runner_children(gateway.proc.pid)
 
 
 def replica_url(replica: str) -> str:
