@@ -180,7 +180,18 @@ class PodGateway:
         self.proc = stack.enter_context(spawned(cmd, self.log, env))
         self.client = stack.enter_context(httpx.Client(timeout=10, trust_env=False))
         wait_until(self._ready, "the gateway to start", self.proc, self.log)
-        push = [*WASM, "push", str(model_path), "--name", MODEL, "--tier", "pod", "--gateway", self.url]
+        push = [
+            *WASM,
+            "push",
+            str(model_path),
+            "--name",
+            MODEL,
+            "--tier",
+            "pod",
+            "--no-mask-cold-start",
+            "--gateway",
+            self.url,
+        ]
         done = subprocess.run(push, capture_output=True, text=True, timeout=TIMEOUT_S, env=clean_env())
         if done.returncode != 0:
             raise RuntimeError(f"wasm push failed: {done.stderr.strip()}")

@@ -19,8 +19,10 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.oip import read_body, state_of
-from gateway.store import check_digest, check_name
+from gateway.functions import ROUTING_KEYS
+from gateway.requests import read_body, state_of
+from gateway.state import AppState
+from gateway.store import Manifest, check_digest, check_name
 from wasm_host.errors import InvalidRequest, NotFound
 
 MAX_PUSH_DOC = 64 * 1024
@@ -35,6 +37,12 @@ async def json_object(request: Request, expected: str) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise InvalidRequest(expected)
     return doc
+
+
+def describe(state: AppState, manifest: Manifest) -> dict[str, Any]:
+    """A manifest as the admin API shows it: plus ``home_tier``, where the router places the function when
+    nothing argues otherwise (its ``tier``, or for ``auto`` its figures, on this gateway's settings)."""
+    return {**manifest.to_json(), "home_tier": state.home_tier(manifest)}
 
 
 async def head_blob(request: Request) -> Response:
@@ -72,13 +80,13 @@ async def put_function(request: Request) -> Response:
     pool = doc.get("pool") or {}
     if not isinstance(pool, dict):
         raise InvalidRequest("'pool' must be an object of pool settings")
-    placement = {key: doc.get(key) for key in ("tier", "endpoint", "endpoint_model")}
-    for key, value in placement.items():
-        if value is not None and not isinstance(value, str):
+    routing = {key: doc[key] for key in ROUTING_KEYS if doc.get(key) is not None}
+    for key in ("tier", "endpoint", "endpoint_model"):
+        if key in routing and not isinstance(routing[key], str):
             raise InvalidRequest(f"'{key}' must be a string")
-    push = functools.partial(state.registry.push, name, module, models, pool, **placement)
+    push = functools.partial(state.registry.push, name, module, models, pool, routing)
     manifest = await anyio.to_thread.run_sync(push)
-    return JSONResponse(manifest.to_json(), status_code=201)
+    return JSONResponse(describe(state, manifest), status_code=201)
 
 
 async def patch_pool(request: Request) -> Response:
@@ -86,18 +94,18 @@ async def patch_pool(request: Request) -> Response:
     name = check_name(request.path_params["name"])
     doc = await json_object(request, 'body must be an object of pool settings, e.g. {"min_warm": 1}')
     manifest = await anyio.to_thread.run_sync(state.registry.set_pool, name, doc)
-    return JSONResponse(manifest.to_json())
+    return JSONResponse(describe(state, manifest))
 
 
 async def list_functions(request: Request) -> Response:
-    store = state_of(request).store
-    manifests = await anyio.to_thread.run_sync(store.manifests)
-    return JSONResponse({"functions": [m.to_json() for m in manifests]})
+    state = state_of(request)
+    manifests = await anyio.to_thread.run_sync(state.store.manifests)
+    return JSONResponse({"functions": [describe(state, m) for m in manifests]})
 
 
 async def get_function(request: Request) -> Response:
-    manifest = state_of(request).store.get(request.path_params["name"])
-    return JSONResponse(manifest.to_json())
+    state = state_of(request)
+    return JSONResponse(describe(state, state.store.get(request.path_params["name"])))
 
 
 async def delete_function(request: Request) -> Response:

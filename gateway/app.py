@@ -19,7 +19,7 @@ from gateway import admin, oip
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.functions import FunctionRegistry
 from gateway.metrics import Metrics
-from gateway.pods import check_scaler, make_pod_tier
+from gateway.pods import check_scaler, has_accelerators, make_pod_tier, thresholds
 from gateway.settings import Settings
 from gateway.source import GatewaySource
 from gateway.state import AppState, Role
@@ -36,9 +36,11 @@ def create_app(settings: Settings, role: Role = "gateway") -> Starlette:
     """The app of a gateway, or (``role="runner"``) of a pod-tier runner: the same OIP v2 endpoints on the same
     engine, without the admin API or a pod tier of its own, and with the node's execution providers."""
     # Bad settings fail here, at start, with the setting's name: not in the lifespan, not at the first request.
+    accelerated = False
     if role == "gateway":
         check_scaler(settings)
         providers = [CPU]  # the gateway's own tier is the CPU tier
+        accelerated = has_accelerators(settings, ort.get_available_providers())
     else:
         providers = choose_providers(settings.execution_providers, ort.get_available_providers())
 
@@ -57,7 +59,7 @@ def create_app(settings: Settings, role: Role = "gateway") -> Starlette:
         registry = FunctionRegistry(store, host, settings, warmer=warmer, observer=metrics, source=source)
         wasm = WasmTier(settings.worker_threads, settings.inline_below_ms)
         pods, activator = make_pod_tier(settings, metrics) if role == "gateway" else (None, None)
-        state = AppState(settings, store, host, registry, wasm, metrics, role, pods)
+        state = AppState(settings, store, host, registry, wasm, metrics, role, pods, accelerated, thresholds(settings))
         app.state.wasmgate = state
         await anyio.to_thread.run_sync(registry.prewarm)
         # Everything made so far lives as long as the process: keep it out of every later collection, so a

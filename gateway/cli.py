@@ -71,7 +71,20 @@ def _parser() -> argparse.ArgumentParser:
         help="a model the function may load by ALIAS (repeatable; .wasm functions only)",
     )
     push.add_argument(
-        "--tier", choices=["wasm", "pod"], help="where requests run: the gateway's sandbox (wasm) or runners (pod)"
+        "--tier",
+        choices=["auto", "wasm", "pod"],
+        help="where requests run: auto (by the model's size and cost; the default for a new function), the "
+        "gateway's sandbox (wasm) or runners (pod)",
+    )
+    push.add_argument(
+        "--spill",
+        action=argparse.BooleanOptionalAction,
+        help="a Wasm-tier function may send large batches and overflow to ready pods (default: yes)",
+    )
+    push.add_argument(
+        "--mask-cold-start",
+        action=argparse.BooleanOptionalAction,
+        help="a pod-tier function may be served by the Wasm tier while pods start (default: yes)",
     )
     push.add_argument("--endpoint", help="an existing OIP v2 server (Triton, KServe, ...) to serve the pod tier")
     push.add_argument("--endpoint-model", help="the model's name on --endpoint (default: the function's name)")
@@ -182,7 +195,13 @@ def cmd_push(args: argparse.Namespace) -> int:
     if args.file is None and args.endpoint is None:
         print("error: push takes a .onnx or .wasm file, or --endpoint for a function served elsewhere", file=sys.stderr)
         return 2
-    placement = {"tier": args.tier, "endpoint": args.endpoint, "endpoint_model": args.endpoint_model}
+    placement = {
+        "tier": args.tier,
+        "endpoint": args.endpoint,
+        "endpoint_model": args.endpoint_model,
+        "spill": args.spill,
+        "mask_cold_start": args.mask_cold_start,
+    }
     data = _read(args.file) if args.file is not None else None
     name = args.name or (args.file and re.sub(r"[^A-Za-z0-9._-]", "-", args.file.stem).strip("-.")) or None
     if name is None:
@@ -207,7 +226,7 @@ def cmd_push(args: argparse.Namespace) -> int:
                 )
                 return 2
             result = client.push(name, None, {"model": data}, pool, placement)
-    where = f"tier {result['tier']}" + (f" at {result['endpoint']}" if result.get("endpoint") else "")
+    where = f"tier {_tier(result)}" + (f" at {result['endpoint']}" if result.get("endpoint") else "")
     print(f"pushed {result['name']} version {result['version']} ({result['kind']}, {where})")
     print(f"  infer: curl -X POST {args.gateway.rstrip('/')}/v2/models/{result['name']}/infer -d @request.json")
     return 0
@@ -216,14 +235,18 @@ def cmd_push(args: argparse.Namespace) -> int:
 def cmd_ls(args: argparse.Namespace) -> int:
     with AdminClient(args.gateway) as client:
         functions = client.list()
-    rows = [("NAME", "VERSION", "KIND", "TIER", "INPUTS", "OUTPUTS", "MODELS")]
+    rows = [("NAME", "VERSION", "KIND", "TIER", "SIZE", "PARAMS", "FLOPS/ROW", "INPUTS", "OUTPUTS", "MODELS")]
     for f in functions:
+        figures = f.get("figures") or {}
         rows.append(
             (
                 f["name"],
                 str(f["version"]),
                 f["kind"],
-                f.get("tier", "wasm"),
+                _tier(f),
+                _si(figures.get("bytes", 0), "B"),
+                _si(figures.get("params", 0)),
+                _si(figures.get("flops_per_row", 0)),
                 _specs(f["inputs"]),
                 _specs(f["outputs"]),
                 ",".join(f["models"]) or "-",
@@ -252,6 +275,21 @@ def cmd_rm(args: argparse.Namespace) -> int:
         result = client.delete(args.name)
     print(f"deleted {result['deleted']} (was version {result['version']})")
     return 0
+
+
+def _tier(f: dict[str, Any]) -> str:
+    """``wasm`` or ``pod`` when pinned; ``auto:wasm`` when the router chose by the figures."""
+    return f"auto:{f['home_tier']}" if f.get("tier") == "auto" else str(f.get("tier"))
+
+
+def _si(value: int, unit: str = "") -> str:
+    """A figure in three significant digits: 9.49M, 660, 4.74G."""
+    if not value:
+        return "-"
+    for scale, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= scale:
+            return f"{value / scale:.3g}{prefix}{unit}"
+    return f"{value}{unit}"
 
 
 def _specs(specs: list[dict[str, object]] | None) -> str:

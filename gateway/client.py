@@ -65,10 +65,10 @@ class AdminClient:
         module: bytes | None,
         models: Mapping[str, bytes],
         pool: Mapping[str, Any] | None = None,
-        placement: Mapping[str, str | None] | None = None,
+        placement: Mapping[str, str | bool | None] | None = None,
     ) -> dict[str, Any]:
-        """Upload what the gateway lacks, then push. ``placement``: ``tier``, ``endpoint``, ``endpoint_model``
-        (None values are left out)."""
+        """Upload what the gateway lacks, then push. ``placement``: ``tier``, ``endpoint``, ``endpoint_model``,
+        ``spill``, ``mask_cold_start`` (None values are left out: a re-push keeps the function's own)."""
         doc = {
             "module": None if module is None else self.upload(module),
             "models": {alias: self.upload(data) for alias, data in models.items()},

@@ -33,6 +33,15 @@ class RequestedOutput:
 
 
 @dataclasses.dataclass(frozen=True)
+class RequestHead:
+    """What routing needs of a request without decoding its tensors: its parameters and its batch size
+    (the first dimension of its first input; 1 when it has none)."""
+
+    parameters: dict[str, Any]
+    batch: int
+
+
+@dataclasses.dataclass(frozen=True)
 class InferRequest:
     id: str | None
     parameters: dict[str, Any]
@@ -43,31 +52,64 @@ class InferRequest:
     def binary_default(self) -> bool:
         return self.parameters.get("binary_data_output") is True
 
+    @property
+    def head(self) -> RequestHead:
+        shape = self.inputs[0].shape
+        return RequestHead(self.parameters, int(shape[0]) if shape else 1)
 
-def parse_request(body: bytes, header_length: str | None, max_tensor_bytes: int) -> InferRequest:
-    """Parse an infer request body. ``header_length`` is the Inference-Header-Content-Length header, if any."""
-    if header_length is not None:
-        try:
-            n = int(header_length)
-        except ValueError:
-            raise InvalidRequest(f"Inference-Header-Content-Length {header_length[:40]!r} is not an integer") from None
-        if not 0 < n <= len(body):
-            raise InvalidRequest(f"Inference-Header-Content-Length is {n} but the body has {len(body)} bytes")
-        head, binary = body[:n], memoryview(body)[n:]
-    else:
-        head, binary = body, memoryview(b"")
+
+def peek_request(body: bytes, header_length: str | None) -> RequestHead:
+    """The head of a request that is forwarded as it is: only the JSON part is read (for a binary body, only
+    its header), and only as far as routing needs. Raises InvalidRequest for a body that is not OIP JSON."""
+    head, _ = _split(body, header_length)
+    doc = _head_doc(head)
+    inputs = doc.get("inputs")
+    batch = 1
+    if isinstance(inputs, list) and inputs and isinstance(inputs[0], dict):
+        shape = inputs[0].get("shape")
+        if isinstance(shape, list) and shape and isinstance(shape[0], int) and shape[0] > 0:
+            batch = shape[0]
+    return RequestHead(_parameters(doc), batch)
+
+
+def _split(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
+    """The JSON head and the binary rest of a body, by its Inference-Header-Content-Length."""
+    if header_length is None:
+        return body, memoryview(b"")
+    try:
+        n = int(header_length)
+    except ValueError:
+        raise InvalidRequest(f"Inference-Header-Content-Length {header_length[:40]!r} is not an integer") from None
+    if not 0 < n <= len(body):
+        raise InvalidRequest(f"Inference-Header-Content-Length is {n} but the body has {len(body)} bytes")
+    return body[:n], memoryview(body)[n:]
+
+
+def _head_doc(head: bytes) -> dict[str, Any]:
     try:
         doc = json.loads(head)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise InvalidRequest("request body must be a JSON object with an 'inputs' list")
-    request_id = doc.get("id")
-    if request_id is not None and not isinstance(request_id, str):
-        raise InvalidRequest("'id' must be a string")
+    return doc
+
+
+def _parameters(doc: Mapping[str, Any]) -> dict[str, Any]:
     parameters = doc.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise InvalidRequest("'parameters' must be an object")
+    return parameters
+
+
+def parse_request(body: bytes, header_length: str | None, max_tensor_bytes: int) -> InferRequest:
+    """Parse an infer request body. ``header_length`` is the Inference-Header-Content-Length header, if any."""
+    head, binary = _split(body, header_length)
+    doc = _head_doc(head)
+    request_id = doc.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidRequest("'id' must be a string")
+    parameters = _parameters(doc)
     raw_inputs = doc.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise InvalidRequest("'inputs' must be a non-empty list of tensors")

@@ -29,6 +29,7 @@ from gateway.store import TIERS, LocalStore, Manifest, check_digest, check_name
 from router.admission import Admission, AdmissionObserver
 from wasm_host.engine import MiB
 from wasm_host.errors import InvalidFunction, InvalidRequest, NotFound, TooLarge, Unavailable
+from wasm_host.figures import ModelFigures, measure
 from wasm_host.host import Host
 from wasm_host.onnx_backend import ModelRef, OnnxGraph
 from wasm_host.pool import InstancePool, PoolSettings, Warmer
@@ -38,6 +39,7 @@ from wasm_host.wasi_nn import TENSOR_TYPES
 log = logging.getLogger("wasmgate.functions")
 
 PASSTHROUGH_ALIAS = "model"
+ROUTING_KEYS = ("tier", "spill", "mask_cold_start", "endpoint", "endpoint_model")
 WASI_NN_DATATYPES = {t[0] for t in TENSOR_TYPES.values()}
 
 
@@ -213,6 +215,11 @@ class FunctionRegistry:
         self._manifests[name] = (stamp, manifest)
         return manifest
 
+    def typical_ms(self, name: str) -> float | None:
+        """A function's recent call time even while it is unloaded (kept across scale to zero)."""
+        fn = self._loaded.get(name)
+        return fn.pool.typical_ms if fn is not None else self._history.get(name)
+
     def loaded(self) -> list[LoadedFunction]:
         return list(self._loaded.values())
 
@@ -286,45 +293,61 @@ class FunctionRegistry:
         module: str | None,
         models: Mapping[str, str],
         pool: Mapping[str, Any] | None = None,
-        *,
-        tier: str | None = None,
-        endpoint: str | None = None,
-        endpoint_model: str | None = None,
+        routing: Mapping[str, Any] | None = None,
     ) -> Manifest:
         """Validate and commit a function. ``module`` and ``models`` are digests of uploaded blobs;
         ``module=None`` pushes a bare ONNX model behind the built-in passthrough guest. ``pool`` settings
         apply over the function's current ones (or the defaults), so a re-push keeps its scaling.
 
-        ``tier`` is where requests run: ``wasm`` (this gateway's sandbox) or ``pod`` (the runners). An
-        ``endpoint`` registers an existing OIP v2 server as the function's pod tier; with no module and no
+        ``routing`` may hold ``tier`` (``auto``, ``wasm`` or ``pod``), ``spill`` and ``mask_cold_start``
+        (booleans), which a re-push keeps unless it names them, and ``endpoint`` (an existing OIP v2 server
+        that serves the function's pod tier) with ``endpoint_model``. With an endpoint and neither module nor
         models the function is served by that server alone (kind ``external``)."""
+        routing = dict(routing or {})
+        unknown = set(routing) - set(ROUTING_KEYS)
+        if unknown:
+            raise InvalidRequest(f"unknown routing settings {sorted(unknown)}; known: {', '.join(ROUTING_KEYS)}")
         try:
-            base = self.store.get(check_name(name)).pool
+            previous: Manifest | None = self.store.get(check_name(name))
         except NotFound:
-            base = PoolSettings()
-        settings = self._pool_settings(pool or {}, base)
-        endpoint = check_endpoint(endpoint)
+            previous = None
+        settings = self._pool_settings(pool or {}, previous.pool if previous else PoolSettings())
+        endpoint = check_endpoint(routing.get("endpoint"))
+        endpoint_model = routing.get("endpoint_model")
         if endpoint_model is not None:
             check_name(endpoint_model)
-        if tier is None:
-            tier = "pod" if endpoint else "wasm"
+        tier = routing.get("tier", previous.tier if previous else "auto")
         if tier not in TIERS:
             raise InvalidRequest(f"tier {tier!r} is not one of {', '.join(TIERS)}")
+        spill, mask_cold_start = (self._flag(routing, key, previous) for key in ("spill", "mask_cold_start"))
         if module is None and not models:
             if endpoint is None:
                 raise InvalidFunction("a push needs a module, a model, or an endpoint that serves the function")
-            if tier != "pod":
-                raise InvalidFunction("a function served by an endpoint alone runs on the pod tier: use tier 'pod'")
+            if tier == "wasm":
+                raise InvalidFunction("a function served by an endpoint alone runs on the pod tier, not 'wasm'")
             manifest = Manifest(check_name(name), 0, "external", "", {}, None, None)
         else:
             manifest = self.validate(name, module, models)
         manifest = dataclasses.replace(
-            manifest, pool=settings, tier=tier, endpoint=endpoint, endpoint_model=endpoint_model
+            manifest,
+            pool=settings,
+            tier=tier,
+            endpoint=endpoint,
+            endpoint_model=endpoint_model,
+            spill=spill,
+            mask_cold_start=mask_cold_start,
         )
         committed = self.store.commit(manifest, self.settings.max_functions)
         self.forget(name)
         self._history.pop(name, None)  # new code: its speed is unknown again
         return committed
+
+    @staticmethod
+    def _flag(routing: Mapping[str, Any], key: str, previous: Manifest | None) -> bool:
+        value = routing.get(key, getattr(previous, key) if previous is not None else True)
+        if not isinstance(value, bool):
+            raise InvalidRequest(f"{key!r} must be true or false")
+        return value
 
     def set_pool(self, name: str, pool: Mapping[str, Any]) -> Manifest:
         """Change a function's pool settings; every worker applies them on its next request."""
@@ -345,7 +368,9 @@ class FunctionRegistry:
         ):
             raise InvalidFunction("'models' must map aliases to digests")
         digests = {check_name(alias): check_digest(d) for alias, d in models.items()}
-        graphs = {alias: self._check_model(alias, d) for alias, d in digests.items()}
+        checked = {alias: self._check_model(alias, d) for alias, d in digests.items()}
+        graphs = {alias: graph for alias, (graph, _) in checked.items()}
+        figures = sum((f for _, f in checked.values()), ModelFigures())
         if module is None:
             if len(graphs) != 1:
                 raise InvalidFunction("a push without a module takes exactly one ONNX model")
@@ -355,7 +380,7 @@ class FunctionRegistry:
             module_digest = self.store.stage(wasm)
             digests = {PASSTHROUGH_ALIAS: graph.digest}
             self.host.prepare(wasm, module_digest, {})
-            return Manifest(name, 0, "passthrough", module_digest, digests, inputs, outputs)
+            return Manifest(name, 0, "passthrough", module_digest, digests, inputs, outputs, figures=figures)
         module_digest = check_digest(module)
         wasm = self.store.read_staged(module_digest)
         if len(wasm) > self.settings.max_module_bytes:
@@ -370,17 +395,22 @@ class FunctionRegistry:
             raise InvalidFunction(f"the function failed to start: {exc}") from exc
         signature = instance.signature()
         if signature is None:
-            return Manifest(name, 0, "custom", module_digest, digests, None, None)
-        return Manifest(name, 0, "custom", module_digest, digests, *signature)
+            return Manifest(name, 0, "custom", module_digest, digests, None, None, figures=figures)
+        return Manifest(name, 0, "custom", module_digest, digests, *signature, figures=figures)
 
-    def _check_model(self, alias: str, digest: str) -> OnnxGraph:
+    def _check_model(self, alias: str, digest: str) -> tuple[OnnxGraph, ModelFigures]:
+        """The model loaded in onnxruntime (so it runs), and its figures (so the router can place it)."""
         data = self.store.read_staged(digest)
         limit = self.settings.max_push_model_bytes
         if len(data) > limit:
             raise TooLarge(f"model {alias!r} of {len(data)} bytes exceeds {limit} (setting max_push_model_bytes)")
         try:
-            return self.host.backend.load(data, digest)
+            graph = self.host.backend.load(data, digest)
         except InvalidFunction as exc:
+            raise InvalidFunction(f"model {alias!r}: {exc}") from exc
+        try:
+            return graph, measure(data)
+        except ValueError as exc:
             raise InvalidFunction(f"model {alias!r}: {exc}") from exc
 
     def _passthrough_bytes(self) -> bytes:

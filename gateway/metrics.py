@@ -121,12 +121,28 @@ class Metrics:
             ["direction"],
             registry=r,
         )
-        self.pod_retries = Counter(
-            "wasmgate_pod_retries",
-            "Pod-tier requests retried on another replica after one did not take them.",
+        self.retries = Counter(
+            "wasmgate_retries",
+            "Requests retried on another candidate after their first backend failed before answering, by the "
+            "tier tried first and the tier of the retry.",
+            ["from_tier", "to_tier"],
+            registry=r,
+        )
+        self.decisions = Counter(
+            "wasmgate_route_decisions",
+            "Routing decisions by function, the tier chosen and the reason (home, home_cold, spill_batch, "
+            "spill_saturated, cold_start_masked, hint, fallback, retry).",
+            ["function", "tier", "reason"],
+            registry=r,
+        )
+        self.pod_replica_seconds = Counter(
+            "wasmgate_pod_replica_seconds",
+            "Pod-tier replicas asked for, integrated over time: the tier's cost (GPU-seconds on a GPU pool).",
             registry=r,
         )
         self._pod_wanted = 0
+        self._decisions: dict[tuple[str, str, str], Counter] = {}
+        self._replica_seconds = 0.0
         self.instantiations = Counter(
             "wasmgate_instantiations",
             "Instances created, by function and where (background, request).",
@@ -144,6 +160,13 @@ class Metrics:
         children[1].observe(seconds)
         if cold:
             self.cold_starts.labels(function).inc()
+
+    def decided(self, function: str, tier: str, reason: str) -> None:
+        key = (function, tier, reason)
+        counter = self._decisions.get(key)
+        if counter is None:  # bound once: labels() validates on every call, and this runs on every request
+            counter = self._decisions[key] = self.decisions.labels(function, tier, reason)
+        counter.inc()
 
     def sample(self, pools: Iterable[tuple[str, InstancePool]]) -> None:
         """Copy the pools' figures into the instance gauges and counters. Called at each scrape and by the
@@ -186,7 +209,9 @@ class Metrics:
         for rank, provider in enumerate(providers):
             self.execution_provider.labels(provider, str(rank)).set(1)
 
-    def pod_state(self, ready: int, wanted: int, held: int, in_flight: int) -> None:
+    def pod_state(self, ready: int, wanted: int, held: int, in_flight: int, replica_seconds: float) -> None:
+        self.pod_replica_seconds.inc(max(0.0, replica_seconds - self._replica_seconds))
+        self._replica_seconds = replica_seconds
         self.pod_replicas.labels("ready").set(ready)
         self.pod_replicas.labels("wanted").set(wanted)
         self.pod_held.set(held)

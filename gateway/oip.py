@@ -10,39 +10,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway import routing
 from gateway.codec import HEADER_LENGTH, encode_response, parse_request, select_outputs
 from gateway.errors import status_of
 from gateway.functions import FunctionRegistry, bind_inputs
+from gateway.requests import read_body, state_of
 from gateway.state import AppState
 from gateway.store import Manifest
-from router.pod_tier import Target
-from wasm_host.errors import InvalidRequest, NotFound, TooLarge, WasmgateError
+from wasm_host.errors import NotFound, WasmgateError
 
 EXTENSIONS = ["binary_tensor_data"]
 PLATFORMS = {"passthrough": "onnxruntime_onnx", "custom": "wasmgate_wasm", "external": "wasmgate_endpoint"}
-
-
-def state_of(request: Request) -> AppState:
-    state: AppState = request.app.state.wasmgate
-    return state
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) past ``limit`` without reading it all."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise TooLarge(f"request body of {declared} bytes exceeds {limit} (setting max_body_bytes)")
-    encoding = request.headers.get("content-encoding", "identity").lower()
-    if encoding != "identity":
-        raise InvalidRequest(f"Content-Encoding {encoding!r} is not supported; send the body uncompressed")
-    chunks = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise TooLarge(f"request body exceeds {limit} bytes (setting max_body_bytes)")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 async def lookup(registry: FunctionRegistry, request: Request) -> Manifest:
@@ -104,23 +82,24 @@ async def model_ready(request: Request) -> Response:
 
 async def infer(request: Request) -> Response:
     state = state_of(request)
+    if state.role == "runner":
+        return await infer_here(request, state)
+    name = request.path_params["name"]
+    fn = state.registry.get_loaded(name)  # one stat(): the hot path of a loaded function
+    manifest = fn.manifest if fn is not None else state.registry.manifest(name)
+    check_version(request, manifest)
+    return await routing.infer(request, state, manifest, fn)
+
+
+async def infer_here(request: Request, state: AppState) -> Response:
+    """A runner serves what it is sent on its own engine, loading (or fetching) the version it is asked for."""
     registry = state.registry
     name = request.path_params["name"]
-    # A loaded function runs here: pod-tier functions are never loaded in a gateway, so the one-stat() check
-    # of the hot path stays as it was. Anything else reads the (cached) manifest to learn its tier.
     fn = registry.get_loaded(name)
-    if fn is None and state.pods is not None:
-        manifest = registry.manifest(name)
-        if manifest.tier == "pod":
-            check_version(request, manifest)
-            return await infer_on_pod(request, state, manifest)
     wanted = request.path_params.get("version")
     if fn is None or (wanted is not None and wanted != str(fn.manifest.version)):
-        if state.role == "runner":
-            version = int(wanted) if wanted is not None and wanted.isdigit() else None
-            fn = await anyio.to_thread.run_sync(registry.get_version, name, version)
-        else:
-            fn = await anyio.to_thread.run_sync(registry.get, name)
+        version = int(wanted) if wanted is not None and wanted.isdigit() else None
+        fn = await anyio.to_thread.run_sync(registry.get_version, name, version)
     check_version(request, fn.manifest)
     cold, fn.cold = fn.cold, False
     backend = state.wasm.name
@@ -144,30 +123,6 @@ async def infer(request: Request) -> Response:
     if cold:
         extra["x-wasmgate-cold-start"] = "true"
     return Response(payload, headers={**headers, **extra})
-
-
-async def infer_on_pod(request: Request, state: AppState, manifest: Manifest) -> Response:
-    """Forward to the pod tier: the body goes as it came, and the replica's response comes back as it is."""
-    assert state.pods is not None
-    started = time.perf_counter()
-    status = 500
-    held = False
-    try:
-        body = await read_body(request, state.settings.max_body_bytes)
-        target = Target(manifest.name, manifest.version, manifest.endpoint, manifest.endpoint_model)
-        served = await state.pods.infer(target, body, request.headers)
-        status, held = served.response.status, served.held
-        if served.retried:
-            state.metrics.pod_retries.inc()
-    except WasmgateError as exc:
-        status = status_of(exc)
-        raise
-    finally:
-        state.metrics.observe_request(manifest.name, "pod", status, time.perf_counter() - started, held)
-    headers = {**served.response.headers, "x-wasmgate-tier": "pod", "x-wasmgate-replica": served.replica}
-    if held:
-        headers["x-wasmgate-cold-start"] = "true"
-    return Response(served.response.body, status_code=status, headers=headers)
 
 
 async def metrics(request: Request) -> Response:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 
 from gateway.settings import MULTIPROC_ENV, Settings
 from router.activator import Activator, PodObserver
 from router.forward import Forwarder
 from router.pod_policy import ScalePolicy
 from router.pod_tier import PodTier
+from router.policy import Thresholds
 from router.scaler import Scaler
+from wasm_host.providers import CPU, choose_providers
 
 SCALERS = ("local", "kubernetes", "none")
 
@@ -23,6 +26,33 @@ def runner_command() -> list[str]:
 def check_scaler(settings: Settings) -> None:
     if settings.pod_scaler not in SCALERS:
         raise ValueError(f"WASMGATE_POD_SCALER={settings.pod_scaler!r}: use one of {', '.join(SCALERS)}")
+
+
+def has_accelerators(settings: Settings, available: Sequence[str]) -> bool:
+    """Whether the pod tier runs on accelerators (setting ``accelerators``). ``auto``: local runners use
+    this machine's onnxruntime, whose ``available`` providers tell; a cluster's runners and registered
+    endpoints are assumed to have them (set ``none`` for an edge or CPU-only cluster)."""
+    if settings.accelerators not in ("auto", "yes", "none"):
+        raise ValueError(f"WASMGATE_ACCELERATORS={settings.accelerators!r}: use auto, yes or none")
+    if settings.accelerators != "auto":
+        return settings.accelerators == "yes"
+    if settings.pod_scaler != "local":
+        return True
+    try:
+        return choose_providers(settings.execution_providers, available)[0] != CPU
+    except ValueError:  # a runner could not start with these providers; the runner says so when it starts
+        return False
+
+
+def thresholds(settings: Settings) -> Thresholds:
+    return Thresholds(
+        pod_bytes=settings.tier_pod_bytes,
+        pod_params=settings.tier_pod_params,
+        pod_flops_per_row=settings.tier_pod_flops_per_row,
+        fit_bytes=settings.wasm_fit_bytes,
+        fit_flops_per_row=settings.wasm_fit_flops_per_row,
+        spill_batch_rows=settings.spill_batch_rows,
+    )
 
 
 def make_scaler(settings: Settings) -> Scaler | None:

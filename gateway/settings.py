@@ -65,6 +65,21 @@ class Settings:
     #: A runner keeps models loaded until their ONNX bytes together pass this many MiB; then it unloads the
     #: least recently used functions that are idle. 0: no budget.
     model_memory_budget_mb: int = 0
+    # -- routing (router.policy) ----------------------------------------------------------------------------
+    #: ``auto`` tiering with accelerators in the cluster: a model past any of these runs on the pod tier.
+    tier_pod_bytes: int = 64 * MiB
+    tier_pod_params: int = 16_000_000
+    tier_pod_flops_per_row: int = 100_000_000
+    #: The largest model the Wasm tier takes (by bytes and by FLOPs per row): with no accelerators, ``auto``
+    #: keeps a model in the Wasm tier up to here; past it, a model never runs in the sandbox.
+    wasm_fit_bytes: int = 256 * MiB
+    wasm_fit_flops_per_row: int = 2_000_000_000
+    #: A Wasm-tier function's request with at least this many rows spills to a ready pod replica.
+    spill_batch_rows: int = 256
+    #: Whether the cluster has accelerators: ``auto`` (the local scaler: what onnxruntime offers here; the
+    #: Kubernetes scaler and registered endpoints: assumed), ``yes``, or ``none`` (an edge or CPU-only
+    #: cluster: everything runs on CPU).
+    accelerators: str = "auto"
     # -- the pod tier ----------------------------------------------------------------------------------------
     #: Who runs the pod tier's runners: ``local`` (runner processes on this machine, started on demand),
     #: ``kubernetes`` (a runner Deployment, scaled through its scale subresource) or ``none`` (no pod tier,

@@ -8,8 +8,9 @@ from typing import Literal
 from gateway.functions import FunctionRegistry
 from gateway.metrics import Metrics
 from gateway.settings import Settings
-from gateway.store import LocalStore
+from gateway.store import LocalStore, Manifest
 from router.pod_tier import PodTier
+from router.policy import Thresholds, Tier, home_tier
 from router.wasm_tier import WasmTier
 from wasm_host.host import Host
 
@@ -28,4 +29,11 @@ class AppState:
     metrics: Metrics
     role: Role = "gateway"
     pods: PodTier | None = None  # the gateway's pod tier; None in a runner
+    accelerators: bool = False  # whether the pod tier has accelerators (setting accelerators, resolved)
+    thresholds: Thresholds = dataclasses.field(default_factory=Thresholds)
     ready: bool = False
+
+    def home_tier(self, manifest: Manifest) -> Tier:
+        """Where the router places ``manifest`` when nothing argues otherwise, on this gateway's settings."""
+        has_code = manifest.kind != "external"
+        return home_tier(manifest.tier, manifest.figures, has_code, self.accelerators, self.thresholds)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 from wasm_host.errors import InvalidRequest, NotFound, TooLarge
+from wasm_host.figures import ModelFigures
 from wasm_host.pool import PoolSettings
 from wasm_host.tensors import TensorSpec
 
@@ -37,8 +38,8 @@ NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,126}[A-Za-z0-9])?")
 DIGEST_RE = re.compile(r"(?:sha256:)?([0-9a-f]{64})")
 UPLOAD_TTL_S = 3600
 Kind = Literal["passthrough", "custom", "external"]
-Tier = Literal["wasm", "pod"]
-TIERS: tuple[Tier, ...] = ("wasm", "pod")
+TierSetting = Literal["auto", "wasm", "pod"]
+TIERS: tuple[TierSetting, ...] = ("auto", "wasm", "pod")
 
 
 def check_name(name: str) -> str:
@@ -75,9 +76,12 @@ class Manifest:
     outputs: list[TensorSpec] | None
     created: float = 0.0
     pool: PoolSettings = dataclasses.field(default_factory=PoolSettings)
-    tier: Tier = "wasm"
+    tier: TierSetting = "auto"  # where it lives: chosen by the router from its figures, or pinned at push
     endpoint: str | None = None  # base URL of an existing OIP v2 server serving this function's pod tier
     endpoint_model: str | None = None  # the model's name on that server (default: the function's name)
+    figures: ModelFigures = dataclasses.field(default_factory=ModelFigures)  # its models' sizes and cost
+    spill: bool = True  # a Wasm-tier function may spill large batches and overflow to warm pods
+    mask_cold_start: bool = True  # a pod-tier function may be served by the Wasm tier while pods start
 
     @property
     def code(self) -> tuple[str, tuple[tuple[str, str], ...]]:
@@ -98,6 +102,9 @@ class Manifest:
             "tier": self.tier,
             "endpoint": self.endpoint,
             "endpoint_model": self.endpoint_model,
+            "figures": self.figures.to_json(),
+            "spill": self.spill,
+            "mask_cold_start": self.mask_cold_start,
         }
 
     @classmethod
@@ -117,9 +124,12 @@ class Manifest:
             outputs=specs("outputs"),
             created=float(doc.get("created", 0.0)),
             pool=PoolSettings.from_json(doc.get("pool") or {}),
-            tier=doc.get("tier", "wasm"),
+            tier=doc.get("tier", "auto"),
             endpoint=doc.get("endpoint"),
             endpoint_model=doc.get("endpoint_model"),
+            figures=ModelFigures.from_json(doc.get("figures") or {}),
+            spill=bool(doc.get("spill", True)),
+            mask_cold_start=bool(doc.get("mask_cold_start", True)),
         )
 
 

@@ -40,7 +40,7 @@ SUSPECT_S = 2.0
 class PodObserver(Protocol):
     """What the activator reports (the metrics implement it)."""
 
-    def pod_state(self, ready: int, wanted: int, held: int, in_flight: int) -> None: ...
+    def pod_state(self, ready: int, wanted: int, held: int, in_flight: int, replica_seconds: float) -> None: ...
 
     def pod_scaled(self, replicas: int) -> None: ...
 
@@ -84,6 +84,13 @@ class Activator:
         self._kick = anyio.Event()
         self._below_since: float | None = None
         self._last_scale_error: str | None = None
+        self._demand_elsewhere_at = -float("inf")  # last request served by another tier for lack of a replica
+        self._scaling_from_zero_at: float | None = None
+        #: How long the last scale-up from zero took to bring a replica ready (seconds); None until one did.
+        self.scale_up_s: float | None = None
+        #: Replicas asked for, integrated over time: what the pod tier costs (GPU-seconds, on a GPU pool).
+        self.replica_seconds = 0.0
+        self._last_tick: float | None = None
 
     # -- running -------------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -95,6 +102,9 @@ class Activator:
     def _changed(self) -> None:
         """The ready set may have changed: forget suspects that are gone, and release held requests."""
         ready = {r.id for r in self.scaler.ready()}
+        if ready and self._scaling_from_zero_at is not None:
+            self.scale_up_s = time.monotonic() - self._scaling_from_zero_at
+            self._scaling_from_zero_at = None
         for replica_id in [r for r in self._suspect if r not in ready]:
             del self._suspect[replica_id]
         for holders in self._holders.values():
@@ -115,7 +125,12 @@ class Activator:
             await self._scale_once(time.monotonic())
 
     async def _scale_once(self, now: float) -> None:
+        if self._last_tick is not None:
+            self.replica_seconds += self.scaler.wanted() * (now - self._last_tick)
+        self._last_tick = now
         demand = sum(self.in_flight.values()) + len(self._held)
+        if now - self._demand_elsewhere_at < self.policy.idle_grace_s:
+            demand = max(demand, 1)  # requests are being served elsewhere until a replica is up
         current = self.scaler.wanted()
         if needed_replicas(self.policy, demand) >= current:
             self._below_since = None
@@ -128,6 +143,8 @@ class Activator:
             try:
                 await self.scaler.scale(want)
                 self._last_scale_error = None
+                if current == 0 and not self.scaler.ready():
+                    self._scaling_from_zero_at = now
             except Unavailable as exc:
                 self._last_scale_error = str(exc)
                 log.warning("scaling the pod tier to %d failed: %s", want, exc)
@@ -148,7 +165,11 @@ class Activator:
     def _report(self) -> None:
         if self.observer is not None:
             self.observer.pod_state(
-                len(self.scaler.ready()), self.scaler.wanted(), len(self._held), sum(self.in_flight.values())
+                len(self.scaler.ready()),
+                self.scaler.wanted(),
+                len(self._held),
+                sum(self.in_flight.values()),
+                self.replica_seconds,
             )
 
     # -- serving -------------------------------------------------------------------------------------------
@@ -216,6 +237,20 @@ class Activator:
             with contextlib.suppress(ValueError):
                 self._held.remove(entry)
             self._report()
+
+    def note_demand(self) -> None:
+        """A request that wanted this tier was served by another one because no replica was ready (cold-start
+        masking): count it as demand, so that the tier scales up for the requests that follow."""
+        self._demand_elsewhere_at = time.monotonic()
+        self._kick.set()
+
+    @property
+    def ready(self) -> int:
+        return len(self.scaler.ready())
+
+    @property
+    def in_flight_total(self) -> int:
+        return sum(self.in_flight.values())
 
     def served(self, function: str, replica: Replica) -> None:
         """``replica`` answered a request of ``function``: it holds the model now."""

@@ -38,6 +38,10 @@ NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 class ReplicaUnreachable(Unavailable):
     """The replica did not take the request; no response was produced, so another replica may serve it."""
 
+    def __init__(self, message: str, retry_after: float | None = None, replica: str | None = None) -> None:
+        super().__init__(message, retry_after)
+        self.replica = replica  # its id, once known
+
 
 @dataclasses.dataclass(frozen=True)
 class Forwarded:

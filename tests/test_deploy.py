@@ -198,6 +198,8 @@ def test_edge_has_no_gpu_anywhere() -> None:
     assert r.spec["image"].endswith("-cpu")
     assert r.settings().execution_providers == "cpu"
     assert gateway(objects).settings().pod_max_replicas == 1
+    # The router knows there is no accelerator: models that fit the sandbox stay in the Wasm tier.
+    assert gateway(objects).settings().accelerators == "none"
 
 
 @pytest.mark.parametrize("name", RENDERINGS)

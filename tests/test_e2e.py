@@ -100,7 +100,7 @@ def test_push_bare_model_with_cli_and_match_onnxruntime_on_the_whole_test_split(
 ) -> None:
     r = gateway.cli("push", str(digits.path), "--name", "digits")
     assert r.returncode == 0, r.stderr
-    assert "pushed digits version 1 (passthrough, tier wasm)" in r.stdout
+    assert "pushed digits version 1 (passthrough, tier auto:wasm)" in r.stdout
 
     x = digits.x_test
     labels, probs = onnx_predict(digits.model, x)
@@ -163,7 +163,7 @@ def test_custom_function_with_pre_and_post_processing(
 ) -> None:
     r = gateway.cli("push", str(guests["digits_topk"]), "--name", "digits-top3", "--model", f"digits={digits.path}")
     assert r.returncode == 0, r.stderr
-    assert "(custom, tier wasm)" in r.stdout
+    assert "(custom, tier auto:wasm)" in r.stdout
     meta = httpx.get(f"{gateway.url}/v2/models/digits-top3").json()
     assert meta["inputs"] == [{"name": "images", "datatype": "UINT8", "shape": [-1, 64]}]
 
@@ -254,7 +254,18 @@ def test_functions_survive_a_restart_and_cli_ls_rm(tmp_path: Path, digits: Digit
         ls = gw.cli("ls")
         assert ls.returncode == 0
         lines = ls.stdout.splitlines()
-        assert lines[0].split() == ["NAME", "VERSION", "KIND", "TIER", "INPUTS", "OUTPUTS", "MODELS"]
+        assert lines[0].split() == [
+            "NAME",
+            "VERSION",
+            "KIND",
+            "TIER",
+            "SIZE",
+            "PARAMS",
+            "FLOPS/ROW",
+            "INPUTS",
+            "OUTPUTS",
+            "MODELS",
+        ]
         assert lines[1].split()[:3] == ["digits", "1", "passthrough"]
         assert lines[2].split()[:3] == ["top3", "1", "custom"]
         rm = gw.cli("rm", "digits")

@@ -91,7 +91,7 @@ def test_burst_from_zero_is_held_served_exactly_once_and_runners_stop_when_idle(
     pod_gateway: Gateway, dense: tuple[Path, ort.InferenceSession]
 ) -> None:
     path, session = dense
-    r = pod_gateway.cli("push", str(path), "--name", "dense", "--tier", "pod")
+    r = pod_gateway.cli("push", str(path), "--name", "dense", "--tier", "pod", "--no-mask-cold-start")
     assert r.returncode == 0, r.stderr
     assert "tier pod" in r.stdout
     assert runner_pids(pod_gateway) == []  # a push starts nothing: the tier is at zero
@@ -145,7 +145,7 @@ def test_killing_a_runner_mid_traffic_retries_or_fails_clearly_and_the_gateway_r
     gw = Gateway(tmp_path / "data", tmp_path / "gateway.log", env=env)
     gw.start()
     try:
-        assert gw.cli("push", str(path), "--name", "dense", "--tier", "pod").returncode == 0
+        assert gw.cli("push", str(path), "--name", "dense", "--tier", "pod", "--no-mask-cold-start").returncode == 0
         wait_until(lambda: len(runner_pids(gw)) == 2, 60, "two runners (pod_min_replicas=2)")
         first = runner_pids(gw)
 
@@ -241,7 +241,7 @@ def test_an_existing_oip_server_registered_as_the_pod_tier(
         server.start()
         r = gw.cli("push", "--name", "remote", "--endpoint", server.url, "--endpoint-model", "mlp-v7")
         assert r.returncode == 0, r.stderr
-        assert "(external, tier pod at" in r.stdout
+        assert "(external, tier auto:pod at" in r.stdout
         body, x = dense_request(7)
         resp = httpx.post(f"{gw.url}/v2/models/remote/infer", json=body, timeout=60)
         assert resp.status_code == 200, resp.text
@@ -257,9 +257,13 @@ def test_an_existing_oip_server_registered_as_the_pod_tier(
         assert down.status_code == 503
         assert "unreachable" in down.json()["error"]
         assert "retry-after" in down.headers
-        # A pod-tier function with no endpoint on a gateway without a scaler says how to fix it.
+        # A pod-tier function on a gateway without a pod tier runs in the sandbox, where it fits; asked for
+        # the pod tier alone, the 503 says how to fix it.
         assert gw.cli("push", str(path), "--name", "local-pod", "--tier", "pod").returncode == 0
-        nope = httpx.post(f"{gw.url}/v2/models/local-pod/infer", json=body, timeout=60)
+        fallback = httpx.post(f"{gw.url}/v2/models/local-pod/infer", json=body, timeout=60)
+        assert fallback.status_code == 200
+        assert (fallback.headers["x-wasmgate-tier"], fallback.headers["x-wasmgate-reason"]) == ("wasm", "fallback")
+        nope = httpx.post(f"{gw.url}/v2/models/local-pod/infer", json=body, headers={"x-wasmgate-tier": "pod"})
         assert nope.status_code == 503
         assert "pod_scaler" in nope.json()["error"]
     finally:
@@ -495,7 +499,7 @@ def test_the_pod_tier_on_the_kubernetes_scaler_with_runner_pods_as_processes(
         prober.start()
         gw.start()
         try:
-            assert gw.cli("push", str(path), "--name", "dense", "--tier", "pod").returncode == 0
+            assert gw.cli("push", str(path), "--name", "dense", "--tier", "pod", "--no-mask-cold-start").returncode == 0
             assert emulator.spec_replicas == 0
 
             def call(i: int) -> tuple[httpx.Response, np.ndarray]:

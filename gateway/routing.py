@@ -1,0 +1,236 @@
+"""Running one inference request in the gateway: gather what the policy needs, let it pick the tier
+(``router.policy.decide``), run the request there, retry once elsewhere when that backend fails before it has
+answered, and report what happened.
+
+Every response says where it ran and why: ``x-wasmgate-tier`` (``wasm`` or ``pod``), ``x-wasmgate-replica``
+(this gateway process for the Wasm tier, the replica's id or the endpoint for the pod tier) and
+``x-wasmgate-reason`` (the policy's reason, or ``retry``). ``wasmgate_route_decisions_total`` counts the
+decisions by function, tier and reason.
+
+Callers steer with two headers: ``x-wasmgate-tier: wasm|pod`` (also accepted as ``"tier"`` in the request's
+OIP ``parameters``) keeps only that tier, and ``x-wasmgate-deadline-ms: N`` drops a tier that could not answer
+within N ms by its recent figures.
+
+What counts as failing before answering, and so is retried once: a pod replica or endpoint that did not take
+the request, and a Wasm-tier request refused by admission (its queue full or timed out). A function that ran
+and failed (a trap, a deadline, a bad input) has answered, and is never run again.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+
+import anyio.to_thread
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.codec import (
+    HEADER_LENGTH,
+    InferRequest,
+    RequestHead,
+    encode_response,
+    parse_request,
+    peek_request,
+    select_outputs,
+)
+from gateway.errors import status_of
+from gateway.functions import LoadedFunction, bind_inputs
+from gateway.requests import read_body
+from gateway.state import AppState
+from gateway.store import Manifest
+from router.forward import ReplicaUnreachable
+from router.pod_tier import Target
+from router.policy import Decision, NoRoute, PodState, RouteInputs, Tier, WasmState, decide
+from wasm_host.errors import InvalidRequest, Unavailable, WasmgateError
+
+HINT_HEADER = "x-wasmgate-tier"
+DEADLINE_HEADER = "x-wasmgate-deadline-ms"
+HINT_PARAMETER = "tier"
+TIERS: tuple[Tier, ...] = ("wasm", "pod")
+
+
+class _NotRun(Exception):  # control flow: the backend failed before answering
+    def __init__(self, cause: WasmgateError, replica: str | None) -> None:
+        self.cause = cause
+        self.replica = replica
+
+
+async def infer(request: Request, state: AppState, manifest: Manifest, fn: LoadedFunction | None) -> Response:
+    """Serve one request of ``manifest``'s function; ``fn`` is the function if this process has it loaded."""
+    started = time.perf_counter()
+    try:
+        body = await read_body(request, state.settings.max_body_bytes)
+        header_length = request.headers.get(HEADER_LENGTH)
+        parsed = None
+        if manifest.kind == "external":
+            head = peek_request(body, header_length)
+        else:  # the Wasm tier may run it: parse it all now (validation included), once
+            parsed = parse_request(body, header_length, state.settings.sandbox.max_tensor_bytes)
+            head = parsed.head
+        decision = _decide(request, state, manifest, fn, head)
+    except WasmgateError as exc:  # refused before it could be placed: counted against its home tier
+        home = state.home_tier(manifest)
+        state.metrics.observe_request(manifest.name, home, status_of(exc), time.perf_counter() - started, False)
+        raise
+    state.metrics.decided(manifest.name, decision.tier, decision.reason)
+    tier, reason = decision.tier, decision.reason
+    try:
+        return await _attempt(request, state, manifest, tier, reason, body, parsed, started, ())
+    except _NotRun as first:
+        retry = _retry_tier(decision, state, manifest, first.replica)
+        if retry is None:
+            raise first.cause from None
+        state.metrics.retries.labels(tier, retry).inc()
+        state.metrics.decided(manifest.name, retry, "retry")
+        exclude = (first.replica,) if first.replica and retry == "pod" else ()
+        try:
+            return await _attempt(request, state, manifest, retry, "retry", body, parsed, started, exclude)
+        except _NotRun as second:
+            raise Unavailable(f"{first.cause}; the retry on the {retry} tier failed too: {second.cause}", 1) from None
+
+
+def _decide(
+    request: Request, state: AppState, manifest: Manifest, fn: LoadedFunction | None, head: RequestHead
+) -> Decision:
+    if fn is not None:
+        a = fn.admission
+        wasm = WasmState(True, fn.pool.ready, a.in_flight, a.waiting, a.limit, fn.pool.typical_ms)
+    else:
+        wasm = WasmState(typical_ms=state.registry.typical_ms(manifest.name))
+    pods = state.pods
+    if pods is None:
+        pod = PodState()
+    elif manifest.endpoint is not None:
+        pod = PodState(True, 1, 0, 0, pods.typical_ms)
+    elif pods.activator is None:
+        pod = PodState()
+    else:
+        act = pods.activator
+        pod = PodState(True, act.ready, act.in_flight_total, act.held, pods.typical_ms, act.scale_up_s)
+    inputs = RouteInputs(
+        tier=manifest.tier,
+        figures=manifest.figures,
+        has_code=manifest.kind != "external",
+        spill=manifest.spill,
+        mask_cold_start=manifest.mask_cold_start,
+        batch=head.batch,
+        hint=_hint(request.headers, head.parameters),
+        deadline_ms=_deadline(request.headers),
+        accelerators=state.accelerators,
+        wasm=wasm,
+        pod=pod,
+        thresholds=state.thresholds,
+    )
+    try:
+        decision = decide(inputs)
+    except NoRoute as exc:
+        raise Unavailable(f"{manifest.name!r}: {exc}") from None
+    if decision.reason == "cold_start_masked" and pods is not None and pods.activator is not None:
+        pods.activator.note_demand()
+    return decision
+
+
+def _retry_tier(decision: Decision, state: AppState, manifest: Manifest, failed: str | None) -> Tier | None:
+    """Where the one retry runs: the other candidate, else (the pod tier's runners) another replica; None when
+    nothing could take it now (a retry never waits for a replica to start), and the first error stands."""
+    pods = state.pods
+    if decision.fallback == "wasm":
+        return "wasm"
+    if pods is None or (decision.fallback is None and (decision.tier != "pod" or manifest.endpoint is not None)):
+        return None
+    if manifest.endpoint is not None:
+        return "pod"
+    others = 0 if pods.activator is None else pods.activator.ready - (1 if failed else 0)
+    return "pod" if others > 0 else None
+
+
+async def _attempt(
+    request: Request,
+    state: AppState,
+    manifest: Manifest,
+    tier: Tier,
+    reason: str,
+    body: bytes,
+    parsed: InferRequest | None,
+    started: float,
+    exclude: tuple[str, ...],
+) -> Response:
+    status = 500
+    cold = False
+    try:
+        if tier == "wasm":
+            payload, headers, replica, cold = await _run_wasm(state, manifest, parsed)
+            status = 200
+        else:
+            assert state.pods is not None
+            target = Target(manifest.name, manifest.version, manifest.endpoint, manifest.endpoint_model)
+            try:
+                # A retry never waits for a replica to start: it runs now, or fails now.
+                served = await state.pods.infer(target, body, request.headers, exclude, hold=reason != "retry")
+            except ReplicaUnreachable as exc:
+                raise _NotRun(exc, exc.replica) from exc
+            payload, headers, replica, cold = served.response.body, served.response.headers, served.replica, served.held
+            status = served.response.status
+    except _NotRun as exc:
+        status = status_of(exc.cause)
+        raise
+    except WasmgateError as exc:
+        status = status_of(exc)
+        raise
+    finally:
+        state.metrics.observe_request(manifest.name, tier, status, time.perf_counter() - started, cold)
+    extra = {"x-wasmgate-tier": tier, "x-wasmgate-replica": replica, "x-wasmgate-reason": reason}
+    if cold:
+        extra["x-wasmgate-cold-start"] = "true"
+    return Response(payload, status_code=status, headers={**headers, **extra})
+
+
+async def _run_wasm(
+    state: AppState, manifest: Manifest, parsed: InferRequest | None
+) -> tuple[bytes, Mapping[str, str], str, bool]:
+    assert parsed is not None  # the policy sends only functions with code, which were parsed, here
+    registry = state.registry
+    fn = registry.get_loaded(manifest.name)
+    if fn is None:
+        fn = await anyio.to_thread.run_sync(registry.get, manifest.name)
+    cold, fn.cold = fn.cold, False
+    fn.last_used = time.monotonic()
+    try:
+        inputs = bind_inputs(fn.name, fn.manifest.inputs, parsed.inputs)
+        try:
+            produced = await state.wasm.infer(fn.admission, fn.pool, inputs, fn.manifest.outputs or [])
+        except Unavailable as exc:  # admission refused it: it never ran, so it may run elsewhere
+            raise _NotRun(exc, None) from exc
+    finally:
+        fn.last_used = time.monotonic()
+    payload, headers = encode_response(fn.name, str(fn.manifest.version), parsed, select_outputs(produced, parsed))
+    return payload, headers, f"gateway-{os.getpid()}", cold
+
+
+def _hint(headers: Mapping[str, str], parameters: Mapping[str, object]) -> Tier | None:
+    raw = headers.get(HINT_HEADER)
+    source = HINT_HEADER
+    if raw is None:
+        value = parameters.get(HINT_PARAMETER)
+        if value is None:
+            return None
+        raw, source = str(value), f"parameters.{HINT_PARAMETER}"
+    for tier in TIERS:
+        if raw.strip().lower() == tier:
+            return tier
+    raise InvalidRequest(f"{source} {raw[:20]!r} must be one of {', '.join(TIERS)}")
+
+
+def _deadline(headers: Mapping[str, str]) -> float | None:
+    raw = headers.get(DEADLINE_HEADER)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise InvalidRequest(f"{DEADLINE_HEADER} {raw[:20]!r} must be a positive number of milliseconds")
+    return value

@@ -1,0 +1,179 @@
+"""The router's policy: for each request, which tier runs it, and why. A pure function of what the gateway
+observed: filter the candidates, score those left, pick the best.
+
+Candidates are the local Wasm pool (``wasm``) and the pod tier (``pod``: its runner replicas, whose choice
+among them is :func:`router.pod_policy.pick_replica`, or the OIP v2 server registered as the function's
+endpoint).
+
+**Home tier.** A function pushed with ``--tier wasm`` or ``--tier pod`` lives there; with ``auto`` (the
+default) its model figures decide (:func:`home_tier`): with accelerators in the cluster, a model past any of
+the ``tier_pod_*`` thresholds goes to the pod tier; with none at all (an edge or CPU-only cluster) the pod
+tier is CPU runners too, so a model stays in the Wasm tier as long as it fits the sandbox (``wasm_fit_*``),
+and only larger ones go to CPU runners.
+
+**Filter.** ``wasm`` is out for a function with no code here (served by an endpoint), or one too large for
+the sandbox; ``pod`` is out when there is no pod tier. A caller's hint (``x-wasmgate-tier`` header, or
+``"tier"`` in the request's OIP ``parameters``) keeps only the tier it names. A deadline
+(``x-wasmgate-deadline-ms``) drops a tier that cannot answer in time by its recent figures: a pod tier that
+must first scale from zero, say. Nothing left is a 503 naming why.
+
+**Score** (lowest wins). The home tier is preferred, except:
+
+- *spill-over*: a Wasm-home function's request goes to the pod tier when it has a ready replica and either
+  the batch has at least ``spill_batch_rows`` rows, or the Wasm pool is saturated (all slots busy and
+  requests queued). The function can forbid it (``spill: false``).
+- *cold-start masking*: a pod-home function whose pod tier has no ready replica is served by the Wasm tier,
+  if the model fits the sandbox, rather than waiting for a replica; the pod tier still scales up for the
+  next requests. The function can forbid it (``mask_cold_start: false``).
+
+The decision also names the other candidate left after filtering, the one a request is retried on once when
+its first backend fails before producing a response.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from wasm_host.figures import ModelFigures
+
+Tier = Literal["wasm", "pod"]
+TierSetting = Literal["auto", "wasm", "pod"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Thresholds:
+    """Where ``auto`` draws its lines (settings ``tier_pod_*``, ``wasm_fit_*``, ``spill_batch_rows``)."""
+
+    pod_bytes: int = 64 << 20
+    pod_params: int = 16_000_000
+    pod_flops_per_row: int = 100_000_000
+    fit_bytes: int = 256 << 20
+    fit_flops_per_row: int = 2_000_000_000
+    spill_batch_rows: int = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class WasmState:
+    loaded: bool = False
+    warm: int = 0  # ready instances
+    in_flight: int = 0
+    queued: int = 0
+    concurrency: int = 8
+    typical_ms: float | None = None  # recent call time; None when unknown
+
+
+@dataclasses.dataclass(frozen=True)
+class PodState:
+    available: bool = False  # a scaler is configured, or the function has an endpoint
+    ready: int = 0
+    in_flight: int = 0
+    held: int = 0
+    typical_ms: float | None = None  # recent forward time
+    scale_up_s: float | None = None  # how long the tier took to bring a replica up, recently
+
+
+@dataclasses.dataclass(frozen=True)
+class RouteInputs:
+    tier: TierSetting
+    figures: ModelFigures
+    has_code: bool  # False: served by a registered endpoint only
+    spill: bool
+    mask_cold_start: bool
+    batch: int
+    hint: Tier | None
+    deadline_ms: float | None
+    accelerators: bool
+    wasm: WasmState
+    pod: PodState
+    thresholds: Thresholds = dataclasses.field(default_factory=Thresholds)
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    tier: Tier
+    reason: str  # one word, for the x-wasmgate-reason header and the decision metric
+    fallback: Tier | None  # the other candidate, for one retry
+
+
+class NoRoute(Exception):  # a result of the policy, not an error of it
+    """No candidate is left; the message says why (the gateway answers 503 with it)."""
+
+
+def fits_sandbox(figures: ModelFigures, t: Thresholds) -> bool:
+    return figures.bytes <= t.fit_bytes and figures.flops_per_row <= t.fit_flops_per_row
+
+
+def is_large(figures: ModelFigures, t: Thresholds) -> bool:
+    return figures.bytes > t.pod_bytes or figures.params > t.pod_params or figures.flops_per_row > t.pod_flops_per_row
+
+
+def home_tier(tier: TierSetting, figures: ModelFigures, has_code: bool, accelerators: bool, t: Thresholds) -> Tier:
+    """Where a function lives when nothing argues otherwise."""
+    if tier != "auto":
+        return tier
+    if not has_code:
+        return "pod"
+    if accelerators:
+        return "pod" if is_large(figures, t) else "wasm"
+    return "wasm" if fits_sandbox(figures, t) else "pod"
+
+
+def decide(r: RouteInputs) -> Decision:
+    """Filter, score, pick (see the module docstring). Raises NoRoute."""
+    t = r.thresholds
+    home = home_tier(r.tier, r.figures, r.has_code, r.accelerators, t)
+    candidates: dict[Tier, str] = {}  # tier -> why it is a candidate (becomes the reason if it wins)
+    dropped: list[str] = []
+    if not r.has_code:
+        dropped.append("wasm: the function is served by its endpoint only")
+    elif not fits_sandbox(r.figures, t):
+        dropped.append("wasm: the model is too large for the sandbox (settings wasm_fit_*)")
+    else:
+        candidates["wasm"] = "home" if home == "wasm" else "fallback"
+    if r.pod.available:
+        candidates["pod"] = "home" if home == "pod" else "fallback"
+    else:
+        dropped.append("pod: there is no pod tier (setting pod_scaler is 'none') and no endpoint")
+    if r.hint is not None:
+        for tier in [c for c in candidates if c != r.hint]:
+            del candidates[tier]
+            dropped.append(f"{tier}: the caller asked for {r.hint}")
+    if r.deadline_ms is not None:
+        for tier in list(candidates):
+            expected = _expected_ms(tier, r)
+            if expected is not None and expected > r.deadline_ms:
+                del candidates[tier]
+                dropped.append(f"{tier}: expected {expected:.0f} ms, over the deadline of {r.deadline_ms:g} ms")
+    if not candidates:
+        raise NoRoute("no tier can serve this request: " + "; ".join(dropped))
+
+    scores: dict[Tier, tuple[float, str]] = {}
+    for tier in candidates:
+        scores[tier] = (0.0, "home") if tier == home else (1.0, "fallback")
+    if r.hint is not None:
+        scores[r.hint] = (-1.0, "hint")
+    elif home == "wasm" and "pod" in candidates and r.spill and r.pod.ready > 0:
+        if r.batch >= t.spill_batch_rows:
+            scores["pod"] = (-0.5, "spill_batch")
+        elif r.wasm.in_flight >= r.wasm.concurrency and r.wasm.queued > 0:
+            scores["pod"] = (-0.5, "spill_saturated")
+    elif home == "pod" and "wasm" in candidates and "pod" in candidates and r.mask_cold_start and r.pod.ready == 0:
+        scores["wasm"] = (-0.5, "cold_start_masked")
+    tier = min(scores, key=lambda c: scores[c][0])
+    cold = home == "pod" and tier == "pod" and r.pod.ready == 0
+    reason = "home_cold" if cold else scores[tier][1]  # home_cold: held while the pod tier scales up
+    others = [c for c in candidates if c != tier]
+    return Decision(tier, reason, others[0] if others else None)
+
+
+def _expected_ms(tier: Tier, r: RouteInputs) -> float | None:
+    """What a tier has recently taken, scaled to the batch where a figure is per request; None if unknown."""
+    if tier == "wasm":
+        return r.wasm.typical_ms
+    warm = r.pod.typical_ms
+    if r.pod.ready > 0:
+        return warm
+    if r.pod.scale_up_s is None:
+        return None
+    return r.pod.scale_up_s * 1000 + (warm or 0.0)

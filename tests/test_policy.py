@@ -1,0 +1,133 @@
+"""The router's policy as a pure function: home tiers, filtering, spill-over, cold-start masking, hints,
+deadlines, and edge clusters; and the model figures it reads."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from gateway.demo import dense_model, train_digits
+from router.policy import (
+    NoRoute,
+    PodState,
+    RouteInputs,
+    Thresholds,
+    WasmState,
+    decide,
+    fits_sandbox,
+    home_tier,
+)
+from wasm_host.figures import ModelFigures, measure
+
+T = Thresholds(pod_bytes=1000, pod_params=10_000, pod_flops_per_row=100_000, fit_bytes=5000, fit_flops_per_row=10**6)
+SMALL = ModelFigures(bytes=100, params=50, flops_per_row=1_000)
+LARGE = ModelFigures(bytes=3000, params=50_000, flops_per_row=500_000)  # large, but fits the sandbox
+HUGE = ModelFigures(bytes=9000, params=500_000, flops_per_row=5_000_000)  # does not fit the sandbox
+WARM_POD = PodState(available=True, ready=1)
+COLD_POD = PodState(available=True, ready=0)
+
+
+def inputs(**changes: object) -> RouteInputs:
+    base = RouteInputs(
+        tier="auto",
+        figures=SMALL,
+        has_code=True,
+        spill=True,
+        mask_cold_start=True,
+        batch=1,
+        hint=None,
+        deadline_ms=None,
+        accelerators=True,
+        wasm=WasmState(),
+        pod=COLD_POD,
+        thresholds=T,
+    )
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+def test_figures_of_real_graphs() -> None:
+    dense = measure(dense_model((256, 1024, 10)))
+    assert dense.params == 256 * 1024 + 1024 + 1024 * 10 + 10
+    # Two Gemm layers (2*K*N each per row) plus one ReLU per hidden unit.
+    assert dense.flops_per_row == 2 * (256 * 1024 + 1024 * 10) + 1024
+    digits = measure(train_digits()[0])
+    assert digits.params >= 64 * 10  # a LinearClassifier keeps its coefficients in attributes
+    assert digits.bytes < dense.bytes
+    with pytest.raises(ValueError, match="not an ONNX model"):
+        measure(b"\x00garbage")
+
+
+def test_auto_places_by_figures_and_a_pinned_tier_stays() -> None:
+    assert home_tier("auto", SMALL, True, True, T) == "wasm"
+    assert home_tier("auto", LARGE, True, True, T) == "pod"
+    assert home_tier("wasm", LARGE, True, True, T) == "wasm"
+    assert home_tier("pod", SMALL, True, True, T) == "pod"
+    assert home_tier("auto", SMALL, False, True, T) == "pod"  # served by an endpoint only
+
+
+def test_edge_clusters_keep_everything_that_fits_the_sandbox_on_wasm() -> None:
+    assert home_tier("auto", LARGE, True, False, T) == "wasm"
+    assert home_tier("auto", HUGE, True, False, T) == "pod"  # a CPU runner: too large for the sandbox
+    assert decide(inputs(figures=LARGE, accelerators=False, pod=WARM_POD)).tier == "wasm"
+    too_big = decide(inputs(figures=HUGE, accelerators=False, pod=WARM_POD))
+    assert (too_big.tier, too_big.fallback) == ("pod", None)  # never the sandbox, not even as a retry
+    assert not fits_sandbox(HUGE, T)
+
+
+def test_small_goes_to_wasm_and_large_to_pod() -> None:
+    small = decide(inputs(pod=WARM_POD))
+    assert (small.tier, small.reason, small.fallback) == ("wasm", "home", "pod")
+    large = decide(inputs(figures=LARGE, pod=WARM_POD))
+    assert (large.tier, large.reason, large.fallback) == ("pod", "home", "wasm")
+
+
+def test_spill_over_needs_a_ready_replica_and_permission() -> None:
+    big_batch = decide(inputs(batch=T.spill_batch_rows, pod=WARM_POD))
+    assert (big_batch.tier, big_batch.reason) == ("pod", "spill_batch")
+    assert decide(inputs(batch=T.spill_batch_rows - 1, pod=WARM_POD)).tier == "wasm"
+    assert decide(inputs(batch=T.spill_batch_rows, pod=COLD_POD)).tier == "wasm"  # never onto a cold tier
+    assert decide(inputs(batch=T.spill_batch_rows, pod=WARM_POD, spill=False)).tier == "wasm"
+    saturated = WasmState(loaded=True, in_flight=8, queued=3, concurrency=8)
+    spill = decide(inputs(wasm=saturated, pod=WARM_POD))
+    assert (spill.tier, spill.reason) == ("pod", "spill_saturated")
+    busy_not_queued = WasmState(loaded=True, in_flight=8, queued=0, concurrency=8)
+    assert decide(inputs(wasm=busy_not_queued, pod=WARM_POD)).tier == "wasm"
+
+
+def test_cold_start_masking_serves_on_wasm_while_pods_start_unless_turned_off() -> None:
+    masked = decide(inputs(figures=LARGE, pod=COLD_POD))
+    assert (masked.tier, masked.reason, masked.fallback) == ("wasm", "cold_start_masked", "pod")
+    held = decide(inputs(figures=LARGE, pod=COLD_POD, mask_cold_start=False))
+    assert (held.tier, held.reason) == ("pod", "home_cold")
+    assert decide(inputs(figures=LARGE, pod=WARM_POD)).reason == "home"
+    # A model too large for the sandbox waits for its pods: there is nothing to mask with.
+    assert decide(inputs(figures=HUGE, pod=COLD_POD)).reason == "home_cold"
+    # With no pod tier at all there is no cold start to mask: the sandbox is simply the only candidate.
+    alone = decide(inputs(figures=LARGE, pod=PodState(available=False)))
+    assert (alone.tier, alone.reason, alone.fallback) == ("wasm", "fallback", None)
+
+
+def test_hints_filter_and_an_empty_filter_names_why() -> None:
+    hinted = decide(inputs(hint="pod", pod=COLD_POD))
+    assert (hinted.tier, hinted.reason, hinted.fallback) == ("pod", "hint", None)
+    assert decide(inputs(figures=LARGE, hint="wasm", pod=WARM_POD)).tier == "wasm"
+    with pytest.raises(NoRoute, match="no pod tier"):
+        decide(inputs(hint="pod", pod=PodState(available=False)))
+    with pytest.raises(NoRoute, match="too large for the sandbox"):
+        decide(inputs(figures=HUGE, hint="wasm", pod=WARM_POD))
+    with pytest.raises(NoRoute, match="served by its endpoint only"):
+        decide(inputs(has_code=False, hint="wasm", pod=WARM_POD))
+
+
+def test_deadlines_drop_tiers_that_cannot_answer_in_time() -> None:
+    slow_start = PodState(available=True, ready=0, typical_ms=20, scale_up_s=1.5)
+    # A pod-home function at zero, told to answer in 100 ms: the pods need 1.5 s, the sandbox can do it.
+    quick = decide(
+        inputs(figures=LARGE, pod=slow_start, mask_cold_start=False, deadline_ms=100, wasm=WasmState(typical_ms=30))
+    )
+    assert quick.tier == "wasm"
+    with pytest.raises(NoRoute, match="over the deadline of 100 ms"):
+        decide(inputs(figures=HUGE, pod=slow_start, deadline_ms=100))
+    # Unknown figures never filter: the first requests are not refused for lack of history.
+    assert decide(inputs(figures=LARGE, pod=COLD_POD, deadline_ms=1, mask_cold_start=False)).tier == "pod"

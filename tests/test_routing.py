@@ -1,0 +1,228 @@
+"""Per-request routing end to end: a real ``wasm serve`` with real local runners, driven over HTTP; each
+response's headers say where it ran and why, and the results are checked against onnxruntime."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from gateway.demo import dense_model
+from tests.conftest import Digits, onnx_predict
+from tests.test_e2e import Gateway, free_port
+from tests.test_pod_tier import runner_pids, wait_until
+from tests.test_scaling import metric
+
+pytestmark = pytest.mark.e2e
+
+SIZES = (64, 512, 512, 10)  # about 1.2 MB: "large" under the thresholds these gateways are given
+
+
+@pytest.fixture(scope="module")
+def dense(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ort.InferenceSession]:
+    model = dense_model(SIZES)
+    path = tmp_path_factory.mktemp("routing") / "dense.onnx"
+    path.write_bytes(model)
+    return path, ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+
+
+def infer(gw: Gateway, name: str, x: np.ndarray, **headers: str) -> httpx.Response:
+    body = {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
+    return httpx.post(f"{gw.url}/v2/models/{name}/infer", json=body, headers=headers, timeout=120)
+
+
+def where(r: httpx.Response) -> tuple[str, str]:
+    assert r.status_code == 200, r.text
+    return r.headers["x-wasmgate-tier"], r.headers["x-wasmgate-reason"]
+
+
+def check_dense(r: httpx.Response, session: ort.InferenceSession, x: np.ndarray) -> None:
+    got = np.array(r.json()["outputs"][0]["data"], np.float32).reshape(len(x), SIZES[-1])
+    np.testing.assert_allclose(got, session.run(None, {"input": x})[0], rtol=1e-4, atol=1e-5)
+
+
+def rows(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, SIZES[0])).astype(np.float32)
+
+
+#: Thresholds that make the 4 KB digits model small and the 1.3 MB dense model large.
+ROUTING_ENV = {
+    "WASMGATE_TIER_POD_BYTES": str(512 * 1024),
+    "WASMGATE_SPILL_BATCH_ROWS": "32",
+    "WASMGATE_ACCELERATORS": "yes",
+    "WASMGATE_POD_IDLE_GRACE_S": "30",
+    "WASMGATE_POD_MAX_REPLICAS": "1",
+}
+
+
+@pytest.fixture
+def gw(tmp_path: Path) -> Iterator[Gateway]:
+    g = Gateway(tmp_path / "data", tmp_path / "gateway.log", env=dict(ROUTING_ENV))
+    g.start()
+    yield g
+    g.stop()
+
+
+def test_small_to_wasm_large_to_pod_with_cold_start_masking_then_spill_over(
+    gw: Gateway, digits: Digits, dense: tuple[Path, ort.InferenceSession]
+) -> None:
+    path, session = dense
+    assert gw.cli("push", str(digits.path), "--name", "digits").returncode == 0
+    r = gw.cli("push", str(path), "--name", "dense")
+    assert r.returncode == 0, r.stderr
+    assert "tier auto:pod" in r.stdout
+    ls = gw.cli("ls").stdout.splitlines()
+    dense_row = next(line.split() for line in ls if line.startswith("dense"))
+    assert dense_row[3:7] == ["auto:pod", "1.2MB", "301k", "601k"]  # 64*512+512*512+512*10 weights, and biases
+    digits_row = next(line.split() for line in ls if line.startswith("digits"))
+    assert digits_row[3] == "auto:wasm"
+
+    x = digits.x_test[:4]
+    small = infer(gw, "digits", x)
+    assert where(small) == ("wasm", "home")
+    assert small.json()["outputs"][0]["data"] == onnx_predict(digits.model, x)[0].tolist()
+
+    # The large model's pod tier is at zero: the first request is served by the Wasm tier at once (the model
+    # fits the sandbox), while the pod tier scales up for the requests that follow.
+    first = infer(gw, "dense", rows(2))
+    assert where(first) == ("wasm", "cold_start_masked")
+    check_dense(first, session, rows(2))
+    wait_until(lambda: len(runner_pids(gw)) == 1, 60, "the pod tier to scale up behind the masked request")
+
+    def on_pod() -> bool:
+        return infer(gw, "dense", rows(1)).headers.get("x-wasmgate-tier") == "pod"
+
+    wait_until(on_pod, 60, "the dense model to be served by its now-ready pod")
+    home = infer(gw, "dense", rows(3, seed=1))
+    assert where(home) == ("pod", "home")
+    assert home.headers["x-wasmgate-replica"].startswith("runner-")
+    check_dense(home, session, rows(3, seed=1))
+
+    # A small model's large batch goes to the ready pod; a small batch stays in the sandbox.
+    big = digits.x_test[:40]
+    spilled = infer(gw, "digits", big)
+    assert where(spilled) == ("pod", "spill_batch")
+    assert spilled.json()["outputs"][0]["data"] == onnx_predict(digits.model, big)[0].tolist()
+    assert where(infer(gw, "digits", digits.x_test[:31])) == ("wasm", "home")
+
+    # A caller's hint wins, from the header or from the OIP parameters; a bad one is a 400.
+    assert where(infer(gw, "digits", x, **{"x-wasmgate-tier": "pod"})) == ("pod", "hint")
+    body = {
+        "parameters": {"tier": "wasm"},
+        "inputs": [{"name": "input", "shape": [2, SIZES[0]], "datatype": "FP32", "data": rows(2).ravel().tolist()}],
+    }
+    hinted = httpx.post(f"{gw.url}/v2/models/dense/infer", json=body, timeout=60)
+    assert where(hinted) == ("wasm", "hint")
+    bad = infer(gw, "digits", x, **{"x-wasmgate-tier": "gpu"})
+    assert bad.status_code == 400
+    assert "x-wasmgate-tier" in bad.json()["error"]
+
+    text = httpx.get(f"{gw.url}/metrics").text
+    for function, tier, reason in [
+        ("digits", "wasm", "home"),
+        ("digits", "pod", "spill_batch"),
+        ("dense", "wasm", "cold_start_masked"),
+        ("dense", "pod", "home"),
+    ]:
+        decisions = metric(text, "wasmgate_route_decisions_total", function=function, tier=tier, reason=reason)
+        assert decisions >= 1, (function, tier, reason)
+
+
+def test_a_saturated_wasm_pool_spills_to_a_ready_pod_unless_the_function_forbids_it(
+    tmp_path: Path, dense: tuple[Path, ort.InferenceSession]
+) -> None:
+    path, session = dense
+    env = {**ROUTING_ENV, "WASMGATE_POD_MIN_REPLICAS": "1", "WASMGATE_SPILL_BATCH_ROWS": "100000"}
+    gw = Gateway(tmp_path / "data", tmp_path / "gateway.log", env=env)
+    gw.start()
+    try:
+        wait_until(lambda: len(runner_pids(gw)) == 1, 60, "a runner (pod_min_replicas=1)")
+        # Pinned to the Wasm tier with one slot: concurrent batches queue behind each other.
+        flags = ["--tier", "wasm", "--concurrency", "1", "--max-instances", "1"]
+        assert gw.cli("push", str(path), "--name", "busy", *flags).returncode == 0
+        assert gw.cli("push", str(path), "--name", "confined", *flags, "--no-spill").returncode == 0
+        x = rows(2048, seed=2)
+        wait_until(lambda: infer(gw, "busy", rows(1), **{"x-wasmgate-tier": "pod"}).status_code == 200, 60, "pod")
+
+        def burst(name: str) -> list[httpx.Response]:
+            with concurrent.futures.ThreadPoolExecutor(6) as pool:
+                return list(pool.map(lambda _: infer(gw, name, x), range(6)))
+
+        spilled = burst("busy")
+        for r in spilled:
+            check_dense(r, session, x)
+        reasons = {where(r) for r in spilled}
+        assert ("pod", "spill_saturated") in reasons, reasons
+        assert ("wasm", "home") in reasons
+        confined = burst("confined")
+        assert {where(r) for r in confined} == {("wasm", "home")}
+    finally:
+        gw.stop()
+
+
+def test_edge_cluster_runs_everything_on_cpu(tmp_path: Path, digits: Digits) -> None:
+    """No accelerators: a model past the pod thresholds stays in the sandbox while it fits; one too large for
+    the sandbox goes to a CPU runner."""
+    fits = dense_model((64, 512, 512, 10))  # 1.3 MB
+    too_big = dense_model((64, 1024, 1024, 10))  # 4.5 MB
+    (tmp_path / "fits.onnx").write_bytes(fits)
+    (tmp_path / "big.onnx").write_bytes(too_big)
+    env = {
+        "WASMGATE_TIER_POD_BYTES": str(512 * 1024),
+        "WASMGATE_WASM_FIT_BYTES": str(3 << 20),
+        "WASMGATE_ACCELERATORS": "none",
+    }
+    gw = Gateway(tmp_path / "data", tmp_path / "gateway.log", env=env)
+    gw.start()
+    try:
+        assert "tier auto:wasm" in gw.cli("push", str(tmp_path / "fits.onnx"), "--name", "fits").stdout
+        assert "tier auto:pod" in gw.cli("push", str(tmp_path / "big.onnx"), "--name", "big").stdout
+        x = np.random.default_rng(3).standard_normal((2, 64)).astype(np.float32)
+        assert where(infer(gw, "fits", x)) == ("wasm", "home")
+        big = infer(gw, "big", x)
+        assert where(big) == ("pod", "home_cold")  # nothing to mask with: held for a CPU runner
+        expected = ort.InferenceSession(too_big, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+        got = np.array(big.json()["outputs"][0]["data"], np.float32).reshape(2, 10)
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+        meta = httpx.get(f"{gw.url}/v2").json()
+        assert meta["execution_providers"] == ["CPUExecutionProvider"]
+    finally:
+        gw.stop()
+
+
+def test_a_backend_that_fails_before_answering_is_retried_once_and_an_answer_never(
+    tmp_path: Path, dense: tuple[Path, ort.InferenceSession]
+) -> None:
+    path, session = dense
+    gw = Gateway(tmp_path / "data", tmp_path / "gateway.log", env={"WASMGATE_POD_SCALER": "none"})
+    runner = Gateway(tmp_path / "other", tmp_path / "runner.log", command="runner")
+    gw.start()
+    runner.start()
+    try:
+        dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+        push = ["push", str(path), "--tier", "pod", "--endpoint"]
+        assert gw.cli(*push, dead, "--name", "flaky").returncode == 0
+        # The pod tier (its endpoint) never takes the request: retried once, on the Wasm tier.
+        r = infer(gw, "flaky", rows(2))
+        assert where(r) == ("wasm", "retry")
+        check_dense(r, session, rows(2))
+        # Its endpoint answers (404: that server has no such model): an answer is passed on, never retried.
+        assert gw.cli(*push, runner.url, "--name", "answers").returncode == 0
+        answered = infer(gw, "answers", rows(2))
+        assert answered.status_code == 404
+        assert answered.headers["x-wasmgate-tier"] == "pod"
+        text = httpx.get(f"{gw.url}/metrics").text
+        assert metric(text, "wasmgate_retries_total", from_tier="pod", to_tier="wasm") == 1
+        assert metric(text, "wasmgate_route_decisions_total", function="answers", reason="retry") == 0
+        # Asked for the pod tier alone, nothing is left to retry on: a clear 503.
+        alone = infer(gw, "flaky", rows(2), **{"x-wasmgate-tier": "pod"})
+        assert alone.status_code == 503
+        assert "unreachable" in alone.json()["error"]
+    finally:
+        runner.stop()
+        gw.stop()
