@@ -42,3 +42,26 @@ def test_pod_cold_start_bench_runs_quick() -> None:
     rows = [line for line in done.stdout.splitlines() if line.startswith("| wasmgate ") and "pod tier" in line]
     assert len(rows) == 1, done.stdout
     assert "| 1 |" in rows[0]
+
+
+@pytest.mark.e2e
+def test_routing_trace_bench_runs_quick() -> None:
+    """A few seconds of bursty trace against the three policies' gateways, and the simulation of it; the bench
+    checks every answer against onnxruntime itself. Only that the tables print is checked here, no figures."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WASMGATE_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.routing_trace", "--quick"],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "## Measured on this machine" in out
+    assert "## Simulated" in out
+    for label in ("always pod", "always Wasm", "wasmgate"):
+        assert sum(line.startswith(f"| {label} |") for line in out.splitlines()) == 3, out  # measured, simulated x2
+    assert out.count("wasmgate best p99: ") == 3
+    assert out.count("replica-seconds <= always pod: ") == 3
