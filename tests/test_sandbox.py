@@ -38,10 +38,11 @@ def test_infinite_loop_hits_the_deadline(host: Host) -> None:
 
 
 def test_deadline_is_per_call_not_per_instance(host: Host) -> None:
-    # A guest that returns in time on many consecutive calls must not accumulate towards the deadline.
-    inst = prepare_wat(host, guest("(i64.or (i64.shl (i64.const 2) (i64.const 62)) (i64.const 0))")).instantiate()
+    # A guest that returns in time on many consecutive calls must not accumulate towards the deadline. (It
+    # answers "invalid input", the one non-ok answer that keeps an instance healthy.)
+    inst = prepare_wat(host, guest("(i64.or (i64.shl (i64.const 1) (i64.const 62)) (i64.const 0))")).instantiate()
     for _ in range(50):
-        with pytest.raises(Exception, match="function failed"):
+        with pytest.raises(InvalidRequest, match="rejected the request"):
             inst.handle(X, [])
     assert inst.healthy
 

@@ -1,7 +1,8 @@
 """One guest: checking a module against the function ABI, and running requests through an instance of it.
 
-An instance owns one wasmtime ``Store`` and must be used by one thread at a time. After a trap it is marked
-unhealthy and must be discarded: its memory may hold a half-written state.
+An instance owns one wasmtime ``Store`` and must be used by one thread at a time. After a trap, a reported
+failure or a response the host cannot read, it is marked unhealthy and must be discarded: its memory may hold a
+half-written state. Only answers the host accepted (a response, or "invalid input") leave it healthy.
 """
 
 from __future__ import annotations
@@ -222,13 +223,20 @@ class GuestInstance:
             self.healthy = False
             raise GuestFailure(f"the function returned a result outside its memory: {exc}") from exc
         if status == STATUS_OK:
-            return decode_response(body)
+            try:
+                return decode_response(body)
+            except GuestFailure:
+                self.healthy = False  # it broke the ABI: nothing it holds can be trusted for the next request
+                raise
         message = body[:MAX_MESSAGE].decode(errors="replace") or "no message"
         cause = self.nn.take_error()
         if cause:
             message = f"{message} (wasi-nn: {cause})"
         if status == STATUS_INVALID:
-            raise InvalidRequest(f"the function rejected the request: {message}")
+            raise InvalidRequest(f"the function rejected the request: {message}")  # the caller's fault: kept
+        # The function says it failed: whatever state led there may still be in its memory. A fresh instance
+        # costs one instantiation, which the pool makes in the background.
+        self.healthy = False
         raise GuestFailure(f"the function failed: {message}")
 
     def _read_cstring(self, ptr: int, limit: int) -> str:

@@ -272,6 +272,7 @@ class NnState:
                 f"output {index} ({c.graph.outputs[index].onnx_type}) is not a numeric tensor",
             )
         self._span(written_out, 4)
+        self._span(out_ptr, out_max)  # the whole buffer the guest claims, not only what this output fills
         nbytes = value.nbytes
         if nbytes > self.limits.max_tensor_bytes:
             raise _Failure(NnErrno.TOO_LARGE, f"output {index}: {nbytes} bytes exceeds the tensor limit")
