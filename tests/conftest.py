@@ -47,6 +47,15 @@ def guests() -> dict[str, Path]:
     return dict(build.build())
 
 
+@pytest.fixture(scope="session")
+def hostile_guests() -> dict[str, Path]:
+    """The misbehaving test functions in guest_modules/hostile/, built from source with zig (cached between
+    runs); see guest_modules/hostile/README.md."""
+    import build  # guest_modules/build.py
+
+    return dict(build.build_hostile())
+
+
 @pytest.fixture
 def host(tmp_path: Path) -> Iterator[Host]:
     h = Host(SandboxLimits(deadline_ms=200, memory_limit_bytes=16 * 1024 * 1024), tmp_path / "cache").start()
