@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from typing import Any
 
 import anyio.to_thread
@@ -28,11 +29,24 @@ from wasm_host.errors import InvalidRequest, NotFound
 MAX_PUSH_DOC = 64 * 1024
 
 
+def _finite(text: str) -> float:
+    """A JSON number as a float, refusing what would overflow to infinity (a manifest must stay JSON)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise InvalidRequest(f"number {text[:40]} is out of range")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise InvalidRequest(f"{name} is not a JSON number")
+
+
 async def json_object(request: Request, expected: str) -> dict[str, Any]:
     """The request body as a JSON object; InvalidRequest with ``expected`` when it is anything else."""
+    body = await read_body(request, MAX_PUSH_DOC)
     try:
-        doc = json.loads(await read_body(request, MAX_PUSH_DOC))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        doc = json.loads(body, parse_float=_finite, parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: JSONDecodeError, huge ints
         raise InvalidRequest(f"body is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise InvalidRequest(expected)

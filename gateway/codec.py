@@ -88,7 +88,7 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
 def _head_doc(head: bytes) -> dict[str, Any]:
     try:
         doc = json.loads(head)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: JSONDecodeError, huge ints
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise InvalidRequest("request body must be a JSON object with an 'inputs' list")

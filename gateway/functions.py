@@ -17,11 +17,11 @@ import gc
 import logging
 import threading
 import time
-import urllib.parse
 from collections.abc import Mapping
 from importlib.resources import files
 from typing import Any, Protocol
 
+import httpx
 import wasmtime
 
 from gateway.settings import Settings
@@ -423,8 +423,14 @@ def check_endpoint(url: str | None) -> str | None:
     """An endpoint URL as stored: ``http(s)://host[:port][/prefix]`` without a trailing slash."""
     if url is None:
         return None
-    parsed = urllib.parse.urlsplit(url) if isinstance(url, str) else None
-    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.hostname or parsed.query:
+    usable = isinstance(url, str) and url.isprintable() and " " not in url
+    try:  # parsed as the forwarder will: a URL stored here must never fail at request time
+        parsed = httpx.URL(url) if usable else None
+        usable = parsed is not None and parsed.scheme in ("http", "https") and bool(parsed.host)
+        usable = usable and parsed is not None and not parsed.query and (parsed.port is None or parsed.port > 0)
+    except (httpx.InvalidURL, ValueError, TypeError):
+        usable = False
+    if not usable:
         shown = str(url)[:100]
         raise InvalidRequest(f"endpoint {shown!r} must be an http:// or https:// base URL, e.g. http://triton:8000")
     return url.rstrip("/")

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway import routing
+from gateway import openapi, routing
 from gateway.codec import HEADER_LENGTH, encode_response, parse_request, select_outputs
 from gateway.errors import status_of
 from gateway.functions import FunctionRegistry, bind_inputs
@@ -144,4 +144,5 @@ ROUTES = [
     Route("/v2/models/{name}/versions/{version}/ready", model_ready),
     Route("/v2/models/{name}/versions/{version}/infer", infer, methods=["POST"]),
     Route("/metrics", metrics),
+    Route("/openapi.json", openapi.openapi_json),
 ]
