@@ -132,6 +132,7 @@ NN_MISUSE = [
     _nn(27, "get_output", "invalid_argument", "output index 7: the graph has 2"),
 ]
 
+
 def _params() -> list[object]:
     return [pytest.param(m, id=f"{m.fixture}-{m.case}") for m in TRAPS + NN_MISUSE]
 
