@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio.to_thread
@@ -20,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from gateway.auth import check_admin
 from gateway.functions import ROUTING_KEYS
 from gateway.requests import read_body, state_of
 from gateway.state import AppState
@@ -55,8 +57,22 @@ async def json_object(request: Request, expected: str) -> dict[str, Any]:
 
 def describe(state: AppState, manifest: Manifest) -> dict[str, Any]:
     """A manifest as the admin API shows it: plus ``home_tier``, where the router places the function when
-    nothing argues otherwise (its ``tier``, or for ``auto`` its figures, on this gateway's settings)."""
-    return {**manifest.to_json(), "home_tier": state.home_tier(manifest)}
+    nothing argues otherwise (its ``tier``, or for ``auto`` its figures, on this gateway's settings), and
+    whether it has an inference token of its own (never the token, nor its digest)."""
+    doc = manifest.to_json()
+    doc["requires_token"] = bool(doc.pop("token_sha256"))
+    return {**doc, "home_tier": state.home_tier(manifest)}
+
+
+def admin_only(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """The handler, behind the admin token (gateway.auth)."""
+
+    @functools.wraps(handler)
+    async def checked(request: Request) -> Response:
+        check_admin(state_of(request).settings, request.headers)
+        return await handler(request)
+
+    return checked
 
 
 async def head_blob(request: Request) -> Response:
@@ -98,7 +114,10 @@ async def put_function(request: Request) -> Response:
     for key in ("tier", "endpoint", "endpoint_model"):
         if key in routing and not isinstance(routing[key], str):
             raise InvalidRequest(f"'{key}' must be a string")
-    push = functools.partial(state.registry.push, name, module, models, pool, routing)
+    token = doc.get("inference_token")
+    if token is not None and (not isinstance(token, str) or (token and not token.isprintable())):
+        raise InvalidRequest("'inference_token' must be a printable string ('' removes the function's token)")
+    push = functools.partial(state.registry.push, name, module, models, pool, routing, token)
     manifest = await anyio.to_thread.run_sync(push)
     return JSONResponse(describe(state, manifest), status_code=201)
 
@@ -130,12 +149,12 @@ async def delete_function(request: Request) -> Response:
 
 
 ROUTES = [
-    Route("/admin/v1/blobs/{digest}", head_blob, methods=["HEAD"]),
-    Route("/admin/v1/blobs/{digest}", get_blob, methods=["GET"]),
-    Route("/admin/v1/blobs/{digest}", put_blob, methods=["PUT"]),
-    Route("/admin/v1/functions", list_functions, methods=["GET"]),
-    Route("/admin/v1/functions/{name}", get_function, methods=["GET"]),
-    Route("/admin/v1/functions/{name}", put_function, methods=["PUT"]),
-    Route("/admin/v1/functions/{name}", delete_function, methods=["DELETE"]),
-    Route("/admin/v1/functions/{name}/pool", patch_pool, methods=["PATCH"]),
+    Route("/admin/v1/blobs/{digest}", admin_only(head_blob), methods=["HEAD"]),
+    Route("/admin/v1/blobs/{digest}", admin_only(get_blob), methods=["GET"]),
+    Route("/admin/v1/blobs/{digest}", admin_only(put_blob), methods=["PUT"]),
+    Route("/admin/v1/functions", admin_only(list_functions), methods=["GET"]),
+    Route("/admin/v1/functions/{name}", admin_only(get_function), methods=["GET"]),
+    Route("/admin/v1/functions/{name}", admin_only(put_function), methods=["PUT"]),
+    Route("/admin/v1/functions/{name}", admin_only(delete_function), methods=["DELETE"]),
+    Route("/admin/v1/functions/{name}/pool", admin_only(patch_pool), methods=["PATCH"]),
 ]

@@ -55,7 +55,9 @@ def create_app(settings: Settings, role: Role = "gateway") -> Starlette:
         warmer = Warmer()
         source = None
         if role == "runner" and settings.runner_source_url:
-            source = GatewaySource(settings.runner_source_url, store, settings.max_push_model_bytes)
+            source = GatewaySource(
+                settings.runner_source_url, store, settings.max_push_model_bytes, settings.admin_token
+            )
         registry = FunctionRegistry(store, host, settings, warmer=warmer, observer=metrics, source=source)
         wasm = WasmTier(settings.worker_threads, settings.inline_below_ms)
         pods, activator = make_pod_tier(settings, metrics) if role == "gateway" else (None, None)

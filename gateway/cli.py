@@ -88,6 +88,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     push.add_argument("--endpoint", help="an existing OIP v2 server (Triton, KServe, ...) to serve the pod tier")
     push.add_argument("--endpoint-model", help="the model's name on --endpoint (default: the function's name)")
+    push.add_argument(
+        "--inference-token",
+        help="a bearer token this function's requests must carry ('' removes it; default: keep the current one)",
+    )
     _pool_flags(push)
     _gateway_flag(push)
     push.set_defaults(func=cmd_push)
@@ -152,6 +156,11 @@ def _gateway_flag(p: argparse.ArgumentParser) -> None:
         default=os.environ.get("WASMGATE_URL", DEFAULT_URL),
         help=f"gateway URL (default $WASMGATE_URL or {DEFAULT_URL})",
     )
+    p.add_argument(
+        "--token",
+        default=os.environ.get("WASMGATE_ADMIN_TOKEN", ""),
+        help="the gateway's admin token (default $WASMGATE_ADMIN_TOKEN)",
+    )
 
 
 def settings_from(args: argparse.Namespace, **more: Any) -> Settings:
@@ -214,10 +223,10 @@ def cmd_push(args: argparse.Namespace) -> int:
             print(f"error: --model takes ALIAS=FILE, got {item!r}", file=sys.stderr)
             return 2
         models[alias] = _read(Path(path))
-    with AdminClient(args.gateway) as client:
+    with AdminClient(args.gateway, args.token) as client:
         pool = pool_settings_from(args)
         if data is None or data[:4] == WASM_MAGIC:
-            result = client.push(name, data, models, pool, placement)
+            result = client.push(name, data, models, pool, placement, args.inference_token)
         else:
             if models:
                 print(
@@ -225,7 +234,7 @@ def cmd_push(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
                 return 2
-            result = client.push(name, None, {"model": data}, pool, placement)
+            result = client.push(name, None, {"model": data}, pool, placement, args.inference_token)
     where = f"tier {_tier(result)}" + (f" at {result['endpoint']}" if result.get("endpoint") else "")
     print(f"pushed {result['name']} version {result['version']} ({result['kind']}, {where})")
     print(f"  infer: curl -X POST {args.gateway.rstrip('/')}/v2/models/{result['name']}/infer -d @request.json")
@@ -233,7 +242,7 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    with AdminClient(args.gateway) as client:
+    with AdminClient(args.gateway, args.token) as client:
         functions = client.list()
     rows = [("NAME", "VERSION", "KIND", "TIER", "SIZE", "PARAMS", "FLOPS/ROW", "INPUTS", "OUTPUTS", "MODELS")]
     for f in functions:
@@ -263,7 +272,7 @@ def cmd_scale(args: argparse.Namespace) -> int:
     if not pool:
         print("error: name at least one setting to change, e.g. --min-warm 1", file=sys.stderr)
         return 2
-    with AdminClient(args.gateway) as client:
+    with AdminClient(args.gateway, args.token) as client:
         result = client.set_pool(args.name, pool)
     settings = ", ".join(f"{k}={v}" for k, v in result["pool"].items())
     print(f"{result['name']}: {settings}")
@@ -271,7 +280,7 @@ def cmd_scale(args: argparse.Namespace) -> int:
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
-    with AdminClient(args.gateway) as client:
+    with AdminClient(args.gateway, args.token) as client:
         result = client.delete(args.name)
     print(f"deleted {result['deleted']} (was version {result['version']})")
     return 0

@@ -18,9 +18,11 @@ class ClientError(WasmgateError):
 
 
 class AdminClient:
-    def __init__(self, base_url: str, timeout: float = 300.0) -> None:
+    def __init__(self, base_url: str, token: str = "", timeout: float = 300.0) -> None:
+        """``token``: the gateway's admin token, sent as a bearer token when not empty."""
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, headers=headers)
 
     def close(self) -> None:
         self._http.close()
@@ -66,6 +68,7 @@ class AdminClient:
         models: Mapping[str, bytes],
         pool: Mapping[str, Any] | None = None,
         placement: Mapping[str, str | bool | None] | None = None,
+        inference_token: str | None = None,
     ) -> dict[str, Any]:
         """Upload what the gateway lacks, then push. ``placement``: ``tier``, ``endpoint``, ``endpoint_model``,
         ``spill``, ``mask_cold_start`` (None values are left out: a re-push keeps the function's own)."""
@@ -75,6 +78,8 @@ class AdminClient:
             "pool": dict(pool or {}),
             **{k: v for k, v in (placement or {}).items() if v is not None},
         }
+        if inference_token is not None:
+            doc["inference_token"] = inference_token
         result: dict[str, Any] = self._call("PUT", f"/admin/v1/functions/{name}", json=doc).json()
         return result
 

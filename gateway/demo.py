@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gateway.auth import check_bind
 from gateway.client import AdminClient, ClientError
 from gateway.server import configure_logging, tune_interpreter, uvicorn_server
 from gateway.settings import Settings
@@ -83,6 +84,7 @@ def run_demo(settings: Settings) -> int:
     tune_interpreter(settings)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # the demo's own pushes are not news
     model, x_test, y_test = train_digits()
+    check_bind(settings)
     server = uvicorn_server(settings)
     thread = threading.Thread(target=server.run, name="wasmgate-server")
     thread.start()
@@ -93,7 +95,7 @@ def run_demo(settings: Settings) -> int:
         time.sleep(0.05)
     url = f"http://{settings.host}:{settings.port}"
     try:
-        with AdminClient(url) as client:
+        with AdminClient(url, settings.admin_token) as client:
             client.push("digits", None, {"model": model})
             top3 = GUEST_BUILD / "digits_topk.wasm"
             if top3.exists():

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import httpx
 import wasmtime
 
+from gateway.auth import digest
 from gateway.settings import Settings
 from gateway.store import TIERS, LocalStore, Manifest, check_digest, check_name
 from router.admission import Admission, AdmissionObserver
@@ -294,6 +295,7 @@ class FunctionRegistry:
         models: Mapping[str, str],
         pool: Mapping[str, Any] | None = None,
         routing: Mapping[str, Any] | None = None,
+        token: str | None = None,
     ) -> Manifest:
         """Validate and commit a function. ``module`` and ``models`` are digests of uploaded blobs;
         ``module=None`` pushes a bare ONNX model behind the built-in passthrough guest. ``pool`` settings
@@ -302,7 +304,10 @@ class FunctionRegistry:
         ``routing`` may hold ``tier`` (``auto``, ``wasm`` or ``pod``), ``spill`` and ``mask_cold_start``
         (booleans), which a re-push keeps unless it names them, and ``endpoint`` (an existing OIP v2 server
         that serves the function's pod tier) with ``endpoint_model``. With an endpoint and neither module nor
-        models the function is served by that server alone (kind ``external``)."""
+        models the function is served by that server alone (kind ``external``).
+
+        ``token``, when given, becomes the function's own inference token (kept as its sha256; ``""`` removes
+        it); otherwise a re-push keeps the function's token."""
         routing = dict(routing or {})
         unknown = set(routing) - set(ROUTING_KEYS)
         if unknown:
@@ -336,6 +341,7 @@ class FunctionRegistry:
             endpoint_model=endpoint_model,
             spill=spill,
             mask_cold_start=mask_cold_start,
+            token_sha256=(previous.token_sha256 if previous else "") if token is None else token and digest(token),
         )
         committed = self.store.commit(manifest, self.settings.max_functions)
         self.forget(name)

@@ -11,9 +11,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway import openapi, routing
+from gateway.auth import check_inference
 from gateway.codec import HEADER_LENGTH, encode_response, parse_request, select_outputs
 from gateway.errors import status_of
-from gateway.functions import FunctionRegistry, bind_inputs
+from gateway.functions import bind_inputs
 from gateway.requests import read_body, state_of
 from gateway.state import AppState
 from gateway.store import Manifest
@@ -23,10 +24,13 @@ EXTENSIONS = ["binary_tensor_data"]
 PLATFORMS = {"passthrough": "onnxruntime_onnx", "custom": "wasmgate_wasm", "external": "wasmgate_endpoint"}
 
 
-async def lookup(registry: FunctionRegistry, request: Request) -> Manifest:
-    """The function's current manifest, checked against a version in the path. Loads nothing."""
-    manifest = registry.manifest(request.path_params["name"])
+async def lookup(state: AppState, request: Request) -> Manifest:
+    """The function's current manifest, checked against a version in the path and the caller's token. Loads
+    nothing."""
+    manifest = state.registry.manifest(request.path_params["name"])
     check_version(request, manifest)
+    if state.role == "gateway":
+        check_inference(state.settings, manifest, request.headers)
     return manifest
 
 
@@ -61,7 +65,7 @@ async def server_metadata(request: Request) -> Response:
 
 
 async def model_metadata(request: Request) -> Response:
-    m = await lookup(state_of(request).registry, request)
+    m = await lookup(state_of(request), request)
     return JSONResponse(
         {
             "name": m.name,
@@ -76,7 +80,7 @@ async def model_metadata(request: Request) -> Response:
 async def model_ready(request: Request) -> Response:
     """Ready when the function exists. A Wasm-tier function loads on demand in milliseconds and a pod-tier
     one is held while replicas start, so neither makes a caller wait for an explicit load."""
-    await lookup(state_of(request).registry, request)
+    await lookup(state_of(request), request)
     return Response(status_code=200)
 
 
@@ -88,6 +92,7 @@ async def infer(request: Request) -> Response:
     fn = state.registry.get_loaded(name)  # one stat(): the hot path of a loaded function
     manifest = fn.manifest if fn is not None else state.registry.manifest(name)
     check_version(request, manifest)
+    check_inference(state.settings, manifest, request.headers)
     return await routing.infer(request, state, manifest, fn)
 
 

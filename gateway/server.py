@@ -24,6 +24,7 @@ from starlette.applications import Starlette
 from uvicorn.supervisors import Multiprocess
 
 from gateway.app import create_app
+from gateway.auth import check_bind
 from gateway.settings import MULTIPROC_ENV, Settings
 from gateway.state import Role
 
@@ -106,6 +107,7 @@ def _watch_parent(server: uvicorn.Server, parent: int) -> None:
 
 
 def serve(settings: Settings) -> None:
+    check_bind(settings)
     configure_logging(settings)
     tune_interpreter(settings)
     if settings.workers <= 1:

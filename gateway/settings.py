@@ -31,6 +31,11 @@ class Settings:
     #: Interface to bind. Loopback by default: expose the gateway deliberately, behind a proxy or with care.
     host: str = "127.0.0.1"
     port: int = 8080
+    #: Bearer token the admin API requires (push, delete, settings). Without one, ``wasm serve`` binds loopback
+    #: only. Never logged.
+    admin_token: str = dataclasses.field(default="", repr=False)
+    #: Bearer token inference requires, for functions pushed without a token of their own. Empty: none.
+    inference_token: str = dataclasses.field(default="", repr=False)
     #: The embedded store: content-addressed blobs, one manifest per function, and the compile cache.
     data_dir: Path = Path("wasmgate-data")
     log_level: LogLevel = "info"

@@ -22,11 +22,16 @@ log = logging.getLogger("wasmgate.source")
 
 
 class GatewaySource:
-    def __init__(self, base_url: str, store: LocalStore, max_blob_bytes: int, timeout_s: float = 300.0) -> None:
+    def __init__(
+        self, base_url: str, store: LocalStore, max_blob_bytes: int, token: str = "", timeout_s: float = 300.0
+    ) -> None:
+        """``token``: the gateway's admin token, when it has one (the admin API serves the artifacts)."""
         self.base_url = base_url.rstrip("/")
         self.store = store
         self.max_blob_bytes = max_blob_bytes
-        self._http = httpx.Client(base_url=self.base_url, timeout=httpx.Timeout(timeout_s, connect=5.0))
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        timeout = httpx.Timeout(timeout_s, connect=5.0)
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, headers=headers)
         self._lock = threading.Lock()  # one fetch at a time: concurrent first requests share its result
 
     def close(self) -> None:

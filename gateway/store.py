@@ -82,6 +82,7 @@ class Manifest:
     figures: ModelFigures = dataclasses.field(default_factory=ModelFigures)  # its models' sizes and cost
     spill: bool = True  # a Wasm-tier function may spill large batches and overflow to warm pods
     mask_cold_start: bool = True  # a pod-tier function may be served by the Wasm tier while pods start
+    token_sha256: str = dataclasses.field(default="", repr=False)  # sha256 of its own inference token, if any
 
     @property
     def code(self) -> tuple[str, tuple[tuple[str, str], ...]]:
@@ -105,6 +106,7 @@ class Manifest:
             "figures": self.figures.to_json(),
             "spill": self.spill,
             "mask_cold_start": self.mask_cold_start,
+            "token_sha256": self.token_sha256,
         }
 
     @classmethod
@@ -130,6 +132,7 @@ class Manifest:
             figures=ModelFigures.from_json(doc.get("figures") or {}),
             spill=bool(doc.get("spill", True)),
             mask_cold_start=bool(doc.get("mask_cold_start", True)),
+            token_sha256=str(doc.get("token_sha256") or ""),
         )
 
 

@@ -26,6 +26,7 @@ import pytest
 import yaml
 from kubernetes.utils import parse_quantity
 
+from gateway.auth import check_bind
 from gateway.server import _uvicorn_options
 from gateway.settings import Settings
 from tests.kustomize_subset import KustomizeSubsetError, Obj, render, split_image
@@ -77,8 +78,15 @@ class Container:
 
     @property
     def env(self) -> dict[str, str]:
+        """Literal values as they are; a token from a Secret as a stand-in value (the Secret is the operator's)."""
         env = {}
         for var in self.spec.get("env", []):
+            if var["name"].endswith("_TOKEN"):
+                assert set(var) == {"name", "valueFrom"}, f"{var['name']}: tokens come from a Secret"
+                ref = var["valueFrom"]["secretKeyRef"]
+                assert ref["name"] == "wasmgate-tokens", var
+                env[var["name"]] = f"<secret {ref['key']}>"
+                continue
             assert set(var) == {"name", "value"}, f"{var['name']}: only literal values are expected"
             env[var["name"]] = var["value"]
         return env
@@ -415,3 +423,13 @@ def test_renderer_merges_env_by_name_and_replaces_tolerations(tmp_path: Path) ->
     assert r.env["WASMGATE_PORT"] == "9"
     assert list(r.env) == list(runner(rendered("gpu")).env)  # merged in place, nothing dropped or moved
     assert r.pod["tolerations"] == pod["tolerations"]  # the GPU toleration is gone: lists without a key replace
+
+
+@pytest.mark.parametrize("name", RENDERINGS)
+def test_the_gateway_binds_beyond_loopback_only_with_an_admin_token(name: str) -> None:
+    objects = rendered(name)
+    settings = gateway(objects).settings()
+    assert settings.host == "0.0.0.0"
+    check_bind(settings)  # raises without an admin token
+    # Runners fetch functions through the admin API, so they carry the same token.
+    assert runner(objects).env["WASMGATE_ADMIN_TOKEN"] == gateway(objects).env["WASMGATE_ADMIN_TOKEN"]
