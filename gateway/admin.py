@@ -130,6 +130,25 @@ async def patch_pool(request: Request) -> Response:
     return JSONResponse(describe(state, manifest))
 
 
+async def rollback(request: Request) -> Response:
+    """Make an earlier version current again, as a new version: ``{"to": V}`` (default: the one before)."""
+    state = state_of(request)
+    name = check_name(request.path_params["name"])
+    doc = await json_object(request, 'body must be an object, e.g. {"to": 3} or {}')
+    to = doc.get("to")
+    if to is not None and (not isinstance(to, int) or isinstance(to, bool)):
+        raise InvalidRequest("'to' must be a version number")
+    manifest = await anyio.to_thread.run_sync(state.registry.rollback, name, to)
+    return JSONResponse(describe(state, manifest), status_code=201)
+
+
+async def function_versions(request: Request) -> Response:
+    store = state_of(request).store
+    name = check_name(request.path_params["name"])
+    current = store.get(name)
+    return JSONResponse({"name": name, "current": current.version, "versions": store.history(name)})
+
+
 async def list_functions(request: Request) -> Response:
     state = state_of(request)
     manifests = await anyio.to_thread.run_sync(state.store.manifests)
@@ -157,4 +176,6 @@ ROUTES = [
     Route("/admin/v1/functions/{name}", admin_only(put_function), methods=["PUT"]),
     Route("/admin/v1/functions/{name}", admin_only(delete_function), methods=["DELETE"]),
     Route("/admin/v1/functions/{name}/pool", admin_only(patch_pool), methods=["PATCH"]),
+    Route("/admin/v1/functions/{name}/rollback", admin_only(rollback), methods=["POST"]),
+    Route("/admin/v1/functions/{name}/versions", admin_only(function_versions), methods=["GET"]),
 ]

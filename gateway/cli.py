@@ -106,6 +106,12 @@ def _parser() -> argparse.ArgumentParser:
     _gateway_flag(scale)
     scale.set_defaults(func=cmd_scale)
 
+    rollback = sub.add_parser("rollback", help="make an earlier version of a function current again")
+    rollback.add_argument("name")
+    rollback.add_argument("--to", type=int, help="the version to go back to (default: the one before the current)")
+    _gateway_flag(rollback)
+    rollback.set_defaults(func=cmd_rollback)
+
     rm = sub.add_parser("rm", help="delete a function")
     rm.add_argument("name")
     _gateway_flag(rm)
@@ -276,6 +282,14 @@ def cmd_scale(args: argparse.Namespace) -> int:
         result = client.set_pool(args.name, pool)
     settings = ", ".join(f"{k}={v}" for k, v in result["pool"].items())
     print(f"{result['name']}: {settings}")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    with AdminClient(args.gateway, args.token) as client:
+        result = client.rollback(args.name, args.to)
+    source = args.to if args.to is not None else result["version"] - 2
+    print(f"rolled {result['name']} back to version {source}: now version {result['version']}")
     return 0
 
 

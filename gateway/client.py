@@ -87,6 +87,11 @@ class AdminClient:
         result: dict[str, Any] = self._call("PATCH", f"/admin/v1/functions/{name}/pool", json=dict(pool)).json()
         return result
 
+    def rollback(self, name: str, to: int | None = None) -> dict[str, Any]:
+        doc = {} if to is None else {"to": to}
+        result: dict[str, Any] = self._call("POST", f"/admin/v1/functions/{name}/rollback", json=doc).json()
+        return result
+
     def list(self) -> list[dict[str, Any]]:
         functions: list[dict[str, Any]] = self._call("GET", "/admin/v1/functions").json()["functions"]
         return functions

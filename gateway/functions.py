@@ -348,6 +348,25 @@ class FunctionRegistry:
         self._history.pop(name, None)  # new code: its speed is unknown again
         return committed
 
+    def rollback(self, name: str, to: int | None = None) -> Manifest:
+        """Make an earlier version current again, as a new version (versions only ever grow, so a runner that
+        caches by version never serves a stale one). ``to`` defaults to the version before the current one.
+        The code is the version's own; pool and routing settings are too. Raises NotFound, InvalidRequest."""
+        current = self.store.get(check_name(name))
+        target = current.version - 1 if to is None else to
+        if target < 1 or target >= current.version:
+            raise InvalidRequest(
+                f"{name!r} is at version {current.version}: roll back to an earlier version (1 to "
+                f"{current.version - 1})"
+                if current.version > 1
+                else f"{name!r} has no earlier version"
+            )
+        old = self.store.get_version(name, target)
+        committed = self.store.commit(old, self.settings.max_functions)
+        self.forget(name)
+        self._history.pop(name, None)
+        return committed
+
     @staticmethod
     def _flag(routing: Mapping[str, Any], key: str, previous: Manifest | None) -> bool:
         value = routing.get(key, getattr(previous, key) if previous is not None else True)

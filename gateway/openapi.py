@@ -464,6 +464,56 @@ def _admin_paths() -> dict[str, Schema]:
                 },
             },
         },
+        "/admin/v1/functions/{name}/rollback": {
+            "parameters": [_p("name")],
+            "post": {
+                "operationId": "rollback",
+                "tags": ["admin"],
+                "summary": "Make an earlier version current again, as a new version",
+                "requestBody": {
+                    "required": True,
+                    "content": _json(
+                        {
+                            "type": "object",
+                            "properties": {"to": {"type": "integer", "minimum": 1}},
+                            "additionalProperties": True,
+                        }
+                    ),
+                },
+                "responses": {
+                    "201": {"description": "the new version", "content": fn},
+                    "400": _error("bad name or body, or no such earlier version to go back to"),
+                    "404": UNKNOWN,
+                    "413": TOO_LARGE,
+                },
+            },
+        },
+        "/admin/v1/functions/{name}/versions": {
+            "parameters": [_p("name")],
+            "get": {
+                "operationId": "function_versions",
+                "tags": ["admin"],
+                "summary": "The versions a function has had, and its current one",
+                "responses": {
+                    "200": {
+                        "description": "versions",
+                        "content": _json(
+                            {
+                                "type": "object",
+                                "required": ["name", "current", "versions"],
+                                "properties": {
+                                    "name": {"type": "string"},
+                                    "current": {"type": "integer"},
+                                    "versions": {"type": "array", "items": {"type": "integer"}},
+                                },
+                            }
+                        ),
+                    },
+                    "400": BAD_NAME,
+                    "404": UNKNOWN,
+                },
+            },
+        },
         "/admin/v1/functions/{name}/pool": {
             "parameters": [_p("name")],
             "patch": {

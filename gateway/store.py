@@ -5,6 +5,7 @@ Layout under the data directory::
     blobs/sha256/<hex>        immutable blobs (Wasm modules, ONNX models), named by their sha256
     uploads/<hex>             blobs uploaded for a push that has not been committed yet
     functions/<name>.json     the current manifest of each function
+    versions/<name>/<v>.json  every version each function has had (for rollback)
     cache/                    the engine's compile cache (owned by wasm_host.engine)
 
 Every write goes to a temporary file in the same directory, is fsynced, and is renamed into place, so a reader
@@ -23,6 +24,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
@@ -142,7 +144,8 @@ class LocalStore:
         self.blobs = root / "blobs" / "sha256"
         self.uploads = root / "uploads"
         self.functions = root / "functions"
-        for d in (self.blobs, self.uploads, self.functions):
+        self.versions = root / "versions"
+        for d in (self.blobs, self.uploads, self.functions, self.versions):
             d.mkdir(parents=True, exist_ok=True)
         self._lock_path = root / ".lock"
 
@@ -268,12 +271,32 @@ class LocalStore:
             return manifest
 
     def _place(self, manifest: Manifest) -> None:
-        """Move the manifest's staged blobs into the store, then write it: the one rename that commits."""
+        """Move the manifest's staged blobs into the store, record the version, then write the manifest: the
+        one rename that commits. A crash before it leaves the previous version current (and a recorded
+        version that never became current, which rollback may still name)."""
         for digest in (manifest.module, *manifest.models.values()):
             if digest and not self.blob_path(digest).exists():
                 os.replace(self.upload_path(digest), self.blob_path(digest))
                 _fsync_dir(self.blobs)
-        _atomic_write(self._manifest_path(manifest.name), json.dumps(manifest.to_json(), indent=1).encode())
+        data = json.dumps(manifest.to_json(), indent=1).encode()
+        history = self.versions / check_name(manifest.name)
+        history.mkdir(exist_ok=True)
+        _atomic_write(history / f"{manifest.version}.json", data)
+        _atomic_write(self._manifest_path(manifest.name), data)
+
+    def history(self, name: str) -> list[int]:
+        """The versions ``name`` has had, oldest first."""
+        folder = self.versions / check_name(name)
+        if not folder.is_dir():
+            return []
+        return sorted(int(p.stem) for p in folder.glob("*.json") if p.stem.isdigit())
+
+    def get_version(self, name: str, version: int) -> Manifest:
+        try:
+            doc = json.loads((self.versions / check_name(name) / f"{version}.json").read_text())
+        except FileNotFoundError:
+            raise NotFound(f"function {name!r} has no version {version} (it has {self.history(name)})") from None
+        return Manifest.from_json(doc)
 
     def set_pool(self, name: str, pool: PoolSettings) -> Manifest:
         """Change a function's pool settings. The version (which counts pushes of code) stays."""
@@ -283,10 +306,12 @@ class LocalStore:
             return manifest
 
     def delete(self, name: str) -> Manifest:
+        """Remove the function and its history (its blobs stay: other functions may share them)."""
         with self._locked():
             manifest = self.get(name)
             self._manifest_path(name).unlink()
             _fsync_dir(self.functions)
+            shutil.rmtree(self.versions / check_name(name), ignore_errors=True)
             return manifest
 
     @contextlib.contextmanager

@@ -446,10 +446,10 @@ def garbage_files(digits: Digits) -> dict[str, bytes]:
 
 
 def store_snapshot(data_dir: Path) -> dict[str, int]:
-    """The committed store: manifests and blobs with their sizes (uploads pending a push and the compile
-    cache may change)."""
+    """The committed store: manifests, their versions and blobs, with their sizes (uploads pending a push and
+    the compile cache may change)."""
     out = {}
-    for sub in ("functions", "blobs"):
+    for sub in ("functions", "versions", "blobs"):
         for path in sorted((data_dir / sub).rglob("*")):
             if path.is_file():
                 out[str(path.relative_to(data_dir))] = path.stat().st_size
@@ -565,10 +565,11 @@ def test_hostile_names_are_400_or_404_and_touch_no_file(gateway: Gateway, digits
     assert sorted(p.name for p in root.iterdir()) == ["data"]
     for path in gateway.data_dir.rglob("*"):
         top = path.relative_to(gateway.data_dir).parts[0]
-        assert top in ("blobs", "uploads", "functions", "cache", ".lock"), path
+        assert top in ("blobs", "uploads", "functions", "versions", "cache", ".lock"), path
         assert ".." not in path.name, path
         assert path.name.isprintable(), path
     assert sorted(p.name for p in (gateway.data_dir / "functions").iterdir()) == ["digits.json", "scratch.json"]
+    assert sorted(p.name for p in (gateway.data_dir / "versions").iterdir()) == ["digits", "scratch"]
 
 
 # -- endpoints ----------------------------------------------------------------------------------------------
