@@ -136,6 +136,7 @@ POOL_FLAGS = {
     "max_queue": (int, "requests that may wait for a slot (more: 429)"),
     "queue_timeout": (float, "seconds a request may wait for a slot (longer: 503)"),
     "recycle_after": (int, "requests a reused instance serves before it is replaced"),
+    "deadline_ms": (int, "this function's deadline per request in ms (0: the gateway's deadline_ms)"),
 }
 POOL_KEYS = {"idle_timeout": "idle_timeout_s", "queue_timeout": "queue_timeout_s"}
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import hashlib
 import json
@@ -31,7 +32,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
-from wasm_host.errors import InvalidRequest, NotFound, TooLarge
+from wasm_host.errors import InvalidRequest, NotFound, TooLarge, Unavailable
 from wasm_host.figures import ModelFigures
 from wasm_host.pool import PoolSettings
 from wasm_host.tensors import TensorSpec
@@ -186,9 +187,10 @@ class LocalStore:
 
     @contextlib.contextmanager
     def _upload(self, digest: str, limit: int) -> Iterator[_Upload]:
-        fd, tmp = tempfile.mkstemp(dir=self.uploads, prefix=".tmp-")
+        with disk_errors("the upload"):
+            fd, tmp = tempfile.mkstemp(dir=self.uploads, prefix=".tmp-")
         try:
-            with os.fdopen(fd, "wb") as fh:
+            with disk_errors("an upload"), os.fdopen(fd, "wb") as fh:  # buffered: flush and close write too
                 upload = _Upload(fh, limit)
                 yield upload
                 fh.flush()
@@ -324,6 +326,22 @@ class LocalStore:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
+#: errno values that mean the disk (or this process's share of it) is full.
+FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+@contextlib.contextmanager
+def disk_errors(what: str) -> Iterator[None]:
+    """A full disk is the operator's to fix, not a crash: 503 naming it, with the store left as it was (every
+    write here goes to a temporary file that is removed on failure)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in FULL:
+            raise Unavailable(f"the store is out of space writing {what}: {exc.strerror}", retry_after=30) from exc
+        raise
+
+
 class _Upload:
     """One upload in progress: counts, hashes and writes its chunks."""
 
@@ -343,17 +361,18 @@ class _Upload:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with disk_errors(path.name):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def _fsync_dir(path: Path) -> None:

@@ -55,7 +55,7 @@ def _run(pool: InstancePool, inputs: Sequence[Tensor], outputs: Sequence[TensorS
     started = time.perf_counter()
     try:
         with pool.instance() as instance:
-            return instance.handle(inputs, outputs)
+            return instance.handle(inputs, outputs, pool.settings.deadline_ms or None)
     finally:  # failures count too: a guest that ran into its deadline must not look quick
         elapsed_ms = (time.perf_counter() - started) * 1000
         typical = pool.typical_ms

@@ -351,3 +351,14 @@ def test_gateway_memory_does_not_grow_across_repeats(served: Served) -> None:
     assert after - before < bound, f"VmRSS grew from {before / MiB:.1f} MiB to {after / MiB:.1f} MiB"
     assert served.http.get("/v2/health/ready").status_code == 200
     assert_healthy_was_never_disturbed(served)
+
+
+def test_a_function_has_its_own_deadline(served: Served, hostile_guests: dict[str, Path]) -> None:
+    r = served.gateway.cli("push", str(hostile_guests["infinite_loop"]), "--name", "loop-50ms", "--deadline-ms", "50")
+    assert r.returncode == 0, r.stderr
+    answer = call(served, "loop-50ms", 1)
+    assert answer.status_code == 504
+    assert "ran past its deadline (50 ms) in handle" in answer.json()["error"]
+    # The gateway-wide deadline still holds for the others.
+    assert f"({DEADLINE_MS} ms)" in call(served, "infinite-loop", 1).json()["error"]
+    assert_healthy_serves(served)

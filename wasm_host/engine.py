@@ -154,6 +154,9 @@ class WasmEngine:
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, self.cache_dir / f"{digest}.cwasm")
+        except OSError as exc:  # a full disk: the cache is an optimisation; the module is compiled all the same
+            Path(tmp).unlink(missing_ok=True)
+            log.warning("could not write the compile cache entry for %s: %s", digest[:12], exc.strerror or exc)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise

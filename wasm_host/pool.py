@@ -52,10 +52,12 @@ class PoolSettings:
     isolation: Isolation = "reuse"
     #: ``reuse`` only: requests an instance serves before it is replaced.
     recycle_after: int = 10_000
+    #: This function's deadline per request, in milliseconds; 0: the sandbox's (setting ``deadline_ms``).
+    deadline_ms: int = 0
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("min_warm", "max_instances", "concurrency", "max_queue", "recycle_after"):
+        for name in ("min_warm", "max_instances", "concurrency", "max_queue", "recycle_after", "deadline_ms"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 problems.append(f"{name} must be a non-negative integer")
