@@ -186,6 +186,7 @@ SCHEMAS: dict[str, Schema] = {
             "queue_timeout_s": {"type": "number", "minimum": 0},
             "isolation": {"type": "string", "enum": ["reuse", "fresh"]},
             "recycle_after": {"type": "integer", "minimum": 1},
+            "deadline_ms": {"type": "integer", "minimum": 0, "description": "0: the gateway's deadline_ms"},
         },
         "additionalProperties": False,
     },
@@ -208,6 +209,10 @@ SCHEMAS: dict[str, Schema] = {
             "mask_cold_start": {"type": "boolean"},
             "endpoint": {"type": "string", "description": "an http:// or https:// OIP v2 server's base URL"},
             "endpoint_model": {"type": "string", "pattern": NAME_PATTERN},
+            "inference_token": {
+                "type": "string",
+                "description": "a bearer token this function's requests must carry ('' removes it)",
+            },
         },
     },
     "Manifest": {
@@ -231,6 +236,7 @@ SCHEMAS: dict[str, Schema] = {
             },
             "spill": {"type": "boolean"},
             "mask_cold_start": {"type": "boolean"},
+            "requires_token": {"type": "boolean", "description": "whether it has an inference token of its own"},
             "home_tier": {"type": "string", "enum": TIERS},
         },
         "required": ["name", "version", "kind", "module", "models", "pool", "tier", "home_tier"],
@@ -583,13 +589,18 @@ def _build() -> dict[str, Any]:
     paths = {**_server_paths(), **_model_paths("/v2/models/{name}", False)}
     paths.update(_model_paths("/v2/models/{name}/versions/{version}", True))
     paths.update(_admin_paths())
-    for item in paths.values():  # the statuses every operation on a function shares
+    unauthorized = _error("a missing or wrong bearer token (when the gateway is configured with one)")
+    for path, item in paths.items():  # the statuses every operation on a function shares
         named = any(p == _p("name") for p in item.get("parameters", []))
+        guarded = path.startswith(("/admin/", "/v2/models/"))
         for operation in (v for k, v in item.items() if k != "parameters"):
             responses = operation["responses"]
             if named:
                 responses.setdefault("400", BAD_NAME)
                 responses.setdefault("404", UNKNOWN)
+            if guarded:
+                responses.setdefault("401", unauthorized)
+                operation["security"] = [{"bearer": []}, {}]  # the token is required only when configured
     schemas = {
         **SCHEMAS,
         "BlobStored": {"type": "object", "properties": {"digest": {"type": "string"}}, "required": ["digest"]},
@@ -614,11 +625,16 @@ def _build() -> dict[str, Any]:
         },
         "tags": [
             {"name": "oip", "description": "Open Inference Protocol v2"},
-            {"name": "admin", "description": "Blobs and functions (no authentication yet)"},
+            {"name": "admin", "description": "Blobs and functions (behind the admin token, when one is set)"},
             {"name": "operations", "description": "Metrics and this document"},
         ],
         "paths": paths,
-        "components": {"schemas": schemas, "parameters": PARAMETERS, "headers": HEADERS},
+        "components": {
+            "schemas": schemas,
+            "parameters": PARAMETERS,
+            "headers": HEADERS,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
     }
 
 
