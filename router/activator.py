@@ -83,6 +83,7 @@ class Activator:
         self._held: collections.deque[_Held] = collections.deque()
         self._kick = anyio.Event()
         self._below_since: float | None = None
+        self._peak = 0  # most requests in flight or held at once since the last scaling decision
         self._last_scale_error: str | None = None
         self._demand_elsewhere_at = -float("inf")  # last request served by another tier for lack of a replica
         self._scaling_from_zero_at: float | None = None
@@ -128,7 +129,10 @@ class Activator:
         if self._last_tick is not None:
             self.replica_seconds += self.scaler.wanted() * (now - self._last_tick)
         self._last_tick = now
-        demand = sum(self.in_flight.values()) + len(self._held)
+        # The most requests seen at once since the last decision, not the count at this instant: a stream of
+        # short requests is mostly between requests at any given instant, and must not read as no demand.
+        demand = max(self._peak, sum(self.in_flight.values()) + len(self._held))
+        self._peak = 0
         if now - self._demand_elsewhere_at < self.policy.idle_grace_s:
             demand = max(demand, 1)  # requests are being served elsewhere until a replica is up
         current = self.scaler.wanted()
@@ -187,6 +191,7 @@ class Activator:
             replica = await self._hold(function, exclude)
             held = True
         self.in_flight[replica.id] += 1
+        self._peak = max(self._peak, sum(self.in_flight.values()) + len(self._held))
         try:
             yield Lease(replica, held)
         finally:
@@ -213,6 +218,7 @@ class Activator:
             )
         entry = _Held(function)
         self._held.append(entry)
+        self._peak = max(self._peak, sum(self.in_flight.values()) + len(self._held))
         self._kick.set()  # scale from zero now, not at the next tick
         self._report()
         deadline = time.monotonic() + self.hold_timeout_s

@@ -188,3 +188,25 @@ def test_idle_replicas_scale_to_zero_after_the_grace_period_only() -> None:
             tg.cancel_scope.cancel()
 
     anyio.run(main)
+
+
+def test_a_steady_stream_of_short_requests_keeps_the_tier_up() -> None:
+    """Each request is over long before the next scaling tick: demand is what was seen since the last tick,
+    not the count at the tick, so the tier stays up while the stream lasts and scales down after it."""
+
+    async def main() -> None:
+        scaler = ScriptedScaler()
+        activator = Activator(scaler, ScalePolicy(idle_grace_s=0.3), 10, 30, tick_s=0.05)
+        scaler.set_ready(R1)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(activator.run)
+            started = anyio.current_time()
+            while anyio.current_time() - started < 1.2:  # four grace periods of traffic
+                async with activator.acquire("f"):
+                    pass  # a short request: never in flight at a tick
+                await anyio.sleep(0.02)
+            assert 0 not in scaler.asked, scaler.asked
+            await wait_for(lambda: scaler.asked[-1:] == [0])
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)
