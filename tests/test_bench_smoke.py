@@ -25,22 +25,28 @@ def test_dense_model_is_about_ten_megabytes() -> None:
     assert 9_000_000 < len(dense_model()) < 11_000_000
 
 
-@pytest.mark.e2e
-def test_pod_cold_start_bench_runs_quick() -> None:
-    """One round against a real gateway and its runner, wasmgate only; the bench checks the cold-start header
-    and the output against onnxruntime itself."""
+def run_quick(module: str, timeout: float) -> str:
+    """``python -m bench.<module> --quick`` with no WASMGATE_* settings of ours; its output, once it passed."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WASMGATE_")}
     done = subprocess.run(
-        [sys.executable, "-m", "bench.pod_cold_start", "--quick"],
+        [sys.executable, "-m", f"bench.{module}", "--quick"],
         cwd=Path(__file__).resolve().parent.parent,
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    rows = [line for line in done.stdout.splitlines() if line.startswith("| wasmgate ") and "pod tier" in line]
-    assert len(rows) == 1, done.stdout
+    return done.stdout
+
+
+@pytest.mark.e2e
+def test_pod_cold_start_bench_runs_quick() -> None:
+    """One round against a real gateway and its runner, wasmgate only; the bench checks the cold-start header
+    and the output against onnxruntime itself."""
+    out = run_quick("pod_cold_start", 120)
+    rows = [line for line in out.splitlines() if line.startswith("| wasmgate ") and "pod tier" in line]
+    assert len(rows) == 1, out
     assert "| 1 |" in rows[0]
 
 
@@ -48,17 +54,7 @@ def test_pod_cold_start_bench_runs_quick() -> None:
 def test_routing_trace_bench_runs_quick() -> None:
     """A few seconds of bursty trace against the three policies' gateways, and the simulation of it; the bench
     checks every answer against onnxruntime itself. Only that the tables print is checked here, no figures."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WASMGATE_")}
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.routing_trace", "--quick"],
-        cwd=Path(__file__).resolve().parent.parent,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    out = done.stdout
+    out = run_quick("routing_trace", 180)
     assert "## Measured on this machine" in out
     assert "## Simulated" in out
     for label in ("always pod", "always Wasm", "wasmgate"):

@@ -133,34 +133,60 @@ def test_small_to_wasm_large_to_pod_with_cold_start_masking_then_spill_over(
         assert decisions >= 1, (function, tier, reason)
 
 
-def test_a_saturated_wasm_pool_spills_to_a_ready_pod_unless_the_function_forbids_it(
-    tmp_path: Path, dense: tuple[Path, ort.InferenceSession]
-) -> None:
-    path, session = dense
-    env = {**ROUTING_ENV, "WASMGATE_POD_MIN_REPLICAS": "1", "WASMGATE_SPILL_BATCH_ROWS": "100000"}
+def test_a_saturated_wasm_pool_spills_to_a_ready_pod_unless_the_function_forbids_it(tmp_path: Path) -> None:
+    """Saturation is set up step by step, not by racing a burst: a long batch holds the function's one slot
+    (seen in /metrics), a second request waits in its queue (seen in /metrics), and only then does the third
+    arrive, to a pool whose slots are all busy with a queue behind them."""
+    heavy_sizes = (1024, 2048, 2048, 10)
+    heavy = tmp_path / "heavy.onnx"
+    heavy.write_bytes(dense_model(heavy_sizes))
+    env = {
+        **ROUTING_ENV,
+        "WASMGATE_POD_MIN_REPLICAS": "1",
+        "WASMGATE_SPILL_BATCH_ROWS": "100000",
+        "WASMGATE_DEADLINE_MS": "60000",
+    }
     gw = Gateway(tmp_path / "data", tmp_path / "gateway.log", env=env)
     gw.start()
     try:
         wait_until(lambda: len(runner_pids(gw)) == 1, 60, "a runner (pod_min_replicas=1)")
-        # Pinned to the Wasm tier with one slot: concurrent batches queue behind each other.
-        flags = ["--tier", "wasm", "--concurrency", "1", "--max-instances", "1"]
-        assert gw.cli("push", str(path), "--name", "busy", *flags).returncode == 0
-        assert gw.cli("push", str(path), "--name", "confined", *flags, "--no-spill").returncode == 0
-        x = rows(2048, seed=2)
-        wait_until(lambda: infer(gw, "busy", rows(1), **{"x-wasmgate-tier": "pod"}).status_code == 200, 60, "pod")
+        flags = ["--tier", "wasm", "--concurrency", "1", "--max-instances", "1", "--queue-timeout", "120"]
+        assert gw.cli("push", str(heavy), "--name", "busy", *flags).returncode == 0
+        assert gw.cli("push", str(heavy), "--name", "confined", *flags, "--no-spill").returncode == 0
+        one = np.random.default_rng(4).standard_normal((1, heavy_sizes[0])).astype(np.float32)
+        wait_until(lambda: infer(gw, "busy", one, **{"x-wasmgate-tier": "pod"}).status_code == 200, 60, "pod")
+        big = np.random.default_rng(5).standard_normal((4096, heavy_sizes[0])).astype(np.float32)
+        header = (
+            b'{"inputs":[{"name":"input","shape":[4096,%d],"datatype":"FP32","parameters":{"binary_data_size":%d}}]}'
+            % (heavy_sizes[0], big.nbytes)
+        )
 
-        def burst(name: str) -> list[httpx.Response]:
-            with concurrent.futures.ThreadPoolExecutor(6) as pool:
-                return list(pool.map(lambda _: infer(gw, name, x), range(6)))
+        def gauge(name: str, function: str, **labels: str) -> float:
+            return metric(httpx.get(f"{gw.url}/metrics").text, name, function=function, **labels)
 
-        spilled = burst("busy")
-        for r in spilled:
-            check_dense(r, session, x)
-        reasons = {where(r) for r in spilled}
-        assert ("pod", "spill_saturated") in reasons, reasons
-        assert ("wasm", "home") in reasons
-        confined = burst("confined")
-        assert {where(r) for r in confined} == {("wasm", "home")}
+        def third_request(function: str) -> tuple[str, str, bool]:
+            """Where the third request ran, and whether it was answered while the long batch still ran."""
+            with concurrent.futures.ThreadPoolExecutor(2) as pool:
+                long = pool.submit(
+                    httpx.post,
+                    f"{gw.url}/v2/models/{function}/infer",
+                    content=header + big.tobytes(),
+                    headers={"inference-header-content-length": str(len(header))},
+                    timeout=120,
+                )
+                wait_until(lambda: gauge("wasmgate_instances", function, state="busy") == 1, 60, "the long batch")
+                queued = pool.submit(infer, gw, function, one)
+                wait_until(lambda: gauge("wasmgate_queue_depth", function) == 1, 60, "a request in the queue")
+                assert not long.done(), "the long batch ended before the third request was sent"
+                third = infer(gw, function, one)
+                overtook = not long.done()
+                for r in (long.result(), queued.result(), third):
+                    assert r.status_code == 200, r.text[:300]
+                assert where(queued.result()) == ("wasm", "home")
+                return (*where(third), overtook)
+
+        assert third_request("busy") == ("pod", "spill_saturated", True)  # answered by the pod meanwhile
+        assert third_request("confined") == ("wasm", "home", False)  # --no-spill: it waits its turn instead
     finally:
         gw.stop()
 
