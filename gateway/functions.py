@@ -186,8 +186,10 @@ class FunctionRegistry:
         if fn is not None and (version is None or fn.manifest.version == version):
             return fn
         if self.source is not None:
-            stamp = self.store.stamp(name)
-            current = self.store.get(name).version if stamp is not None else None
+            try:
+                current: int | None = self.manifest(name).version
+            except NotFound:
+                current = None
             if current is None or (version is not None and current < version):
                 self.source.fetch(name)
         return self.get(name)
@@ -343,9 +345,13 @@ class FunctionRegistry:
             mask_cold_start=mask_cold_start,
             token_sha256=(previous.token_sha256 if previous else "") if token is None else token and digest(token),
         )
+        return self._commit(manifest)
+
+    def _commit(self, manifest: Manifest) -> Manifest:
+        """Commit a new version, and drop what this process holds of the old one."""
         committed = self.store.commit(manifest, self.settings.max_functions)
-        self.forget(name)
-        self._history.pop(name, None)  # new code: its speed is unknown again
+        self.forget(manifest.name)
+        self._history.pop(manifest.name, None)  # new code: its speed is unknown again
         return committed
 
     def rollback(self, name: str, to: int | None = None) -> Manifest:
@@ -361,11 +367,7 @@ class FunctionRegistry:
                 if current.version > 1
                 else f"{name!r} has no earlier version"
             )
-        old = self.store.get_version(name, target)
-        committed = self.store.commit(old, self.settings.max_functions)
-        self.forget(name)
-        self._history.pop(name, None)
-        return committed
+        return self._commit(self.store.get_version(name, target))
 
     @staticmethod
     def _flag(routing: Mapping[str, Any], key: str, previous: Manifest | None) -> bool:

@@ -12,9 +12,8 @@ from starlette.routing import Route
 
 from gateway import openapi, routing
 from gateway.auth import check_inference
-from gateway.codec import HEADER_LENGTH, encode_response, parse_request, select_outputs
+from gateway.codec import HEADER_LENGTH, parse_request
 from gateway.errors import status_of
-from gateway.functions import bind_inputs
 from gateway.requests import read_body, state_of
 from gateway.state import AppState
 from gateway.store import Manifest
@@ -28,10 +27,16 @@ async def lookup(state: AppState, request: Request) -> Manifest:
     """The function's current manifest, checked against a version in the path and the caller's token. Loads
     nothing."""
     manifest = state.registry.manifest(request.path_params["name"])
+    admit(state, request, manifest)
+    return manifest
+
+
+def admit(state: AppState, request: Request, manifest: Manifest) -> None:
+    """The version in the path must be the current one, and a gateway's caller must hold the function's token
+    (a runner serves only what its gateway admitted)."""
     check_version(request, manifest)
     if state.role == "gateway":
         check_inference(state.settings, manifest, request.headers)
-    return manifest
 
 
 def check_version(request: Request, manifest: Manifest) -> None:
@@ -91,8 +96,7 @@ async def infer(request: Request) -> Response:
     name = request.path_params["name"]
     fn = state.registry.get_loaded(name)  # one stat(): the hot path of a loaded function
     manifest = fn.manifest if fn is not None else state.registry.manifest(name)
-    check_version(request, manifest)
-    check_inference(state.settings, manifest, request.headers)
+    admit(state, request, manifest)
     return await routing.infer(request, state, manifest, fn)
 
 
@@ -106,23 +110,19 @@ async def infer_here(request: Request, state: AppState) -> Response:
         version = int(wanted) if wanted is not None and wanted.isdigit() else None
         fn = await anyio.to_thread.run_sync(registry.get_version, name, version)
     check_version(request, fn.manifest)
-    cold, fn.cold = fn.cold, False
     backend = state.wasm.name
     started = time.perf_counter()
-    fn.last_used = time.monotonic()
     status = 500
+    cold = False
     try:
         body = await read_body(request, state.settings.max_body_bytes)
         req = parse_request(body, request.headers.get(HEADER_LENGTH), state.settings.sandbox.max_tensor_bytes)
-        inputs = bind_inputs(fn.name, fn.manifest.inputs, req.inputs)
-        produced = await state.wasm.infer(fn.admission, fn.pool, inputs, fn.manifest.outputs or [])
-        payload, headers = encode_response(fn.name, str(fn.manifest.version), req, select_outputs(produced, req))
+        payload, headers, cold = await routing.run_on_wasm(state, fn, req)
         status = 200
     except WasmgateError as exc:
         status = status_of(exc)
         raise
     finally:
-        fn.last_used = time.monotonic()
         state.metrics.observe_request(fn.name, backend, status, time.perf_counter() - started, cold)
     extra = {"x-wasmgate-tier": backend}
     if cold:

@@ -135,15 +135,16 @@ def _decide(
 def _retry_tier(decision: Decision, state: AppState, manifest: Manifest, failed: str | None) -> Tier | None:
     """Where the one retry runs: the other candidate, else (the pod tier's runners) another replica; None when
     nothing could take it now (a retry never waits for a replica to start), and the first error stands."""
-    pods = state.pods
     if decision.fallback == "wasm":
         return "wasm"
-    if pods is None or (decision.fallback is None and (decision.tier != "pod" or manifest.endpoint is not None)):
+    pods = state.pods
+    if pods is None:
         return None
-    if manifest.endpoint is not None:
-        return "pod"
-    others = 0 if pods.activator is None else pods.activator.ready - (1 if failed else 0)
-    return "pod" if others > 0 else None
+    if decision.fallback == "pod" and manifest.endpoint is not None:
+        return "pod"  # the endpoint itself: it has no replicas to count
+    on_replicas = decision.fallback == "pod" or (decision.tier == "pod" and manifest.endpoint is None)
+    ready = pods.activator.ready if pods.activator is not None else 0
+    return "pod" if on_replicas and ready - (1 if failed else 0) > 0 else None
 
 
 async def _attempt(
@@ -195,18 +196,27 @@ async def _run_wasm(
     fn = registry.get_loaded(manifest.name)
     if fn is None:
         fn = await anyio.to_thread.run_sync(registry.get, manifest.name)
+    try:
+        payload, headers, cold = await run_on_wasm(state, fn, parsed)
+    except Unavailable as exc:  # admission refused it: it never ran, so it may run elsewhere
+        raise _NotRun(exc, None) from exc
+    return payload, headers, f"gateway-{os.getpid()}", cold
+
+
+async def run_on_wasm(
+    state: AppState, fn: LoadedFunction, parsed: InferRequest
+) -> tuple[bytes, Mapping[str, str], bool]:
+    """Run a parsed request on a loaded function's pool, through its admission: the encoded response, its
+    headers, and whether this was the function's first request since it was loaded (a cold start)."""
     cold, fn.cold = fn.cold, False
     fn.last_used = time.monotonic()
     try:
         inputs = bind_inputs(fn.name, fn.manifest.inputs, parsed.inputs)
-        try:
-            produced = await state.wasm.infer(fn.admission, fn.pool, inputs, fn.manifest.outputs or [])
-        except Unavailable as exc:  # admission refused it: it never ran, so it may run elsewhere
-            raise _NotRun(exc, None) from exc
+        produced = await state.wasm.infer(fn.admission, fn.pool, inputs, fn.manifest.outputs or [])
     finally:
         fn.last_used = time.monotonic()
     payload, headers = encode_response(fn.name, str(fn.manifest.version), parsed, select_outputs(produced, parsed))
-    return payload, headers, f"gateway-{os.getpid()}", cold
+    return payload, headers, cold
 
 
 def _hint(headers: Mapping[str, str], parameters: Mapping[str, object]) -> Tier | None:
