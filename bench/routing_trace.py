@@ -98,6 +98,7 @@ from bench.http_load import WASM, free_port
 from bench.pod_cold_start import TIMEOUT_S, PodGateway, clean_env, runner_children, spawned, wait_until
 from gateway.demo import dense_model, train_digits
 from gateway.settings import Settings
+from router.latency import ServiceTimes as Figures
 from router.pod_policy import ScalePolicy, desired_replicas, needed_replicas, pick_replica
 from router.policy import Decision, PodState, RouteInputs, Thresholds, TierSetting, WasmState, decide
 from router.scaler import Replica
@@ -635,6 +636,7 @@ class _Req:
     held: bool = False
     status: int = 0
     latency_s: float = 0.0
+    started_s: float = 0.0  # when its service began (a Wasm slot, or its forwarding)
 
 
 @dataclasses.dataclass(eq=False)
@@ -680,6 +682,8 @@ class Simulation:
         self.demand_elsewhere_at = -float("inf")
         self.replica_seconds = 0.0
         self._integrated_to = 0.0
+        # What the gateway has measured per function, tier and size (gateway.routing feeds the same book).
+        self.figures = Figures(cfg.thresholds.spill_batch_rows)
 
     def _at(self, t: float, kind: str, item: Any = None) -> None:
         heapq.heappush(self._events, (t, next(self._seq), kind, item))
@@ -694,6 +698,7 @@ class Simulation:
             "wasm_done": self._wasm_done,
             "wasm_timeout": self._wasm_timeout,
             "pod_done": self._pod_done,
+            "preloaded": self._preloaded,
             "ready": self._ready,
             "hold_timeout": self._hold_timeout,
             "kick": lambda _: self._autoscale(),
@@ -721,10 +726,14 @@ class Simulation:
     def _route(self, req: _Req) -> None:
         model = self.models[req.arrival.model]
         fn, conc = model.key, self.cfg.pool.effective_concurrency
-        w_in = self.w_in_flight[fn]
-        wasm = WasmState(True, max(0, conc - w_in), w_in, len(self.w_queue[fn]), conc, None)
+        w_in, rows = self.w_in_flight[fn], req.arrival.rows
+        wasm_ms = self.figures.typical_ms(fn, 1, "wasm", rows)
+        wasm = WasmState(True, max(0, conc - w_in), w_in, len(self.w_queue[fn]), conc, wasm_ms)
         ready = sum(p.ready for p in self.pods)
-        pod = PodState(True, ready, sum(self.in_flight.values()), len(self.held), None, self.times.scale_up_s)
+        warm = sum(p.ready and p.replica.id in self.holders[fn] for p in self.pods)
+        pod_ms = self.figures.typical_ms(fn, 1, "pod", rows)
+        in_flight = sum(self.in_flight.values())
+        pod = PodState(True, ready, warm, in_flight, len(self.held), pod_ms, self.times.scale_up_s)
         p = self.policy
         inputs = RouteInputs(
             p.tier, model.figures, True, p.spill, p.mask_cold_start, req.arrival.rows, None, None, True, wasm, pod,
@@ -732,9 +741,11 @@ class Simulation:
         )  # fmt: skip
         d = req.decision = decide(inputs)
         req.tier, req.reason = d.tier, d.reason
-        if d.reason == "cold_start_masked":  # gateway.routing: Activator.note_demand
+        if d.reason == "cold_start_masked":  # gateway.routing: Activator.note_demand, then PodTier.preload
             self.demand_elsewhere_at = self.now
             self._at(self.now, "kick")
+            if ready and not warm:
+                self._preload(fn)
         if d.tier == "wasm":
             self._wasm_submit(req)
         else:
@@ -760,12 +771,14 @@ class Simulation:
 
     def _wasm_start(self, req: _Req) -> None:
         self.threads_busy += 1
+        req.started_s = self.now
         self._at(self.now + self.times.wasm_s(req.arrival.model, req.arrival.rows, self.rng), "wasm_done", req)
 
     def _wasm_done(self, req: _Req) -> None:
         fn = req.arrival.model
         self.threads_busy -= 1
         self.w_in_flight[fn] -= 1
+        self.figures.observe(fn, 1, "wasm", req.arrival.rows, (self.now - req.started_s) * 1000)
         self._finish(req, 200)
         if self.thread_queue:
             self._wasm_start(self.thread_queue.popleft())
@@ -779,10 +792,15 @@ class Simulation:
             self._not_run(req, 503)
 
     def _not_run(self, req: _Req, status: int) -> None:
-        """Refused by admission, so it never ran: gateway.routing retries it once on a ready replica."""
-        if req.decision is not None and req.decision.fallback == "pod" and any(p.ready for p in self.pods):
+        """Refused by admission, so it never ran: gateway.routing retries it once on the other candidate (a
+        ready replica, or the Wasm tier for a replica's 429)."""
+        fallback = req.decision.fallback if req.decision is not None and req.reason != "retry" else None
+        if fallback == "pod" and any(p.ready for p in self.pods):
             req.tier, req.reason = "pod", "retry"
             self._pod_submit(req, hold=False)
+        elif fallback == "wasm":
+            req.tier, req.reason = "wasm", "retry"
+            self._wasm_submit(req)
         else:
             self._finish(req, status)
 
@@ -810,10 +828,11 @@ class Simulation:
 
     def _dispatch(self, req: _Req, pod: _Pod) -> None:
         """Forward to ``pod``, whose own admission (the pool defaults, as in the gateway) answers 429 past
-        ``concurrency + max_queue`` requests of a function, and 503 to one that would wait past
-        ``queue_timeout_s``; the gateway passes either on, as answers are never retried."""
+        ``concurrency + max_queue`` requests of a function (the gateway retries those on the Wasm tier, once),
+        and 503 to one that would wait past ``queue_timeout_s`` (passed on: an answer is never retried)."""
         a, pool = req.arrival, self.cfg.pool
         self.in_flight[pod.replica.id] += 1
+        req.started_s = self.now
         if pod.admitted[a.model] >= pool.effective_concurrency + pool.max_queue:
             self._at(self.now, "pod_done", (req, pod, 429))
             return
@@ -830,15 +849,34 @@ class Simulation:
 
     def _pod_done(self, item: tuple[_Req, _Pod, int]) -> None:
         req, pod, status = item
-        self.holders[req.arrival.model].add(pod.replica.id)  # Activator.served, once it has answered
+        fn = req.arrival.model
         if status != 429:
-            pod.admitted[req.arrival.model] -= 1
+            pod.admitted[fn] -= 1
+            self.holders[fn].add(pod.replica.id)  # Activator.served, once it has answered
         self.in_flight[pod.replica.id] -= 1
         if self.in_flight[pod.replica.id] <= 0:
             del self.in_flight[pod.replica.id]
-        self._finish(req, status)
+        if status == 200 and not req.held:
+            self.figures.observe(fn, 1, "pod", req.arrival.rows, (self.now - req.started_s) * 1000)
+        if status == 429:
+            self._not_run(req, 429)
+        else:
+            self._finish(req, status)
         if req.held or not self.in_flight:
             self._at(self.now, "kick")
+
+    def _preload(self, fn: str) -> None:
+        """router.pod_tier.PodTier.preload: the replica a request would get loads the model now."""
+        pod = self._pick(fn)
+        if pod is None or fn in pod.loaded_at:
+            return
+        pod.loaded_at[fn] = self.now + self.times.load_s[fn]
+        self._at(pod.loaded_at[fn], "preloaded", (fn, pod))
+
+    def _preloaded(self, item: tuple[str, _Pod]) -> None:
+        fn, pod = item
+        if pod in self.pods and pod.ready:
+            self.holders[fn].add(pod.replica.id)
 
     def _hold_timeout(self, req: _Req) -> None:
         if req in self.held:

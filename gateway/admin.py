@@ -57,11 +57,13 @@ async def json_object(request: Request, expected: str) -> dict[str, Any]:
 
 def describe(state: AppState, manifest: Manifest) -> dict[str, Any]:
     """A manifest as the admin API shows it: plus ``home_tier``, where the router places the function when
-    nothing argues otherwise (its ``tier``, or for ``auto`` its figures, on this gateway's settings), and
-    whether it has an inference token of its own (never the token, nor its digest)."""
+    nothing argues otherwise (its ``tier``, or for ``auto`` its figures, on this gateway's settings), whether
+    it has an inference token of its own (never the token, nor its digest), and ``service_ms``, the service
+    times the router compares (router.latency), as this gateway process has measured them."""
     doc = manifest.to_json()
     doc["requires_token"] = bool(doc.pop("token_sha256"))
-    return {**doc, "home_tier": state.home_tier(manifest)}
+    service = state.service_times.report(manifest.name, manifest.version)
+    return {**doc, "home_tier": state.home_tier(manifest), "service_ms": service}
 
 
 def admin_only(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:

@@ -24,6 +24,7 @@ from gateway.settings import Settings
 from gateway.source import GatewaySource
 from gateway.state import AppState, Role
 from gateway.store import LocalStore
+from router.latency import ServiceTimes
 from router.wasm_tier import WasmTier
 from wasm_host.host import Host
 from wasm_host.pool import Warmer
@@ -61,7 +62,9 @@ def create_app(settings: Settings, role: Role = "gateway") -> Starlette:
         registry = FunctionRegistry(store, host, settings, warmer=warmer, observer=metrics, source=source)
         wasm = WasmTier(settings.worker_threads, settings.inline_below_ms)
         pods, activator = make_pod_tier(settings, metrics) if role == "gateway" else (None, None)
-        state = AppState(settings, store, host, registry, wasm, metrics, role, pods, accelerated, thresholds(settings))
+        limits = thresholds(settings)
+        times = ServiceTimes(limits.spill_batch_rows)
+        state = AppState(settings, store, host, registry, wasm, metrics, role, pods, accelerated, limits, times)
         app.state.wasmgate = state
         await anyio.to_thread.run_sync(registry.prewarm)
         # Everything made so far lives as long as the process: keep it out of every later collection, so a
@@ -91,7 +94,7 @@ def create_app(settings: Settings, role: Role = "gateway") -> Starlette:
             warmer.close()
             host.close()
 
-    routes = [*oip.ROUTES, *admin.ROUTES] if role == "gateway" else oip.ROUTES
+    routes = [*oip.ROUTES, *admin.ROUTES] if role == "gateway" else [*oip.ROUTES, *oip.RUNNER_ROUTES]
     return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
 
 

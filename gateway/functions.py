@@ -218,11 +218,6 @@ class FunctionRegistry:
         self._manifests[name] = (stamp, manifest)
         return manifest
 
-    def typical_ms(self, name: str) -> float | None:
-        """A function's recent call time even while it is unloaded (kept across scale to zero)."""
-        fn = self._loaded.get(name)
-        return fn.pool.typical_ms if fn is not None else self._history.get(name)
-
     def loaded(self) -> list[LoadedFunction]:
         return list(self._loaded.values())
 

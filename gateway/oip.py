@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from importlib.metadata import version
 
@@ -17,7 +18,7 @@ from gateway.errors import status_of
 from gateway.requests import read_body, state_of
 from gateway.state import AppState
 from gateway.store import Manifest
-from wasm_host.errors import NotFound, WasmgateError
+from wasm_host.errors import InvalidRequest, NotFound, WasmgateError
 
 EXTENSIONS = ["binary_tensor_data"]
 PLATFORMS = {"passthrough": "onnxruntime_onnx", "custom": "wasmgate_wasm", "external": "wasmgate_endpoint"}
@@ -117,7 +118,7 @@ async def infer_here(request: Request, state: AppState) -> Response:
     try:
         body = await read_body(request, state.settings.max_body_bytes)
         req = parse_request(body, request.headers.get(HEADER_LENGTH), state.settings.sandbox.max_tensor_bytes)
-        payload, headers, cold = await routing.run_on_wasm(state, fn, req)
+        payload, headers, cold, _ = await routing.run_on_wasm(state, fn, req)
         status = 200
     except WasmgateError as exc:
         status = status_of(exc)
@@ -128,6 +129,35 @@ async def infer_here(request: Request, state: AppState) -> Response:
     if cold:
         extra["x-wasmgate-cold-start"] = "true"
     return Response(payload, headers={**headers, **extra})
+
+
+async def load_model(request: Request) -> Response:
+    """OIP v2's model repository extension, on a runner: load a function now (the version in the body's
+    ``parameters.version``, else the current one), fetching it from the source if needed, so that its first
+    request does not wait for the load. The gateway calls it while it masks a cold start (router.pod_tier)."""
+    state = state_of(request)
+    body = await read_body(request, 64 * 1024)
+    version = _load_version(body)
+    fn = await anyio.to_thread.run_sync(state.registry.get_version, request.path_params["name"], version)
+    return JSONResponse({"name": fn.name, "version": str(fn.manifest.version)})
+
+
+def _load_version(body: bytes) -> int | None:
+    if not body.strip():
+        return None
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = None
+    parameters = doc.get("parameters", {}) if isinstance(doc, dict) else None
+    if not isinstance(parameters, dict):
+        raise InvalidRequest('a load request\'s body must be a JSON object, e.g. {"parameters": {"version": "3"}}')
+    raw = parameters.get("version")
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not str(raw).isdigit():
+        raise InvalidRequest(f"parameters.version {str(raw)[:20]!r} must be a version number")
+    return int(raw)
 
 
 async def metrics(request: Request) -> Response:
@@ -151,3 +181,6 @@ ROUTES = [
     Route("/metrics", metrics),
     Route("/openapi.json", openapi.openapi_json),
 ]
+
+#: A runner's own: the gateway asks it to load a function ahead of its requests.
+RUNNER_ROUTES = [Route("/v2/repository/models/{name}/load", load_model, methods=["POST"])]

@@ -238,6 +238,12 @@ SCHEMAS: dict[str, Schema] = {
             "mask_cold_start": {"type": "boolean"},
             "requires_token": {"type": "boolean", "description": "whether it has an inference token of its own"},
             "home_tier": {"type": "string", "enum": TIERS},
+            "service_ms": {
+                "type": "object",
+                "description": "what this gateway has measured of the current version, by tier and size of request "
+                "(small: below spill_batch_rows rows; large: at or above), in milliseconds",
+                "additionalProperties": {"type": "object", "additionalProperties": {"type": "number"}},
+            },
         },
         "required": ["name", "version", "kind", "module", "models", "pool", "tier", "home_tier"],
     },

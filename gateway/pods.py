@@ -52,6 +52,7 @@ def thresholds(settings: Settings) -> Thresholds:
         fit_bytes=settings.wasm_fit_bytes,
         fit_flops_per_row=settings.wasm_fit_flops_per_row,
         spill_batch_rows=settings.spill_batch_rows,
+        by_service_time=settings.route_by_service_time,
     )
 
 

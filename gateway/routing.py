@@ -76,8 +76,9 @@ async def infer(request: Request, state: AppState, manifest: Manifest, fn: Loade
         raise
     state.metrics.decided(manifest.name, decision.tier, decision.reason)
     tier, reason = decision.tier, decision.reason
+    rows = head.batch
     try:
-        return await _attempt(request, state, manifest, tier, reason, body, parsed, started, ())
+        return await _attempt(request, state, manifest, tier, reason, body, parsed, rows, started, ())
     except _NotRun as first:
         retry = _retry_tier(decision, state, manifest, first.replica)
         if retry is None:
@@ -86,7 +87,7 @@ async def infer(request: Request, state: AppState, manifest: Manifest, fn: Loade
         state.metrics.decided(manifest.name, retry, "retry")
         exclude = (first.replica,) if first.replica and retry == "pod" else ()
         try:
-            return await _attempt(request, state, manifest, retry, "retry", body, parsed, started, exclude)
+            return await _attempt(request, state, manifest, retry, "retry", body, parsed, rows, started, exclude)
         except _NotRun as second:
             raise Unavailable(f"{first.cause}; the retry on the {retry} tier failed too: {second.cause}", 1) from None
 
@@ -94,21 +95,25 @@ async def infer(request: Request, state: AppState, manifest: Manifest, fn: Loade
 def _decide(
     request: Request, state: AppState, manifest: Manifest, fn: LoadedFunction | None, head: RequestHead
 ) -> Decision:
+    times = state.service_times
+    name, version, rows = manifest.name, manifest.version, head.batch
+    wasm_ms = times.typical_ms(name, version, "wasm", rows)
     if fn is not None:
         a = fn.admission
-        wasm = WasmState(True, fn.pool.ready, a.in_flight, a.waiting, a.limit, fn.pool.typical_ms)
+        wasm = WasmState(True, fn.pool.ready, a.in_flight, a.waiting, a.limit, wasm_ms)
     else:
-        wasm = WasmState(typical_ms=state.registry.typical_ms(manifest.name))
+        wasm = WasmState(typical_ms=wasm_ms)
+    pod_ms = times.typical_ms(name, version, "pod", rows)
     pods = state.pods
     if pods is None:
         pod = PodState()
     elif manifest.endpoint is not None:
-        pod = PodState(True, 1, 0, 0, pods.typical_ms)
+        pod = PodState(True, 1, 1, 0, 0, pod_ms)
     elif pods.activator is None:
         pod = PodState()
     else:
         act = pods.activator
-        pod = PodState(True, act.ready, act.in_flight_total, act.held, pods.typical_ms, act.scale_up_s)
+        pod = PodState(True, act.ready, act.warm(name), act.in_flight_total, act.held, pod_ms, act.scale_up_s)
     inputs = RouteInputs(
         tier=manifest.tier,
         figures=manifest.figures,
@@ -128,7 +133,9 @@ def _decide(
     except NoRoute as exc:
         raise Unavailable(f"{manifest.name!r}: {exc}") from None
     if decision.reason == "cold_start_masked" and pods is not None and pods.activator is not None:
-        pods.activator.note_demand()
+        pods.activator.note_demand()  # scale up for the requests that follow
+        if pod.ready > 0:  # a replica is up but lacks the model: have it load now, not at a request
+            pods.preload(Target(name, version))
     return decision
 
 
@@ -155,6 +162,7 @@ async def _attempt(
     reason: str,
     body: bytes,
     parsed: InferRequest | None,
+    rows: int,
     started: float,
     exclude: tuple[str, ...],
 ) -> Response:
@@ -162,8 +170,9 @@ async def _attempt(
     cold = False
     try:
         if tier == "wasm":
-            payload, headers, replica, cold = await _run_wasm(state, manifest, parsed)
+            payload, headers, replica, cold, service_ms = await _run_wasm(state, manifest, parsed)
             status = 200
+            state.service_times.observe(manifest.name, manifest.version, tier, rows, service_ms)
         else:
             assert state.pods is not None
             target = Target(manifest.name, manifest.version, manifest.endpoint, manifest.endpoint_model)
@@ -174,6 +183,8 @@ async def _attempt(
                 raise _NotRun(exc, exc.replica) from exc
             payload, headers, replica, cold = served.response.body, served.response.headers, served.replica, served.held
             status = served.response.status
+            if status == 200 and not cold:
+                state.service_times.observe(manifest.name, manifest.version, tier, rows, served.elapsed_ms)
     except _NotRun as exc:
         status = status_of(exc.cause)
         raise
@@ -190,33 +201,34 @@ async def _attempt(
 
 async def _run_wasm(
     state: AppState, manifest: Manifest, parsed: InferRequest | None
-) -> tuple[bytes, Mapping[str, str], str, bool]:
+) -> tuple[bytes, Mapping[str, str], str, bool, float]:
     assert parsed is not None  # the policy sends only functions with code, which were parsed, here
     registry = state.registry
     fn = registry.get_loaded(manifest.name)
     if fn is None:
         fn = await anyio.to_thread.run_sync(registry.get, manifest.name)
     try:
-        payload, headers, cold = await run_on_wasm(state, fn, parsed)
+        payload, headers, cold, service_ms = await run_on_wasm(state, fn, parsed)
     except Unavailable as exc:  # admission refused it: it never ran, so it may run elsewhere
         raise _NotRun(exc, None) from exc
-    return payload, headers, f"gateway-{os.getpid()}", cold
+    return payload, headers, f"gateway-{os.getpid()}", cold, service_ms
 
 
 async def run_on_wasm(
     state: AppState, fn: LoadedFunction, parsed: InferRequest
-) -> tuple[bytes, Mapping[str, str], bool]:
+) -> tuple[bytes, Mapping[str, str], bool, float]:
     """Run a parsed request on a loaded function's pool, through its admission: the encoded response, its
-    headers, and whether this was the function's first request since it was loaded (a cold start)."""
+    headers, whether this was the function's first request since it was loaded (a cold start), and its
+    service time in milliseconds (admission's wait left out)."""
     cold, fn.cold = fn.cold, False
     fn.last_used = time.monotonic()
     try:
         inputs = bind_inputs(fn.name, fn.manifest.inputs, parsed.inputs)
-        produced = await state.wasm.infer(fn.admission, fn.pool, inputs, fn.manifest.outputs or [])
+        produced, service_ms = await state.wasm.infer(fn.admission, fn.pool, inputs, fn.manifest.outputs or [])
     finally:
         fn.last_used = time.monotonic()
     payload, headers = encode_response(fn.name, str(fn.manifest.version), parsed, select_outputs(produced, parsed))
-    return payload, headers, cold
+    return payload, headers, cold, service_ms
 
 
 def _hint(headers: Mapping[str, str], parameters: Mapping[str, object]) -> Tier | None:

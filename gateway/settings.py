@@ -19,6 +19,7 @@ from wasm_host.engine import MiB, SandboxLimits
 ENV_PREFIX = "WASMGATE_"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LogLevel = Literal["debug", "info", "warning", "error"]
+BOOLEANS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
 
 
 def default_data_dir(environ: Mapping[str, str]) -> Path:
@@ -81,6 +82,10 @@ class Settings:
     wasm_fit_flops_per_row: int = 2_000_000_000
     #: A Wasm-tier function's request with at least this many rows spills to a ready pod replica.
     spill_batch_rows: int = 256
+    #: Whether the router compares the service times it has measured on both tiers for a function placed
+    #: ``auto``, and sends each request where it is quicker (router.policy, "faster"). Off: placement by the
+    #: model's figures and the spill-over and masking rules only.
+    route_by_service_time: bool = True
     #: Whether the cluster has accelerators: ``auto`` (the local scaler: what onnxruntime offers here; the
     #: Kubernetes scaler and registered endpoints: assumed), ``yes``, or ``none`` (an edge or CPU-only
     #: cluster: everything runs on CPU).
@@ -179,6 +184,11 @@ def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
             return number
         if kind == "Path":
             return Path(raw)
+        if kind == "bool":
+            word = raw.strip().lower()
+            if word not in BOOLEANS:
+                raise ValueError("must be true or false (also 1/0, yes/no, on/off)")
+            return BOOLEANS[word]
         if kind == "LogLevel":
             if raw not in get_args(LogLevel):
                 raise ValueError(f"must be one of {', '.join(get_args(LogLevel))}")

@@ -9,6 +9,7 @@ from gateway.functions import FunctionRegistry
 from gateway.metrics import Metrics
 from gateway.settings import Settings
 from gateway.store import LocalStore, Manifest
+from router.latency import ServiceTimes
 from router.pod_tier import PodTier
 from router.policy import Thresholds, Tier, home_tier
 from router.wasm_tier import WasmTier
@@ -31,6 +32,8 @@ class AppState:
     pods: PodTier | None = None  # the gateway's pod tier; None in a runner
     accelerators: bool = False  # whether the pod tier has accelerators (setting accelerators, resolved)
     thresholds: Thresholds = dataclasses.field(default_factory=Thresholds)
+    #: What each tier recently took per function (the router's comparison); see router.latency.
+    service_times: ServiceTimes = dataclasses.field(default_factory=lambda: ServiceTimes(Thresholds.spill_batch_rows))
     ready: bool = False
 
     def home_tier(self, manifest: Manifest) -> Tier:

@@ -244,6 +244,14 @@ class Activator:
                 self._held.remove(entry)
             self._report()
 
+    def warm(self, function: str) -> int:
+        """Ready replicas that hold ``function``'s model (they answered one of its requests, or preloaded it)."""
+        return len(self._holders[function]) if function in self._holders else 0
+
+    def pick(self, function: str) -> Replica | None:
+        """The replica a request of ``function`` would get now, without taking it; None when none is ready."""
+        return self._candidate(function, ())
+
     def note_demand(self) -> None:
         """A request that wanted this tier was served by another one because no replica was ready (cold-start
         masking): count it as demand, so that the tier scales up for the requests that follow."""

@@ -7,19 +7,31 @@ routed (a runner that has an older one loads the new one; see ``gateway.source``
 
 One call is one attempt. A replica that did not take the request raises
 :class:`router.forward.ReplicaUnreachable` naming it, and the router retries once, on another candidate
-(``gateway.routing``). A response that has started, an error response included, is never retried.
+(``gateway.routing``). So does a replica or endpoint that answers 429: it refused the request before running
+it (its admission queue was full), which OIP v2 servers, wasmgate's runners included, signal that way. Any
+other response that has started, an error response included, is never retried.
+
+**Preloading.** While the router masks a pod-home function's cold start on the Wasm tier, nothing would make
+a new replica load that function's model until the first request it is sent, which would then wait for the
+load. :meth:`PodTier.preload` asks a ready replica to load it ahead (OIP v2's model repository extension,
+``POST /v2/repository/models/{name}/load``), and the replica counts as warm for the function once that
+answers, so the router keeps masking until then.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import logging
 import time
 from collections.abc import Collection, Mapping
 
 from router.activator import Activator
-from router.forward import Forwarded, Forwarder, ReplicaUnreachable
-from router.wasm_tier import EWMA_WEIGHT
-from wasm_host.errors import Unavailable
+from router.forward import Forwarded, Forwarder, ReplicaBusy, ReplicaUnreachable
+from router.scaler import Replica
+from wasm_host.errors import Unavailable, WasmgateError
+
+log = logging.getLogger("wasmgate.pods")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +39,7 @@ class Served:
     response: Forwarded
     replica: str  # what x-wasmgate-replica reports
     held: bool  # the request waited for the tier to scale up
+    elapsed_ms: float  # from being forwarded to the whole answer (a held request's wait left out)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,8 +59,7 @@ class PodTier:
         """``activator`` is None when no scaler is configured: only functions with an endpoint are served."""
         self.forwarder = forwarder
         self.activator = activator
-        #: Recent time of a forwarded request on a ready replica (EWMA, ms); the router's deadline check reads it.
-        self.typical_ms: float | None = None
+        self._preloading: dict[tuple[str, str], asyncio.Task[None]] = {}  # (function, replica id) -> its load
 
     async def aclose(self) -> None:
         """Close pooled connections, and release the scaler (the local scaler stops its runners)."""
@@ -61,17 +73,17 @@ class PodTier:
         """One attempt on one replica (or on the registered endpoint). Raises ReplicaUnreachable, naming the
         replica, when it did not take the request: the caller may retry elsewhere, once. ``exclude`` and
         ``hold`` are for that retry: skip the replica that failed, and do not wait for one to start."""
-        started = time.perf_counter()
         if target.endpoint is not None:
             url = f"{target.endpoint}/v2/models/{target.endpoint_model or target.name}/infer"
+            started = time.perf_counter()
             try:
                 response = await self.forwarder.post(url, body, headers)
             except ReplicaUnreachable as exc:
                 raise ReplicaUnreachable(
                     f"the endpoint registered for {target.name!r} is unreachable: {exc}", 5, replica=target.endpoint
                 ) from exc
-            self._observe(started)
-            return Served(response, target.endpoint, False)
+            _check_taken(response, target.endpoint)
+            return Served(response, target.endpoint, False, _ms_since(started))
         if self.activator is None:
             raise Unavailable(
                 f"{target.name!r} runs on the pod tier, and this gateway has none (setting pod_scaler is 'none'); "
@@ -79,17 +91,52 @@ class PodTier:
             )
         path = f"/v2/models/{target.name}/versions/{target.version}/infer"
         async with self.activator.acquire(target.name, exclude=exclude, hold=hold) as lease:
+            started = time.perf_counter()
             try:
                 response = await self.forwarder.post(lease.replica.url + path, body, headers)
             except ReplicaUnreachable as exc:
                 self.activator.failed(lease.replica)
                 raise ReplicaUnreachable(str(exc), 1, replica=lease.replica.id) from exc
+            _check_taken(response, lease.replica.id)
             self.activator.served(target.name, lease.replica)
-            if not lease.held:
-                self._observe(started)
-            return Served(response, lease.replica.id, lease.held)
+            return Served(response, lease.replica.id, lease.held, _ms_since(started))
 
-    def _observe(self, started: float) -> None:
-        elapsed_ms = (time.perf_counter() - started) * 1000
-        typical = self.typical_ms
-        self.typical_ms = elapsed_ms if typical is None else typical + EWMA_WEIGHT * (elapsed_ms - typical)
+    def preload(self, target: Target) -> None:
+        """Have a ready replica that lacks ``target``'s function load it now, in the background (see the
+        module docstring); at most one load per function and replica at a time. Failures are logged: the
+        function then loads at its first request, as it would have anyway."""
+        activator = self.activator
+        if activator is None or target.endpoint is not None or activator.warm(target.name) > 0:
+            return
+        replica = activator.pick(target.name)
+        if replica is None or (target.name, replica.id) in self._preloading:
+            return
+        key = (target.name, replica.id)
+        task = asyncio.get_running_loop().create_task(self._preload(target, replica))
+        self._preloading[key] = task
+        task.add_done_callback(lambda _: self._preloading.pop(key, None))
+
+    async def _preload(self, target: Target, replica: Replica) -> None:
+        assert self.activator is not None
+        url = f"{replica.url}/v2/repository/models/{target.name}/load"
+        body = b'{"parameters": {"version": "%d"}}' % target.version
+        try:
+            response = await self.forwarder.post(url, body, {"content-type": "application/json"})
+        except WasmgateError as exc:
+            log.warning("replica %s did not preload %r: %s", replica.id, target.name, exc)
+            return
+        if response.status != 200:
+            shown = response.body[:200]
+            log.warning("replica %s did not preload %r: %d %s", replica.id, target.name, response.status, shown)
+            return
+        self.activator.served(target.name, replica)
+
+
+def _check_taken(response: Forwarded, replica: str) -> None:
+    if response.status == 429:  # refused by its admission before it ran: another candidate may take it
+        reason = response.body[:200].decode(errors="replace")
+        raise ReplicaBusy(f"{replica} is at capacity (429: {reason})", 1, replica=replica)
+
+
+def _ms_since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000

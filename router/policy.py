@@ -17,14 +17,24 @@ the sandbox; ``pod`` is out when there is no pod tier. A caller's hint (``x-wasm
 (``x-wasmgate-deadline-ms``) drops a tier that cannot answer in time by its recent figures: a pod tier that
 must first scale from zero, say. Nothing left is a 503 naming why.
 
-**Score** (lowest wins). The home tier is preferred, except:
+**Score.** The home tier is preferred, except:
 
 - *spill-over*: a Wasm-home function's request goes to the pod tier when it has a ready replica and either
   the batch has at least ``spill_batch_rows`` rows, or the Wasm pool is saturated (all slots busy and
   requests queued). The function can forbid it (``spill: false``).
-- *cold-start masking*: a pod-home function whose pod tier has no ready replica is served by the Wasm tier,
-  if the model fits the sandbox, rather than waiting for a replica; the pod tier still scales up for the
-  next requests. The function can forbid it (``mask_cold_start: false``).
+- *cold-start masking*: a pod-home function with no ready replica that holds its model (the tier is scaling
+  from zero, or its replicas are still loading the model) is served by the Wasm tier, if the model fits the
+  sandbox, rather than waiting; the pod tier still scales up for the next requests. The function can forbid
+  it (``mask_cold_start: false``).
+- *faster* (tier ``auto`` only, and setting ``route_by_service_time``; an explicit ``--tier`` fixes the
+  placement to the rules above): once the
+  gateway has measured the function on both tiers for requests of this size (below ``spill_batch_rows`` rows,
+  or at or above it), each tier's expected time is its measured service time scaled by its queue, and the
+  request goes to the quicker one. On a cluster whose pods are no faster than the sandbox for this function,
+  its requests stay in the Wasm tier and the pod tier scales to zero; where the pods are faster (a GPU, a
+  large batch), they win. What is measured is kept per function, per tier, per size class
+  (:class:`router.latency.ServiceTimes`); the figures are only refreshed by traffic, so a tier that lost
+  stays judged by its last figures until load (a queue on the winner) sends requests back to it.
 
 The decision also names the other candidate left after filtering, the one a request is retried on once when
 its first backend fails before producing a response.
@@ -47,7 +57,8 @@ TierSetting = Literal["auto", "wasm", "pod"]
 
 @dataclasses.dataclass(frozen=True)
 class Thresholds:
-    """Where ``auto`` draws its lines (settings ``tier_pod_*``, ``wasm_fit_*``, ``spill_batch_rows``)."""
+    """Where ``auto`` draws its lines (settings ``tier_pod_*``, ``wasm_fit_*``, ``spill_batch_rows``,
+    ``route_by_service_time``)."""
 
     pod_bytes: int = 64 << 20
     pod_params: int = 16_000_000
@@ -55,6 +66,7 @@ class Thresholds:
     fit_bytes: int = 256 << 20
     fit_flops_per_row: int = 2_000_000_000
     spill_batch_rows: int = 256
+    by_service_time: bool = True
 
 
 @dataclasses.dataclass(slots=True)
@@ -64,16 +76,17 @@ class WasmState:
     in_flight: int = 0
     queued: int = 0
     concurrency: int = 8
-    typical_ms: float | None = None  # recent call time; None when unknown
+    typical_ms: float | None = None  # recent service time of such a request (not its wait); None when unknown
 
 
 @dataclasses.dataclass(slots=True)
 class PodState:
     available: bool = False  # a scaler is configured, or the function has an endpoint
     ready: int = 0
+    warm: int = 0  # ready replicas that hold the function's model (an endpoint counts as one)
     in_flight: int = 0
     held: int = 0
-    typical_ms: float | None = None  # recent forward time
+    typical_ms: float | None = None  # recent forward time of such a request, on a warm replica
     scale_up_s: float | None = None  # how long the tier took to bring a replica up, recently
 
 
@@ -127,48 +140,83 @@ def decide(r: RouteInputs) -> Decision:
     """Filter, score, pick (see the module docstring). Raises NoRoute."""
     t = r.thresholds
     home = home_tier(r.tier, r.figures, r.has_code, r.accelerators, t)
-    candidates: dict[Tier, str] = {}  # tier -> why it is a candidate (becomes the reason if it wins)
+    candidates: list[Tier] = []
     dropped: list[str] = []
     if not r.has_code:
         dropped.append("wasm: the function is served by its endpoint only")
     elif not fits_sandbox(r.figures, t):
         dropped.append("wasm: the model is too large for the sandbox (settings wasm_fit_*)")
     else:
-        candidates["wasm"] = "home" if home == "wasm" else "fallback"
+        candidates.append("wasm")
     if r.pod.available:
-        candidates["pod"] = "home" if home == "pod" else "fallback"
+        candidates.append("pod")
     else:
         dropped.append("pod: there is no pod tier (setting pod_scaler is 'none') and no endpoint")
     if r.hint is not None:
         for tier in [c for c in candidates if c != r.hint]:
-            del candidates[tier]
+            candidates.remove(tier)
             dropped.append(f"{tier}: the caller asked for {r.hint}")
     if r.deadline_ms is not None:
         for tier in list(candidates):
             expected = _expected_ms(tier, r)
             if expected is not None and expected > r.deadline_ms:
-                del candidates[tier]
+                candidates.remove(tier)
                 dropped.append(f"{tier}: expected {expected:.0f} ms, over the deadline of {r.deadline_ms:g} ms")
     if not candidates:
         raise NoRoute("no tier can serve this request: " + "; ".join(dropped))
 
-    scores: dict[Tier, tuple[float, str]] = {}
-    for tier in candidates:
-        scores[tier] = (0.0, "home") if tier == home else (1.0, "fallback")
     if r.hint is not None:
-        scores[r.hint] = (-1.0, "hint")
-    elif home == "wasm" and "pod" in candidates and r.spill and r.pod.ready > 0:
-        if r.batch >= t.spill_batch_rows:
-            scores["pod"] = (-0.5, "spill_batch")
-        elif r.wasm.in_flight >= r.wasm.concurrency and r.wasm.queued > 0:
-            scores["pod"] = (-0.5, "spill_saturated")
-    elif home == "pod" and "wasm" in candidates and "pod" in candidates and r.mask_cold_start and r.pod.ready == 0:
-        scores["wasm"] = (-0.5, "cold_start_masked")
-    tier = min(scores, key=lambda c: scores[c][0])
-    cold = home == "pod" and tier == "pod" and r.pod.ready == 0
-    reason = "home_cold" if cold else scores[tier][1]  # home_cold: held while the pod tier scales up
+        tier, reason = r.hint, "hint"
+    else:
+        tier, reason = home, "home"
+        other: Tier = "pod" if home == "wasm" else "wasm"
+        if home in candidates and other in candidates:
+            moved = _move_from_wasm(r) if home == "wasm" else _move_from_pod(r)
+            if moved is not None:
+                tier, reason = other, moved
+        elif home not in candidates:
+            tier, reason = other, "fallback"
+    if tier == "pod" and home == "pod" and r.pod.ready == 0 and reason == "home":
+        reason = "home_cold"  # held while the pod tier scales up
     others = [c for c in candidates if c != tier]
     return Decision(tier, reason, others[0] if others else None)
+
+
+def _move_from_wasm(r: RouteInputs) -> str | None:
+    """Why a Wasm-home request goes to the pod tier, or None. Never onto a tier with no ready replica."""
+    if not r.spill or r.pod.ready == 0:
+        return None
+    big = r.batch >= r.thresholds.spill_batch_rows
+    saturated = r.wasm.in_flight >= r.wasm.concurrency and r.wasm.queued > 0
+    costs = _costs(r)
+    if costs is not None:  # measured on both tiers: the quicker one, whatever the size or the queue
+        wasm_ms, pod_ms = costs
+        if pod_ms >= wasm_ms:
+            return None
+        return "spill_batch" if big else "spill_saturated" if saturated else "faster"
+    return "spill_batch" if big else "spill_saturated" if saturated else None
+
+
+def _move_from_pod(r: RouteInputs) -> str | None:
+    """Why a pod-home request runs in the Wasm tier instead, or None."""
+    costs = _costs(r)
+    if costs is not None and costs[0] < costs[1]:
+        return "faster"  # quicker here even once a replica is warm: no reason to wait for, or pay for, one
+    if r.mask_cold_start and r.pod.warm == 0:
+        return "cold_start_masked"
+    return None
+
+
+def _costs(r: RouteInputs) -> tuple[float, float] | None:
+    """Expected milliseconds on (wasm, a warm pod) when the function is placed by the router (tier ``auto``)
+    and both tiers have figures for this size of request; else None. The Wasm figure is a service time, so
+    the queue in front of the pool scales it; the pod figure was measured through the replica's own queue."""
+    if not r.thresholds.by_service_time or r.tier != "auto":
+        return None
+    if r.wasm.typical_ms is None or r.pod.typical_ms is None:
+        return None
+    queue = r.wasm.queued / max(1, r.wasm.concurrency) if r.wasm.in_flight >= r.wasm.concurrency else 0.0
+    return r.wasm.typical_ms * (1.0 + queue), r.pod.typical_ms
 
 
 def _expected_ms(tier: Tier, r: RouteInputs) -> float | None:

@@ -37,13 +37,17 @@ class WasmTier:
 
     async def infer(
         self, admission: Admission, pool: InstancePool, inputs: Sequence[Tensor], outputs: Sequence[TensorSpec]
-    ) -> list[Tensor]:
-        """Run one request once admission gives it a slot. Raises TooManyRequests or Unavailable when it
-        does not, and the guest's errors otherwise."""
+    ) -> tuple[list[Tensor], float]:
+        """Run one request once admission gives it a slot: its outputs, and its service time in milliseconds
+        (from the slot to the answer, the wait for a slot excluded). Raises TooManyRequests or Unavailable
+        when admission refuses it, and the guest's errors otherwise."""
         async with admission.slot():
+            started = time.perf_counter()
             if runs_inline(pool.typical_ms, self.inline_below_ms):
-                return _run(pool, inputs, outputs)
-            return await anyio.to_thread.run_sync(_run, pool, inputs, outputs, limiter=self._limiter)
+                produced = _run(pool, inputs, outputs)
+            else:
+                produced = await anyio.to_thread.run_sync(_run, pool, inputs, outputs, limiter=self._limiter)
+            return produced, (time.perf_counter() - started) * 1000
 
 
 def runs_inline(typical_ms: float | None, inline_below_ms: float) -> bool:

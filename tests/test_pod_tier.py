@@ -288,8 +288,15 @@ def test_a_runner_fetches_functions_from_its_gateway_and_follows_new_versions(
         assert r.status_code == 200, r.text
         assert r.json()["outputs"][0]["datatype"] == "INT64"
 
-        # A new version at the gateway: the runner, sent version 2, fetches it.
+        # A new version at the gateway: the runner, sent version 2, fetches it; here ahead of any request,
+        # as the gateway has a runner preload a function (OIP v2's model repository extension).
         assert gw.cli("push", str(path), "--name", "fn").returncode == 0
+        load = f"{runner.url}/v2/repository/models/fn/load"
+        loaded = httpx.post(load, json={"parameters": {"version": "2"}}, timeout=60)
+        assert loaded.json() == {"name": "fn", "version": "2"}
+        assert httpx.post(load, json={"parameters": {"version": "two"}}).status_code == 400
+        assert httpx.post(load, content=b"[1]").status_code == 400
+        assert httpx.post(f"{runner.url}/v2/repository/models/missing/load", timeout=60).status_code == 404
         body2, x2 = dense_request(3)
         r = httpx.post(f"{runner.url}/v2/models/fn/versions/2/infer", json=body2, timeout=60)
         assert r.status_code == 200, r.text

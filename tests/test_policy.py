@@ -1,5 +1,5 @@
 """The router's policy as a pure function: home tiers, filtering, spill-over, cold-start masking, hints,
-deadlines, and edge clusters; and the model figures it reads."""
+deadlines, edge clusters, and placement by measured service times; and the model figures it reads."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ T = Thresholds(pod_bytes=1000, pod_params=10_000, pod_flops_per_row=100_000, fit
 SMALL = ModelFigures(bytes=100, params=50, flops_per_row=1_000)
 LARGE = ModelFigures(bytes=3000, params=50_000, flops_per_row=500_000)  # large, but fits the sandbox
 HUGE = ModelFigures(bytes=9000, params=500_000, flops_per_row=5_000_000)  # does not fit the sandbox
-WARM_POD = PodState(available=True, ready=1)
+WARM_POD = PodState(available=True, ready=1, warm=1)
+LOADING_POD = PodState(available=True, ready=1, warm=0)  # a replica is up, but has not loaded the model
 COLD_POD = PodState(available=True, ready=0)
 
 
@@ -131,3 +132,59 @@ def test_deadlines_drop_tiers_that_cannot_answer_in_time() -> None:
         decide(inputs(figures=HUGE, pod=slow_start, deadline_ms=100))
     # Unknown figures never filter: the first requests are not refused for lack of history.
     assert decide(inputs(figures=LARGE, pod=COLD_POD, deadline_ms=1, mask_cold_start=False)).tier == "pod"
+
+
+def test_masking_lasts_until_a_replica_holds_the_model() -> None:
+    loading = decide(inputs(figures=LARGE, pod=LOADING_POD))
+    assert (loading.tier, loading.reason) == ("wasm", "cold_start_masked")
+    assert decide(inputs(figures=LARGE, pod=WARM_POD)).tier == "pod"
+
+
+def with_times(wasm_ms: float | None, pod_ms: float | None, **changes: object) -> RouteInputs:
+    r = inputs(**changes)
+    return dataclasses.replace(
+        r, wasm=dataclasses.replace(r.wasm, typical_ms=wasm_ms), pod=dataclasses.replace(r.pod, typical_ms=pod_ms)
+    )
+
+
+def test_auto_functions_go_where_their_measured_service_is_quicker() -> None:
+    # A pod-home model that the sandbox serves faster (a CPU pod one hop away): it stays on Wasm, and since no
+    # pod is wanted, the masking reason (which scales the pod tier up) is not given.
+    stay = decide(with_times(3.0, 8.0, figures=LARGE, pod=WARM_POD))
+    assert (stay.tier, stay.reason) == ("wasm", "faster")
+    assert decide(with_times(3.0, 8.0, figures=LARGE, pod=COLD_POD)).reason == "faster"
+    # Where the pod is quicker (a GPU), it wins when warm, and the cold start is masked meanwhile.
+    assert decide(with_times(30.0, 4.0, figures=LARGE, pod=WARM_POD)).reason == "home"
+    assert decide(with_times(30.0, 4.0, figures=LARGE, pod=COLD_POD)).reason == "cold_start_masked"
+    # One tier unmeasured: the rules without figures (the pod tier gets its first requests and is measured).
+    assert decide(with_times(3.0, None, figures=LARGE, pod=WARM_POD)).tier == "pod"
+    # A Wasm-home function's big batch spills only if the pods are quicker for big batches.
+    big = T.spill_batch_rows
+    assert decide(with_times(40.0, 60.0, batch=big, pod=WARM_POD)).tier == "wasm"
+    assert decide(with_times(60.0, 40.0, batch=big, pod=WARM_POD)).reason == "spill_batch"
+    # Never onto a pod tier with no ready replica, however quick its figures.
+    assert decide(with_times(60.0, 1.0, batch=big, pod=COLD_POD)).tier == "wasm"
+    # The queue in front of a saturated pool counts against the sandbox: 16 waiting for 8 slots triples it.
+    saturated = WasmState(loaded=True, in_flight=8, queued=16, concurrency=8)
+    assert decide(with_times(3.0, 8.0, wasm=saturated, pod=WARM_POD)).reason == "spill_saturated"
+    assert decide(with_times(3.0, 10.0, wasm=saturated, pod=WARM_POD)).tier == "wasm"
+
+
+def test_a_pinned_tier_is_not_moved_by_figures() -> None:
+    pinned = decide(with_times(3.0, 8.0, tier="pod", figures=LARGE, pod=WARM_POD))
+    assert (pinned.tier, pinned.reason) == ("pod", "home")
+    assert decide(with_times(60.0, 40.0, tier="wasm", batch=1, pod=WARM_POD)).tier == "wasm"
+    # Spilling stays in the function's hands: figures do not override spill: false.
+    assert decide(with_times(60.0, 1.0, batch=T.spill_batch_rows, pod=WARM_POD, spill=False)).tier == "wasm"
+
+
+def test_routing_by_service_time_is_a_setting() -> None:
+    from gateway.pods import thresholds
+    from gateway.settings import Settings
+
+    assert thresholds(Settings.from_env({})).by_service_time
+    off = Settings.from_env({"WASMGATE_ROUTE_BY_SERVICE_TIME": "off"})
+    assert not thresholds(off).by_service_time
+    assert Settings.from_env(off.to_env()) == off  # "False" reads back
+    with pytest.raises(ValueError, match="WASMGATE_ROUTE_BY_SERVICE_TIME='maybe': must be true or false"):
+        Settings.from_env({"WASMGATE_ROUTE_BY_SERVICE_TIME": "maybe"})

@@ -4,6 +4,7 @@ response's headers say where it ran and why, and the results are checked against
 from __future__ import annotations
 
 import concurrent.futures
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,6 +37,24 @@ def infer(gw: Gateway, name: str, x: np.ndarray, **headers: str) -> httpx.Respon
     return httpx.post(f"{gw.url}/v2/models/{name}/infer", json=body, headers=headers, timeout=120)
 
 
+def infer_binary(gw: Gateway, name: str, x: np.ndarray) -> httpx.Response:
+    """One FP32 input in OIP v2's binary tensor extension (a large batch without its JSON cost)."""
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": list(x.shape),
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ]
+        }
+    ).encode()
+    headers = {"inference-header-content-length": str(len(header))}
+    return httpx.post(f"{gw.url}/v2/models/{name}/infer", content=header + x.tobytes(), headers=headers, timeout=120)
+
+
 def where(r: httpx.Response) -> tuple[str, str]:
     assert r.status_code == 200, r.text
     return r.headers["x-wasmgate-tier"], r.headers["x-wasmgate-reason"]
@@ -54,6 +73,9 @@ def rows(n: int, seed: int = 0) -> np.ndarray:
 ROUTING_ENV = {
     "WASMGATE_TIER_POD_BYTES": str(512 * 1024),
     "WASMGATE_SPILL_BATCH_ROWS": "32",
+    # Placement by the rules alone, so that where each request goes here does not hang on which tier this
+    # machine happens to run quicker; test_measured_service_times_decide_for_auto_functions turns it on.
+    "WASMGATE_ROUTE_BY_SERVICE_TIME": "false",
     "WASMGATE_ACCELERATORS": "yes",
     "WASMGATE_POD_IDLE_GRACE_S": "30",
     "WASMGATE_POD_MAX_REPLICAS": "1",
@@ -131,6 +153,50 @@ def test_small_to_wasm_large_to_pod_with_cold_start_masking_then_spill_over(
     ]:
         decisions = metric(text, "wasmgate_route_decisions_total", function=function, tier=tier, reason=reason)
         assert decisions >= 1, (function, tier, reason)
+
+
+def test_measured_service_times_decide_for_auto_functions(
+    tmp_path: Path, dense: tuple[Path, ort.InferenceSession]
+) -> None:
+    """With ``route_by_service_time`` on (the default), an ``auto`` function goes to the tier this gateway has
+    measured quicker for it. Which tier that is depends on the machine (here a "pod" is a CPU runner one hop
+    away), so the test reads the figures the router compares from the admin API and checks that the next
+    request went where they say. Also: cold-start masking lasts until a ready replica has preloaded the model."""
+    path, session = dense
+    gw = Gateway(
+        tmp_path / "data", tmp_path / "gateway.log", env={**ROUTING_ENV, "WASMGATE_ROUTE_BY_SERVICE_TIME": "1"}
+    )
+    gw.start()
+    try:
+        assert gw.cli("push", str(path), "--name", "dense").returncode == 0
+        assert where(infer(gw, "dense", rows(2))) == ("wasm", "cold_start_masked")
+
+        def gateway_sees_a_ready_replica() -> bool:
+            return metric(httpx.get(f"{gw.url}/metrics").text, "wasmgate_pod_replicas", state="ready") == 1
+
+        wait_until(gateway_sees_a_ready_replica, 60, "the pod tier to scale up behind the masked request")
+        # The replica is ready but has not loaded the model: still masked, and this request has it preload.
+        assert where(infer(gw, "dense", rows(1))) == ("wasm", "cold_start_masked")
+        # Once preloaded, the pod tier (not yet measured) is tried as the home tier.
+        wait_until(lambda: infer(gw, "dense", rows(1)).headers["x-wasmgate-tier"] == "pod", 60, "the preload")
+
+        for seed in range(5):  # measure both tiers
+            check_dense(infer(gw, "dense", rows(2, seed), **{"x-wasmgate-tier": "pod"}), session, rows(2, seed))
+            check_dense(infer(gw, "dense", rows(2, seed), **{"x-wasmgate-tier": "wasm"}), session, rows(2, seed))
+        admin = httpx.get(f"{gw.url}/admin/v1/functions/dense", timeout=30).json()
+        measured = admin["service_ms"]
+        assert set(measured) == {"wasm", "pod"}
+        assert all(set(m) == {"small"} for m in measured.values())
+        quicker = "wasm" if measured["wasm"]["small"] < measured["pod"]["small"] else "pod"
+        r = infer(gw, "dense", rows(3, seed=9))
+        assert where(r) == ((quicker, "faster") if quicker == "wasm" else (quicker, "home")), measured
+        check_dense(r, session, rows(3, seed=9))
+        reason = "faster" if quicker == "wasm" else "home"
+        decisions = metric(httpx.get(f"{gw.url}/metrics").text, "wasmgate_route_decisions_total", function="dense",
+            tier=quicker, reason=reason)  # fmt: skip
+        assert decisions >= 1
+    finally:
+        gw.stop()
 
 
 def test_a_saturated_wasm_pool_spills_to_a_ready_pod_unless_the_function_forbids_it(tmp_path: Path) -> None:
@@ -224,10 +290,13 @@ def test_edge_cluster_runs_everything_on_cpu(tmp_path: Path, digits: Digits) -> 
 def test_a_backend_that_fails_before_answering_is_retried_once_and_an_answer_never(
     tmp_path: Path, dense: tuple[Path, ort.InferenceSession]
 ) -> None:
+    """Failing before answering: an endpoint that cannot be reached, and a replica whose admission refuses the
+    request with 429 (it never ran). The runner here fetches its functions from the gateway."""
     path, session = dense
-    gw = Gateway(tmp_path / "data", tmp_path / "gateway.log", env={"WASMGATE_POD_SCALER": "none"})
-    runner = Gateway(tmp_path / "other", tmp_path / "runner.log", command="runner")
+    env = {"WASMGATE_POD_SCALER": "none", "WASMGATE_DEADLINE_MS": "60000"}
+    gw = Gateway(tmp_path / "data", tmp_path / "gateway.log", env=env)
     gw.start()
+    runner = Gateway(tmp_path / "other", tmp_path / "runner.log", "--source-url", gw.url, command="runner", env=env)
     runner.start()
     try:
         dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
@@ -238,7 +307,7 @@ def test_a_backend_that_fails_before_answering_is_retried_once_and_an_answer_nev
         assert where(r) == ("wasm", "retry")
         check_dense(r, session, rows(2))
         # Its endpoint answers (404: that server has no such model): an answer is passed on, never retried.
-        assert gw.cli(*push, runner.url, "--name", "answers").returncode == 0
+        assert gw.cli(*push, runner.url, "--endpoint-model", "nowhere", "--name", "answers").returncode == 0
         answered = infer(gw, "answers", rows(2))
         assert answered.status_code == 404
         assert answered.headers["x-wasmgate-tier"] == "pod"
@@ -249,6 +318,32 @@ def test_a_backend_that_fails_before_answering_is_retried_once_and_an_answer_nev
         alone = infer(gw, "flaky", rows(2), **{"x-wasmgate-tier": "pod"})
         assert alone.status_code == 503
         assert "unreachable" in alone.json()["error"]
+
+        # A replica at capacity answers 429 before running the request: retried on the Wasm tier. The endpoint
+        # is the runner serving "crowded" (one slot, no queue), kept busy by a long batch sent to it directly.
+        heavy_sizes = (256, 2048, 2048, 10)
+        heavy = tmp_path / "heavy.onnx"
+        heavy.write_bytes(dense_model(heavy_sizes))
+        one_slot = ["--concurrency", "1", "--max-instances", "1", "--max-queue", "0"]
+        assert gw.cli("push", str(heavy), "--name", "crowded", "--tier", "wasm", *one_slot).returncode == 0
+        assert gw.cli("push", str(heavy), "--name", "busy", "--tier", "pod", "--endpoint", runner.url,
+            "--endpoint-model", "crowded").returncode == 0  # fmt: skip
+        x = np.random.default_rng(1).standard_normal((1, heavy_sizes[0])).astype(np.float32)
+        assert infer(runner, "crowded", x).status_code == 200  # fetched and loaded
+        big = np.random.default_rng(2).standard_normal((16000, heavy_sizes[0])).astype(np.float32)  # seconds
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            long = pool.submit(infer_binary, runner, "crowded", big)
+            busy = {"function": "crowded", "state": "busy"}
+            wait_until(lambda: metric(httpx.get(f"{runner.url}/metrics").text, "wasmgate_instances", **busy) == 1,
+                60, "the long batch on the runner")  # fmt: skip
+            assert not long.done(), "the long batch ended before the request it should crowd out was sent"
+            crowded_out = infer(gw, "busy", x)
+            refused = infer(gw, "busy", x, **{"x-wasmgate-tier": "pod"})  # no other candidate: the 429 stands
+            assert not long.done(), "the long batch ended before both requests were refused"
+            assert long.result().status_code == 200
+        assert where(crowded_out) == ("wasm", "retry")
+        assert refused.status_code == 429, refused.text
+        assert "at capacity" in refused.json()["error"]
     finally:
         runner.stop()
         gw.stop()

@@ -1,0 +1,39 @@
+"""What each tier has recently taken to serve a function: the figures the router compares (``router.policy``).
+
+One running figure (an exponentially weighted moving average, newest call weighted ``EWMA_WEIGHT``) per
+function, per tier, per size class: requests below ``spill_batch_rows`` rows, and requests at or above it,
+whose cost is of another order. Only answered requests count, and only their service: a Wasm-tier figure
+starts when the request has its admission slot (the policy adds the queue it sees), and a pod-tier figure
+leaves out requests that were held while the tier scaled up (a cold start is not what a warm replica costs).
+
+Figures are kept per version and live as long as the gateway process: a function pushed again starts afresh
+(its code or model may have changed what it costs).
+"""
+
+from __future__ import annotations
+
+from router.policy import Tier
+from router.wasm_tier import EWMA_WEIGHT
+
+
+class ServiceTimes:
+    def __init__(self, big_rows: int) -> None:
+        #: Requests with at least this many rows are the large size class (setting ``spill_batch_rows``).
+        self.big_rows = big_rows
+        self._ms: dict[tuple[str, int, Tier, bool], float] = {}
+
+    def observe(self, function: str, version: int, tier: Tier, rows: int, ms: float) -> None:
+        key = (function, version, tier, rows >= self.big_rows)
+        typical = self._ms.get(key)
+        self._ms[key] = ms if typical is None else typical + EWMA_WEIGHT * (ms - typical)
+
+    def typical_ms(self, function: str, version: int, tier: Tier, rows: int) -> float | None:
+        return self._ms.get((function, version, tier, rows >= self.big_rows))
+
+    def report(self, function: str, version: int) -> dict[str, dict[str, float]]:
+        """The figures of one version, as ``{tier: {"small" | "large": ms}}``, rounded to 0.01 ms."""
+        out: dict[str, dict[str, float]] = {}
+        for (name, v, tier, big), ms in self._ms.items():
+            if name == function and v == version:
+                out.setdefault(tier, {})["large" if big else "small"] = round(ms, 2)
+        return out
