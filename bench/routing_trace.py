@@ -42,8 +42,11 @@ and hops, not what a GPU pod buys.
 **Simulated.** A discrete-event simulation of the same trace for the same policies, which places every request
 with the product's own ``router.policy.decide`` and scales the pod tier with ``router.pod_policy``
 (``desired_replicas``, ``needed_replicas``, ``pick_replica``), following ``router.activator``: held requests,
-a scale-up at once on demand, scale-down after the idle grace, cold-start-masked requests counted as demand,
-replica-seconds integrated the same way. Its inputs are measured in this run:
+a scale-up at once on demand, scale-down after the idle grace, cold-start-masked requests counted as demand
+and preloading the model on a ready replica (``router.pod_tier``), a replica's 429 retried once on the Wasm
+tier, replica-seconds integrated the same way. The policy reads service times the simulation measures as the
+gateway does (``router.latency.ServiceTimes``: Wasm service without the wait for a slot, pod forwards that were
+not held). Its inputs are measured in this run:
 
 - *service times*: after wasmgate's replay, on its gateway (warm, otherwise idle), requests one at a time with
   the replay's client, pinned to each tier with the ``x-wasmgate-tier`` hint, each model and batch kind in turn.
@@ -737,11 +740,11 @@ class Simulation:
         p = self.policy
         inputs = RouteInputs(
             p.tier, model.figures, True, p.spill, p.mask_cold_start, req.arrival.rows, None, None, True, wasm, pod,
-            self.cfg.thresholds,
+            self.cfg.thresholds, self.figures.pod_wins_some_size(fn, 1),
         )  # fmt: skip
         d = req.decision = decide(inputs)
         req.tier, req.reason = d.tier, d.reason
-        if d.reason == "cold_start_masked":  # gateway.routing: Activator.note_demand, then PodTier.preload
+        if d.scale_pod:  # gateway.routing: Activator.note_demand, then PodTier.preload
             self.demand_elsewhere_at = self.now
             self._at(self.now, "kick")
             if ready and not warm:

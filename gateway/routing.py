@@ -127,14 +127,15 @@ def _decide(
         wasm=wasm,
         pod=pod,
         thresholds=state.thresholds,
+        pod_wins_some_size=times.pod_wins_some_size(name, version),
     )
     try:
         decision = decide(inputs)
     except NoRoute as exc:
         raise Unavailable(f"{manifest.name!r}: {exc}") from None
-    if decision.reason == "cold_start_masked" and pods is not None and pods.activator is not None:
+    if decision.scale_pod and pods is not None and pods.activator is not None:
         pods.activator.note_demand()  # scale up for the requests that follow
-        if pod.ready > 0:  # a replica is up but lacks the model: have it load now, not at a request
+        if pod.ready > 0 and pod.warm == 0:  # a replica is up but lacks the model: load it now, not at a request
             pods.preload(Target(name, version))
     return decision
 

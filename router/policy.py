@@ -36,6 +36,13 @@ must first scale from zero, say. Nothing left is a 503 naming why.
   (:class:`router.latency.ServiceTimes`); the figures are only refreshed by traffic, so a tier that lost
   stays judged by its last figures until load (a queue on the winner) sends requests back to it.
 
+**Scaling for requests served elsewhere.** A request the Wasm tier serves still counts as demand for the pod
+tier (``Decision.scale_pod``) when it was masking a cold start, and when the function is placed by its
+figures and the pods have been measured quicker for it at another size of request: while such a function
+has traffic, the pod tier stays up for it (within ``pod_max_replicas``, and until the idle grace passes), so
+that its requests of that size find a warm replica. A function the pods serve no quicker at any size leaves
+the pod tier at zero.
+
 The decision also names the other candidate left after filtering, the one a request is retried on once when
 its first backend fails before producing a response.
 """
@@ -104,6 +111,8 @@ class RouteInputs:
     wasm: WasmState
     pod: PodState
     thresholds: Thresholds = dataclasses.field(default_factory=Thresholds)
+    #: The pod tier has been measured quicker than the sandbox for this function at some size of request.
+    pod_wins_some_size: bool = False
 
 
 @dataclasses.dataclass(slots=True)
@@ -111,6 +120,8 @@ class Decision:
     tier: Tier
     reason: str  # one word, for the x-wasmgate-reason header and the decision metric
     fallback: Tier | None  # the other candidate, for one retry
+    #: Count this request as demand for the pod tier although it runs in the Wasm tier (see the module doc).
+    scale_pod: bool = False
 
 
 class NoRoute(Exception):  # a result of the policy, not an error of it
@@ -179,7 +190,9 @@ def decide(r: RouteInputs) -> Decision:
     if tier == "pod" and home == "pod" and r.pod.ready == 0 and reason == "home":
         reason = "home_cold"  # held while the pod tier scales up
     others = [c for c in candidates if c != tier]
-    return Decision(tier, reason, others[0] if others else None)
+    keep_warm = reason == "faster" and r.pod_wins_some_size
+    scale_pod = tier == "wasm" and "pod" in others and (reason == "cold_start_masked" or keep_warm)
+    return Decision(tier, reason, others[0] if others else None, scale_pod)
 
 
 def _move_from_wasm(r: RouteInputs) -> str | None:

@@ -188,3 +188,16 @@ def test_routing_by_service_time_is_a_setting() -> None:
     assert Settings.from_env(off.to_env()) == off  # "False" reads back
     with pytest.raises(ValueError, match="WASMGATE_ROUTE_BY_SERVICE_TIME='maybe': must be true or false"):
         Settings.from_env({"WASMGATE_ROUTE_BY_SERVICE_TIME": "maybe"})
+
+
+def test_requests_served_in_the_sandbox_keep_the_pod_tier_up_only_where_it_pays() -> None:
+    # Masking a cold start asks for the pod tier; so does a request that is quicker in the sandbox at its own
+    # size when the pods win at another size (its big batches); otherwise the pods are left at zero.
+    assert decide(inputs(figures=LARGE, pod=COLD_POD)).scale_pod
+    assert not decide(with_times(3.0, 8.0, figures=LARGE, pod=COLD_POD)).scale_pod
+    wins_elsewhere = decide(
+        dataclasses.replace(with_times(3.0, 8.0, figures=LARGE, pod=COLD_POD), pod_wins_some_size=True)
+    )
+    assert (wins_elsewhere.tier, wins_elsewhere.scale_pod) == ("wasm", True)
+    assert not decide(inputs(pod=COLD_POD)).scale_pod  # a small model at home
+    assert not decide(inputs(figures=LARGE, pod=COLD_POD, hint="wasm")).scale_pod  # the caller chose
