@@ -740,7 +740,7 @@ class Simulation:
         p = self.policy
         inputs = RouteInputs(
             p.tier, model.figures, True, p.spill, p.mask_cold_start, req.arrival.rows, None, None, True, wasm, pod,
-            self.cfg.thresholds, self.figures.pod_wins_some_size(fn, 1),
+            self.cfg.thresholds, self.figures.other_size(fn, 1, rows),
         )  # fmt: skip
         d = req.decision = decide(inputs)
         req.tier, req.reason = d.tier, d.reason

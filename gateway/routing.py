@@ -127,7 +127,7 @@ def _decide(
         wasm=wasm,
         pod=pod,
         thresholds=state.thresholds,
-        pod_wins_some_size=times.pod_wins_some_size(name, version),
+        other_size=times.other_size(name, version, rows),
     )
     try:
         decision = decide(inputs)

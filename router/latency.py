@@ -30,14 +30,10 @@ class ServiceTimes:
     def typical_ms(self, function: str, version: int, tier: Tier, rows: int) -> float | None:
         return self._ms.get((function, version, tier, rows >= self.big_rows))
 
-    def pod_wins_some_size(self, function: str, version: int) -> bool:
-        """Whether the pod tier has been measured quicker than the Wasm tier for some size class."""
-        for big in (False, True):
-            wasm = self._ms.get((function, version, "wasm", big))
-            pod = self._ms.get((function, version, "pod", big))
-            if wasm is not None and pod is not None and pod < wasm:
-                return True
-        return False
+    def other_size(self, function: str, version: int, rows: int) -> tuple[float | None, float | None]:
+        """The (wasm, pod) figures of the size class ``rows`` is not in."""
+        big = rows < self.big_rows
+        return self._ms.get((function, version, "wasm", big)), self._ms.get((function, version, "pod", big))
 
     def report(self, function: str, version: int) -> dict[str, dict[str, float]]:
         """The figures of one version, as ``{tier: {"small" | "large": ms}}``, rounded to 0.01 ms."""

@@ -37,11 +37,11 @@ must first scale from zero, say. Nothing left is a 503 naming why.
   stays judged by its last figures until load (a queue on the winner) sends requests back to it.
 
 **Scaling for requests served elsewhere.** A request the Wasm tier serves still counts as demand for the pod
-tier (``Decision.scale_pod``) when it was masking a cold start, and when the function is placed by its
-figures and the pods have been measured quicker for it at another size of request: while such a function
-has traffic, the pod tier stays up for it (within ``pod_max_replicas``, and until the idle grace passes), so
-that its requests of that size find a warm replica. A function the pods serve no quicker at any size leaves
-the pod tier at zero.
+tier (``Decision.scale_pod``) when it was masking a cold start, and when it went to the sandbox as the quicker
+tier for its size while the function's requests of the other size are better off on a pod (measured quicker
+there, or not yet measured there and pod-home by the model's figures): while such a function has traffic,
+the pod tier stays up for it (within ``pod_max_replicas``, until the idle grace passes), so that those
+requests find a warm replica. A function the pods serve no quicker at any size leaves the pod tier at zero.
 
 The decision also names the other candidate left after filtering, the one a request is retried on once when
 its first backend fails before producing a response.
@@ -111,8 +111,8 @@ class RouteInputs:
     wasm: WasmState
     pod: PodState
     thresholds: Thresholds = dataclasses.field(default_factory=Thresholds)
-    #: The pod tier has been measured quicker than the sandbox for this function at some size of request.
-    pod_wins_some_size: bool = False
+    #: The function's figures on (wasm, pod) for the other size class of request (None: not measured).
+    other_size: tuple[float | None, float | None] = (None, None)
 
 
 @dataclasses.dataclass(slots=True)
@@ -190,7 +190,7 @@ def decide(r: RouteInputs) -> Decision:
     if tier == "pod" and home == "pod" and r.pod.ready == 0 and reason == "home":
         reason = "home_cold"  # held while the pod tier scales up
     others = [c for c in candidates if c != tier]
-    keep_warm = reason == "faster" and r.pod_wins_some_size
+    keep_warm = reason == "faster" and _pod_pays_at_other_size(r, home)
     scale_pod = tier == "wasm" and "pod" in others and (reason == "cold_start_masked" or keep_warm)
     return Decision(tier, reason, others[0] if others else None, scale_pod)
 
@@ -218,6 +218,17 @@ def _move_from_pod(r: RouteInputs) -> str | None:
     if r.mask_cold_start and r.pod.warm == 0:
         return "cold_start_masked"
     return None
+
+
+def _pod_pays_at_other_size(r: RouteInputs, home: Tier) -> bool:
+    """Whether the function's requests of the other size class are better off on a warm pod: measured quicker
+    there, or (requests of that size seen, the pod never measured at it) placed on the pod by its figures."""
+    wasm_ms, pod_ms = r.other_size
+    if wasm_ms is None:
+        return False
+    if pod_ms is None:
+        return home == "pod"
+    return pod_ms < wasm_ms
 
 
 def _costs(r: RouteInputs) -> tuple[float, float] | None:

@@ -195,9 +195,13 @@ def test_requests_served_in_the_sandbox_keep_the_pod_tier_up_only_where_it_pays(
     # size when the pods win at another size (its big batches); otherwise the pods are left at zero.
     assert decide(inputs(figures=LARGE, pod=COLD_POD)).scale_pod
     assert not decide(with_times(3.0, 8.0, figures=LARGE, pod=COLD_POD)).scale_pod
-    wins_elsewhere = decide(
-        dataclasses.replace(with_times(3.0, 8.0, figures=LARGE, pod=COLD_POD), pod_wins_some_size=True)
-    )
+    small_rows = with_times(3.0, 8.0, figures=LARGE, pod=COLD_POD)
+    wins_elsewhere = decide(dataclasses.replace(small_rows, other_size=(70.0, 9.0)))
     assert (wins_elsewhere.tier, wins_elsewhere.scale_pod) == ("wasm", True)
+    assert not decide(dataclasses.replace(small_rows, other_size=(70.0, 90.0))).scale_pod  # loses there too
+    # Big batches seen but never tried on a pod: a pod-home model keeps the pods up so they get tried.
+    assert decide(dataclasses.replace(small_rows, other_size=(70.0, None))).scale_pod
+    wasm_home = with_times(3.0, 8.0, figures=SMALL, pod=COLD_POD)
+    assert not decide(dataclasses.replace(wasm_home, other_size=(70.0, None))).scale_pod
     assert not decide(inputs(pod=COLD_POD)).scale_pod  # a small model at home
     assert not decide(inputs(figures=LARGE, pod=COLD_POD, hint="wasm")).scale_pod  # the caller chose
