@@ -39,34 +39,8 @@ On this CPU-only machine a "pod" is a CPU runner process: the same onnxruntime a
 HTTP hop, so it cannot be faster than the sandbox for compute; what the replay shows is the cost of cold starts
 and hops, not what a GPU pod buys.
 
-**Simulated.** A discrete-event simulation of the same trace for the same policies, which places every request
-with the product's own ``router.policy.decide`` and scales the pod tier with ``router.pod_policy``
-(``desired_replicas``, ``needed_replicas``, ``pick_replica``), following ``router.activator``: held requests,
-a scale-up at once on demand, scale-down after the idle grace, cold-start-masked requests counted as demand
-and preloading the model on a ready replica (``router.pod_tier``), a replica's 429 retried once on the Wasm
-tier, replica-seconds integrated the same way. The policy reads service times the simulation measures as the
-gateway does (``router.latency.ServiceTimes``: Wasm service without the wait for a slot, pod forwards that were
-not held). Its inputs are measured in this run:
-
-- *service times*: after wasmgate's replay, on its gateway (warm, otherwise idle), requests one at a time with
-  the replay's client, pinned to each tier with the ``x-wasmgate-tier`` hint, each model and batch kind in turn.
-  Each simulated request draws one of these (seeded). They are taken apart from the replay because the replay's
-  latencies already hold queueing, which the simulation adds itself;
-- *a runner's load of a model*, which a runner does at its first request of it (readiness does not wait for
-  it): that model's first request on a runner in that calibration, less its service time (the small model's
-  first request brings the runner up, so its load stays in the scale-up time);
-- *the scale from zero to a first answer*: always pod's first held request of each burst in its replay, less
-  its service time and model load.
-
-The Wasm tier is the product's admission (per function ``concurrency`` 8, a queue of 64 with a 5 s timeout: the
-pool defaults) in front of ``worker_threads`` 8, with no model of CPU contention beyond that; a refused request
-is retried on a ready replica, as the gateway does. A pod replica is one device that runs one request's compute
-at a time (FIFO), plus the rest of its measured time (the edge, the hop), which overlaps; requests of a model it
-is loading wait for the load; its own admission is the same pool defaults (429 past 72 requests of a function,
-503 past a 5 s wait), and the gateway passes those answers on. One assumption, clearly not measured: the large
-model's compute on a GPU pod is ``--gpu-speedup`` times faster (default 10) than on this CPU; its compute is its
-median Wasm time less the smallest request's (the fixed cost of any request), and the small model gets no
-speed-up. The simulation at speed-up 1 is printed too, as a check of the simulation against the replay.
+**Simulated.** A discrete-event simulation of the same trace for the same policies, with the product's own
+routing and scaling rules and inputs measured in this run: ``bench.routing_sim`` says what it models and how.
 
 ``--quick`` replays a few seconds of trace with a 1.2 MB MLP (and a 512 KiB threshold) and a 1 s idle grace,
 for a smoke test; its numbers mean nothing.
@@ -80,7 +54,6 @@ import collections
 import contextlib
 import dataclasses
 import gc
-import heapq
 import itertools
 import json
 import shutil
@@ -90,155 +63,42 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
 
 from bench.http_load import WASM, free_port
 from bench.pod_cold_start import TIMEOUT_S, PodGateway, clean_env, runner_children, spawned, wait_until
-from gateway.demo import dense_model, train_digits
+from bench.routing_sim import ServiceTimes, SimConfig, Simulation
+from bench.routing_workload import (
+    BIG_ROWS,
+    FULL,
+    LARGE,
+    POLICIES,
+    QUICK,
+    SMALL,
+    TICK_S,
+    Kind,
+    Model,
+    Outcome,
+    Policy,
+    Trace,
+    bucket,
+    make_models,
+    make_trace,
+)
 from gateway.settings import Settings
-from router.latency import ServiceTimes as Figures
-from router.pod_policy import ScalePolicy, desired_replicas, needed_replicas, pick_replica
-from router.policy import Decision, PodState, RouteInputs, Thresholds, TierSetting, WasmState, decide
-from router.scaler import Replica
 from tests.test_scaling import metric
-from wasm_host.figures import ModelFigures, measure
-from wasm_host.pool import PoolSettings
 
-MiB = 1 << 20
 HEADER_LENGTH = "inference-header-content-length"
 NUMPY = {"FP32": "<f4", "INT64": "<i8"}
-SMALL, LARGE = "small", "large"
-BIG_ROWS = 512
-BIG_SHARE = 0.03
-TICK_S = 0.25  # router.activator.Activator's default scaling tick
 SAMPLE_S = 0.2  # runner process-seconds sampling
 CALIBRATION, QUICK_CALIBRATION = (40, 8), (4, 1)  # service-time requests of 1-4 rows, and of BIG_ROWS
 
 
-@dataclasses.dataclass(frozen=True)
-class Mode:
-    """What differs between the full bench and ``--quick``."""
-
-    sizes: tuple[int, ...]
-    tier_pod_bytes: int
-    idle_grace_s: float
-    duration_s: float
-    rate: float
-    burst_s: tuple[float, float]
-    gap_s: tuple[float, float]
-
-
-FULL = Mode((256, 1024, 1024, 1024, 10), 4 * MiB, 3.0, 50.0, 25.0, (2.0, 6.0), (1.0, 8.0))
-QUICK = Mode((64, 512, 512, 10), 512 << 10, 1.0, 3.0, 10.0, (0.8, 1.2), (1.2, 1.6))
-
-
-@dataclasses.dataclass(frozen=True)
-class Policy:
-    key: str
-    label: str
-    flags: tuple[str, ...]  # for ``wasm push``
-    tier: TierSetting
-    spill: bool
-    mask_cold_start: bool
-
-
-POLICIES = (
-    Policy("pod", "always pod", ("--tier", "pod", "--no-mask-cold-start", "--no-spill"), "pod", False, False),
-    Policy("wasm", "always Wasm", ("--tier", "wasm", "--no-spill"), "wasm", False, True),
-    Policy("wasmgate", "wasmgate", (), "auto", True, True),
-)
-
-
-# -- the trace ------------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class Arrival:
-    t: float  # seconds from the start of the replay
-    model: str  # SMALL or LARGE
-    rows: int
-    burst: int
-
-
-@dataclasses.dataclass(frozen=True)
-class Trace:
-    arrivals: tuple[Arrival, ...]
-    bursts: tuple[tuple[float, float], ...]  # (start, end) in seconds
-
-    @property
-    def gaps(self) -> list[float]:
-        return [b[0] - a[1] for a, b in itertools.pairwise(self.bursts)]
-
-    def summary(self, grace_s: float) -> str:
-        n = len(self.arrivals)
-        large = sum(a.model == LARGE for a in self.arrivals)
-        big = sum(a.rows == BIG_ROWS for a in self.arrivals)
-        gaps = self.gaps
-        return (
-            f"trace: {n} requests in {len(self.bursts)} bursts over {self.bursts[-1][1]:.1f} s; "
-            f"{n - large} small ({100 * (n - large) / n:.0f}%), {large} large ({100 * large / n:.0f}%); "
-            f"{big} batches of {BIG_ROWS} rows, the rest 1-4 rows; idle gaps {min(gaps, default=0):.1f}-"
-            f"{max(gaps, default=0):.1f} s, {sum(g > grace_s for g in gaps)} of {len(gaps)} longer than the "
-            f"idle grace of {grace_s:g} s"
-        )
-
-
-def make_trace(mode: Mode, seed: int, duration_s: float, rate: float, large_share: float) -> Trace:
-    """Bursts of Poisson arrivals separated by idle gaps, deterministic for ``seed``; the first burst starts at
-    0 and no burst starts after ``duration_s``."""
-    rng = np.random.default_rng(seed)
-    arrivals: list[Arrival] = []
-    bursts: list[tuple[float, float]] = []
-    start = 0.0
-    while start < duration_s:
-        end = start + float(rng.uniform(*mode.burst_s))
-        t = start + float(rng.exponential(1 / rate))
-        while t < end:
-            model = LARGE if rng.random() < large_share else SMALL
-            rows = BIG_ROWS if rng.random() < BIG_SHARE else int(rng.integers(1, 5))
-            arrivals.append(Arrival(t, model, rows, len(bursts)))
-            t += float(rng.exponential(1 / rate))
-        bursts.append((start, end))
-        start = end + float(rng.uniform(*mode.gap_s))
-    return Trace(tuple(arrivals), tuple(bursts))
-
-
-def bucket(rows: int) -> str:
-    return "big" if rows >= BIG_ROWS else "small"
-
-
-# -- the models and their requests ---------------------------------------------------------------------------
-@dataclasses.dataclass
-class Model:
-    key: str  # SMALL or LARGE
-    name: str  # the function's name on the gateway
-    onnx: bytes
-    width: int
-    figures: ModelFigures
-    rows_pool: np.ndarray | None = None  # the small model's inputs: digits test images
-
-    def inputs(self, index: int, rows: int) -> np.ndarray:
-        if self.rows_pool is not None:
-            picks = (np.arange(rows) + 7 * index) % len(self.rows_pool)
-            return np.ascontiguousarray(self.rows_pool[picks], dtype=np.float32)
-        return np.random.default_rng(index).standard_normal((rows, self.width)).astype(np.float32)
-
-
-def make_models(mode: Mode, sizes: tuple[int, ...]) -> dict[str, Model]:
-    digits, x_test, _ = train_digits()
-    dense = dense_model(sizes)
-    models = {
-        SMALL: Model(SMALL, "digits", digits, 64, measure(digits), np.asarray(x_test, np.float32)),
-        LARGE: Model(LARGE, "dense", dense, sizes[0], measure(dense)),
-    }
-    if not models[SMALL].figures.bytes < mode.tier_pod_bytes < models[LARGE].figures.bytes:
-        raise RuntimeError(f"tier_pod_bytes {mode.tier_pod_bytes} must lie between the two models' sizes")
-    return models
-
-
+# -- the requests ----------------------------------------------------------------------------------------------
 def encode(x: np.ndarray) -> tuple[bytes, dict[str, str]]:
     """An OIP v2 request in the binary tensor extension, answered in binary too."""
     head = {
@@ -416,39 +276,6 @@ def warm_up(gateway: TraceGateway, models: Mapping[str, Model]) -> None:
     time.sleep(TICK_S * 2)  # the activator's last tick has reported the replica-seconds
 
 
-@dataclasses.dataclass
-class Outcome:
-    """One policy's numbers, from a replay or a simulation."""
-
-    policy: str
-    statuses: list[int]
-    latencies_ms: list[float]  # answered (200) requests only
-    tiers: list[str]
-    reasons: list[str]
-    replica_seconds: float
-    process_seconds: float | None = None
-    wrong: int = 0
-    max_lag_ms: float = 0.0
-    first_errors: list[str] = dataclasses.field(default_factory=list)
-
-    @property
-    def errors(self) -> int:
-        return sum(s != 200 for s in self.statuses)
-
-    def p(self, q: float) -> float:
-        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
-
-    @property
-    def pod_share(self) -> float:
-        return sum(t == "pod" for t in self.tiers) / max(1, len(self.tiers))
-
-    def decision_counts(self) -> collections.Counter[str]:
-        return collections.Counter(f"{t}/{r}" for t, r in zip(self.tiers, self.reasons, strict=True) if t)
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self) | {"errors": self.errors, "p50_ms": self.p(50), "p99_ms": self.p(99)}
-
-
 def run_policy(
     tmp: Path,
     policy: Policy,
@@ -498,7 +325,6 @@ def run_policy(
 
 
 # -- service times, measured -------------------------------------------------------------------------------
-Kind = tuple[str, str, str]  # (tier, model, bucket)
 
 
 @dataclasses.dataclass
@@ -542,37 +368,6 @@ async def _calibrate(url: str, models: Mapping[str, Model], n_small: int, n_big:
     return result
 
 
-@dataclasses.dataclass
-class ServiceTimes:
-    """What the simulation draws from: measured service times (ms) by kind, a runner's model load (s) and the
-    pod tier's scale from zero (s)."""
-
-    samples: dict[Kind, list[float]]
-    load_s: dict[str, float]
-    scale_up_s: float = 0.0
-    scale_up_bursts: int = 0
-
-    def median(self, tier: str, model: str, b: str) -> float:
-        return float(np.median(self.samples[tier, model, b]))
-
-    def compute_ms(self, model: str, b: str) -> float:
-        """The model's compute: its Wasm time less the smallest request's (the fixed cost of any request)."""
-        return max(0.0, self.median("wasm", model, b) - self.median("wasm", SMALL, "small"))
-
-    def wasm_s(self, model: str, rows: int, rng: np.random.Generator) -> float:
-        return float(rng.choice(self.samples["wasm", model, bucket(rows)])) / 1000
-
-    def pod_parts(self, model: str, rows: int, speedup: float, rng: np.random.Generator) -> tuple[float, float]:
-        """(device seconds, other seconds) of one request on a pod replica: a measured pod time, whose compute
-        part runs on the device ``speedup`` times faster (the large model only), the rest (the edge, the hop,
-        the jitter) as measured."""
-        b = bucket(rows)
-        total = float(rng.choice(self.samples["pod", model, b]))
-        compute = min(total, self.compute_ms(model, b))
-        device = compute / (speedup if model == LARGE else 1.0)
-        return device / 1000, (total - compute) / 1000
-
-
 def service_times(calibration: Calibration, pod_results: Sequence[Result], trace: Trace) -> ServiceTimes:
     """The calibration's samples; a runner's load of each model, from the model's first requests on a runner
     less the median service time of their kind (0 when the calibration saw none: the small model's first
@@ -599,335 +394,6 @@ def service_times(calibration: Calibration, pod_results: Sequence[Result], trace
 
 def models_of(calibration: Calibration) -> list[str]:
     return sorted({model for _, model, _ in calibration.samples})
-
-
-# -- the simulation ----------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class SimConfig:
-    scale: ScalePolicy
-    thresholds: Thresholds
-    pool: PoolSettings
-    worker_threads: int
-    max_held: int
-    hold_timeout_s: float
-    gpu_speedup: float
-    seed: int  # for the draws of service times
-
-    @classmethod
-    def from_settings(cls, settings: Settings, gpu_speedup: float, seed: int) -> SimConfig:
-        from gateway.pods import thresholds
-
-        scale = ScalePolicy(
-            settings.pod_min_replicas,
-            settings.pod_max_replicas,
-            settings.pod_target_in_flight,
-            settings.pod_idle_grace_s,
-        )
-        return cls(
-            scale, thresholds(settings), PoolSettings(), settings.worker_threads, settings.pod_max_held,
-            settings.pod_hold_timeout_s, gpu_speedup, seed,
-        )  # fmt: skip
-
-
-@dataclasses.dataclass(eq=False)
-class _Req:
-    index: int
-    arrival: Arrival
-    decision: Decision | None = None
-    tier: str = ""
-    reason: str = ""
-    held: bool = False
-    status: int = 0
-    latency_s: float = 0.0
-    started_s: float = 0.0  # when its service began (a Wasm slot, or its forwarding)
-
-
-@dataclasses.dataclass(eq=False)
-class _Pod:
-    replica: Replica
-    ready: bool = False
-    device_free_at: float = 0.0
-    loaded_at: dict[str, float] = dataclasses.field(default_factory=dict)  # model -> when its load is done
-    admitted: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)  # by model
-
-
-class Simulation:
-    """The trace through the product's policy and scaling rules, with measured service times (module docstring).
-
-    Events are (time, sequence, kind, item) on a heap. The pod tier's scaling runs as the activator's loop does:
-    at once when it is kicked (a request held, a masked request, a held request done, the last request in flight
-    done), else ``TICK_S`` after its last run."""
-
-    def __init__(
-        self, trace: Trace, policy: Policy, models: Mapping[str, Model], times: ServiceTimes, cfg: SimConfig
-    ) -> None:
-        self.trace, self.policy, self.models, self.times, self.cfg = trace, policy, models, times, cfg
-        self.rng = np.random.default_rng(cfg.seed)
-        self.now = 0.0
-        self._events: list[tuple[float, int, str, Any]] = []
-        self._pending = 0  # events other than ticks
-        self._tick = 0  # the tick that is due; an older one on the heap is ignored
-        self._seq = itertools.count()
-        self._names = itertools.count(1)
-        self.done: list[_Req] = []
-        # The Wasm tier: per-function admission, then the shared worker threads.
-        self.w_in_flight: collections.Counter[str] = collections.Counter()
-        self.w_queue: dict[str, collections.deque[_Req]] = collections.defaultdict(collections.deque)
-        self.threads_busy = 0
-        self.thread_queue: collections.deque[_Req] = collections.deque()
-        # The pod tier: the activator's state.
-        self.pods: list[_Pod] = []
-        self.in_flight: dict[str, int] = collections.defaultdict(int)
-        self.holders: dict[str, set[str]] = collections.defaultdict(set)
-        self.held: collections.deque[_Req] = collections.deque()
-        self.wanted = 0
-        self.below_since: float | None = None
-        self.demand_elsewhere_at = -float("inf")
-        self.replica_seconds = 0.0
-        self._integrated_to = 0.0
-        # What the gateway has measured per function, tier and size (gateway.routing feeds the same book).
-        self.figures = Figures(cfg.thresholds.spill_batch_rows)
-
-    def _at(self, t: float, kind: str, item: Any = None) -> None:
-        heapq.heappush(self._events, (t, next(self._seq), kind, item))
-        self._pending += kind != "tick"
-
-    def run(self) -> Outcome:
-        for i, a in enumerate(self.trace.arrivals):
-            self._at(a.t, "arrive", _Req(i, a))
-        self._at(0.0, "tick", self._tick)
-        handlers: dict[str, Callable[[Any], None]] = {
-            "arrive": self._route,
-            "wasm_done": self._wasm_done,
-            "wasm_timeout": self._wasm_timeout,
-            "pod_done": self._pod_done,
-            "preloaded": self._preloaded,
-            "ready": self._ready,
-            "hold_timeout": self._hold_timeout,
-            "kick": lambda _: self._autoscale(),
-            "tick": lambda tick: None if tick != self._tick else self._autoscale(),  # a later run moved it
-        }
-        while self._events:
-            self.now, _, kind, item = heapq.heappop(self._events)
-            self._pending -= kind != "tick"
-            handlers[kind](item)
-        done = sorted(self.done, key=lambda r: r.index)
-        return Outcome(
-            self.policy.key,
-            [r.status for r in done],
-            [r.latency_s * 1000 for r in done if r.status == 200],
-            [r.tier for r in done],
-            [r.reason for r in done],
-            self.replica_seconds,
-        )
-
-    def _finish(self, req: _Req, status: int) -> None:
-        req.status, req.latency_s = status, self.now - req.arrival.t
-        self.done.append(req)
-
-    # routing: router.policy.decide on what the gateway would observe now
-    def _route(self, req: _Req) -> None:
-        model = self.models[req.arrival.model]
-        fn, conc = model.key, self.cfg.pool.effective_concurrency
-        w_in, rows = self.w_in_flight[fn], req.arrival.rows
-        wasm_ms = self.figures.typical_ms(fn, 1, "wasm", rows)
-        wasm = WasmState(True, max(0, conc - w_in), w_in, len(self.w_queue[fn]), conc, wasm_ms)
-        ready = sum(p.ready for p in self.pods)
-        warm = sum(p.ready and p.replica.id in self.holders[fn] for p in self.pods)
-        pod_ms = self.figures.typical_ms(fn, 1, "pod", rows)
-        in_flight = sum(self.in_flight.values())
-        pod = PodState(True, ready, warm, in_flight, len(self.held), pod_ms, self.times.scale_up_s)
-        p = self.policy
-        inputs = RouteInputs(
-            p.tier, model.figures, True, p.spill, p.mask_cold_start, req.arrival.rows, None, None, True, wasm, pod,
-            self.cfg.thresholds, self.figures.other_size(fn, 1, rows),
-        )  # fmt: skip
-        d = req.decision = decide(inputs)
-        req.tier, req.reason = d.tier, d.reason
-        if d.scale_pod:  # gateway.routing: Activator.note_demand, then PodTier.preload
-            self.demand_elsewhere_at = self.now
-            self._at(self.now, "kick")
-            if ready and not warm:
-                self._preload(fn)
-        if d.tier == "wasm":
-            self._wasm_submit(req)
-        else:
-            self._pod_submit(req, hold=True)
-
-    # the Wasm tier
-    def _wasm_submit(self, req: _Req) -> None:
-        fn, pool = req.arrival.model, self.cfg.pool
-        if self.w_in_flight[fn] < pool.effective_concurrency:
-            self._wasm_admit(req)
-        elif len(self.w_queue[fn]) >= pool.max_queue:
-            self._not_run(req, 429)
-        else:
-            self.w_queue[fn].append(req)
-            self._at(self.now + pool.queue_timeout_s, "wasm_timeout", req)
-
-    def _wasm_admit(self, req: _Req) -> None:
-        self.w_in_flight[req.arrival.model] += 1
-        if self.threads_busy < self.cfg.worker_threads:
-            self._wasm_start(req)
-        else:
-            self.thread_queue.append(req)
-
-    def _wasm_start(self, req: _Req) -> None:
-        self.threads_busy += 1
-        req.started_s = self.now
-        self._at(self.now + self.times.wasm_s(req.arrival.model, req.arrival.rows, self.rng), "wasm_done", req)
-
-    def _wasm_done(self, req: _Req) -> None:
-        fn = req.arrival.model
-        self.threads_busy -= 1
-        self.w_in_flight[fn] -= 1
-        self.figures.observe(fn, 1, "wasm", req.arrival.rows, (self.now - req.started_s) * 1000)
-        self._finish(req, 200)
-        if self.thread_queue:
-            self._wasm_start(self.thread_queue.popleft())
-        if self.w_queue[fn]:
-            self._wasm_admit(self.w_queue[fn].popleft())
-
-    def _wasm_timeout(self, req: _Req) -> None:
-        queue = self.w_queue[req.arrival.model]
-        if req in queue:
-            queue.remove(req)
-            self._not_run(req, 503)
-
-    def _not_run(self, req: _Req, status: int) -> None:
-        """Refused by admission, so it never ran: gateway.routing retries it once on the other candidate (a
-        ready replica, or the Wasm tier for a replica's 429)."""
-        fallback = req.decision.fallback if req.decision is not None and req.reason != "retry" else None
-        if fallback == "pod" and any(p.ready for p in self.pods):
-            req.tier, req.reason = "pod", "retry"
-            self._pod_submit(req, hold=False)
-        elif fallback == "wasm":
-            req.tier, req.reason = "wasm", "retry"
-            self._wasm_submit(req)
-        else:
-            self._finish(req, status)
-
-    # the pod tier: router.activator with router.pod_policy
-    def _pick(self, fn: str) -> _Pod | None:
-        ready = [p for p in self.pods if p.ready]
-        chosen = pick_replica(
-            [p.replica for p in ready], self.in_flight, self.holders[fn], self.cfg.scale.target_in_flight
-        )
-        return None if chosen is None else next(p for p in ready if p.replica is chosen)
-
-    def _pod_submit(self, req: _Req, hold: bool) -> None:
-        pod = self._pick(req.arrival.model)
-        if pod is not None:
-            self._dispatch(req, pod)
-        elif not hold:
-            self._finish(req, 503)
-        elif len(self.held) >= self.cfg.max_held:
-            self._finish(req, 429)
-        else:
-            req.held = True
-            self.held.append(req)
-            self._at(self.now + self.cfg.hold_timeout_s, "hold_timeout", req)
-            self._at(self.now, "kick")
-
-    def _dispatch(self, req: _Req, pod: _Pod) -> None:
-        """Forward to ``pod``, whose own admission (the pool defaults, as in the gateway) answers 429 past
-        ``concurrency + max_queue`` requests of a function (the gateway retries those on the Wasm tier, once),
-        and 503 to one that would wait past ``queue_timeout_s`` (passed on: an answer is never retried)."""
-        a, pool = req.arrival, self.cfg.pool
-        self.in_flight[pod.replica.id] += 1
-        req.started_s = self.now
-        if pod.admitted[a.model] >= pool.effective_concurrency + pool.max_queue:
-            self._at(self.now, "pod_done", (req, pod, 429))
-            return
-        if a.model not in pod.loaded_at:  # the first request of a model on a runner loads it; others wait
-            pod.loaded_at[a.model] = self.now + self.times.load_s[a.model]
-        device_s, other_s = self.times.pod_parts(a.model, a.rows, self.cfg.gpu_speedup, self.rng)
-        start = max(max(self.now, pod.loaded_at[a.model]) + other_s, pod.device_free_at)
-        pod.admitted[a.model] += 1
-        if start - self.now > pool.queue_timeout_s + other_s:
-            self._at(self.now + pool.queue_timeout_s, "pod_done", (req, pod, 503))
-            return
-        pod.device_free_at = start + device_s
-        self._at(start + device_s, "pod_done", (req, pod, 200))
-
-    def _pod_done(self, item: tuple[_Req, _Pod, int]) -> None:
-        req, pod, status = item
-        fn = req.arrival.model
-        if status != 429:
-            pod.admitted[fn] -= 1
-            self.holders[fn].add(pod.replica.id)  # Activator.served, once it has answered
-        self.in_flight[pod.replica.id] -= 1
-        if self.in_flight[pod.replica.id] <= 0:
-            del self.in_flight[pod.replica.id]
-        if status == 200 and not req.held:
-            self.figures.observe(fn, 1, "pod", req.arrival.rows, (self.now - req.started_s) * 1000)
-        if status == 429:
-            self._not_run(req, 429)
-        else:
-            self._finish(req, status)
-        if req.held or not self.in_flight:
-            self._at(self.now, "kick")
-
-    def _preload(self, fn: str) -> None:
-        """router.pod_tier.PodTier.preload: the replica a request would get loads the model now."""
-        pod = self._pick(fn)
-        if pod is None or fn in pod.loaded_at:
-            return
-        pod.loaded_at[fn] = self.now + self.times.load_s[fn]
-        self._at(pod.loaded_at[fn], "preloaded", (fn, pod))
-
-    def _preloaded(self, item: tuple[str, _Pod]) -> None:
-        fn, pod = item
-        if pod in self.pods and pod.ready:
-            self.holders[fn].add(pod.replica.id)
-
-    def _hold_timeout(self, req: _Req) -> None:
-        if req in self.held:
-            self.held.remove(req)
-            self._finish(req, 503)
-
-    def _ready(self, pod: _Pod) -> None:
-        if pod not in self.pods:
-            return  # scaled down before it was ready
-        pod.ready = True
-        while self.held:
-            chosen = self._pick(self.held[0].arrival.model)
-            if chosen is None:
-                break
-            self._dispatch(self.held.popleft(), chosen)
-
-    def _autoscale(self) -> None:
-        """One run of the activator's loop; the next is ``TICK_S`` later, unless a kick comes first."""
-        self._scale_once()
-        self._tick += 1
-        if self._pending or self.wanted or self.held or self.in_flight:
-            self._at(self.now + TICK_S, "tick", self._tick)
-
-    def _scale_once(self) -> None:
-        self.replica_seconds += self.wanted * (self.now - self._integrated_to)
-        self._integrated_to = self.now
-        policy = self.cfg.scale
-        demand = sum(self.in_flight.values()) + len(self.held)
-        if self.now - self.demand_elsewhere_at < policy.idle_grace_s:
-            demand = max(demand, 1)
-        current = self.wanted
-        if needed_replicas(policy, demand) >= current:
-            self.below_since = None
-        elif self.below_since is None:
-            self.below_since = self.now
-        below_for = 0.0 if self.below_since is None else self.now - self.below_since
-        want = desired_replicas(policy, demand, current, below_for)
-        if want == current:
-            return
-        while len(self.pods) < want:
-            pod = _Pod(Replica(f"runner-{next(self._names)}", ""))
-            self.pods.append(pod)
-            self._at(self.now + self.times.scale_up_s, "ready", pod)
-        while len(self.pods) > want:  # the local scaler stops those not yet ready first, then the newest
-            starting = [p for p in self.pods if not p.ready]
-            self.pods.remove(starting[-1] if starting else self.pods[-1])
-        self.wanted = want
-        self.below_since = None
 
 
 # -- the report ------------------------------------------------------------------------------------------------
