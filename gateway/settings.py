@@ -19,6 +19,7 @@ from wasm_host.engine import MiB, SandboxLimits
 ENV_PREFIX = "WASMGATE_"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LogLevel = Literal["debug", "info", "warning", "error"]
+BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
 def default_data_dir(environ: Mapping[str, str]) -> Path:
@@ -36,8 +37,22 @@ class Settings:
     admin_token: str = dataclasses.field(default="", repr=False)
     #: Bearer token inference requires, for functions pushed without a token of their own. Empty: none.
     inference_token: str = dataclasses.field(default="", repr=False)
-    #: The embedded store: content-addressed blobs, one manifest per function, and the compile cache.
+    #: The embedded store: content-addressed blobs, one manifest per function, and the compile cache. With a
+    #: registry ``store``, the registry's local cache (and the compile cache).
     data_dir: Path = Path("wasmgate-data")
+    # -- the store (gateway.registry_store) -------------------------------------------------------------------
+    #: Where functions live: empty for the embedded store in ``data_dir``, or ``oci://HOST[:PORT]/REPO`` for
+    #: an OCI registry shared by every replica (one tag per function), cached in ``data_dir``.
+    store: str = ""
+    #: Credentials for the registry (HTTP Basic, or exchanged for a bearer token when the registry asks).
+    registry_username: str = ""
+    registry_password: str = dataclasses.field(default="", repr=False)
+    #: A PEM file of certificates to trust for the registry's TLS, beside the system's. Empty: the system's.
+    registry_ca_file: str = ""
+    #: Talk plain HTTP to the registry. Off: HTTPS only, loopback included.
+    registry_plain_http: bool = False
+    #: How often a gateway asks the registry for pushes and deletes made through other replicas, in seconds.
+    registry_sync_interval_s: float = 5.0
     log_level: LogLevel = "info"
     #: Largest request body accepted at the inference endpoint (and for one uploaded blob at push).
     max_body_bytes: int = 64 * MiB
@@ -179,6 +194,10 @@ def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
             return number
         if kind == "Path":
             return Path(raw)
+        if kind == "bool":
+            if raw.lower() not in BOOLS:
+                raise ValueError(f"must be one of {', '.join(BOOLS)}")
+            return BOOLS[raw.lower()]
         if kind == "LogLevel":
             if raw not in get_args(LogLevel):
                 raise ValueError(f"must be one of {', '.join(get_args(LogLevel))}")
