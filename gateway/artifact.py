@@ -159,10 +159,8 @@ def function(name: str, digest: str, artifact: Artifact, config: bytes, derive: 
     """The function an artifact (``digest``, tagged ``name``) is, with its config blob's bytes: trusted as
     written when the config says its ``kind``, else found by ``derive``. Raises InvalidArtifact, or what
     ``derive`` raises for code that does not validate."""
+    doc = config_doc(config)
     try:
-        doc = json.loads(config) if config.strip() else {}
-        if not isinstance(doc, dict):
-            raise TypeError("the config is not a JSON object")
         if "kind" in doc:
             parts = {
                 "name": name,
@@ -194,6 +192,17 @@ def function(name: str, digest: str, artifact: Artifact, config: bytes, derive: 
     else:
         manifest = derive(name, f"sha256:{artifact.module}" if artifact.module else None, artifact.models)
     return dataclasses.replace(manifest, version=max(1, version), created=created, pool=pool, digest=digest, **settings)
+
+
+def config_doc(config: bytes) -> dict[str, Any]:
+    """A config blob as a JSON object (empty bytes: ``{}``). Raises InvalidArtifact."""
+    try:
+        doc = json.loads(config) if config.strip() else {}
+    except ValueError as exc:
+        raise InvalidArtifact(f"its config is not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InvalidArtifact("its config is not a JSON object")
+    return doc
 
 
 def _alias(annotations: Mapping[str, Any]) -> str:

@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import json
 import logging
 import os
 import time
@@ -241,12 +240,10 @@ class RegistryStore(LocalStore):
         return _version(self._config(self._artifact(digest)))
 
     def _config(self, art: artifact.Artifact) -> dict[str, Any]:
-        config = self.client.read_blob(f"sha256:{art.config}", artifact.MAX_DOCUMENT_BYTES)
         try:
-            doc = json.loads(config) if config.strip() else {}
-        except ValueError:
-            doc = {}
-        return doc if isinstance(doc, dict) else {}
+            return artifact.config_doc(self.client.read_blob(f"sha256:{art.config}", artifact.MAX_DOCUMENT_BYTES))
+        except artifact.InvalidArtifact:
+            return {}
 
     def _chain(self, name: str) -> list[tuple[int, str, artifact.Artifact]]:
         """(version, manifest digest, artifact) along the chain of previous manifests, newest first."""

@@ -13,6 +13,7 @@ import pytest
 import wasmtime
 
 from gateway.demo import train_digits
+from tests.oci_registry import Registry
 from wasm_host.engine import SandboxLimits
 from wasm_host.guest import FunctionImage
 from wasm_host.host import Host
@@ -129,3 +130,13 @@ class AppClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[Registry]:
+    """A real OCI registry (tests/oci_registry.py) on a loopback port, plain HTTP, deletes enabled; skips when
+    Debian's docker-registry is not installed. ``stop()`` and ``start()`` keep its port and storage."""
+    reg = Registry(tmp_path / "registry")
+    reg.start()
+    yield reg
+    reg.stop()

@@ -29,9 +29,15 @@ def require_registry() -> None:
 
 class Registry:
     def __init__(
-        self, root: Path, tls: tuple[Path, Path] | None = None, htpasswd: Path | None = None, repo: str = "fns"
+        self,
+        root: Path,
+        tls: tuple[Path, Path] | None = None,
+        htpasswd: Path | None = None,
+        repo: str = "fns",
+        deletes: bool = True,
     ) -> None:
         require_registry()
+        self.deletes = deletes
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -67,7 +73,7 @@ class Registry:
             "  filesystem:",
             f"    rootdirectory: {self.root / 'storage'}",
             "  delete:",
-            "    enabled: true",
+            f"    enabled: {'true' if self.deletes else 'false'}",
             "http:",
             f"  addr: 127.0.0.1:{self.port}",
             "  secret: wasmgate-tests",
@@ -80,9 +86,7 @@ class Registry:
 
     def start(self) -> None:
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [str(BINARY), "serve", str(self.config)], stdout=log, stderr=subprocess.STDOUT
-            )
+            self.proc = subprocess.Popen([str(BINARY), "serve", str(self.config)], stdout=log, stderr=subprocess.STDOUT)
         verify: ssl.SSLContext | bool = False
         if self.tls:
             verify = ssl.create_default_context(cafile=str(self.tls[0]))
