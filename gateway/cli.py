@@ -293,23 +293,27 @@ def cmd_ls(args: argparse.Namespace) -> int:
         return registry_cli.ls(args, Reference.parse(args.registry))
     with AdminClient(args.gateway, args.token) as client:
         functions = client.list()
-    rows = [("NAME", "VERSION", "KIND", "TIER", "SIZE", "PARAMS", "FLOPS/ROW", "INPUTS", "OUTPUTS", "MODELS")]
+    rows: list[tuple[str, ...]] = [
+        ("NAME", "VERSION", "KIND", "TIER", "SIZE", "PARAMS", "FLOPS/ROW", "INPUTS", "OUTPUTS", "MODELS")
+    ]
+    pinned = any(f.get("digest") for f in functions)  # a registry store: which manifest each version is
+    if pinned:
+        rows[0] += ("DIGEST",)
     for f in functions:
         figures = f.get("figures") or {}
-        rows.append(
-            (
-                f["name"],
-                str(f["version"]),
-                f["kind"],
-                _tier(f),
-                _si(figures.get("bytes", 0), "B"),
-                _si(figures.get("params", 0)),
-                _si(figures.get("flops_per_row", 0)),
-                _specs(f["inputs"]),
-                _specs(f["outputs"]),
-                ",".join(f["models"]) or "-",
-            )
+        row = (
+            f["name"],
+            str(f["version"]),
+            f["kind"],
+            _tier(f),
+            _si(figures.get("bytes", 0), "B"),
+            _si(figures.get("params", 0)),
+            _si(figures.get("flops_per_row", 0)),
+            _specs(f["inputs"]),
+            _specs(f["outputs"]),
+            ",".join(f["models"]) or "-",
         )
+        rows.append(row + ((str(f.get("digest") or "-"),) if pinned else ()))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())

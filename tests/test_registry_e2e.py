@@ -85,6 +85,9 @@ def test_two_gateways_on_one_registry_push_infer_and_delete(
     # Pinned by digest: both serve exactly the manifest pushed.
     assert describe(b, "digits")["digest"] == describe(a, "digits")["digest"]
     assert str(describe(a, "digits")["digest"]).startswith("sha256:")
+    listing = a.cli("ls").stdout.splitlines()
+    assert listing[0].split()[-1] == "DIGEST"
+    assert listing[1].split()[-1] == describe(a, "digits")["digest"]
 
     # A new version through the other gateway reaches the first.
     r = b.cli("push", str(digits.path), "--name", "digits", "--min-warm", "1")
