@@ -99,8 +99,15 @@ class Credentials:
 class RegistryClient:
     """One repository of one registry. Blocking (call from a thread); safe to share between threads."""
 
-    def __init__(self, ref: Reference, credentials: Credentials, timeout_s: float = 300.0) -> None:
-        """Raises ValueError when ``ca_file`` cannot be read (a setting to fix at start)."""
+    def __init__(
+        self,
+        ref: Reference,
+        credentials: Credentials,
+        timeout_s: float = 300.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        """Raises ValueError when ``ca_file`` cannot be read (a setting to fix at start). ``transport``: httpx's
+        default, unless a test stands in for a registry it cannot run (a bearer-token service)."""
         self.ref = ref
         self.credentials = credentials
         scheme = "http" if credentials.plain_http else "https"
@@ -115,9 +122,12 @@ class RegistryClient:
                         f"WASMGATE_REGISTRY_CA_FILE={credentials.ca_file!r} cannot be used: {exc}"
                     ) from exc
         self.base = f"{scheme}://{ref.host}"
-        self._verify = verify
         self._http = httpx.Client(
-            base_url=self.base, verify=verify, timeout=httpx.Timeout(timeout_s, connect=5.0), follow_redirects=False
+            base_url=self.base,
+            verify=verify,
+            timeout=httpx.Timeout(timeout_s, connect=5.0),
+            follow_redirects=False,
+            transport=transport,
         )
         self._auth: dict[str, str] = {}  # scope (or "" for Basic) -> Authorization header value
         self._lock = threading.Lock()
@@ -315,7 +325,7 @@ class RegistryClient:
         query = {k: params[k] for k in ("service", "scope") if k in params}
         auth = httpx.BasicAuth(c.username, c.password) if c.username else None
         try:
-            response = httpx.get(params["realm"], params=query, auth=auth, verify=self._verify, timeout=30)
+            response = self._http.get(params["realm"], params=query, auth=auth, timeout=30)
         except httpx.HTTPError as exc:
             raise self._unreachable(exc) from exc
         if response.status_code in (401, 403):
@@ -361,6 +371,8 @@ class RegistryClient:
             raise self._refused()
         if status == 400 and _error_code(response) in ("MANIFEST_INVALID", "MANIFEST_BLOB_UNKNOWN", "TAG_INVALID"):
             raise InvalidRequest(f"the registry {self.base} refused to {what}: {detail}")
+        if status == 400 and "HTTPS" in detail and self.credentials.plain_http:
+            detail += " (it speaks HTTPS: unset registry_plain_http)"
         raise UpstreamError(f"the registry {self.base} refused to {what}: {status} {detail}")
 
 

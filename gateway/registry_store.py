@@ -361,6 +361,8 @@ def registry_client(settings: Settings) -> RegistryClient:
         ref = Reference.parse(settings.store, allow_tag=False)
     except ValueError as exc:
         raise ValueError(f"WASMGATE_STORE: {exc}") from None
+    if not settings.registry_sync_interval_s > 0:
+        raise ValueError("WASMGATE_REGISTRY_SYNC_INTERVAL_S must be more than 0 seconds")
     credentials = Credentials(
         settings.registry_username, settings.registry_password, settings.registry_ca_file, settings.registry_plain_http
     )

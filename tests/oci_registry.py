@@ -4,22 +4,16 @@ on the same port and storage, and serve TLS or require HTTP Basic credentials (h
 
 from __future__ import annotations
 
-import socket
 import ssl
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.test_e2e import free_port, wait_ready
+
 BINARY = Path("/usr/bin/docker-registry")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def require_registry() -> None:
@@ -90,16 +84,11 @@ class Registry:
         verify: ssl.SSLContext | bool = False
         if self.tls:
             verify = ssl.create_default_context(cafile=str(self.tls[0]))
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()
-            try:
-                if httpx.get(f"{self.http_url}/v2/", verify=verify, timeout=1).status_code in (200, 401):
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError("the registry did not start:\n" + self.log.read_text())
+
+        def answers() -> bool:
+            return httpx.get(f"{self.http_url}/v2/", verify=verify, timeout=1).status_code in (200, 401)
+
+        wait_ready(self.proc, self.log, answers, timeout=30, interval=0.05)
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -4,6 +4,7 @@ credentials and the registry's own refusals."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import subprocess
@@ -12,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 
@@ -266,7 +268,10 @@ def test_tls_with_a_private_ca_and_plain_http_only_when_allowed(
         assert r.returncode == 0, r.stderr
         with RegistryClient(ref, Credentials()) as client, pytest.raises(Unavailable, match="registry_ca_file"):
             client.ping()  # a certificate nobody said to trust
-        with RegistryClient(ref, Credentials(plain_http=True)) as client, pytest.raises(UpstreamError):
+        with (
+            RegistryClient(ref, Credentials(plain_http=True)) as client,
+            pytest.raises(UpstreamError, match="unset registry_plain_http"),
+        ):
             client.ping()  # plain HTTP to a TLS port
     finally:
         secure.stop()
@@ -326,6 +331,8 @@ def test_registry_refusals_and_bad_settings_are_clear_errors(tmp_path: Path, dig
     for store in ("http://127.0.0.1:5000/fns", "oci://127.0.0.1:5000/Fns", "oci://127.0.0.1:5000/fns:latest"):
         with pytest.raises(ValueError, match="WASMGATE_STORE"):
             create_app(Settings.from_env({}, data_dir=tmp_path / "bad", store=store))
+    with pytest.raises(ValueError, match="WASMGATE_REGISTRY_SYNC_INTERVAL_S"):
+        create_app(Settings.from_env({}, data_dir=tmp_path / "bad", store="oci://h/fns", registry_sync_interval_s=0.0))
     r = cli("serve", "--data-dir", str(tmp_path / "bad"), "--store", "oci://nowhere")
     assert r.returncode == 2
     assert "WASMGATE_STORE" in r.stderr
@@ -340,3 +347,45 @@ def test_pushes_fail_clearly_while_the_registry_is_down(registry: Registry, app:
     assert "cannot be reached" in r.json()["error"]
     assert r.headers["retry-after"]
     assert app.get("/admin/v1/functions").json()["functions"] == []  # nothing committed, nothing cached
+
+
+def test_the_bearer_token_flow_and_tag_pagination() -> None:
+    """No token service runs here, so an httpx transport stands in for a registry that wants bearer tokens (the
+    distribution spec's token authentication) and pages its tag list; the client is the real one."""
+    granted: dict[str, str] = {}  # token -> the scope it was issued for
+
+    def registry(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "auth.test":
+            if request.headers.get("authorization") != "Basic " + base64.b64encode(b"ci:pw").decode():
+                return httpx.Response(401)
+            assert request.url.params["service"] == "registry.test"
+            token = f"token-{len(granted)}"
+            granted[token] = request.url.params["scope"]
+            return httpx.Response(200, json={"token": token})
+        scope = "repository:fns:pull,push" if request.method == "PUT" else "repository:fns:pull"
+        sent = request.headers.get("authorization", "").removeprefix("Bearer ")
+        if granted.get(sent) not in (scope, "repository:fns:pull,push"):
+            challenge = f'Bearer realm="https://auth.test/token",service="registry.test",scope="{scope}"'
+            return httpx.Response(401, headers={"www-authenticate": challenge})
+        if request.url.path == "/v2/fns/tags/list" and "last" not in request.url.params:
+            return httpx.Response(
+                200, json={"tags": ["a"]}, headers={"link": '</v2/fns/tags/list?last=a&n=1>; rel="next"'}
+            )
+        if request.url.path == "/v2/fns/tags/list":
+            return httpx.Response(200, json={"tags": ["b"]})
+        if request.method == "PUT":
+            return httpx.Response(
+                201, headers={"docker-content-digest": "sha256:" + hashlib.sha256(request.content).hexdigest()}
+            )
+        return httpx.Response(404)
+
+    ref = Reference.parse("oci://registry.test/fns")
+    with RegistryClient(ref, Credentials("ci", "pw"), transport=httpx.MockTransport(registry)) as client:
+        assert client.tags() == ["a", "b"]
+        assert client.put_manifest("a", b"{}") == "sha256:" + hashlib.sha256(b"{}").hexdigest()
+        assert sorted(granted.values()) == ["repository:fns:pull", "repository:fns:pull,push"]
+    with (
+        RegistryClient(ref, Credentials("ci", "wrong"), transport=httpx.MockTransport(registry)) as client,
+        pytest.raises(UpstreamError, match="registry_password"),
+    ):
+        client.tags()
