@@ -88,7 +88,12 @@ class RegistryStore(LocalStore):
             if local is not None:
                 self._remove_if(name, local)
             return
-        self._install_if(name, local, self._fetch(name, remote, derive))
+        try:
+            manifest = self._fetch(name, remote, derive)
+        except (InvalidRequest, TooLarge) as exc:  # what the tag holds cannot be served; a push may replace it
+            log.warning("%s cannot be served: %s", self.client.ref.at(remote), exc)
+            return
+        self._install_if(name, local, manifest)
 
     def commit(self, manifest: Manifest, max_functions: int) -> Manifest:
         """Push a validated function to the registry as the next version of its tag, then install it."""
@@ -233,11 +238,15 @@ class RegistryStore(LocalStore):
         return artifact.parse(body)
 
     def _remote_version(self, name: str, digest: str) -> int:
+        """The version the manifest at ``digest`` says it is (0 for what is not a function at all)."""
         with contextlib.suppress(NotFound):
             cached = self.get(name)
             if cached.digest == digest:
                 return cached.version
-        return _version(self._config(self._artifact(digest)))
+        try:
+            return _version(self._config(self._artifact(digest)))
+        except artifact.InvalidArtifact:
+            return 0
 
     def _config(self, art: artifact.Artifact) -> dict[str, Any]:
         try:

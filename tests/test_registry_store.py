@@ -188,6 +188,11 @@ def test_an_artifact_pushed_with_oras_is_served(
         expected = np.argsort(-probs, axis=1, kind="stable")[:, :3]
         np.testing.assert_array_equal(np.array(out["labels"]["data"]).reshape(-1, 3), expected)
 
+        # A push replaces what a tag held that was no function.
+        r = push(app, "notes", None, {"model": digits.model})
+        assert r.status_code == 201, r.text
+        assert infer_digits(app, "notes", digits).status_code == 200
+
 
 def test_a_corrupt_cached_blob_is_fetched_again_or_refused(registry: Registry, digits: Digits, tmp_path: Path) -> None:
     gateway = create_app(store_settings(registry, tmp_path / "gw"))
