@@ -1,6 +1,6 @@
 """The app factory: ``create_app(settings)`` wires the store, the sandbox host, the pools and the tiers in its
-lifespan, and runs the background work: pre-warming functions with ``min_warm``, and the reaper that scales
-idle functions down (to zero when ``min_warm`` is 0)."""
+lifespan, and runs the background work: pre-warming functions with ``min_warm``, the reaper that scales
+idle functions down (to zero when ``min_warm`` is 0), and with a registry store the sync of its cache."""
 
 from __future__ import annotations
 
@@ -20,10 +20,12 @@ from gateway.errors import EXCEPTION_HANDLERS
 from gateway.functions import FunctionRegistry
 from gateway.metrics import Metrics
 from gateway.pods import check_scaler, has_accelerators, make_pod_tier, thresholds
+from gateway.registry_store import RegistryStore, registry_client, registry_store
 from gateway.settings import Settings
 from gateway.source import GatewaySource
 from gateway.state import AppState, Role
 from gateway.store import LocalStore
+from gateway.sync import RegistrySync
 from router.latency import ServiceTimes
 from router.wasm_tier import WasmTier
 from wasm_host.host import Host
@@ -40,14 +42,18 @@ def create_app(settings: Settings, role: Role = "gateway") -> Starlette:
     accelerated = False
     if role == "gateway":
         check_scaler(settings)
+        client = registry_client(settings) if settings.store else None  # a bad store URL fails here
         providers = [CPU]  # the gateway's own tier is the CPU tier
         accelerated = has_accelerators(settings, ort.get_available_providers())
     else:
+        # A runner reads the store as a local one: the gateway's cache on this machine, or what it fetches
+        # from the gateway (runner_source_url).
+        client = None
         providers = choose_providers(settings.execution_providers, ort.get_available_providers())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        store = LocalStore(settings.data_dir)
+        store = LocalStore(settings.data_dir) if client is None else registry_store(settings, client)
         if role == "gateway":
             store.prune_uploads()
         host = Host(settings.sandbox, settings.cache_dir, settings.ort_intra_op_threads, providers).start()
@@ -60,6 +66,11 @@ def create_app(settings: Settings, role: Role = "gateway") -> Starlette:
                 settings.runner_source_url, store, settings.max_push_model_bytes, settings.admin_token
             )
         registry = FunctionRegistry(store, host, settings, warmer=warmer, observer=metrics, source=source)
+        sync = None
+        if isinstance(store, RegistryStore):
+            sync = RegistrySync(store, registry.validate, metrics, settings.registry_sync_interval_s)
+            # Start from what the registry holds when it answers; from the cache alone when it does not.
+            await anyio.to_thread.run_sync(lambda: sync.once(report=sync.lead()))
         wasm = WasmTier(settings.worker_threads, settings.inline_below_ms)
         pods, activator = make_pod_tier(settings, metrics) if role == "gateway" else (None, None)
         limits = thresholds(settings)
@@ -79,6 +90,8 @@ def create_app(settings: Settings, role: Role = "gateway") -> Starlette:
                 tg.start_soon(_reaper, state)
                 if activator is not None:
                     tg.start_soon(activator.run)
+                if sync is not None:
+                    tg.start_soon(sync.run)
                 try:
                     yield
                 finally:
@@ -90,6 +103,10 @@ def create_app(settings: Settings, role: Role = "gateway") -> Starlette:
                     await pods.aclose()
                 if source is not None:
                     source.close()
+                if sync is not None:
+                    sync.close()
+                if client is not None:
+                    client.close()
             metrics.close()
             warmer.close()
             host.close()

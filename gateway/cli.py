@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from gateway.client import DEFAULT_URL, AdminClient, ClientError
+from gateway.oci import Reference
 from gateway.settings import Settings
+from wasm_host.errors import WasmgateError
 
 WASM_MAGIC = b"\0asm"
 
@@ -26,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except ClientError as exc:
+    except WasmgateError as exc:  # the gateway's or the registry's refusal (ClientError among them)
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except ValueError as exc:  # settings that do not parse
@@ -94,10 +96,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     _pool_flags(push)
     _gateway_flag(push)
+    registry_flags(push)
     push.set_defaults(func=cmd_push)
 
     ls = sub.add_parser("ls", help="list functions")
     _gateway_flag(ls)
+    registry_flags(ls)
     ls.set_defaults(func=cmd_ls)
 
     scale = sub.add_parser("scale", help="change a function's pool settings")
@@ -115,8 +119,22 @@ def _parser() -> argparse.ArgumentParser:
     rm = sub.add_parser("rm", help="delete a function")
     rm.add_argument("name")
     _gateway_flag(rm)
+    registry_flags(rm)
     rm.set_defaults(func=cmd_rm)
     return parser
+
+
+def registry_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("registry (instead of a gateway)")
+    g.add_argument("--registry", metavar="oci://HOST[:PORT]/REPO[:TAG]", help="work on this registry directly")
+    g.add_argument("--username", help="registry user (default $WASMGATE_REGISTRY_USERNAME)")
+    g.add_argument(
+        "--password-stdin", action="store_true", help="read the registry password from stdin (default: its env)"
+    )
+    g.add_argument("--ca-file", help="PEM certificates to trust for the registry's TLS")
+    g.add_argument(
+        "--plain-http", action="store_true", default=None, help="talk plain HTTP to the registry (trusted networks)"
+    )
 
 
 def _serve_flags(p: argparse.ArgumentParser, workers: bool = True) -> None:
@@ -126,6 +144,12 @@ def _serve_flags(p: argparse.ArgumentParser, workers: bool = True) -> None:
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     if workers:
         p.add_argument("--workers", type=int, help="worker processes (default 1; env WASMGATE_WORKERS)")
+        g = p.add_argument_group("the registry store (password: env WASMGATE_REGISTRY_PASSWORD only)")
+        g.add_argument("--store", metavar="oci://HOST[:PORT]/REPO", help="keep functions in this OCI registry")
+        g.add_argument("--registry-username", help="registry user (env WASMGATE_REGISTRY_USERNAME)")
+        g.add_argument("--registry-ca-file", help="PEM certificates to trust for the registry's TLS")
+        g.add_argument("--registry-plain-http", action="store_true", default=None, help="plain HTTP to the registry")
+        g.add_argument("--registry-sync-interval", type=float, help="seconds between syncs (default 5)")
 
 
 POOL_FLAGS = {
@@ -177,6 +201,11 @@ def settings_from(args: argparse.Namespace, **more: Any) -> Settings:
         data_dir=args.data_dir,
         log_level=args.log_level,
         workers=getattr(args, "workers", None),
+        store=getattr(args, "store", None),
+        registry_username=getattr(args, "registry_username", None),
+        registry_ca_file=getattr(args, "registry_ca_file", None),
+        registry_plain_http=getattr(args, "registry_plain_http", None),
+        registry_sync_interval_s=getattr(args, "registry_sync_interval", None),
         **more,
     )
 
@@ -230,17 +259,26 @@ def cmd_push(args: argparse.Namespace) -> int:
             print(f"error: --model takes ALIAS=FILE, got {item!r}", file=sys.stderr)
             return 2
         models[alias] = _read(Path(path))
+    if data is not None and data[:4] != WASM_MAGIC and models:
+        print("error: --model is for .wasm functions; a bare ONNX model is pushed alone", file=sys.stderr)
+        return 2
+    if args.registry:
+        ref = Reference.parse(args.registry)
+        if ref.tag and args.name and args.name != ref.tag:
+            print(f"error: the tag {ref.tag!r} is the function's name; --name {args.name!r} differs", file=sys.stderr)
+            return 2
+        module = data if data is None or data[:4] == WASM_MAGIC else None
+        bare = {} if module is not None or data is None else {"model": data}
+        from gateway import registry_cli
+
+        return registry_cli.push(
+            args, ref, ref.tag or name, module, models or bare, pool_settings_from(args), placement
+        )
     with AdminClient(args.gateway, args.token) as client:
         pool = pool_settings_from(args)
         if data is None or data[:4] == WASM_MAGIC:
             result = client.push(name, data, models, pool, placement, args.inference_token)
         else:
-            if models:
-                print(
-                    "error: --model is for .wasm functions; a bare ONNX model is pushed alone",
-                    file=sys.stderr,
-                )
-                return 2
             result = client.push(name, None, {"model": data}, pool, placement, args.inference_token)
     where = f"tier {_tier(result)}" + (f" at {result['endpoint']}" if result.get("endpoint") else "")
     print(f"pushed {result['name']} version {result['version']} ({result['kind']}, {where})")
@@ -249,25 +287,33 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
+    if args.registry:
+        from gateway import registry_cli
+
+        return registry_cli.ls(args, Reference.parse(args.registry))
     with AdminClient(args.gateway, args.token) as client:
         functions = client.list()
-    rows = [("NAME", "VERSION", "KIND", "TIER", "SIZE", "PARAMS", "FLOPS/ROW", "INPUTS", "OUTPUTS", "MODELS")]
+    rows: list[tuple[str, ...]] = [
+        ("NAME", "VERSION", "KIND", "TIER", "SIZE", "PARAMS", "FLOPS/ROW", "INPUTS", "OUTPUTS", "MODELS")
+    ]
+    pinned = any(f.get("digest") for f in functions)  # a registry store: which manifest each version is
+    if pinned:
+        rows[0] += ("DIGEST",)
     for f in functions:
         figures = f.get("figures") or {}
-        rows.append(
-            (
-                f["name"],
-                str(f["version"]),
-                f["kind"],
-                _tier(f),
-                _si(figures.get("bytes", 0), "B"),
-                _si(figures.get("params", 0)),
-                _si(figures.get("flops_per_row", 0)),
-                _specs(f["inputs"]),
-                _specs(f["outputs"]),
-                ",".join(f["models"]) or "-",
-            )
+        row = (
+            f["name"],
+            str(f["version"]),
+            f["kind"],
+            _tier(f),
+            _si(figures.get("bytes", 0), "B"),
+            _si(figures.get("params", 0)),
+            _si(figures.get("flops_per_row", 0)),
+            _specs(f["inputs"]),
+            _specs(f["outputs"]),
+            ",".join(f["models"]) or "-",
         )
+        rows.append(row + ((str(f.get("digest") or "-"),) if pinned else ()))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
@@ -295,6 +341,10 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
+    if args.registry:
+        from gateway import registry_cli
+
+        return registry_cli.rm(args, Reference.parse(args.registry), args.name)
     with AdminClient(args.gateway, args.token) as client:
         result = client.delete(args.name)
     print(f"deleted {result['deleted']} (was version {result['version']})")

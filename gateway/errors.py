@@ -23,6 +23,7 @@ from wasm_host.errors import (
     TooManyRequests,
     Unauthorized,
     Unavailable,
+    UpstreamError,
     WasmgateError,
 )
 
@@ -39,6 +40,7 @@ STATUS: list[tuple[type[WasmgateError], int]] = [
     (TooLarge, 413),
     (TooManyRequests, 429),
     (Unavailable, 503),
+    (UpstreamError, 502),
 ]
 
 

@@ -228,6 +228,7 @@ class FunctionRegistry:
     def _load(self, manifest: Manifest, stamp: tuple[int, int] | None) -> LoadedFunction:
         if manifest.kind == "external":
             raise Unavailable(f"{manifest.name!r} is served by its registered endpoint only; it has no code to run")
+        self.store.check_blobs(manifest)
         refs = {alias: ModelRef(d, self.store.blob_path(d)) for alias, d in manifest.models.items()}
         graphs = [self.host.backend.load_ref(ref) for ref in refs.values()]
         image = self.host.prepare(self.store.read_blob(manifest.module), manifest.module, refs)
@@ -309,6 +310,7 @@ class FunctionRegistry:
         unknown = set(routing) - set(ROUTING_KEYS)
         if unknown:
             raise InvalidRequest(f"unknown routing settings {sorted(unknown)}; known: {', '.join(ROUTING_KEYS)}")
+        self.store.refresh(check_name(name), self.validate)
         try:
             previous: Manifest | None = self.store.get(check_name(name))
         except NotFound:
@@ -353,7 +355,8 @@ class FunctionRegistry:
         """Make an earlier version current again, as a new version (versions only ever grow, so a runner that
         caches by version never serves a stale one). ``to`` defaults to the version before the current one.
         The code is the version's own; pool and routing settings are too. Raises NotFound, InvalidRequest."""
-        current = self.store.get(check_name(name))
+        self.store.refresh(check_name(name), self.validate)
+        current = self.store.get(name)
         target = current.version - 1 if to is None else to
         if target < 1 or target >= current.version:
             raise InvalidRequest(
@@ -373,7 +376,8 @@ class FunctionRegistry:
 
     def set_pool(self, name: str, pool: Mapping[str, Any]) -> Manifest:
         """Change a function's pool settings; every worker applies them on its next request."""
-        current = self.store.get(check_name(name))
+        self.store.refresh(check_name(name), self.validate)
+        current = self.store.get(name)
         return self.store.set_pool(name, self._pool_settings(pool, current.pool))
 
     @staticmethod

@@ -140,6 +140,30 @@ class Metrics:
             "Pod-tier replicas asked for, integrated over time: the tier's cost (GPU-seconds on a GPU pool).",
             registry=r,
         )
+        self.registry_sync_up = Gauge(
+            "wasmgate_registry_sync_up",
+            "1 when the last sync with the registry store succeeded, 0 while the registry cannot be reached or "
+            "refuses (the gateway serves from its cache meanwhile).",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.registry_last_sync = Gauge(
+            "wasmgate_registry_last_sync_timestamp_seconds",
+            "Unix time of the last successful sync with the registry store.",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.registry_sync_errors = Counter(
+            "wasmgate_registry_sync_errors",
+            "Sync passes with the registry store that failed.",
+            registry=r,
+        )
+        self.registry_changes = Counter(
+            "wasmgate_registry_sync_changes",
+            "Functions the sync installed in the cache or removed from it, by change (installed, removed).",
+            ["change"],
+            registry=r,
+        )
         self._pod_wanted = 0
         self._decisions: dict[tuple[str, str, str], Counter] = {}
         self._replica_seconds = 0.0
@@ -221,6 +245,17 @@ class Metrics:
         direction = "zero" if replicas == 0 else "up" if replicas > self._pod_wanted else "down"
         self._pod_wanted = replicas
         self.pod_scale_events.labels(direction).inc()
+
+    def synced(self, ok: bool, installed: int = 0, removed: int = 0) -> None:
+        self.registry_sync_up.set(1 if ok else 0)
+        if ok:
+            self.registry_last_sync.set_to_current_time()
+        else:
+            self.registry_sync_errors.inc()
+        if installed:
+            self.registry_changes.labels("installed").inc(installed)
+        if removed:
+            self.registry_changes.labels("removed").inc(removed)
 
     def forget_pool(self, function: str) -> None:
         self._seen.pop(function, None)

@@ -51,6 +51,11 @@ def _empty(description: str) -> Schema:
 BAD_NAME = _error("a function name that is not 1-128 letters, digits, '.', '_' or '-' starting and ending alphanumeric")
 UNKNOWN = _error("unknown function or version, or no route for the path")
 TOO_LARGE = _error("the body, a tensor, a module or a model is past its limit; the message names the setting")
+#: What a change can meet with the registry store (settings ``store``): it cannot be reached, or it refuses.
+STORE_ERRORS = {
+    "502": _error("the registry store refused: credentials, deletes disabled, or bytes that do not match"),
+    "503": _error("the registry store cannot be reached, or the store's disk is full", True),
+}
 
 SCHEMAS: dict[str, Schema] = {
     "Error": {
@@ -237,6 +242,10 @@ SCHEMAS: dict[str, Schema] = {
             "spill": {"type": "boolean"},
             "mask_cold_start": {"type": "boolean"},
             "requires_token": {"type": "boolean", "description": "whether it has an inference token of its own"},
+            "digest": {
+                "type": ["string", "null"],
+                "description": "with the registry store: the OCI manifest this version is (sha256:...); else null",
+            },
             "home_tier": {"type": "string", "enum": TIERS},
             "service_ms": {
                 "type": "object",
@@ -463,6 +472,7 @@ def _admin_paths() -> dict[str, Schema]:
                     "400": _error("a refused push: bad body, name or digest, or a module or model that fails"),
                     "404": _error("no route (a name with '/')"),
                     "413": TOO_LARGE,
+                    **STORE_ERRORS,
                 },
             },
             "delete": {
@@ -473,6 +483,7 @@ def _admin_paths() -> dict[str, Schema]:
                     "200": {"description": "deleted", "content": _json(_ref("Deleted"))},
                     "400": BAD_NAME,
                     "404": UNKNOWN,
+                    **STORE_ERRORS,
                 },
             },
         },
@@ -497,6 +508,7 @@ def _admin_paths() -> dict[str, Schema]:
                     "400": _error("bad name or body, or no such earlier version to go back to"),
                     "404": UNKNOWN,
                     "413": TOO_LARGE,
+                    **STORE_ERRORS,
                 },
             },
         },
@@ -523,6 +535,7 @@ def _admin_paths() -> dict[str, Schema]:
                     },
                     "400": BAD_NAME,
                     "404": UNKNOWN,
+                    **STORE_ERRORS,
                 },
             },
         },
@@ -538,6 +551,7 @@ def _admin_paths() -> dict[str, Schema]:
                     "400": _error("bad name, or bad or unknown pool settings"),
                     "404": UNKNOWN,
                     "413": TOO_LARGE,
+                    **STORE_ERRORS,
                 },
             },
         },

@@ -37,8 +37,22 @@ class Settings:
     admin_token: str = dataclasses.field(default="", repr=False)
     #: Bearer token inference requires, for functions pushed without a token of their own. Empty: none.
     inference_token: str = dataclasses.field(default="", repr=False)
-    #: The embedded store: content-addressed blobs, one manifest per function, and the compile cache.
+    #: The embedded store: content-addressed blobs, one manifest per function, and the compile cache. With a
+    #: registry ``store``, the registry's local cache (and the compile cache).
     data_dir: Path = Path("wasmgate-data")
+    # -- the store (gateway.registry_store) -------------------------------------------------------------------
+    #: Where functions live: empty for the embedded store in ``data_dir``, or ``oci://HOST[:PORT]/REPO`` for
+    #: an OCI registry shared by every replica (one tag per function), cached in ``data_dir``.
+    store: str = ""
+    #: Credentials for the registry (HTTP Basic, or exchanged for a bearer token when the registry asks).
+    registry_username: str = ""
+    registry_password: str = dataclasses.field(default="", repr=False)
+    #: A PEM file of certificates to trust for the registry's TLS, beside the system's. Empty: the system's.
+    registry_ca_file: str = ""
+    #: Talk plain HTTP to the registry. Off: HTTPS only, loopback included.
+    registry_plain_http: bool = False
+    #: How often a gateway asks the registry for pushes and deletes made through other replicas, in seconds.
+    registry_sync_interval_s: float = 5.0
     log_level: LogLevel = "info"
     #: Largest request body accepted at the inference endpoint (and for one uploaded blob at push).
     max_body_bytes: int = 64 * MiB

@@ -28,7 +28,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
@@ -86,6 +86,7 @@ class Manifest:
     spill: bool = True  # a Wasm-tier function may spill large batches and overflow to warm pods
     mask_cold_start: bool = True  # a pod-tier function may be served by the Wasm tier while pods start
     token_sha256: str = dataclasses.field(default="", repr=False)  # sha256 of its own inference token, if any
+    digest: str = ""  # the registry store: the OCI manifest this version is ("sha256:..."); "" in the local store
 
     @property
     def code(self) -> tuple[str, tuple[tuple[str, str], ...]]:
@@ -110,6 +111,7 @@ class Manifest:
             "spill": self.spill,
             "mask_cold_start": self.mask_cold_start,
             "token_sha256": self.token_sha256,
+            "digest": self.digest or None,
         }
 
     @classmethod
@@ -136,7 +138,14 @@ class Manifest:
             spill=bool(doc.get("spill", True)),
             mask_cold_start=bool(doc.get("mask_cold_start", True)),
             token_sha256=str(doc.get("token_sha256") or ""),
+            digest="sha256:" + check_digest(doc["digest"]) if doc.get("digest") else "",
         )
+
+
+#: Validates a function's code the way a push does (``FunctionRegistry.validate``): its name, module digest
+#: (None: a bare model behind the passthrough guest) and models by alias. Returns the manifest a push would
+#: commit, without its version and settings.
+Derive = Callable[[str, str | None, Mapping[str, str]], Manifest]
 
 
 class LocalStore:
@@ -311,10 +320,23 @@ class LocalStore:
         """Remove the function and its history (its blobs stay: other functions may share them)."""
         with self._locked():
             manifest = self.get(name)
-            self._manifest_path(name).unlink()
-            _fsync_dir(self.functions)
-            shutil.rmtree(self.versions / check_name(name), ignore_errors=True)
+            self._remove(name)
             return manifest
+
+    def _remove(self, name: str) -> None:
+        self._manifest_path(name).unlink()
+        _fsync_dir(self.functions)
+        shutil.rmtree(self.versions / check_name(name), ignore_errors=True)
+
+    # -- hooks for a store that is a cache of another (gateway.registry_store) -----------------------------
+    def refresh(self, name: str, derive: Derive) -> None:
+        """Bring ``name`` up to date from where the store's functions live, before a change is made to it.
+        The local store is where they live: nothing to do. (``derive`` validates code the way a push does,
+        for a cache that must complete what it fetches.)"""
+
+    def check_blobs(self, manifest: Manifest) -> None:
+        """Make sure the function's blobs are intact before they are used. The local store trusts its own
+        disk: every blob was verified against its digest when it was written, and written atomically."""
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:

@@ -6,7 +6,7 @@ import hashlib
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
@@ -17,6 +17,9 @@ from wasm_host.engine import SandboxLimits
 from wasm_host.guest import FunctionImage
 from wasm_host.host import Host
 from wasm_host.onnx_backend import ModelRef
+
+if TYPE_CHECKING:
+    from tests.oci_registry import Registry
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "guest_modules"))
@@ -129,3 +132,15 @@ class AppClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[Registry]:
+    """A real OCI registry (tests/oci_registry.py) on a loopback port, plain HTTP, deletes enabled; skips when
+    Debian's docker-registry is not installed. ``stop()`` and ``start()`` keep its port and storage."""
+    from tests.oci_registry import Registry
+
+    reg = Registry(tmp_path / "registry")
+    reg.start()
+    yield reg
+    reg.stop()

@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -27,6 +27,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def wait_ready(
+    proc: subprocess.Popen[bytes], log: Path, ready: Callable[[], bool], timeout: float = 60, interval: float = 0.1
+) -> None:
+    """Poll ``ready`` (connection errors count as not yet) until it holds; fail with the process's log when it
+    exits first or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()
+        try:
+            if ready():
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(interval)
+    raise AssertionError(f"{proc.args} did not become ready:\n" + log.read_text())
 
 
 def wasm_command() -> list[str]:
@@ -60,16 +77,7 @@ class Gateway:
                 stderr=subprocess.STDOUT,
                 env=env,
             )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()
-            try:
-                if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError("gateway did not become ready:\n" + self.log.read_text())
+        wait_ready(self.proc, self.log, lambda: httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200)
 
     def stop(self) -> None:
         if self.proc is not None:

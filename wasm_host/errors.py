@@ -11,6 +11,7 @@ it to HTTP in one place (``gateway.errors``)::
     ├── TooLarge              a body, tensor, model or module past its configured limit      -> 413
     ├── Unavailable           no capacity or not ready; may carry a retry hint              -> 503
     │   └── TooManyRequests   a function's queue is full; carries a retry hint              -> 429
+    ├── UpstreamError         a service the gateway depends on (the OCI registry) refused    -> 502
     └── GuestFailure          the function itself failed                                    -> 500
         ├── GuestTrap         the guest trapped (unreachable, out of bounds, stack, memory)  -> 500
         └── DeadlineExceeded  the guest ran past its deadline and was interrupted           -> 504
@@ -56,6 +57,12 @@ class Unavailable(WasmgateError):
 
 class TooManyRequests(Unavailable):
     """A function's concurrency limit and its wait queue are both full."""
+
+
+class UpstreamError(WasmgateError):
+    """A service the gateway depends on (the OCI registry store) answered, but refused or failed the call in a
+    way a retry will not fix: wrong credentials, deletes disabled, bytes that do not match their digest. The
+    message names the setting to fix where there is one."""
 
 
 class GuestFailure(WasmgateError):

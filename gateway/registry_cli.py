@@ -1,0 +1,103 @@
+"""``wasm push|ls|rm --registry oci://HOST[:PORT]/REPO[:TAG]``: the registry store without a gateway.
+
+A push builds and validates the function in this process exactly as a gateway would (the same
+``FunctionRegistry.push``, on a registry store over a temporary cache), then pushes it to the registry; the
+gateways on that registry serve it after their next sync. Credentials come from ``--username`` and
+``--password-stdin``, else ``WASMGATE_REGISTRY_USERNAME`` and ``WASMGATE_REGISTRY_PASSWORD``; ``--ca-file`` and
+``--plain-http`` (else ``WASMGATE_REGISTRY_CA_FILE``, ``WASMGATE_REGISTRY_PLAIN_HTTP``) as for ``wasm serve``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from gateway import artifact
+from gateway.functions import FunctionRegistry
+from gateway.oci import Credentials, Reference, RegistryClient
+from gateway.registry_store import RegistryStore
+from gateway.settings import Settings
+from wasm_host.host import Host
+from wasm_host.providers import CPU
+
+
+def settings_of(args: argparse.Namespace) -> Settings:
+    password = sys.stdin.readline().rstrip("\r\n") if args.password_stdin else None
+    return Settings.from_env(
+        registry_username=args.username,
+        registry_password=password,
+        registry_ca_file=args.ca_file,
+        registry_plain_http=args.plain_http,
+    )
+
+
+def client_of(ref: Reference, settings: Settings) -> RegistryClient:
+    s = settings
+    return RegistryClient(
+        ref, Credentials(s.registry_username, s.registry_password, s.registry_ca_file, s.registry_plain_http)
+    )
+
+
+def push(
+    args: argparse.Namespace,
+    ref: Reference,
+    name: str,
+    module: bytes | None,
+    models: Mapping[str, bytes],
+    pool: Mapping[str, Any],
+    placement: Mapping[str, Any],
+) -> int:
+    settings = settings_of(args)
+    with tempfile.TemporaryDirectory(prefix="wasmgate-push-") as tmp, client_of(ref, settings) as client:
+        store = RegistryStore(Path(tmp), client, settings.max_module_bytes, settings.max_push_model_bytes)
+        host = Host(settings.sandbox, store.root / "cache", settings.ort_intra_op_threads, [CPU]).start()
+        try:
+            registry = FunctionRegistry(store, host, settings)
+            module_digest = store.stage(module) if module is not None else None
+            digests = {alias: store.stage(data) for alias, data in models.items()}
+            routing = {k: v for k, v in placement.items() if v is not None}
+            manifest = registry.push(name, module_digest, digests, pool, routing, args.inference_token)
+        finally:
+            host.close()
+    print(f"pushed {manifest.name} version {manifest.version} ({manifest.kind}, tier {manifest.tier})")
+    print(f"  {ref.at(manifest.digest)}")
+    return 0
+
+
+def ls(args: argparse.Namespace, ref: Reference) -> int:
+    """Each function tag with its version, kind, tier, models and digest, read from the registry."""
+    with client_of(ref, settings_of(args)) as client:
+        rows = [("NAME", "VERSION", "KIND", "TIER", "MODELS", "DIGEST")]
+        for tag in sorted(client.tags()):
+            digest = client.resolve(tag)
+            if digest is None:
+                continue
+            try:
+                parts = artifact.parse(client.get_manifest(digest)[0])
+            except artifact.InvalidArtifact:
+                continue  # not a function
+            try:
+                config = artifact.config_doc(client.read_blob(f"sha256:{parts.config}", artifact.MAX_DOCUMENT_BYTES))
+            except artifact.InvalidArtifact:
+                config = {}
+            kind = str(config.get("kind", "?"))
+            models = ",".join(sorted(parts.models)) or "-"
+            rows.append((tag, str(config.get("version", 1)), kind, str(config.get("tier", "auto")), models, digest))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    return 0
+
+
+def rm(args: argparse.Namespace, ref: Reference, name: str) -> int:
+    with client_of(ref, settings_of(args)) as client:
+        digest = client.resolve(name)
+        if digest is None or not client.delete_manifest(digest):
+            print(f"error: {ref.name(name)} is not in the registry", file=sys.stderr)
+            return 1
+    print(f"deleted {name} ({ref.at(digest)})")
+    return 0
