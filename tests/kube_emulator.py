@@ -505,12 +505,7 @@ class KubeEmulator:
         return self._json(status(405, "the server does not allow this method on the requested resource"), 405)
 
     async def _scale_endpoint(self, request: Request) -> Response:
-        answer = self._deployment_request(request)
-        if answer is not None:
-            return answer
-        if request.method == "GET":
-            return self._json(self._scale_object())
-        patch = await self._read_patch(request)
+        patch = await self._patch_or_answer(request, self._scale_object)
         if isinstance(patch, Response):
             return patch
         patched = merge_patch(self._scale_object(), patch)
@@ -524,12 +519,7 @@ class KubeEmulator:
         return self._json(self._scale_object())
 
     async def _deployment_endpoint(self, request: Request) -> Response:
-        answer = self._deployment_request(request)
-        if answer is not None:
-            return answer
-        if request.method == "GET":
-            return self._json(self._deployment_object())
-        patch = await self._read_patch(request)
+        patch = await self._patch_or_answer(request, self._deployment_object)
         if isinstance(patch, Response):
             return patch
         current = self._deployment_object()
@@ -556,8 +546,9 @@ class KubeEmulator:
         self._set_replicas(patched["spec"]["replicas"])
         return self._json(self._deployment_object())
 
-    def _deployment_request(self, request: Request) -> Response | None:
-        """Admission, the method, and the Deployment's existence, for both of its paths."""
+    async def _patch_or_answer(self, request: Request, view: Callable[[], dict[str, Any]]) -> dict[str, Any] | Response:
+        """For both of the Deployment's paths: admission, the method, the Deployment's existence, and a GET's
+        answer (``view``); else the PATCH request's patch, or the answer refusing it."""
         verb = {"GET": "get", "PATCH": "patch", "PUT": "update"}.get(request.method, request.method.lower())
         refused = self._admit(request, verb)
         if refused is not None:
@@ -568,9 +559,8 @@ class KubeEmulator:
         if (namespace, name) != (self.namespace, self.deployment):
             details = {"name": name, "group": "apps", "kind": "deployments"}
             return self._json(status(404, f'deployments.apps "{name}" not found', details), 404)
-        return None
-
-    async def _read_patch(self, request: Request) -> dict[str, Any] | Response:
+        if request.method == "GET":
+            return self._json(view())
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media_type not in PATCH_TYPES:
             message = "the body of the request was in an unknown format - accepted media types include: "
