@@ -91,7 +91,7 @@ class KubernetesScaler:
     (``targetRef``), else its address; the same id in two slices (the controller moves endpoints between
     slices) counts once. Its URL uses the endpoint's first address, bracketed when IPv6.
 
-    With a ``gateway_id``, the scaler is one of several gateways' in front of the Deployment
+    With a ``gateway_id``, the scaler speaks for one of several gateways in front of the Deployment
     (``router.scalers.shares``): :meth:`scale` records ``replicas`` as this gateway's share and sets the
     Deployment's replicas to the sum of the live shares, within ``min_replicas`` and ``max_replicas`` (None: no
     cap); ``run`` also rewrites the share every ``share_ttl_s / 3`` seconds, dropping expired ones.
