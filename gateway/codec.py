@@ -203,6 +203,13 @@ def _json_data(where: str, datatype: str, dims: Sequence[int], numel: int, data:
     if not ok:
         want = {"BOOL": "true/false"}.get(datatype, "integers" if datatype[0] in "IU" else "numbers")
         raise InvalidRequest(f"{where}: {datatype} data must be {want}")
+    if datatype in ("FP16", "FP32", "BF16") and arr.size:
+        # A finite number past the type's largest would turn into infinity: refused, as an integer out of range
+        # is. (BF16 is converted through FP32, whose range it shares.)
+        finite = arr[np.isfinite(arr)]
+        largest = float(np.finfo(np.float16 if datatype == "FP16" else np.float32).max)
+        if finite.size and float(np.abs(finite.astype(np.float64)).max()) > largest:
+            raise InvalidRequest(f"{where}: a value is out of range for {datatype}")
     if datatype == "BF16":
         bits = np.asarray(arr, dtype="<f4").reshape(-1).view("<u4")
         rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16  # round to nearest even

@@ -74,11 +74,18 @@ def make_scaler(settings: Settings) -> Scaler | None:
     raise ValueError(f"WASMGATE_POD_SCALER={settings.pod_scaler!r}: use one of {', '.join(SCALERS)}")
 
 
+def shares_runners(settings: Settings) -> bool:
+    """Whether this gateway is one of several in front of one runner Deployment (``k8s_gateway_id``), each
+    scaling its own share of the runners (router/scalers/shares.py)."""
+    return settings.pod_scaler == "kubernetes" and bool(settings.k8s_gateway_id)
+
+
 def make_pod_tier(settings: Settings, observer: PodObserver | None) -> tuple[PodTier, Activator | None]:
     scaler = make_scaler(settings)
-    policy = ScalePolicy(
-        settings.pod_min_replicas, settings.pod_max_replicas, settings.pod_target_in_flight, settings.pod_idle_grace_s
-    )
+    # With shares, pod_min_replicas bounds their total, which the scaler applies: each gateway's own share
+    # scales from zero, or N idle gateways would keep N times the minimum.
+    floor = 0 if shares_runners(settings) else settings.pod_min_replicas
+    policy = ScalePolicy(floor, settings.pod_max_replicas, settings.pod_target_in_flight, settings.pod_idle_grace_s)
     activator = (
         None
         if scaler is None

@@ -130,6 +130,12 @@ class Settings:
     k8s_service: str = "wasmgate-runner"
     k8s_port_name: str = "http"
     kubeconfig: str = ""
+    #: Kubernetes scaler, several gateways in front of one runner Deployment: this gateway's name among them
+    #: (in a pod, its pod name, from the downward API). Each gateway then records its own share of the
+    #: runners on the Deployment and sets the replicas to the sum of the live shares, within
+    #: ``pod_min_replicas`` and ``pod_max_replicas`` (router/scalers/shares.py). Empty: this gateway is the only
+    #: one, and sets the replicas to its own figure through the scale subresource.
+    k8s_gateway_id: str = ""
     #: A runner whose store lacks a function fetches it from this gateway's admin API (in Kubernetes, the
     #: gateway Service). Empty: the runner serves from its data directory only (the local scaler shares the
     #: gateway's).

@@ -12,6 +12,9 @@ Every pod-tier request passes through :meth:`Activator.acquire`, which yields a 
 Scaling follows demand (in-flight plus held requests) through :func:`router.pod_policy.desired_replicas`:
 up at once, down (to zero included) only after demand has stayed low for the idle grace period. The
 activator counts in flight per replica itself, so it needs nothing from the replicas but their readiness.
+Every activator decides from its own requests only: where several gateways front one runner Deployment, the
+count it asks for is its gateway's share, and the scaler runs the sum of the gateways' shares
+(``router.scalers.shares``), so one gateway's idleness never scales away runners another one is using.
 """
 
 from __future__ import annotations

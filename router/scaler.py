@@ -33,13 +33,15 @@ class Scaler(Protocol):
     async def scale(self, replicas: int) -> None:
         """Ask for ``replicas`` replicas (0: scale to zero). Returns once the request is made, not once they
         are ready; readiness arrives through ``on_change``. Raises ``wasm_host.errors.Unavailable`` when the
-        request cannot be made (the API server refused or is unreachable)."""
+        request cannot be made (the API server refused or is unreachable). A scaler that several gateways
+        share (``router.scalers.shares``) takes ``replicas`` as this gateway's share, and runs their sum."""
 
     def ready(self) -> Sequence[Replica]:
         """The replicas ready to serve now. Cheap: called on every pod-tier request."""
 
     def wanted(self) -> int:
-        """The replica count last asked for (or observed, when something else scaled the group)."""
+        """The replica count last asked for (or observed, when something else scaled the group); for a shared
+        scaler, this gateway's share."""
 
     async def aclose(self) -> None:
         """Release what the scaler holds. The local scaler stops its processes; the Kubernetes scaler stops

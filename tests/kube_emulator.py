@@ -13,6 +13,18 @@ Implemented:
   a Scale's fields); a wrong type or a negative ``spec.replicas`` is 422 ``Invalid``, a body that is not JSON
   is 400, a ``metadata.resourceVersion`` in the patch that is not the current one is 409 ``Conflict``, and a
   patch that changes nothing writes nothing (no new resourceVersion). A missing Deployment is 404.
+- ``GET`` and ``PATCH /apis/apps/v1/namespaces/{ns}/deployments/{name}``: the same Deployment (``apps/v1``),
+  with its annotations, and the defaults a real server fills in for a minimal pod template; its ``status``
+  carries ``observedGeneration`` and ``replicas`` only. PATCH takes the same two media types (the same for
+  annotations and replicas, the only fields it changes) and follows a real server's order: a value that does
+  not decode (an annotation that is not a string, ``spec.replicas`` not an integer) is 422 with an empty kind,
+  as the patch's decoding reports it; then a ``metadata.resourceVersion`` in the patch that is not the current
+  one is 409 ``Conflict`` (optimistic concurrency: the client reads again and retries); then validation, 422
+  ``Invalid``: a negative ``spec.replicas``, an annotation key that is not a qualified name, annotations
+  past 256 KiB in all. A change to ``spec.replicas`` bumps ``metadata.generation`` and drives the controller
+  below; a change to annotations only bumps the resourceVersion; a patch that changes nothing writes nothing.
+  The Scale and the Deployment are one object with one resourceVersion: a write through either conflicts
+  with a read through the other, and the controller's status updates bump it too, as on a real server.
 - ``GET /apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices``, with equality ``labelSelector``s
   (``k=v,k2=v2``): a list (whose items lack ``kind`` and ``apiVersion``, as a real list's do), or with
   ``watch=true`` a stream of newline-delimited events after ``resourceVersion`` (without one, or with "0",
@@ -33,18 +45,21 @@ Implemented:
 - A pluggable pod backend: ``on_pod_start(pod) -> (ip, port)`` and ``on_pod_stop(pod)``, so endpoints can
   point at real local servers; by default pods get 10.0.0.N:8080.
 - Test hooks: :meth:`set_ready`, :meth:`expire_history` (the 410 path), :meth:`end_watches` (what a server
-  restart or timeout does to open watches), :meth:`fail_next` (the next calls answer an error Status), and
-  request counts by (verb, path), with verbs as the API server's audit log names them (get, patch, list,
-  watch).
+  restart or timeout does to open watches), :meth:`fail_next` (the next calls answer an error Status),
+  :meth:`annotate` (another client's write), :meth:`before_next` (a write slipped in between a client's read
+  and its write, for a real 409), and request counts by (verb, path), with verbs as the API server's audit log
+  names them (get, patch, list, watch).
 - :meth:`write_kubeconfig`: a kubeconfig for a plain-HTTP cluster with a bearer-token user.
 
-Not implemented: other resources and verbs, the ``/watch/`` paths, set-based label selectors, field
-selectors, pagination (``limit``/``continue``), list ``resourceVersion`` semantics (every list is a consistent
-read), JSON patch and server-side apply (415 here, accepted by a real server), ``dryRun``, protobuf and CBOR,
-``managedFields``, a watch that falls too far behind, a watch from a resourceVersion in the future, anonymous
-authentication (a real server with it enabled answers 403 rather than 401 to a request without a token),
-authorization (see :meth:`fail_next` for 403), and TLS. Bookmarks carry only kind, apiVersion and
-``metadata.resourceVersion`` where a real one also carries the type's zero values; clients ignore both.
+Not implemented: other resources and verbs, a Deployment patch that changes anything but annotations and
+``spec.replicas`` (422 naming the field here; a real server would apply it), the ``/watch/`` paths, set-based
+label selectors, field selectors, pagination (``limit``/``continue``), list ``resourceVersion`` semantics
+(every list is a consistent read), JSON patch and server-side apply (415 here, accepted by a real server),
+``dryRun``, protobuf and CBOR, ``managedFields``, a watch that falls too far behind, a watch from a
+resourceVersion in the future, anonymous authentication (a real server with it enabled answers 403 rather than
+401 to a request without a token), authorization (see :meth:`fail_next` for 403), and TLS. Bookmarks carry
+only kind, apiVersion and ``metadata.resourceVersion`` where a real one also carries the type's zero values;
+clients ignore both.
 """
 
 from __future__ import annotations
@@ -55,6 +70,7 @@ import dataclasses
 import datetime
 import json
 import random
+import re
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -72,6 +88,13 @@ T = TypeVar("T")
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"
 PATCH_TYPES = ("application/merge-patch+json", "application/strategic-merge-patch+json")
+#: The apiserver's limit on all of an object's annotations together (keys and values).
+ANNOTATIONS_MAX_BYTES = 256 * 1024
+#: An annotation key: an optional DNS subdomain prefix and "/", then a name of at most 63 characters.
+QUALIFIED_NAME = re.compile(
+    r"(?:(?=.{1,253}/)[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*/)?"
+    r"(?=.{1,63}$)[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?"
+)
 # What a real server lists as accepted when it refuses a patch's media type.
 ACCEPTED_PATCH_TYPES = (
     "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, "
@@ -143,6 +166,12 @@ class _Failure:
     verb: str | None
 
 
+@dataclasses.dataclass
+class _Interleaved:
+    verb: str
+    fn: Callable[[], None]
+
+
 class KubeEmulator:
     """The emulated API server (see the module docstring). Use as a context manager, or ``start()``/``close()``.
 
@@ -190,6 +219,8 @@ class KubeEmulator:
         self._created = now()
         self._template_hash = self._random_name(10)
         self._spec_replicas = replicas
+        self._generation = 1
+        self._annotations: dict[str, str] = {}
         self._pods: dict[str, Pod] = {}
         self._addresses = 0
         self._slices: dict[str, dict[str, Any]] = {}
@@ -197,6 +228,7 @@ class KubeEmulator:
         self._floor = self._rv  # a new watch from an older resourceVersion gets 410
         self._dropped = 0  # the newest event dropped from the history: an open watch behind it gets 410
         self._failures: list[_Failure] = []
+        self._interleaved: list[_Interleaved] = []
         self._requests: collections.Counter[tuple[str, str]] = collections.Counter()
         self._watch_queries: list[dict[str, str]] = []
         self._watch_epoch = 0
@@ -216,6 +248,11 @@ class KubeEmulator:
                 Route(
                     "/apis/apps/v1/namespaces/{namespace}/deployments/{name}/scale",
                     self._scale_endpoint,
+                    methods=["GET", "PATCH", "PUT", "POST", "DELETE"],
+                ),
+                Route(
+                    "/apis/apps/v1/namespaces/{namespace}/deployments/{name}",
+                    self._deployment_endpoint,
                     methods=["GET", "PATCH", "PUT", "POST", "DELETE"],
                 ),
                 Route(
@@ -302,6 +339,28 @@ class KubeEmulator:
     @property
     def spec_replicas(self) -> int:
         return self._call(lambda: self._spec_replicas)
+
+    def annotations(self) -> dict[str, str]:
+        """A copy of the Deployment's annotations."""
+        return self._call(lambda: dict(self._annotations))
+
+    def annotate(self, key: str, value: str | None) -> None:
+        """Set (or with None, remove) an annotation on the Deployment, as another client's write would: a new
+        resourceVersion, so that a write based on an earlier read conflicts."""
+
+        def go() -> None:
+            if value is None:
+                self._annotations.pop(key, None)
+            else:
+                self._annotations[key] = value
+            self._deployment_rv = self._bump()
+
+        self._call(go)
+
+    def before_next(self, verb: str, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the server's loop just before the next request with ``verb`` is handled (after
+        authentication): another client's write slipped in between a read and a write makes a real 409."""
+        self._call(lambda: self._interleaved.append(_Interleaved(verb, fn)))
 
     def pods(self) -> dict[str, Pod]:
         """A copy of the pods, by name."""
@@ -398,12 +457,18 @@ class KubeEmulator:
             if failure.remaining > 0 and failure.verb in (None, verb):
                 failure.remaining -= 1
                 return self._injected(failure.code, verb, request)
+        for hook in self._interleaved:
+            if hook.verb == verb:
+                self._interleaved.remove(hook)
+                hook.fn()
+                break
         return None
 
     def _injected(self, code: int, verb: str, request: Request) -> Response:
         namespace = request.path_params.get("namespace", "")
         if "name" in request.path_params:
-            resource, group, name = "deployments/scale", "apps", request.path_params["name"]
+            resource = "deployments/scale" if request.url.path.endswith("/scale") else "deployments"
+            group, name = "apps", request.path_params["name"]
             details: dict[str, Any] = {"name": name, "group": group, "kind": "deployments"}
             subject = f'deployments.apps "{name}"'
         else:
@@ -440,6 +505,50 @@ class KubeEmulator:
         return self._json(status(405, "the server does not allow this method on the requested resource"), 405)
 
     async def _scale_endpoint(self, request: Request) -> Response:
+        patch = await self._patch_or_answer(request, self._scale_object)
+        if isinstance(patch, Response):
+            return patch
+        patched = merge_patch(self._scale_object(), patch)
+        invalid = self._invalid_scale(patched, patch)
+        if invalid is not None:
+            return invalid
+        conflict = self._conflict(patched)
+        if conflict is not None:
+            return conflict
+        self._set_replicas((patched.get("spec") or {}).get("replicas") or 0)
+        return self._json(self._scale_object())
+
+    async def _deployment_endpoint(self, request: Request) -> Response:
+        patch = await self._patch_or_answer(request, self._deployment_object)
+        if isinstance(patch, Response):
+            return patch
+        current = self._deployment_object()
+        patched = merge_patch(current, patch)
+        # A real server's order: the patched object must decode into the Go type, then the resourceVersion
+        # precondition is checked (in the storage layer's update), then the object is validated.
+        undecodable = self._undecodable_deployment(patched, patch)
+        if undecodable is not None:
+            return undecodable
+        unmodelled = _first_difference(_beyond_shares(current), _beyond_shares(patched))
+        if unmodelled is not None:
+            message = f"the emulator does not implement changing {unmodelled} of a Deployment"
+            return self._json(status(422, message), 422)
+        conflict = self._conflict(patched)
+        if conflict is not None:
+            return conflict
+        invalid = self._invalid_deployment(patched)
+        if invalid is not None:
+            return invalid
+        annotations = patched["metadata"].get("annotations") or {}
+        if annotations != self._annotations:
+            self._annotations = dict(annotations)
+            self._deployment_rv = self._bump()
+        self._set_replicas(patched["spec"]["replicas"])
+        return self._json(self._deployment_object())
+
+    async def _patch_or_answer(self, request: Request, view: Callable[[], dict[str, Any]]) -> dict[str, Any] | Response:
+        """For both of the Deployment's paths: admission, the method, the Deployment's existence, and a GET's
+        answer (``view``); else the PATCH request's patch, or the answer refusing it."""
         verb = {"GET": "get", "PATCH": "patch", "PUT": "update"}.get(request.method, request.method.lower())
         refused = self._admit(request, verb)
         if refused is not None:
@@ -451,7 +560,7 @@ class KubeEmulator:
             details = {"name": name, "group": "apps", "kind": "deployments"}
             return self._json(status(404, f'deployments.apps "{name}" not found', details), 404)
         if request.method == "GET":
-            return self._json(self._scale_object())
+            return self._json(view())
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media_type not in PATCH_TYPES:
             message = "the body of the request was in an unknown format - accepted media types include: "
@@ -462,24 +571,70 @@ class KubeEmulator:
             return self._json(status(400, f"error decoding patch: {exc}"), 400)
         if not isinstance(patch, dict):
             return self._json(status(400, "error decoding patch: not a JSON object"), 400)
-        patched = merge_patch(self._scale_object(), patch)
-        invalid = self._invalid_scale(patched, patch)
-        if invalid is not None:
-            return invalid
+        return patch
+
+    def _conflict(self, patched: dict[str, Any]) -> Response | None:
+        """409 when the patch names a resourceVersion (a precondition) that is not the current one."""
         version = (patched.get("metadata") or {}).get("resourceVersion")
-        if version != str(self._deployment_rv):
-            message = (
-                f'Operation cannot be fulfilled on deployments.apps "{name}": the object has been modified; '
-                "please apply your changes to the latest version and try again"
-            )
-            return self._json(status(409, message, {"name": name, "group": "apps", "kind": "deployments"}), 409)
-        replicas = (patched.get("spec") or {}).get("replicas") or 0
-        if replicas != self._spec_replicas:
-            self._spec_replicas = replicas
-            self._deployment_rv = self._bump()
-            assert self._loop is not None
-            self._loop.call_later(self.controller_delay_s, self._reconcile)
-        return self._json(self._scale_object())
+        if version == str(self._deployment_rv):
+            return None
+        message = (
+            f'Operation cannot be fulfilled on deployments.apps "{self.deployment}": the object has been modified; '
+            "please apply your changes to the latest version and try again"
+        )
+        return self._json(status(409, message, {"name": self.deployment, "group": "apps", "kind": "deployments"}), 409)
+
+    def _set_replicas(self, replicas: int) -> None:
+        """Write spec.replicas, if it changes: a new resourceVersion and generation, and the controller runs."""
+        if replicas == self._spec_replicas:
+            return
+        self._spec_replicas = replicas
+        self._generation += 1
+        self._deployment_rv = self._bump()
+        assert self._loop is not None
+        self._loop.call_later(self.controller_delay_s, self._reconcile)
+
+    def _undecodable_deployment(self, patched: dict[str, Any], patch: dict[str, Any]) -> Response | None:
+        metadata, spec = patched.get("metadata"), patched.get("spec")
+        annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
+        replicas = spec.get("replicas") if isinstance(spec, dict) else None
+        wrong: str | None = None
+        if not isinstance(metadata, dict) or not isinstance(spec, dict):
+            wrong = "ObjectMeta" if not isinstance(metadata, dict) else "DeploymentSpec"
+        elif annotations is not None and not isinstance(annotations, dict):
+            wrong = "map[string]string"
+        elif annotations is not None and not all(isinstance(v, str) for v in annotations.values()):
+            wrong = "string"
+        elif not isinstance(replicas, int) or isinstance(replicas, bool):
+            wrong = "int32"
+        if wrong is None:
+            return None
+        cause = {"reason": "FieldValueInvalid", "message": f"Invalid value: {patch!r}", "field": "patch"}
+        message = f'"" is invalid: patch: Invalid value: "{patch!r}": unrecognized type: {wrong}'
+        return self._json(status(422, message, {"causes": [cause]}), 422)
+
+    def _invalid_deployment(self, patched: dict[str, Any]) -> Response | None:
+        causes = []
+        replicas = patched["spec"]["replicas"]
+        if replicas < 0:
+            causes.append(("spec.replicas", f"Invalid value: {replicas}: must be greater than or equal to 0"))
+        annotations: dict[str, str] = patched["metadata"].get("annotations") or {}
+        for key in annotations:
+            if not QUALIFIED_NAME.fullmatch(key):
+                causes.append(("metadata.annotations", f'Invalid value: "{key}": not a qualified name'))
+        if sum(len(k.encode()) + len(v.encode()) for k, v in annotations.items()) > ANNOTATIONS_MAX_BYTES:
+            causes.append(("metadata.annotations", f"Too long: must have at most {ANNOTATIONS_MAX_BYTES} bytes"))
+        if not causes:
+            return None
+        details = {
+            "name": self.deployment,
+            "group": "apps",
+            "kind": "Deployment",
+            "causes": [{"reason": "FieldValueInvalid", "message": m, "field": f} for f, m in causes],
+        }
+        listed = ", ".join(f"{f}: {m}" for f, m in causes)
+        message = f'Deployment.apps "{self.deployment}" is invalid: ' + (f"[{listed}]" if len(causes) > 1 else listed)
+        return self._json(status(422, message, details), 422)
 
     def _invalid_scale(self, patched: dict[str, Any], patch: dict[str, Any]) -> Response | None:
         spec = patched.get("spec")
@@ -513,6 +668,53 @@ class KubeEmulator:
             },
             "spec": spec,
             "status": {"replicas": self._status_replicas(), "selector": f"app={self.deployment}"},
+        }
+
+    def _deployment_object(self) -> dict[str, Any]:
+        labels = {"app": self.deployment}
+        metadata: dict[str, Any] = {
+            "name": self.deployment,
+            "namespace": self.namespace,
+            "uid": self._deployment_uid,
+            "resourceVersion": str(self._deployment_rv),
+            "generation": self._generation,
+            "creationTimestamp": self._created,
+            "labels": labels,
+        }
+        if self._annotations:  # omitempty
+            metadata["annotations"] = dict(self._annotations)
+        status: dict[str, Any] = {"observedGeneration": self._generation}
+        if self._status_replicas():  # omitempty
+            status["replicas"] = self._status_replicas()
+        container = {
+            "name": "runner",
+            "image": "registry.example.com/wasmgate/runner:0.1.0-cpu",
+            "resources": {},
+            "terminationMessagePath": "/dev/termination-log",
+            "terminationMessagePolicy": "File",
+            "imagePullPolicy": "IfNotPresent",
+        }
+        pod = {
+            "containers": [container],
+            "restartPolicy": "Always",
+            "terminationGracePeriodSeconds": 30,
+            "dnsPolicy": "ClusterFirst",
+            "securityContext": {},
+            "schedulerName": "default-scheduler",
+        }
+        return {
+            "kind": "Deployment",
+            "apiVersion": "apps/v1",
+            "metadata": metadata,
+            "spec": {
+                "replicas": self._spec_replicas,  # a pointer, not omitempty: 0 is written out
+                "selector": {"matchLabels": labels},
+                "template": {"metadata": {"labels": labels}, "spec": pod},
+                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}},
+                "revisionHistoryLimit": 10,
+                "progressDeadlineSeconds": 600,
+            },
+            "status": status,
         }
 
     def _status_replicas(self) -> int:
@@ -802,3 +1004,26 @@ def merge_patch(target: Any, patch: Any) -> Any:
         else:
             result[key] = merge_patch(result.get(key), value)
     return result
+
+
+def _beyond_shares(deployment: dict[str, Any]) -> dict[str, Any]:
+    """A Deployment without the fields the emulator lets a patch change (annotations, spec.replicas) or check
+    (the resourceVersion precondition)."""
+    rest = json.loads(json.dumps(deployment))
+    if isinstance(rest.get("metadata"), dict):
+        rest["metadata"].pop("annotations", None)
+        rest["metadata"].pop("resourceVersion", None)
+    if isinstance(rest.get("spec"), dict):
+        rest["spec"].pop("replicas", None)
+    return rest
+
+
+def _first_difference(a: Any, b: Any, path: str = "") -> str | None:
+    """The first path (``spec.template``) at which two JSON values differ, else None."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            found = _first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else key)
+            if found is not None:
+                return found
+        return None
+    return None if a == b else (path or "the object")

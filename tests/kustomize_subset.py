@@ -9,8 +9,8 @@ passes on a kustomization it does not understand. It implements:
   one or more objects each, and directories holding a ``kustomization.yaml``, built recursively, depth first;
 - ``patches``: entries with only ``path``, naming a strategic-merge patch that identifies its one target by
   apiVersion, kind and name. Maps merge recursively; lists of containers, init containers, env vars and
-  volumes merge by ``name``, volume mounts by ``mountPath``; ``tolerations``, ``command`` and ``args`` are
-  replaced. Any other list, a null, or a ``$``-directive is an error;
+  volumes merge by ``name``, volume mounts by ``mountPath``; ``tolerations``, ``command``, ``args`` and a
+  HorizontalPodAutoscaler's ``metrics`` are replaced. Any other list, a null, or a ``$``-directive is an error;
 - ``namespace``: set on every namespaced object after the patches; a Namespace object must already bear
   that name;
 - ``images``: ``name`` with ``newName`` and/or ``newTag``, on Deployment containers' images (no digests).
@@ -39,10 +39,23 @@ class KustomizeSubsetError(Exception):
 
 KUSTOMIZATION_KEYS = frozenset({"apiVersion", "kind", "resources", "patches", "namespace", "images", "sortOptions"})
 CLUSTER_SCOPED = frozenset({"Namespace"})
-NAMESPACED = frozenset({"ServiceAccount", "Role", "RoleBinding", "PersistentVolumeClaim", "Service", "Deployment"})
+NAMESPACED = frozenset(
+    {
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "ConfigMap",
+        "Service",
+        "Deployment",
+        "PodDisruptionBudget",
+        "HorizontalPodAutoscaler",
+    }
+)
 MERGE_KEYS = {"containers": "name", "initContainers": "name", "env": "name", "volumes": "name"}
 MERGE_KEYS["volumeMounts"] = "mountPath"
-REPLACED_LISTS = frozenset({"tolerations", "command", "args"})
+#: Lists a strategic merge replaces whole: no merge key in the API (tolerations, command, args), or atomic
+#: (a HorizontalPodAutoscaler's metrics).
+REPLACED_LISTS = frozenset({"tolerations", "command", "args", "metrics"})
 
 
 def render(directory: Path) -> list[Obj]:

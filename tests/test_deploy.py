@@ -4,7 +4,10 @@ Every object is validated with kubernetes-validate in strict mode (unknown field
 oldest Kubernetes these manifests target and the newest the package knows, offline from its bundled schemas.
 The tests then check what the manifests promise: the runner starts at zero replicas, GPU and edge runners
 get what their hardware needs, every container is locked down and probed, RBAC is exactly what the
-Kubernetes scaler calls, and every ``WASMGATE_*`` variable is a real setting with a value that parses.
+Kubernetes scaler calls, every ``WASMGATE_*`` variable is a real setting with a value that parses (or one of
+the registry store's, which the store's own change brings), and the gateway runs as several replicas on a
+registry store: credentials from a Secret, no volume claim, CPU requests, an autoscaler on that very
+Deployment, a disruption budget and a spread over nodes.
 
 The overlays are rendered with :func:`tests.kustomize_subset.render`, a stand-in for ``kustomize build``
 (see that module for why, and for the subset it implements).
@@ -41,11 +44,33 @@ K8S_VERSIONS = ("1.30", kubernetes_validate.latest_version())
 HEALTH = {"livenessProbe": "/v2/health/live", "readinessProbe": "/v2/health/ready"}
 #: Every variable the settings read; anything else named WASMGATE_* is a typo the gateway would ignore.
 SETTING_NAMES = frozenset(Settings().to_env())
+#: The registry store's variables, exactly: they land in the settings with the store itself (until then the
+#: gateway ignores them, and they are checked here by name and format instead).
+REGISTRY_ENV = frozenset(
+    {
+        "WASMGATE_STORE",
+        "WASMGATE_REGISTRY_USERNAME",
+        "WASMGATE_REGISTRY_PASSWORD",
+        "WASMGATE_REGISTRY_CA_FILE",
+        "WASMGATE_REGISTRY_PLAIN_HTTP",
+        "WASMGATE_REGISTRY_SYNC_INTERVAL_S",
+    }
+)
+#: Variables whose values are secrets, and the operator-created Secret and key each comes from.
+SECRET_REFS = {
+    "WASMGATE_ADMIN_TOKEN": ("wasmgate-tokens", "admin-token"),
+    "WASMGATE_INFERENCE_TOKEN": ("wasmgate-tokens", "inference-token"),
+    "WASMGATE_REGISTRY_USERNAME": ("wasmgate-registry", "username"),
+    "WASMGATE_REGISTRY_PASSWORD": ("wasmgate-registry", "password"),
+}
+SECRET_LOOKING = re.compile(r"TOKEN|PASSWORD|USERNAME|SECRET|KEY")
 #: Variables outside the settings that the manifests may set, and why: the root filesystem is read-only, so
 #: libraries that cache under $HOME are pointed at the /tmp volume.
 OTHER_ENV = frozenset({"HOME"})
 GPU = "nvidia.com/gpu"
 SCALER_RULES = {
+    ("apps", "deployments", "get", ("wasmgate-runner",)),
+    ("apps", "deployments", "patch", ("wasmgate-runner",)),
     ("apps", "deployments/scale", "get", ("wasmgate-runner",)),
     ("apps", "deployments/scale", "patch", ("wasmgate-runner",)),
     ("discovery.k8s.io", "endpointslices", "list", ()),
@@ -72,23 +97,36 @@ def one(objects: list[Obj], kind: str, name: str) -> Obj:
 
 @dataclasses.dataclass
 class Container:
+    objects: list[Obj]
     deployment: Obj
     pod: Obj
     spec: Obj
 
     @property
     def env(self) -> dict[str, str]:
-        """Literal values as they are; a token from a Secret as a stand-in value (the Secret is the operator's)."""
+        """The container's environment: ConfigMaps' data (``envFrom``) and literal values as they are; a
+        secret from its Secret, and the pod's name from the downward API, as stand-in values (the Secrets are
+        the operator's, the name the pod's)."""
         env = {}
+        for source in self.spec.get("envFrom", []):
+            assert set(source) == {"configMapRef"}, f"{self.spec['name']}: only ConfigMaps feed envFrom"
+            assert not source["configMapRef"].get("optional"), "a container must not start without its settings"
+            env.update(one(self.objects, "ConfigMap", source["configMapRef"]["name"])["data"])
         for var in self.spec.get("env", []):
-            if var["name"].endswith("_TOKEN"):
-                assert set(var) == {"name", "valueFrom"}, f"{var['name']}: tokens come from a Secret"
+            name = var["name"]
+            # env wins over envFrom without a word: a variable set in both is a trap.
+            assert name not in env, f"{name} is set twice"
+            if name in SECRET_REFS:
+                assert set(var) == {"name", "valueFrom"}, f"{name}: secrets come from a Secret"
                 ref = var["valueFrom"]["secretKeyRef"]
-                assert ref["name"] == "wasmgate-tokens", var
-                env[var["name"]] = f"<secret {ref['key']}>"
-                continue
-            assert set(var) == {"name", "value"}, f"{var['name']}: only literal values are expected"
-            env[var["name"]] = var["value"]
+                assert (ref["name"], ref["key"]) == SECRET_REFS[name], var
+                env[name] = f"<secret {ref['key']}>"
+            elif "valueFrom" in var:
+                assert var["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}, var
+                env[name] = "<pod name>"
+            else:
+                assert set(var) == {"name", "value"}, f"{name}: only literal values are expected"
+                env[name] = var["value"]
         return env
 
     def settings(self) -> Settings:
@@ -107,7 +145,7 @@ def containers(objects: list[Obj]) -> Iterator[Container]:
         if obj["kind"] == "Deployment":
             pod = obj["spec"]["template"]["spec"]
             for spec in pod.get("initContainers", []) + pod["containers"]:
-                yield Container(obj, pod, spec)
+                yield Container(objects, obj, pod, spec)
 
 
 def gateway(objects: list[Obj]) -> Container:
@@ -308,7 +346,11 @@ def test_rbac_is_exactly_what_the_scaler_calls(name: str) -> None:
     settings = g.settings()
     assert settings.pod_scaler == "kubernetes"
     assert settings.k8s_namespace == ""  # the pod's own namespace, i.e. the Role's
-    assert settings.k8s_deployment == r.deployment["metadata"]["name"] == role["rules"][0]["resourceNames"][0]
+    apps = [rule for rule in role["rules"] if rule["apiGroups"] == ["apps"]]
+    assert all(rule["resourceNames"] == [settings.k8s_deployment] for rule in apps)
+    assert settings.k8s_deployment == r.deployment["metadata"]["name"]
+    # Several gateways share the runners, each under its own pod name: the Deployment rules are the ones used.
+    assert settings.k8s_gateway_id == "<pod name>"
 
 
 @pytest.mark.parametrize("name", RENDERINGS)
@@ -344,9 +386,9 @@ def test_runners_fetch_functions_from_the_gateway_service(name: str) -> None:
 @pytest.mark.parametrize("name", RENDERINGS)
 def test_env_vars_are_real_settings_with_values_that_parse(name: str) -> None:
     for c in containers(rendered(name)):
-        unknown = {var for var in c.env if var.startswith("WASMGATE_")} - SETTING_NAMES
+        unknown = {var for var in c.env if var.startswith("WASMGATE_")} - SETTING_NAMES - REGISTRY_ENV
         assert not unknown, f"{c.spec['name']}: not settings: {sorted(unknown)}"
-        assert set(c.env) - SETTING_NAMES <= OTHER_ENV
+        assert set(c.env) - SETTING_NAMES - REGISTRY_ENV <= OTHER_ENV
         settings = c.settings()  # raises ValueError naming a variable whose value does not parse
         assert settings.host == "0.0.0.0"
 
@@ -369,6 +411,141 @@ def test_labels_and_namespace(name: str) -> None:
     if name != "base":
         namespace = one(objects, "Namespace", OVERLAY_NAMESPACE)
         assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+# -- several gateways on a registry store -------------------------------------------------------------------
+
+
+def autoscaler(objects: list[Obj]) -> Obj:
+    (found,) = [o for o in objects if o["kind"] == "HorizontalPodAutoscaler"]
+    return found
+
+
+@pytest.mark.parametrize("name", RENDERINGS)
+def test_the_autoscaler_scales_the_gateway_deployment_on_cpu(name: str) -> None:
+    objects = rendered(name)
+    g = gateway(objects)
+    spec = autoscaler(objects)["spec"]
+    target = g.deployment
+    assert spec["scaleTargetRef"] == {
+        "apiVersion": target["apiVersion"],
+        "kind": target["kind"],
+        "name": target["metadata"]["name"],
+    }
+    # The autoscaler owns the count: a count in the manifest would be applied again by every `kubectl apply`.
+    assert "replicas" not in target["spec"]
+    assert spec["minReplicas"] >= 2
+    assert spec["maxReplicas"] > spec["minReplicas"]
+    (metric,) = spec["metrics"]
+    assert (metric["type"], metric["resource"]["name"]) == ("Resource", "cpu")
+    # Utilization is measured against requests, and the autoscaler has no figure for a pod with a container
+    # that lacks one. Every gateway container has one, whichever target type an overlay picks.
+    for container in g.pod["containers"] + g.pod.get("initContainers", []):
+        assert parse_quantity(container["resources"]["requests"]["cpu"]) > 0
+    assert spec["behavior"]["scaleDown"]["stabilizationWindowSeconds"] >= 60
+
+
+def test_the_edge_runs_fewer_gateways() -> None:
+    edge, base = autoscaler(rendered("edge"))["spec"], autoscaler(rendered("base"))["spec"]
+    assert edge["minReplicas"] <= edge["maxReplicas"] < base["maxReplicas"]
+    (metric,) = edge["metrics"]
+    # The edge gateway's request is tiny, so the edge scales on absolute CPU, within the container's limit.
+    target = metric["resource"]["target"]
+    assert target["type"] == "AverageValue"
+    limit = gateway(rendered("edge")).spec["resources"]["limits"]["cpu"]
+    assert parse_quantity(target["averageValue"]) < parse_quantity(limit)
+
+
+@pytest.mark.parametrize("name", RENDERINGS)
+def test_gateways_roll_and_are_evicted_one_at_a_time_spread_over_nodes(name: str) -> None:
+    objects = rendered(name)
+    g = gateway(objects)
+    pod_labels = g.deployment["spec"]["template"]["metadata"]["labels"]
+    selector = g.deployment["spec"]["selector"]["matchLabels"]
+    strategy = g.deployment["spec"]["strategy"]
+    assert strategy["type"] == "RollingUpdate"
+    assert strategy["rollingUpdate"]["maxUnavailable"] == 0
+    (budget,) = [o for o in objects if o["kind"] == "PodDisruptionBudget"]
+    assert budget["spec"]["selector"]["matchLabels"] == selector
+    assert budget["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert budget["spec"]["maxUnavailable"] < autoscaler(objects)["spec"]["minReplicas"]
+    spread = {c["topologyKey"]: c for c in g.pod["topologySpreadConstraints"]}
+    across_nodes = spread["kubernetes.io/hostname"]
+    assert across_nodes["maxSkew"] == 1
+    assert across_nodes["labelSelector"]["matchLabels"] == selector
+
+
+@pytest.mark.parametrize("name", RENDERINGS)
+def test_no_deployment_that_runs_several_replicas_mounts_a_claim(name: str) -> None:
+    """A ReadWriteOnce claim cannot be mounted by replicas on several nodes (and a single-writer store must not
+    be shared by several writers anyway)."""
+    objects = rendered(name)
+    settings = gateway(objects).settings()
+    hpa = autoscaler(objects)["spec"]
+    # The most replicas each may run: what its autoscaler allows, or for the runners what the gateways may ask.
+    most = {hpa["scaleTargetRef"]["name"]: hpa["maxReplicas"], settings.k8s_deployment: settings.pod_max_replicas}
+    assert most["wasmgate"] > 1
+    for deployment in (o for o in objects if o["kind"] == "Deployment"):
+        replicas = most.get(deployment["metadata"]["name"], deployment["spec"].get("replicas", 1))
+        claims = [v for v in deployment["spec"]["template"]["spec"]["volumes"] if "persistentVolumeClaim" in v]
+        assert replicas <= 1 or not claims, f"{deployment['metadata']['name']} runs {replicas} replicas on {claims}"
+
+
+@pytest.mark.parametrize("name", RENDERINGS)
+def test_the_gateway_runs_on_a_registry_store_with_a_cache_of_its_own(name: str) -> None:
+    objects = rendered(name)
+    g = gateway(objects)
+    env = g.env
+    assert {
+        "WASMGATE_STORE",
+        "WASMGATE_REGISTRY_USERNAME",
+        "WASMGATE_REGISTRY_PASSWORD",
+        "WASMGATE_REGISTRY_SYNC_INTERVAL_S",
+    } <= set(env) & REGISTRY_ENV
+    store = urlsplit(env["WASMGATE_STORE"])
+    assert store.scheme == "oci"
+    assert store.hostname
+    assert store.path.strip("/")
+    assert float(env["WASMGATE_REGISTRY_SYNC_INTERVAL_S"]) > 0
+    # Credentials are optional (an anonymous in-cluster registry needs none), and come only from the Secret.
+    for var in g.spec["env"]:
+        if var["name"] in ("WASMGATE_REGISTRY_USERNAME", "WASMGATE_REGISTRY_PASSWORD"):
+            assert var["valueFrom"]["secretKeyRef"]["optional"] is True
+    # An optional CA bundle, read-only; the path the store ConfigMap suggests for it lies inside the mount.
+    volumes = {v["name"]: v for v in g.pod["volumes"]}
+    mounts = {m["mountPath"]: m for m in g.spec["volumeMounts"]}
+    (ca_mount,) = [m for m in mounts.values() if m["name"] == "registry-ca"]
+    assert ca_mount["readOnly"] is True
+    assert volumes["registry-ca"]["configMap"]["optional"] is True
+    suggested = re.search(r"WASMGATE_REGISTRY_CA_FILE: (\S+)", (BASE / "30-gateway-store.yaml").read_text())
+    assert suggested
+    assert suggested[1].startswith(ca_mount["mountPath"] + "/")
+    # The data directory is a per-pod cache, bounded.
+    data = volumes[mounts[str(g.settings().data_dir)]["name"]]
+    assert set(data) == {"name", "emptyDir"}
+    assert parse_quantity(data["emptyDir"]["sizeLimit"]) > 0
+
+
+@pytest.mark.parametrize("name", RENDERINGS)
+def test_secrets_come_only_from_secret_key_refs(name: str) -> None:
+    objects = rendered(name)
+    assert not [o for o in objects if o["kind"] == "Secret"]  # the operator's, never in these files
+    for c in containers(objects):
+        for var in c.spec.get("env", []):
+            if SECRET_LOOKING.search(var["name"]):
+                assert var["name"] in SECRET_REFS, var["name"]
+                assert set(var["valueFrom"]) == {"secretKeyRef"}, var
+        for source in c.spec.get("envFrom", []):
+            data = one(objects, "ConfigMap", source["configMapRef"]["name"])["data"]
+            assert not [key for key in data if SECRET_LOOKING.search(key)]
+
+
+def test_registry_variables_are_named_as_the_store_reads_them_everywhere() -> None:
+    """In manifests, comments and the README alike: a misspelt variable is silently ignored."""
+    for path in sorted(DEPLOY.rglob("*")):
+        if path.suffix in (".yaml", ".md"):
+            for found in re.findall(r"WASMGATE_(?:STORE|REGISTRY)\w*", path.read_text()):
+                assert found in REGISTRY_ENV, f"{path}: {found}"
 
 
 # -- the renderer refuses what it does not implement ------------------------------------------------------

@@ -103,10 +103,11 @@ class Changes:
 async def running(scaler: KubernetesScaler, emulator: KubeEmulator) -> AsyncIterator[Changes]:
     """Run the scaler until the block ends; the block starts once its first watch is open."""
     changes = Changes()
+    watches = emulator.count("watch")
     async with anyio.create_task_group() as tg:
         tg.start_soon(scaler.run, changes)
         try:
-            await until(lambda: emulator.count("watch") >= 1, "the scaler to start watching")
+            await until(lambda: emulator.count("watch") > watches, "the scaler to start watching")
             yield changes
         finally:
             tg.cancel_scope.cancel()

@@ -443,14 +443,17 @@ def test_binary_tensors_pass_through_a_slow_replica_times_out_and_a_stopping_run
         gw.stop()
 
 
+@pytest.mark.parametrize("gateway_id", ["", "wasmgate-7d9c5b-x2kqz"], ids=["one-gateway", "shares"])
 def test_the_pod_tier_on_the_kubernetes_scaler_with_runner_pods_as_processes(
-    tmp_path: Path, dense: tuple[Path, ort.InferenceSession]
+    tmp_path: Path, dense: tuple[Path, ort.InferenceSession], gateway_id: str
 ) -> None:
     """The cluster path on one machine. No Kubernetes API server can run here, so the gateway's real
     ``kubernetes`` client talks to ``tests.kube_emulator`` (an emulator of exactly the API subset the scaler
     calls, over HTTP, loaded from a kubeconfig); its pods are real ``wasm runner`` processes that share no
     disk with the gateway and fetch the function from it (``--source-url``), and a prober marks a pod ready
-    when its ``/v2/health/ready`` answers, as the kubelet's readiness probe would."""
+    when its ``/v2/health/ready`` answers, as the kubelet's readiness probe would. Once as the only gateway
+    (the scale subresource), once as one of several (its share on the Deployment, as the manifests run it)."""
+    from router.scalers.shares import ANNOTATION, parse_shares
     from tests.kube_emulator import KubeEmulator
 
     path, session = dense
@@ -460,6 +463,7 @@ def test_the_pod_tier_on_the_kubernetes_scaler_with_runner_pods_as_processes(
         env={
             "WASMGATE_POD_SCALER": "kubernetes",
             "WASMGATE_K8S_NAMESPACE": "default",
+            "WASMGATE_K8S_GATEWAY_ID": gateway_id,
             "WASMGATE_POD_IDLE_GRACE_S": "2",
             "WASMGATE_POD_MAX_REPLICAS": "2",
             "WASMGATE_POD_TARGET_IN_FLIGHT": "4",
@@ -527,9 +531,13 @@ def test_the_pod_tier_on_the_kubernetes_scaler_with_runner_pods_as_processes(
             )
             assert served == 20
 
-            # Idle past the grace period: the scale subresource goes back to 0 and the pods are stopped.
+            # Idle past the grace period: the Deployment goes back to 0 and the pods are stopped.
             wait_until(lambda: emulator.spec_replicas == 0, 30, "the Deployment to be scaled to zero")
             wait_until(lambda: all(p.proc is not None and p.proc.poll() is not None for p in pods.values()), 30, "pods")
+            shares = parse_shares(emulator.annotations().get(ANNOTATION))
+            assert {g: s.replicas for g, s in shares.items()} == ({gateway_id: 0} if gateway_id else {})
+            if gateway_id:
+                assert emulator.count("patch", "/apis/apps/v1/namespaces/default/deployments/wasmgate-runner") >= 2
         finally:
             probing = False
             gw.stop()

@@ -3,7 +3,10 @@ read from its Service's EndpointSlices.
 
 What it asks of the API server, and so what the gateway's RBAC Role must grant, in the scaler's namespace:
 
-- ``get`` and ``patch`` on ``deployments/scale`` in API group ``apps``;
+- one gateway (``gateway_id`` empty): ``get`` and ``patch`` on ``deployments/scale`` in API group ``apps``;
+- several gateways sharing the runners (``gateway_id`` set; ``router.scalers.shares``): ``get`` and ``patch``
+  on ``deployments`` in API group ``apps``, since the shares live in an annotation, which the scale
+  subresource does not carry;
 - ``list`` and ``watch`` on ``endpointslices`` in API group ``discovery.k8s.io``.
 
 Readiness comes from EndpointSlices rather than from pods: the EndpointSlice controller already folds a pod's
@@ -20,7 +23,10 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
+import random
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -30,6 +36,7 @@ import anyio.from_thread
 import anyio.to_thread
 
 from router.scaler import Replica
+from router.scalers import shares
 from wasm_host.errors import Unavailable
 
 try:
@@ -56,6 +63,9 @@ NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 #: Label the EndpointSlice controller puts on every slice of a Service.
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 
+#: Writes of this gateway's share that may meet a 409 Conflict in a row before ``scale`` gives up.
+CONFLICT_ATTEMPTS = 8
+
 #: A watch that the server ends sooner than this without an event is retried after a backoff (client-go's
 #: reflector treats such "very short watches" the same way).
 SHORT_WATCH_S = 1.0
@@ -81,6 +91,11 @@ class KubernetesScaler:
     (``targetRef``), else its address; the same id in two slices (the controller moves endpoints between
     slices) counts once. Its URL uses the endpoint's first address, bracketed when IPv6.
 
+    With a ``gateway_id``, the scaler speaks for one of several gateways in front of the Deployment
+    (``router.scalers.shares``): :meth:`scale` records ``replicas`` as this gateway's share and sets the
+    Deployment's replicas to the sum of the live shares, within ``min_replicas`` and ``max_replicas`` (None: no
+    cap); ``run`` also rewrites the share every ``share_ttl_s / 3`` seconds, dropping expired ones.
+
     The scaler closes the ``api_client`` on ``aclose`` only when it built it (``api_client=None`` or
     :meth:`from_settings`); a client passed in stays the caller's.
     """
@@ -96,11 +111,21 @@ class KubernetesScaler:
         watch_timeout_s: int = 30,
         request_timeout_s: float = 10.0,
         backoff_s: tuple[float, float] = (0.2, 5.0),
+        gateway_id: str = "",
+        min_replicas: int = 0,
+        max_replicas: int | None = None,
+        share_ttl_s: float = 30.0,
     ) -> None:
+        if share_ttl_s <= 0:
+            raise ValueError(f"share_ttl_s must be positive, got {share_ttl_s}")
         self.namespace = namespace
         self.deployment = deployment
         self.service = service
         self.port_name = port_name
+        self.gateway_id = gateway_id
+        self.min_replicas = min_replicas
+        self.max_replicas = max_replicas
+        self.share_ttl_s = share_ttl_s
         self._owns_client = api_client is None
         self._api = api_client if api_client is not None else _load_api_client("")[0]
         self._apps = kubernetes.client.AppsV1Api(self._api)
@@ -118,6 +143,11 @@ class KubernetesScaler:
         self._portless_logged: set[str] = set()
         self._active: _ActiveWatch | None = None
         self._closed = threading.Event()
+        # With a gateway_id: this gateway's share as last written, when it was written (monotonic), and a lock
+        # that keeps scale() and the heartbeat from writing at once.
+        self._share = 0
+        self._shared_at: float | None = None
+        self._share_lock = anyio.Lock()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> KubernetesScaler:
@@ -125,15 +155,24 @@ class KubernetesScaler:
         left alone). ``settings.kubeconfig`` names a kubeconfig file; when empty, the in-cluster service
         account is used, else ``~/.kube/config`` (or ``$KUBECONFIG``). The namespace is
         ``settings.k8s_namespace``, else the pod's own (the service account's namespace file), else
-        ``default``. Raises :class:`Unavailable` when no configuration can be loaded."""
+        ``default``. With ``settings.k8s_gateway_id`` the scaler records this gateway's share (bounded by
+        ``pod_min_replicas`` and ``pod_max_replicas``); with several worker processes each worker is a gateway
+        of its own, named by the id and its process id. Raises :class:`Unavailable` when no configuration can be
+        loaded."""
         api_client, in_cluster = _load_api_client(settings.kubeconfig)
         namespace = settings.k8s_namespace or (_pod_namespace() if in_cluster else "") or "default"
+        gateway_id = settings.k8s_gateway_id
+        if gateway_id and settings.workers > 1:
+            gateway_id = f"{gateway_id}.{os.getpid()}"
         scaler = cls(
             namespace=namespace,
             deployment=settings.k8s_deployment,
             service=settings.k8s_service,
             port_name=settings.k8s_port_name,
             api_client=api_client,
+            gateway_id=gateway_id,
+            min_replicas=settings.pod_min_replicas,
+            max_replicas=settings.pod_max_replicas,
         )
         scaler._owns_client = True
         return scaler
@@ -145,8 +184,11 @@ class KubernetesScaler:
 
     def wanted(self) -> int:
         """The replicas last asked for with :meth:`scale`, else the Deployment's ``spec.replicas`` as read
-        when ``run`` started (and again at each relist); 0 before either."""
-        return self._wanted
+        when ``run`` started (and again at each relist); 0 before either.
+
+        With a ``gateway_id``: this gateway's share, as last written (adopted from the Deployment at the first
+        write, when a share under this id is still live there); 0 before that."""
+        return self._share if self.gateway_id else self._wanted
 
     async def scale(self, replicas: int) -> None:
         """Patch the Deployment's scale subresource to ``replicas``.
@@ -155,10 +197,18 @@ class KubernetesScaler:
         (someone else scaled the Deployment), and a patch that changes nothing is a no-op on the server (no
         write, no new resourceVersion), so skipping it would save one request at the risk of a wrong answer.
         Raises :class:`Unavailable` naming the Deployment and the API's answer when the patch fails.
+
+        With a ``gateway_id``: record ``replicas`` as this gateway's share and set the Deployment's replicas to
+        the total (``router.scalers.shares``), retrying on conflicts; :meth:`wanted` changes only once the
+        write succeeded.
         """
         if replicas < 0:
             raise ValueError(f"replicas must not be negative, got {replicas}")
         self._scale_calls += 1
+        if self.gateway_id:
+            async with self._share_lock:
+                await self._write_share(replicas)
+            return
         try:
             result = await self._call(
                 self._apps.patch_namespaced_deployment_scale,
@@ -174,10 +224,107 @@ class KubernetesScaler:
         self._wanted = _spec_replicas(result, default=replicas)
 
     async def run(self, on_change: Callable[[], None]) -> None:
+        async with anyio.create_task_group() as tg:
+            if self.gateway_id:
+                tg.start_soon(self._heartbeat)
+            await self._discover(on_change)
+            tg.cancel_scope.cancel()
+
+    async def aclose(self) -> None:
+        """Stop watching (within a few seconds, even when the API server has stopped answering) and release
+        the client if the scaler built it. The Deployment is left as it is (a share, too, is left to expire)."""
+        self._closed.set()
+        active = self._active
+        if active is not None:
+            await active.halt()
+        if self._owns_client:
+            self._api.close()  # type: ignore[no-untyped-call]
+
+    # -- the shares of several gateways ----------------------------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        """Write this gateway's share now and then every third of the TTL, unchanged but freshly stamped,
+        dropping shares that expired and re-applying the total. A failure is logged; the share is still live
+        for two more attempts."""
+        while not self._closed.is_set():
+            async with self._share_lock:
+                try:
+                    await self._write_share(None)
+                except Unavailable as exc:
+                    log.warning("renewing this gateway's share of the runners failed: %s", exc)
+            await anyio.sleep(self.share_ttl_s / 3)
+
+    async def _write_share(self, replicas: int | None) -> None:
+        """Read the Deployment, and write ``replicas`` (None: the current share, or the one adopted) as this
+        gateway's share with the new total, conditional on the resourceVersion read; again on 409 Conflict."""
+        for attempt in range(CONFLICT_ATTEMPTS):
+            try:
+                current = await self._call(self._apps.read_namespaced_deployment, self.deployment, self.namespace)
+            except _TRANSIENT as exc:
+                raise self._unavailable("get", exc, "deployments") from exc
+            meta = current.metadata
+            if meta is None or not meta.resource_version:
+                unreadable = ValueError("the Deployment came without metadata.resourceVersion")
+                raise self._unavailable("get", unreadable, "deployments")
+            text = (meta.annotations or {}).get(shares.ANNOTATION)
+            now = time.time()
+            share = replicas
+            if share is None:
+                restarted = shares.adopted(text, self.gateway_id, now, self.share_ttl_s)
+                share = self._share if self._shared_at is not None or restarted is None else restarted
+            recent = self._shared_at is not None and time.monotonic() - self._shared_at <= self.share_ttl_s
+            plan = shares.plan(
+                text,
+                self.gateway_id,
+                share,
+                now=now,
+                ttl_s=self.share_ttl_s,
+                floor=self.min_replicas,
+                cap=self.max_replicas,
+                expire=recent,
+            )
+            try:
+                await self._call(
+                    self._apps.patch_namespaced_deployment,
+                    self.deployment,
+                    self.namespace,
+                    plan.patch(meta.resource_version),
+                    _content_type="application/merge-patch+json",
+                )
+            except _TRANSIENT as exc:
+                if isinstance(exc, ApiException) and exc.status == 409:
+                    # Someone wrote in between: read again. A short random pause (jitter, not a secret) keeps
+                    # two gateways that collided from colliding again in step.
+                    await anyio.sleep(random.uniform(0, 0.02 * (attempt + 1)))  # noqa: S311
+                    continue
+                raise self._unavailable("patch", exc, "deployments") from exc
+            if plan.dropped:
+                log.info("dropped the expired runner shares of gateways %s", ", ".join(plan.dropped))
+            if (current.spec.replicas if current.spec else None) != plan.replicas:
+                log.info(
+                    "runners at %d replicas: %d for this gateway (%s), %d gateways",
+                    plan.replicas,
+                    share,
+                    self.gateway_id,
+                    len(plan.shares),
+                )
+            self._share = share
+            self._shared_at = time.monotonic()
+            return
+        raise Unavailable(
+            f"cannot record this gateway's share of deployment {self.namespace}/{self.deployment}: it changed "
+            f"under {CONFLICT_ATTEMPTS} writes in a row (409 Conflict)",
+            retry_after=1.0,
+        )
+
+    # -- discovery -------------------------------------------------------------------------------------------
+
+    async def _discover(self, on_change: Callable[[], None]) -> None:
         backoff = self._backoff_min
         while not self._closed.is_set():
             try:
-                await self._read_scale()
+                if not self.gateway_id:
+                    await self._read_scale()
                 await self._relist(on_change)
                 while not self._closed.is_set():
                     started = anyio.current_time()
@@ -204,18 +351,6 @@ class KubernetesScaler:
                 )
             await anyio.sleep(backoff)
             backoff = min(backoff * 2, self._backoff_max)
-
-    async def aclose(self) -> None:
-        """Stop watching (within a few seconds, even when the API server has stopped answering) and release
-        the client if the scaler built it. The Deployment is left as it is."""
-        self._closed.set()
-        active = self._active
-        if active is not None:
-            await active.halt()
-        if self._owns_client:
-            self._api.close()  # type: ignore[no-untyped-call]
-
-    # -- discovery -------------------------------------------------------------------------------------------
 
     async def _read_scale(self) -> None:
         """Adopt the Deployment's spec.replicas, unless a scale() was made meanwhile. A failure is logged, not
@@ -350,26 +485,28 @@ class KubernetesScaler:
     def _where(self) -> str:
         return f"{self.namespace}/{self.service}"
 
-    def _unavailable(self, verb: str, exc: BaseException) -> Unavailable:
+    def _unavailable(self, verb: str, exc: BaseException, resource: str = "deployments/scale") -> Unavailable:
         what = f"deployment {self.namespace}/{self.deployment}"
+        if resource == "deployments/scale":
+            what = f"the scale of {what}"
         if isinstance(exc, ValueError):
-            return Unavailable(f"cannot {verb} the scale of {what}: the API server's answer is unreadable: {exc}")
+            return Unavailable(f"cannot {verb} {what}: the API server's answer is unreadable: {exc}")
         if not isinstance(exc, ApiException) or not exc.status:
             return Unavailable(
-                f"cannot {verb} the scale of {what}: the Kubernetes API server is unreachable ({_summary(exc)})",
+                f"cannot {verb} {what}: the Kubernetes API server is unreachable ({_summary(exc)})",
                 retry_after=1.0,
             )
         detail = _status_message(exc)
         if exc.status == 401:
             hint = "the API server did not accept the credentials (check the kubeconfig or service account token)"
         elif exc.status == 403:
-            hint = f"RBAC must allow {verb} on deployments/scale in API group apps in namespace {self.namespace}"
+            hint = f"RBAC must allow {verb} on {resource} in API group apps in namespace {self.namespace}"
         elif exc.status == 404:
             hint = "no such Deployment (check WASMGATE_K8S_DEPLOYMENT and WASMGATE_K8S_NAMESPACE)"
         else:
             hint = "the API server refused the request"
         return Unavailable(
-            f"cannot {verb} the scale of {what}: {exc.status} {exc.reason}: {hint}: {detail}",
+            f"cannot {verb} {what}: {exc.status} {exc.reason}: {hint}: {detail}",
             retry_after=_retry_after(exc),
         )
 
