@@ -4,7 +4,6 @@ response's headers say where it ran and why, and the results are checked against
 from __future__ import annotations
 
 import concurrent.futures
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 from gateway.demo import dense_model
 from tests.conftest import Digits, onnx_predict
 from tests.test_e2e import Gateway, free_port
-from tests.test_pod_tier import runner_pids, wait_until
+from tests.test_pod_tier import binary_body, runner_pids, wait_until
 from tests.test_scaling import metric
 
 pytestmark = pytest.mark.e2e
@@ -39,20 +38,8 @@ def infer(gw: Gateway, name: str, x: np.ndarray, **headers: str) -> httpx.Respon
 
 def infer_binary(gw: Gateway, name: str, x: np.ndarray) -> httpx.Response:
     """One FP32 input in OIP v2's binary tensor extension (a large batch without its JSON cost)."""
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "input",
-                    "shape": list(x.shape),
-                    "datatype": "FP32",
-                    "parameters": {"binary_data_size": x.nbytes},
-                }
-            ]
-        }
-    ).encode()
-    headers = {"inference-header-content-length": str(len(header))}
-    return httpx.post(f"{gw.url}/v2/models/{name}/infer", content=header + x.tobytes(), headers=headers, timeout=120)
+    body, headers = binary_body(x)
+    return httpx.post(f"{gw.url}/v2/models/{name}/infer", content=body, headers=headers, timeout=120)
 
 
 def where(r: httpx.Response) -> tuple[str, str]:
