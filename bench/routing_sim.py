@@ -163,7 +163,7 @@ class Simulation:
         self.held: collections.deque[_Req] = collections.deque()
         self.wanted = 0
         self.below_since: float | None = None
-        self.demand_elsewhere_at = -float("inf")
+        self.noted = False  # a request served elsewhere counted as pod demand since the last decision
         self.replica_seconds = 0.0
         self._integrated_to = 0.0
         # What the gateway has measured per function, tier and size (gateway.routing feeds the same book).
@@ -226,7 +226,7 @@ class Simulation:
         d = req.decision = decide(inputs)
         req.tier, req.reason = d.tier, d.reason
         if d.scale_pod:  # gateway.routing: Activator.note_demand, then PodTier.preload
-            self.demand_elsewhere_at = self.now
+            self.noted = True
             self._at(self.now, "kick")
             if ready and not warm:
                 self._preload(fn)
@@ -389,8 +389,8 @@ class Simulation:
         self._integrated_to = self.now
         policy = self.cfg.scale
         demand = sum(self.in_flight.values()) + len(self.held)
-        if self.now - self.demand_elsewhere_at < policy.idle_grace_s:
-            demand = max(demand, 1)
+        if self.noted:
+            demand, self.noted = max(demand, 1), False
         current = self.wanted
         if needed_replicas(policy, demand) >= current:
             self.below_since = None

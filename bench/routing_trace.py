@@ -2,7 +2,7 @@
 simulated for the same three, with p50 and p99 latency and the pod tier's replica-seconds (its GPU cost).
 
     python -m bench.routing_trace [--duration 50] [--rate 25] [--seed 7] [--large-share 0.3]
-        [--sizes 256,1024,1024,1024,10] [--gpu-speedup 10] [--json OUT] [--quick]
+        [--sizes 256,1024,1024,1024,10] [--gpu-speedup 10] [--idle-grace 3] [--json OUT] [--quick]
 
 **The trace** (seeded, the same for every policy). Bursts of 2-6 s whose arrivals are Poisson at ``--rate``
 requests per second, separated by idle gaps of 1-8 s, most longer than the pod tier's idle grace (3 s), so the
@@ -465,6 +465,7 @@ def main() -> None:
     parser.add_argument("--large-share", type=float, default=0.3, help="share of requests for the large model")
     parser.add_argument("--sizes", help="the large MLP's layer widths, comma-separated (default 256,1024,1024,1024,10)")
     parser.add_argument("--gpu-speedup", type=float, default=10.0, help="ASSUMED large-model speed-up on a GPU pod")
+    parser.add_argument("--idle-grace", type=float, help="the pod tier's pod_idle_grace_s (default 3; quick 1)")
     parser.add_argument("--json", type=Path, help="write the raw numbers here")
     parser.add_argument("--quick", action="store_true", help="a few seconds of trace, a small MLP: a smoke test")
     args = parser.parse_args()
@@ -473,11 +474,12 @@ def main() -> None:
     mode = QUICK if args.quick else FULL
     duration = args.duration if args.duration is not None else mode.duration_s
     rate = args.rate if args.rate is not None else mode.rate
+    grace = args.idle_grace if args.idle_grace is not None else mode.idle_grace_s
     trace = make_trace(mode, args.seed, duration, rate, args.large_share)
     env = {
         "WASMGATE_ACCELERATORS": "yes",
         "WASMGATE_TIER_POD_BYTES": str(mode.tier_pod_bytes),
-        "WASMGATE_POD_IDLE_GRACE_S": str(mode.idle_grace_s),
+        "WASMGATE_POD_IDLE_GRACE_S": str(grace),
         "WASMGATE_POD_MAX_REPLICAS": "2",
         "WASMGATE_DRAIN_TIMEOUT_S": "2",
     }
@@ -490,7 +492,7 @@ def main() -> None:
     for m in models.values():
         paths[m.name] = tmp / f"{m.name}.onnx"
         paths[m.name].write_bytes(m.onnx)
-    print(trace.summary(mode.idle_grace_s))
+    print(trace.summary(grace))
     print(
         f"models: small = digits logistic regression ({models[SMALL].figures.bytes / 1e3:.0f} KB), large = MLP "
         f"{sizes} ({models[LARGE].figures.bytes / 1e6:.1f} MB, {models[LARGE].figures.flops_per_row / 1e6:.1f} "

@@ -88,7 +88,6 @@ class Activator:
         self._below_since: float | None = None
         self._peak = 0  # most requests in flight or held at once since the last scaling decision
         self._last_scale_error: str | None = None
-        self._demand_elsewhere_at = -float("inf")  # last request served by another tier for lack of a replica
         self._scaling_from_zero_at: float | None = None
         #: How long the last scale-up from zero took to bring a replica ready (seconds); None until one did.
         self.scale_up_s: float | None = None
@@ -136,8 +135,6 @@ class Activator:
         # short requests is mostly between requests at any given instant, and must not read as no demand.
         demand = max(self._peak, sum(self.in_flight.values()) + len(self._held))
         self._peak = 0
-        if now - self._demand_elsewhere_at < self.policy.idle_grace_s:
-            demand = max(demand, 1)  # requests are being served elsewhere until a replica is up
         current = self.scaler.wanted()
         if needed_replicas(self.policy, demand) >= current:
             self._below_since = None
@@ -256,9 +253,10 @@ class Activator:
         return self._candidate(function, ())
 
     def note_demand(self) -> None:
-        """A request that wanted this tier was served by another one because no replica was ready (cold-start
-        masking): count it as demand, so that the tier scales up for the requests that follow."""
-        self._demand_elsewhere_at = time.monotonic()
+        """A request that wants this tier was served by another one (cold-start masking, say): count it as one
+        request seen since the last scaling decision, so that the tier scales up for the requests that follow
+        and, like any request, holds it up until the idle grace has passed since the last one."""
+        self._peak = max(self._peak, 1)
         self._kick.set()
 
     @property

@@ -210,3 +210,27 @@ def test_a_steady_stream_of_short_requests_keeps_the_tier_up() -> None:
             tg.cancel_scope.cancel()
 
     anyio.run(main)
+
+
+def test_demand_served_elsewhere_scales_up_and_holds_the_tier_one_grace_period() -> None:
+    """Requests masked on the Wasm tier (note_demand) scale the tier up at once, keep it up while they come,
+    and let it go one grace period after the last, as requests it served would. Scaling decisions are driven
+    with an explicit clock."""
+
+    async def main() -> None:
+        scaler = ScriptedScaler()
+        activator = Activator(scaler, ScalePolicy(idle_grace_s=10), 10, 30)
+        activator.note_demand()
+        await activator._scale_once(0.0)
+        assert scaler.asked == [1]
+        scaler.set_ready(R1)
+        for t in (5.0, 10.0, 15.0):  # masked requests keep coming: no scale-down
+            activator.note_demand()
+            await activator._scale_once(t)
+        await activator._scale_once(15.5)  # the first decision without demand starts the grace period
+        await activator._scale_once(25.0)
+        assert scaler.asked == [1]
+        await activator._scale_once(25.5)  # one grace period after the last demand was seen
+        assert scaler.asked == [1, 0]
+
+    anyio.run(main)
