@@ -135,8 +135,7 @@ def _decide(
         raise Unavailable(f"{manifest.name!r}: {exc}") from None
     if decision.scale_pod and pods is not None and pods.activator is not None:
         pods.activator.note_demand()  # scale up for the requests that follow
-        if pod.ready > 0 and pod.warm == 0:  # a replica is up but lacks the model: load it now, not at a request
-            pods.preload(Target(name, version))
+        pods.preload(Target(name, version))  # a ready replica that lacks the model loads it now, not at a request
     return decision
 
 

@@ -13,7 +13,7 @@ Figures are kept per version and live as long as the gateway process: a function
 from __future__ import annotations
 
 from router.policy import Tier
-from router.wasm_tier import EWMA_WEIGHT
+from router.wasm_tier import ewma
 
 
 class ServiceTimes:
@@ -24,8 +24,7 @@ class ServiceTimes:
 
     def observe(self, function: str, version: int, tier: Tier, rows: int, ms: float) -> None:
         key = (function, version, tier, rows >= self.big_rows)
-        typical = self._ms.get(key)
-        self._ms[key] = ms if typical is None else typical + EWMA_WEIGHT * (ms - typical)
+        self._ms[key] = ewma(self._ms.get(key), ms)
 
     def typical_ms(self, function: str, version: int, tier: Tier, rows: int) -> float | None:
         return self._ms.get((function, version, tier, rows >= self.big_rows))

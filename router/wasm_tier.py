@@ -28,6 +28,11 @@ from wasm_host.tensors import Tensor, TensorSpec
 EWMA_WEIGHT = 0.2
 
 
+def ewma(typical: float | None, sample: float) -> float:
+    """A running figure moved toward ``sample`` by ``EWMA_WEIGHT``; the first sample stands alone."""
+    return sample if typical is None else typical + EWMA_WEIGHT * (sample - typical)
+
+
 class WasmTier:
     name = "wasm"
 
@@ -61,6 +66,4 @@ def _run(pool: InstancePool, inputs: Sequence[Tensor], outputs: Sequence[TensorS
         with pool.instance() as instance:
             return instance.handle(inputs, outputs, pool.settings.deadline_ms or None)
     finally:  # failures count too: a guest that ran into its deadline must not look quick
-        elapsed_ms = (time.perf_counter() - started) * 1000
-        typical = pool.typical_ms
-        pool.typical_ms = elapsed_ms if typical is None else typical + EWMA_WEIGHT * (elapsed_ms - typical)
+        pool.typical_ms = ewma(pool.typical_ms, (time.perf_counter() - started) * 1000)
