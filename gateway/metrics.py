@@ -115,6 +115,13 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.pod_keep_alive = Gauge(
+            "wasmgate_pod_keep_alive_seconds",
+            "How long the last pod-tier replica stays up after the last request: the idle grace, stretched by "
+            "the tier's idle gaps (setting pod_keep_alive_max_s).",
+            registry=r,
+            multiprocess_mode="max",
+        )
         self.pod_scale_events = Counter(
             "wasmgate_pod_scale_events",
             "Times the pod tier was asked for a new replica count, by direction (up, down, zero).",
@@ -131,7 +138,7 @@ class Metrics:
         self.decisions = Counter(
             "wasmgate_route_decisions",
             "Routing decisions by function, the tier chosen and the reason (home, home_cold, spill_batch, "
-            "spill_saturated, cold_start_masked, hint, fallback, retry).",
+            "spill_saturated, cold_start_masked, faster, hint, fallback, retry).",
             ["function", "tier", "reason"],
             registry=r,
         )
@@ -233,13 +240,16 @@ class Metrics:
         for rank, provider in enumerate(providers):
             self.execution_provider.labels(provider, str(rank)).set(1)
 
-    def pod_state(self, ready: int, wanted: int, held: int, in_flight: int, replica_seconds: float) -> None:
+    def pod_state(
+        self, ready: int, wanted: int, held: int, in_flight: int, replica_seconds: float, keep_alive_s: float
+    ) -> None:
         self.pod_replica_seconds.inc(max(0.0, replica_seconds - self._replica_seconds))
         self._replica_seconds = replica_seconds
         self.pod_replicas.labels("ready").set(ready)
         self.pod_replicas.labels("wanted").set(wanted)
         self.pod_held.set(held)
         self.pod_in_flight.set(in_flight)
+        self.pod_keep_alive.set(keep_alive_s)
 
     def pod_scaled(self, replicas: int) -> None:
         direction = "zero" if replicas == 0 else "up" if replicas > self._pod_wanted else "down"

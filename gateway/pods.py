@@ -85,7 +85,13 @@ def make_pod_tier(settings: Settings, observer: PodObserver | None) -> tuple[Pod
     # With shares, pod_min_replicas bounds their total, which the scaler applies: each gateway's own share
     # scales from zero, or N idle gateways would keep N times the minimum.
     floor = 0 if shares_runners(settings) else settings.pod_min_replicas
-    policy = ScalePolicy(floor, settings.pod_max_replicas, settings.pod_target_in_flight, settings.pod_idle_grace_s)
+    policy = ScalePolicy(
+        floor,
+        settings.pod_max_replicas,
+        settings.pod_target_in_flight,
+        settings.pod_idle_grace_s,
+        settings.pod_keep_alive_max_s,
+    )
     activator = (
         None
         if scaler is None

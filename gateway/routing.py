@@ -113,7 +113,9 @@ def _decide(
         pod = PodState()
     else:
         act = pods.activator
-        pod = PodState(True, act.ready, act.warm(name), act.in_flight_total, act.held, pod_ms, act.scale_up_s)
+        pod = PodState(
+            True, act.ready, act.warm(name), act.in_flight_total, act.held, pod_ms, act.scale_up_s, act.backlog_ms(name)
+        )
     inputs = RouteInputs(
         tier=manifest.tier,
         figures=manifest.figures,
@@ -176,14 +178,15 @@ async def _attempt(
         else:
             assert state.pods is not None
             target = Target(manifest.name, manifest.version, manifest.endpoint, manifest.endpoint_model)
+            expected = state.service_times.expected_ms(manifest.name, manifest.version, rows)
             try:
                 # A retry never waits for a replica to start: it runs now, or fails now.
-                served = await state.pods.infer(target, body, request.headers, exclude, hold=reason != "retry")
+                served = await state.pods.infer(target, body, request.headers, exclude, reason != "retry", expected)
             except ReplicaUnreachable as exc:
                 raise _NotRun(exc, exc.replica) from exc
             payload, headers, replica, cold = served.response.body, served.response.headers, served.replica, served.held
             status = served.response.status
-            if status == 200 and not cold:
+            if status == 200 and not cold and served.alone:  # a replica's service, not its queue
                 state.service_times.observe(manifest.name, manifest.version, tier, rows, served.elapsed_ms)
     except _NotRun as exc:
         status = status_of(exc.cause)

@@ -116,6 +116,9 @@ class Settings:
     pod_target_in_flight: int = 16
     #: Seconds without pod-tier requests before its replicas scale to zero (to ``pod_min_replicas``).
     pod_idle_grace_s: float = 60.0
+    #: The most the keep-alive stretches the wait before the last replica goes, when the tier's idle gaps show
+    #: traffic coming back after pauses longer than the grace (router.pod_policy.keep_alive_s; 0: off).
+    pod_keep_alive_max_s: float = 300.0
     #: Requests held while no replica is ready (scaling from zero), and how long each may wait (then 503).
     pod_max_held: int = 256
     pod_hold_timeout_s: float = 120.0

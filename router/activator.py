@@ -10,8 +10,11 @@ Every pod-tier request passes through :meth:`Activator.acquire`, which yields a 
   released once, so nothing is lost and nothing runs twice.
 
 Scaling follows demand (in-flight plus held requests) through :func:`router.pod_policy.desired_replicas`:
-up at once, down (to zero included) only after demand has stayed low for the idle grace period. The
-activator counts in flight per replica itself, so it needs nothing from the replicas but their readiness.
+up at once, down only after demand has stayed low for the idle grace period, and to zero only after the
+keep-alive, which the idle gaps this tier has seen stretch past the grace (:func:`router.pod_policy.keep_alive_s`:
+traffic that pauses and comes back finds a warm replica). The activator counts in flight per replica itself,
+and the expected work of what is in flight (the router's figures, passed in by the caller: the backlog a new
+request would queue behind), so it needs nothing from the replicas but their readiness.
 Every activator decides from its own requests only: where several gateways front one runner Deployment, the
 count it asks for is its gateway's share, and the scaler runs the sum of the gateways' shares
 (``router.scalers.shares``), so one gateway's idleness never scales away runners another one is using.
@@ -29,7 +32,7 @@ from typing import Protocol
 
 import anyio
 
-from router.pod_policy import ScalePolicy, desired_replicas, needed_replicas, pick_replica
+from router.pod_policy import IdleGaps, ScalePolicy, desired_replicas, needed_replicas, pick_replica
 from router.scaler import Replica, Scaler
 from wasm_host.errors import TooManyRequests, Unavailable
 
@@ -43,17 +46,21 @@ SUSPECT_S = 2.0
 class PodObserver(Protocol):
     """What the activator reports (the metrics implement it)."""
 
-    def pod_state(self, ready: int, wanted: int, held: int, in_flight: int, replica_seconds: float) -> None: ...
+    def pod_state(
+        self, ready: int, wanted: int, held: int, in_flight: int, replica_seconds: float, keep_alive_s: float
+    ) -> None: ...
 
     def pod_scaled(self, replicas: int) -> None: ...
 
 
 @dataclasses.dataclass(frozen=True)
 class Lease:
-    """A replica for one request; ``held``: the request waited for the tier to scale up."""
+    """A replica for one request; ``held``: the request waited for the tier to scale up; ``alone``: nothing
+    else was in flight on the replica when the request took it (its time is the replica's service alone)."""
 
     replica: Replica
     held: bool
+    alone: bool = False
 
 
 class _Held:
@@ -81,6 +88,7 @@ class Activator:
         self.observer = observer
         self.tick_s = tick_s
         self.in_flight: dict[str, int] = collections.defaultdict(int)
+        self._backlog: dict[str, float] = collections.defaultdict(float)  # replica id -> expected ms in flight
         self._holders: dict[str, set[str]] = collections.defaultdict(set)  # function -> replica ids
         self._suspect: dict[str, float] = {}  # replica id -> monotonic time it failed
         self._held: collections.deque[_Held] = collections.deque()
@@ -94,6 +102,7 @@ class Activator:
         #: Replicas asked for, integrated over time: what the pod tier costs (GPU-seconds, on a GPU pool).
         self.replica_seconds = 0.0
         self._last_tick: float | None = None
+        self.idle = IdleGaps(policy)
 
     # -- running -------------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -135,13 +144,14 @@ class Activator:
         # short requests is mostly between requests at any given instant, and must not read as no demand.
         demand = max(self._peak, sum(self.in_flight.values()) + len(self._held))
         self._peak = 0
+        self.idle.note(demand, now)
         current = self.scaler.wanted()
         if needed_replicas(self.policy, demand) >= current:
             self._below_since = None
         elif self._below_since is None:
             self._below_since = now
         below_for = 0.0 if self._below_since is None else now - self._below_since
-        want = desired_replicas(self.policy, demand, current, below_for)
+        want = desired_replicas(self.policy, demand, current, below_for, self.idle.keep_alive_s)
         if want != current:
             log.info("scaling the pod tier from %d to %d replicas (demand %d)", current, want, demand)
             try:
@@ -174,12 +184,16 @@ class Activator:
                 len(self._held),
                 sum(self.in_flight.values()),
                 self.replica_seconds,
+                self.idle.keep_alive_s,
             )
 
     # -- serving -------------------------------------------------------------------------------------------
     @contextlib.asynccontextmanager
-    async def acquire(self, function: str, exclude: Collection[str] = (), hold: bool = True) -> AsyncIterator[Lease]:
-        """A ready replica for one request of ``function``, counted in flight until the block exits.
+    async def acquire(
+        self, function: str, exclude: Collection[str] = (), hold: bool = True, expected_ms: float = 0.0
+    ) -> AsyncIterator[Lease]:
+        """A ready replica for one request of ``function``, counted in flight until the block exits, with
+        ``expected_ms`` of work (the router's figure for it) added to the replica's backlog meanwhile.
 
         With no replica ready, the request is held (``hold``), or refused with 503 at once (a retry, which
         must not wait behind new requests). ``exclude`` names replicas already tried."""
@@ -190,14 +204,18 @@ class Activator:
                 raise Unavailable("no other pod-tier replica is ready to retry on", retry_after=1)
             replica = await self._hold(function, exclude)
             held = True
+        alone = self.in_flight.get(replica.id, 0) == 0
         self.in_flight[replica.id] += 1
+        self._backlog[replica.id] += expected_ms
         self._peak = max(self._peak, sum(self.in_flight.values()) + len(self._held))
         try:
-            yield Lease(replica, held)
+            yield Lease(replica, held, alone)
         finally:
             self.in_flight[replica.id] -= 1
+            self._backlog[replica.id] -= expected_ms
             if self.in_flight[replica.id] <= 0:
                 del self.in_flight[replica.id]
+                del self._backlog[replica.id]  # no float residue left behind
             if held or not self.in_flight:
                 self._kick.set()  # demand changed in a way the scaler should hear about promptly
 
@@ -251,6 +269,11 @@ class Activator:
     def pick(self, function: str) -> Replica | None:
         """The replica a request of ``function`` would get now, without taking it; None when none is ready."""
         return self._candidate(function, ())
+
+    def backlog_ms(self, function: str) -> float:
+        """The expected work in flight on the replica a request of ``function`` would get now (0: none)."""
+        replica = self.pick(function)
+        return 0.0 if replica is None else self._backlog.get(replica.id, 0.0)
 
     def note_demand(self) -> None:
         """A request that wants this tier was served by another one (cold-start masking, say): count it as one

@@ -4,7 +4,10 @@ One running figure (an exponentially weighted moving average, newest call weight
 function, per tier, per size class: requests below ``spill_batch_rows`` rows, and requests at or above it,
 whose cost is of another order. Only answered requests count, and only their service: a Wasm-tier figure
 starts when the request has its admission slot (the policy adds the queue it sees), and a pod-tier figure
-leaves out requests that were held while the tier scaled up (a cold start is not what a warm replica costs).
+counts only requests that found their replica with nothing else in flight: not those held while the tier
+scaled up (a cold start is not what a warm replica costs), nor those that queued behind others on it (the
+policy adds the backlog it sees, ``PodState.backlog_ms``; a figure learnt behind a long batch would keep a
+function off a tier that is in fact quicker for it).
 
 Figures are kept per version and live as long as the gateway process: a function pushed again starts afresh
 (its code or model may have changed what it costs).
@@ -28,6 +31,14 @@ class ServiceTimes:
 
     def typical_ms(self, function: str, version: int, tier: Tier, rows: int) -> float | None:
         return self._ms.get((function, version, tier, rows >= self.big_rows))
+
+    def expected_ms(self, function: str, version: int, rows: int) -> float:
+        """What a request of ``rows`` rows is expected to take on a pod replica, for the backlog of the one it
+        is sent to: its pod figure, else its sandbox figure (an upper bound where the pods are quicker), else 0."""
+        pod = self.typical_ms(function, version, "pod", rows)
+        if pod is not None:
+            return pod
+        return self.typical_ms(function, version, "wasm", rows) or 0.0
 
     def other_size(self, function: str, version: int, rows: int) -> tuple[float | None, float | None]:
         """The (wasm, pod) figures of the size class ``rows`` is not in."""

@@ -40,6 +40,7 @@ class Served:
     replica: str  # what x-wasmgate-replica reports
     held: bool  # the request waited for the tier to scale up
     elapsed_ms: float  # from being forwarded to the whole answer (a held request's wait left out)
+    alone: bool = False  # nothing else was in flight on the replica: ``elapsed_ms`` is its service alone
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,11 +69,19 @@ class PodTier:
             await self.activator.scaler.aclose()
 
     async def infer(
-        self, target: Target, body: bytes, headers: Mapping[str, str], exclude: Collection[str] = (), hold: bool = True
+        self,
+        target: Target,
+        body: bytes,
+        headers: Mapping[str, str],
+        exclude: Collection[str] = (),
+        hold: bool = True,
+        expected_ms: float = 0.0,
     ) -> Served:
         """One attempt on one replica (or on the registered endpoint). Raises ReplicaUnreachable, naming the
         replica, when it did not take the request: the caller may retry elsewhere, once. ``exclude`` and
-        ``hold`` are for that retry: skip the replica that failed, and do not wait for one to start."""
+        ``hold`` are for that retry: skip the replica that failed, and do not wait for one to start.
+        ``expected_ms`` is what the router expects the request to take, counted in the replica's backlog
+        while it runs (``Activator.backlog_ms``)."""
         if target.endpoint is not None:
             url = f"{target.endpoint}/v2/models/{target.endpoint_model or target.name}/infer"
             started = time.perf_counter()
@@ -83,14 +92,15 @@ class PodTier:
                     f"the endpoint registered for {target.name!r} is unreachable: {exc}", 5, replica=target.endpoint
                 ) from exc
             _check_taken(response, target.endpoint)
-            return Served(response, target.endpoint, False, _ms_since(started))
+            # alone: an endpoint's load is not seen from here, and its answers are the only figures there are
+            return Served(response, target.endpoint, False, _ms_since(started), True)
         if self.activator is None:
             raise Unavailable(
                 f"{target.name!r} runs on the pod tier, and this gateway has none (setting pod_scaler is 'none'); "
                 "configure a scaler, or push the function with --tier wasm"
             )
         path = f"/v2/models/{target.name}/versions/{target.version}/infer"
-        async with self.activator.acquire(target.name, exclude=exclude, hold=hold) as lease:
+        async with self.activator.acquire(target.name, exclude, hold, expected_ms) as lease:
             started = time.perf_counter()
             try:
                 response = await self.forwarder.post(lease.replica.url + path, body, headers)
@@ -99,7 +109,7 @@ class PodTier:
                 raise ReplicaUnreachable(str(exc), 1, replica=lease.replica.id) from exc
             _check_taken(response, lease.replica.id)
             self.activator.served(target.name, lease.replica)
-            return Served(response, lease.replica.id, lease.held, _ms_since(started))
+            return Served(response, lease.replica.id, lease.held, _ms_since(started), lease.alone)
 
     def preload(self, target: Target) -> None:
         """Have a ready replica that lacks ``target``'s function load it now, in the background (see the

@@ -32,7 +32,10 @@ must first scale from zero, say. Nothing left is a 503 naming why.
   or at or above it), each tier's expected time is its measured service time scaled by its queue, and the
   request goes to the quicker one. On a cluster whose pods are no faster than the sandbox for this function,
   its requests stay in the Wasm tier and the pod tier scales to zero; where the pods are faster (a GPU, a
-  large batch), they win. What is measured is kept per function, per tier, per size class
+  large batch), they win. Until both are measured, the rules above place the request, except that a
+  Wasm-home request whose size has been measured on the pods only stays in the sandbox, to be measured there
+  too (without this, spill-over by batch size would never learn that the sandbox is quicker for a model whose
+  big batches cost little). What is measured is kept per function, per tier, per size class
   (:class:`router.latency.ServiceTimes`); the figures are only refreshed by traffic, so a tier that lost
   stays judged by its last figures until load (a queue on the winner) sends requests back to it.
 
@@ -93,8 +96,9 @@ class PodState:
     warm: int = 0  # ready replicas that hold the function's model (an endpoint counts as one)
     in_flight: int = 0
     held: int = 0
-    typical_ms: float | None = None  # recent forward time of such a request, on a warm replica
+    typical_ms: float | None = None  # recent forward time of such a request, on a warm, otherwise idle replica
     scale_up_s: float | None = None  # how long the tier took to bring a replica up, recently
+    backlog_ms: float = 0.0  # expected time of the requests already in flight on the replica it would get
 
 
 @dataclasses.dataclass(slots=True)
@@ -207,6 +211,10 @@ def _move_from_wasm(r: RouteInputs) -> str | None:
         if pod_ms >= wasm_ms:
             return None
         return "spill_batch" if big else "spill_saturated" if saturated else "faster"
+    if _by_service_time(r) and r.wasm.typical_ms is None and r.pod.typical_ms is not None:
+        # The pods have been measured at this size and the sandbox not yet: stay home this once, or the rule
+        # below would send every such request to the pods without ever learning the sandbox was quicker.
+        return None
     return "spill_batch" if big else "spill_saturated" if saturated else None
 
 
@@ -234,13 +242,21 @@ def _pod_pays_at_other_size(r: RouteInputs, home: Tier) -> bool:
 def _costs(r: RouteInputs) -> tuple[float, float] | None:
     """Expected milliseconds on (wasm, a warm pod) when the function is placed by the router (tier ``auto``)
     and both tiers have figures for this size of request; else None. The Wasm figure is a service time, so
-    the queue in front of the pool scales it; the pod figure was measured through the replica's own queue."""
-    if not r.thresholds.by_service_time or r.tier != "auto":
-        return None
-    if r.wasm.typical_ms is None or r.pod.typical_ms is None:
+    the queue in front of the pool scales it; the pod figure is a replica's service when it has nothing else in
+    flight, so the work already in flight on the replica the request would get is added to it (a replica
+    serves one request at a time at worst: a GPU runs one kernel stream; this errs towards the sandbox)."""
+    if not _by_service_time(r) or r.wasm.typical_ms is None:
         return None
     queue = r.wasm.queued / max(1, r.wasm.concurrency) if r.wasm.in_flight >= r.wasm.concurrency else 0.0
-    return r.wasm.typical_ms * (1.0 + queue), r.pod.typical_ms
+    wasm_ms = r.wasm.typical_ms * (1.0 + queue)
+    if r.pod.typical_ms is None:
+        # Not measured on the pods: only the backlog there is known, a lower bound that may already decide.
+        return (wasm_ms, r.pod.backlog_ms) if r.pod.backlog_ms > wasm_ms else None
+    return wasm_ms, r.pod.typical_ms + r.pod.backlog_ms
+
+
+def _by_service_time(r: RouteInputs) -> bool:
+    return r.thresholds.by_service_time and r.tier == "auto"
 
 
 def _expected_ms(tier: Tier, r: RouteInputs) -> float | None:

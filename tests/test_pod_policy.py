@@ -13,7 +13,7 @@ import anyio
 import pytest
 
 from router.activator import Activator
-from router.pod_policy import ScalePolicy, desired_replicas, needed_replicas, pick_replica
+from router.pod_policy import IdleGaps, ScalePolicy, desired_replicas, keep_alive_s, needed_replicas, pick_replica
 from router.scaler import Replica
 from wasm_host.errors import TooManyRequests, Unavailable
 
@@ -232,5 +232,85 @@ def test_demand_served_elsewhere_scales_up_and_holds_the_tier_one_grace_period()
         assert scaler.asked == [1]
         await activator._scale_once(25.5)  # one grace period after the last demand was seen
         assert scaler.asked == [1, 0]
+
+    anyio.run(main)
+
+
+def test_the_keep_alive_stretches_to_cover_the_gaps_seen_within_its_ceiling() -> None:
+    assert keep_alive_s([], 3.0, 300.0) == 3.0  # nothing seen: the idle grace
+    assert keep_alive_s([8.0], 3.0, 300.0) == 3.0  # one gap is not a rhythm yet
+    assert keep_alive_s([5.0, 8.0], 3.0, 300.0) == pytest.approx(8.8)  # the 90th percentile, plus 10%
+    gaps = [4.0] * 9 + [100.0]  # one long pause in ten sets the 90th percentile no higher than the rest
+    assert keep_alive_s(gaps, 3.0, 300.0) == pytest.approx(4.4)
+    assert keep_alive_s([500.0, 600.0], 3.0, 300.0) == 300.0  # never past the ceiling
+    assert keep_alive_s([5.0, 8.0], 3.0, 0.0) == 3.0  # a ceiling at or below the grace: off
+
+
+def test_the_last_replica_waits_out_the_keep_alive_and_the_others_only_the_grace() -> None:
+    policy = ScalePolicy(max_replicas=4, target_in_flight=2, idle_grace_s=10)
+    assert desired_replicas(policy, demand=0, current=3, below_for_s=10, keep_alive=30) == 1
+    assert desired_replicas(policy, demand=0, current=1, below_for_s=29, keep_alive=30) == 1
+    assert desired_replicas(policy, demand=0, current=1, below_for_s=30, keep_alive=30) == 0
+    assert desired_replicas(policy, demand=0, current=3, below_for_s=10, keep_alive=5) == 0  # shorter: the grace
+    assert desired_replicas(policy, demand=3, current=3, below_for_s=10, keep_alive=30) == 2  # not to zero
+
+
+def test_idle_gaps_are_the_pauses_longer_than_the_grace_after_demand_was_seen() -> None:
+    gaps = IdleGaps(ScalePolicy(idle_grace_s=3, keep_alive_max_s=60))
+    for now, demand in [(0.0, 0), (50.0, 0), (100.0, 1), (101.0, 0), (102.0, 1), (103.0, 0), (110.0, 2)]:
+        gaps.note(demand, now)
+    # The 100 s before the first request are not a gap, nor is the 1 s pause (within the grace): only the 7 s.
+    assert list(gaps.gaps) == [7.0]
+    assert gaps.keep_alive_s == 3.0
+    for now, demand in [(111.0, 0), (116.0, 1)]:
+        gaps.note(demand, now)
+    assert list(gaps.gaps) == [7.0, 5.0]
+    assert gaps.keep_alive_s == pytest.approx(7.7)
+
+
+def test_the_tier_stays_up_through_pauses_it_has_learnt_to_expect() -> None:
+    """Bursts 8 s apart, with an idle grace of 3 s: after two such pauses the last replica waits out the
+    next one instead of going to zero. Scaling decisions are driven with an explicit clock."""
+
+    async def main() -> None:
+        scaler = ScriptedScaler()
+        activator = Activator(scaler, ScalePolicy(idle_grace_s=3, keep_alive_max_s=60), 10, 30)
+        scaler.set_ready(R1)
+
+        async def burst(at: float) -> None:
+            async with activator.acquire("f"):
+                await activator._scale_once(at)
+            await activator._scale_once(at + 1)  # the burst is over
+
+        await burst(0.0)
+        for at in (9.0, 18.0):  # the first two pauses are learnt the hard way: down to zero each time
+            await activator._scale_once(at - 4)
+            assert scaler.wanted() == 0
+            await burst(at)
+        assert activator.idle.keep_alive_s == pytest.approx(8.8)
+        asked = len(scaler.asked)
+        await activator._scale_once(23.0)  # 5 s idle: past the grace, within the keep-alive
+        await burst(27.0)
+        assert scaler.asked[asked:] == []  # never asked for zero: the burst found its replica warm
+        await activator._scale_once(40.0)
+        assert scaler.wanted() == 0  # a pause longer than the keep-alive still ends at zero
+
+    anyio.run(main)
+
+
+def test_a_lease_says_whether_its_replica_was_idle_and_the_backlog_counts_expected_work() -> None:
+    async def main() -> None:
+        scaler = ScriptedScaler()
+        activator = Activator(scaler, ScalePolicy(target_in_flight=4), 10, 30)
+        scaler.set_ready(R1)
+        assert activator.backlog_ms("f") == 0.0
+        async with activator.acquire("f", expected_ms=50.0) as first:
+            assert first.alone
+            assert activator.backlog_ms("f") == 50.0
+            async with activator.acquire("f", expected_ms=10.0) as second:
+                assert not second.alone  # it queues behind the first: its time is not the replica's service
+                assert activator.backlog_ms("f") == 60.0
+            assert activator.backlog_ms("f") == 50.0
+        assert activator.backlog_ms("f") == 0.0
 
     anyio.run(main)

@@ -170,6 +170,39 @@ def test_auto_functions_go_where_their_measured_service_is_quicker() -> None:
     assert decide(with_times(3.0, 10.0, wasm=saturated, pod=WARM_POD)).tier == "wasm"
 
 
+def test_a_size_measured_only_on_the_pods_is_measured_in_the_sandbox_next() -> None:
+    # Neither tier measured for big batches: spill-over by size sends the first to a warm pod...
+    big = T.spill_batch_rows
+    assert decide(with_times(None, None, batch=big, pod=WARM_POD)).reason == "spill_batch"
+    # ...then, the pods measured and the sandbox not, the next stays home to be measured there: otherwise a
+    # model whose big batches are quicker in the sandbox would be spilled forever.
+    measured_there = decide(with_times(None, 9.0, batch=big, pod=WARM_POD))
+    assert (measured_there.tier, measured_there.reason) == ("wasm", "home")
+    assert decide(with_times(4.0, 9.0, batch=big, pod=WARM_POD)).tier == "wasm"  # then the figures decide
+    # A pinned placement keeps the fixed rules; so does a router told not to use figures.
+    assert decide(with_times(None, 9.0, batch=big, pod=WARM_POD, tier="wasm")).reason == "spill_batch"
+    off = dataclasses.replace(T, by_service_time=False)
+    assert decide(with_times(None, 9.0, batch=big, pod=WARM_POD, thresholds=off)).reason == "spill_batch"
+
+
+def test_the_backlog_on_the_replica_counts_against_the_pod_tier() -> None:
+    # A GPU pod is quicker for this model (4 ms against 30), unless the replica it would get is busy with
+    # work expected to take longer than the sandbox's whole answer.
+    busy = dataclasses.replace(WARM_POD, backlog_ms=50.0)
+    assert decide(with_times(30.0, 4.0, figures=LARGE, pod=WARM_POD)).tier == "pod"
+    behind = decide(with_times(30.0, 4.0, figures=LARGE, pod=busy))
+    assert (behind.tier, behind.reason) == ("wasm", "faster")
+    assert decide(with_times(30.0, 4.0, figures=LARGE, pod=dataclasses.replace(busy, backlog_ms=20.0))).tier == "pod"
+    # The pods not measured yet: the backlog alone is a lower bound, enough to decide when it is over the
+    # sandbox's figure, and no reason to stay away when it is not.
+    assert decide(with_times(30.0, None, figures=LARGE, pod=busy)).reason == "faster"
+    assert decide(with_times(60.0, None, figures=LARGE, pod=busy)).tier == "pod"
+    # A Wasm-home big batch does not spill onto a replica whose backlog makes it the slower choice.
+    big = T.spill_batch_rows
+    assert decide(with_times(30.0, 10.0, batch=big, pod=busy)).tier == "wasm"
+    assert decide(with_times(30.0, 10.0, batch=big, pod=WARM_POD)).reason == "spill_batch"
+
+
 def test_a_pinned_tier_is_not_moved_by_figures() -> None:
     pinned = decide(with_times(3.0, 8.0, tier="pod", figures=LARGE, pod=WARM_POD))
     assert (pinned.tier, pinned.reason) == ("pod", "home")
