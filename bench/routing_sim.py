@@ -2,16 +2,18 @@
 
 **Simulated.** A discrete-event simulation of the same trace for the same policies, which places every request
 with the product's own ``router.policy.decide`` and scales the pod tier with ``router.pod_policy``
-(``desired_replicas``, ``needed_replicas``, ``pick_replica``), following ``router.activator``: held requests,
-a scale-up at once on demand, scale-down after the idle grace, cold-start-masked requests counted as demand
-and preloading the model on a ready replica (``router.pod_tier``), a replica's 429 retried once on the Wasm
-tier, replica-seconds integrated the same way. The policy reads service times the simulation measures as the
-gateway does (``router.latency.ServiceTimes``: Wasm service without the wait for a slot, pod forwards that were
-not held). Its inputs are measured in this run:
+(``desired_replicas``, ``needed_replicas``, ``pick_replica``, ``IdleGaps``), following ``router.activator``:
+held requests, a scale-up at once on demand, scale-down after the idle grace and to zero after the keep-alive,
+cold-start-masked requests counted as demand and preloading the model on a ready replica
+(``router.pod_tier``), a replica's 429 retried once on the Wasm tier, the expected work in flight per replica
+(the backlog the policy reads), replica-seconds integrated the same way. The policy reads service times the
+simulation measures as the gateway does (``router.latency.ServiceTimes``: Wasm service without the wait for a
+slot, pod forwards that were not held and found their replica idle). Its inputs are measured in this run:
 
-- *service times*: after wasmgate's replay, on its gateway (warm, otherwise idle), requests one at a time with
-  the replay's client, pinned to each tier with the ``x-wasmgate-tier`` hint, each model and batch kind in turn.
-  Each simulated request draws one of these (seeded). They are taken apart from the replay because the replay's
+- *service times*: after wasmgate's replay, on its gateway (warm, otherwise idle), requests one at a time with the
+  replay's client, pinned to each tier with the ``x-wasmgate-tier`` hint, each model and batch kind in turn. Each
+  simulated request draws from these: a quantile of their distribution, the same quantile for the same request under
+  every policy (common random numbers; ``Simulation``). They are taken apart from the replay because the replay's
   latencies already hold queueing, which the simulation adds itself;
 - *a runner's load of a model*, which a runner does at its first request of it (readiness does not wait for
   it): that model's first request on a runner in that calibration, less its service time (the small model's
@@ -44,7 +46,7 @@ import numpy as np
 from bench.routing_workload import LARGE, SMALL, TICK_S, Arrival, Kind, Model, Outcome, Policy, Trace, bucket
 from gateway.settings import Settings
 from router.latency import ServiceTimes as Figures
-from router.pod_policy import ScalePolicy, desired_replicas, needed_replicas, pick_replica
+from router.pod_policy import IdleGaps, ScalePolicy, desired_replicas, needed_replicas, pick_replica
 from router.policy import Decision, PodState, RouteInputs, Thresholds, WasmState, decide
 from router.scaler import Replica
 from wasm_host.pool import PoolSettings
@@ -68,15 +70,20 @@ class ServiceTimes:
         """The model's compute: its Wasm time less the smallest request's (the fixed cost of any request)."""
         return max(0.0, self.median("wasm", model, b) - self.median("wasm", SMALL, "small"))
 
-    def wasm_s(self, model: str, rows: int, rng: np.random.Generator) -> float:
-        return float(rng.choice(self.samples["wasm", model, bucket(rows)])) / 1000
+    def quantile_ms(self, kind: Kind, u: float) -> float:
+        """The ``u`` quantile (0-1) of a kind's samples, interpolated between them: a draw from their empirical
+        distribution, smoothed so that two policies' tails are not ties between a few repeated values."""
+        return float(np.quantile(self.samples[kind], u))
 
-    def pod_parts(self, model: str, rows: int, speedup: float, rng: np.random.Generator) -> tuple[float, float]:
+    def wasm_s(self, model: str, rows: int, u: float) -> float:
+        return self.quantile_ms(("wasm", model, bucket(rows)), u) / 1000
+
+    def pod_parts(self, model: str, rows: int, speedup: float, u: float) -> tuple[float, float]:
         """(device seconds, other seconds) of one request on a pod replica: a measured pod time, whose compute
         part runs on the device ``speedup`` times faster (the large model only), the rest (the edge, the hop,
         the jitter) as measured."""
         b = bucket(rows)
-        total = float(rng.choice(self.samples["pod", model, b]))
+        total = self.quantile_ms(("pod", model, b), u)
         compute = min(total, self.compute_ms(model, b))
         device = compute / (speedup if model == LARGE else 1.0)
         return device / 1000, (total - compute) / 1000
@@ -92,7 +99,7 @@ class SimConfig:
     max_held: int
     hold_timeout_s: float
     gpu_speedup: float
-    seed: int  # for the draws of service times
+    seed: int  # for the draws of service times (common to all policies: see Simulation)
 
     @classmethod
     def from_settings(cls, settings: Settings, gpu_speedup: float, seed: int) -> SimConfig:
@@ -103,6 +110,7 @@ class SimConfig:
             settings.pod_max_replicas,
             settings.pod_target_in_flight,
             settings.pod_idle_grace_s,
+            settings.pod_keep_alive_max_s,
         )
         return cls(
             scale, thresholds(settings), PoolSettings(), settings.worker_threads, settings.pod_max_held,
@@ -114,6 +122,7 @@ class SimConfig:
 class _Req:
     index: int
     arrival: Arrival
+    u: float  # where its service times fall in the measured distributions (0-1)
     decision: Decision | None = None
     tier: str = ""
     reason: str = ""
@@ -121,6 +130,8 @@ class _Req:
     status: int = 0
     latency_s: float = 0.0
     started_s: float = 0.0  # when its service began (a Wasm slot, or its forwarding)
+    expected_ms: float = 0.0  # what the gateway expected it to take on its replica (router.activator's backlog)
+    alone: bool = False  # its replica had nothing else in flight when it was forwarded
 
 
 @dataclasses.dataclass(eq=False)
@@ -128,12 +139,18 @@ class _Pod:
     replica: Replica
     ready: bool = False
     device_free_at: float = 0.0
+    backlog_ms: float = 0.0  # the gateway's expectation of the requests in flight on it
     loaded_at: dict[str, float] = dataclasses.field(default_factory=dict)  # model -> when its load is done
     admitted: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)  # by model
 
 
 class Simulation:
     """The trace through the product's policy and scaling rules, with measured service times (module docstring).
+
+    Draws are common random numbers: request ``i`` of the trace falls at the same quantile ``u`` of the
+    measured distributions under every policy (``u`` depends on the seed and ``i`` only), so a request that two
+    policies serve alike takes the same time under both, and their numbers differ by what the policies did,
+    not by which draws each happened to get.
 
     Events are (time, sequence, kind, item) on a heap. The pod tier's scaling runs as the activator's loop does:
     at once when it is kicked (a request held, a masked request, a held request done, the last request in flight
@@ -143,7 +160,6 @@ class Simulation:
         self, trace: Trace, policy: Policy, models: Mapping[str, Model], times: ServiceTimes, cfg: SimConfig
     ) -> None:
         self.trace, self.policy, self.models, self.times, self.cfg = trace, policy, models, times, cfg
-        self.rng = np.random.default_rng(cfg.seed)
         self.now = 0.0
         self._events: list[tuple[float, int, str, Any]] = []
         self._pending = 0  # events other than ticks
@@ -164,6 +180,7 @@ class Simulation:
         self.wanted = 0
         self.below_since: float | None = None
         self.noted = False  # a request served elsewhere counted as pod demand since the last decision
+        self.idle = IdleGaps(cfg.scale)
         self.replica_seconds = 0.0
         self._integrated_to = 0.0
         # What the gateway has measured per function, tier and size (gateway.routing feeds the same book).
@@ -174,8 +191,9 @@ class Simulation:
         self._pending += kind != "tick"
 
     def run(self) -> Outcome:
+        us = np.random.default_rng(self.cfg.seed).random(len(self.trace.arrivals))
         for i, a in enumerate(self.trace.arrivals):
-            self._at(a.t, "arrive", _Req(i, a))
+            self._at(a.t, "arrive", _Req(i, a, float(us[i])))
         self._at(0.0, "tick", self._tick)
         handlers: dict[str, Callable[[Any], None]] = {
             "arrive": self._route,
@@ -197,6 +215,7 @@ class Simulation:
             self.policy.key,
             [r.status for r in done],
             [r.latency_s * 1000 for r in done if r.status == 200],
+            [r.arrival.model for r in done if r.status == 200],
             [r.tier for r in done],
             [r.reason for r in done],
             self.replica_seconds,
@@ -217,7 +236,9 @@ class Simulation:
         warm = sum(p.ready and p.replica.id in self.holders[fn] for p in self.pods)
         pod_ms = self.figures.typical_ms(fn, 1, "pod", rows)
         in_flight = sum(self.in_flight.values())
-        pod = PodState(True, ready, warm, in_flight, len(self.held), pod_ms, self.times.scale_up_s)
+        picked = self._pick(fn)
+        backlog = 0.0 if picked is None else picked.backlog_ms
+        pod = PodState(True, ready, warm, in_flight, len(self.held), pod_ms, self.times.scale_up_s, backlog)
         p = self.policy
         inputs = RouteInputs(
             p.tier, model.figures, True, p.spill, p.mask_cold_start, req.arrival.rows, None, None, True, wasm, pod,
@@ -256,7 +277,7 @@ class Simulation:
     def _wasm_start(self, req: _Req) -> None:
         self.threads_busy += 1
         req.started_s = self.now
-        self._at(self.now + self.times.wasm_s(req.arrival.model, req.arrival.rows, self.rng), "wasm_done", req)
+        self._at(self.now + self.times.wasm_s(req.arrival.model, req.arrival.rows, req.u), "wasm_done", req)
 
     def _wasm_done(self, req: _Req) -> None:
         fn = req.arrival.model
@@ -315,6 +336,9 @@ class Simulation:
         ``concurrency + max_queue`` requests of a function (the gateway retries those on the Wasm tier, once),
         and 503 to one that would wait past ``queue_timeout_s`` (passed on: an answer is never retried)."""
         a, pool = req.arrival, self.cfg.pool
+        req.alone = self.in_flight[pod.replica.id] == 0
+        req.expected_ms = self.figures.expected_ms(a.model, 1, a.rows)
+        pod.backlog_ms += req.expected_ms
         self.in_flight[pod.replica.id] += 1
         req.started_s = self.now
         if pod.admitted[a.model] >= pool.effective_concurrency + pool.max_queue:
@@ -322,7 +346,7 @@ class Simulation:
             return
         if a.model not in pod.loaded_at:  # the first request of a model on a runner loads it; others wait
             pod.loaded_at[a.model] = self.now + self.times.load_s[a.model]
-        device_s, other_s = self.times.pod_parts(a.model, a.rows, self.cfg.gpu_speedup, self.rng)
+        device_s, other_s = self.times.pod_parts(a.model, a.rows, self.cfg.gpu_speedup, req.u)
         start = max(max(self.now, pod.loaded_at[a.model]) + other_s, pod.device_free_at)
         pod.admitted[a.model] += 1
         if start - self.now > pool.queue_timeout_s + other_s:
@@ -338,9 +362,11 @@ class Simulation:
             pod.admitted[fn] -= 1
             self.holders[fn].add(pod.replica.id)  # Activator.served, once it has answered
         self.in_flight[pod.replica.id] -= 1
+        pod.backlog_ms -= req.expected_ms
         if self.in_flight[pod.replica.id] <= 0:
             del self.in_flight[pod.replica.id]
-        if status == 200 and not req.held:
+            pod.backlog_ms = 0.0
+        if status == 200 and not req.held and req.alone:
             self.figures.observe(fn, 1, "pod", req.arrival.rows, (self.now - req.started_s) * 1000)
         if status == 429:
             self._not_run(req, 429)
@@ -392,12 +418,13 @@ class Simulation:
         if self.noted:
             demand, self.noted = max(demand, 1), False
         current = self.wanted
+        self.idle.note(demand, self.now)
         if needed_replicas(policy, demand) >= current:
             self.below_since = None
         elif self.below_since is None:
             self.below_since = self.now
         below_for = 0.0 if self.below_since is None else self.now - self.below_since
-        want = desired_replicas(policy, demand, current, below_for)
+        want = desired_replicas(policy, demand, current, below_for, self.idle.keep_alive_s)
         if want == current:
             return
         while len(self.pods) < want:

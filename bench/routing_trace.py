@@ -2,16 +2,17 @@
 simulated for the same three, with p50 and p99 latency and the pod tier's replica-seconds (its GPU cost).
 
     python -m bench.routing_trace [--duration 50] [--rate 25] [--seed 7] [--large-share 0.3]
-        [--sizes 256,1024,1024,1024,10] [--gpu-speedup 10] [--idle-grace 3] [--json OUT] [--quick]
+        [--sizes 256,4096,4096,4096,10] [--tier-pod-bytes N] [--gpu-speedup 10] [--idle-grace 3]
+        [--sim-traces 20] [--json OUT] [--quick]
 
 **The trace** (seeded, the same for every policy). Bursts of 2-6 s whose arrivals are Poisson at ``--rate``
 requests per second, separated by idle gaps of 1-8 s, most longer than the pod tier's idle grace (3 s), so the
-tier goes cold between bursts. Each request asks the small model (``gateway.demo.train_digits``: a 4 KB
-logistic regression, rows of 64 floats) or, with probability ``--large-share``, the large one
-(``gateway.demo.dense_model``: a 2.37 M-parameter MLP of about 9.5 MB, rows of 256 floats; ``--sizes`` for
-another). A request carries 1-4 rows, or with probability 3% a batch of 512 rows (past ``spill_batch_rows``, so
-spill-over has work). Bodies use OIP v2's binary tensor extension both ways, so JSON encoding is not what is
-measured.
+tier goes cold between bursts. Each request asks the small model (``gateway.demo.train_digits``: a 4 KB logistic
+regression, rows of 64 floats) or, with probability ``--large-share``, the large one (``gateway.demo.dense_model``:
+a 34.7 M-parameter MLP of 138.6 MB, rows of 256 floats, past the product's default ``tier_pod_bytes`` of 64 MiB;
+``--sizes`` for another, with ``--tier-pod-bytes`` between the two models' sizes). A request carries 1-4 rows, or
+with probability 3% a batch of 512 rows (past ``spill_batch_rows``, so spill-over has work). Bodies use OIP v2's
+binary tensor extension both ways, so JSON encoding is not what is measured.
 
 **The policies** are placements the product offers at push, nothing bench-only. Each gets a fresh
 ``wasm serve`` with the same settings, and its own store, so no policy inherits another's warm state:
@@ -21,12 +22,13 @@ measured.
   is 256 MiB);
 - *wasmgate*: ``wasm push MODEL`` (tier ``auto``, spill-over and cold-start masking on).
 
-Settings, all three: ``WASMGATE_ACCELERATORS=yes`` and ``WASMGATE_TIER_POD_BYTES`` of 4 MiB, so that ``auto``
-calls the 9.5 MB model large on this machine, which has no accelerator (with ``accelerators=none`` it would
-keep every model that fits in the sandbox); ``WASMGATE_POD_IDLE_GRACE_S=3``, ``WASMGATE_POD_MAX_REPLICAS=2``,
-``WASMGATE_DRAIN_TIMEOUT_S=2``; the local scaler (runner processes on this machine). Policies run one after
-another on the same trace. Before each replay one untimed request per model pays the gateway's one-time costs
-(the guest's compile, the first model load), then the bench waits until the pod tier is back at zero.
+Settings, all three: ``WASMGATE_ACCELERATORS=yes``, so that ``auto`` places the large model on the pod tier on this
+machine, which has no accelerator (with ``accelerators=none`` it would keep every model that fits in the sandbox);
+``WASMGATE_TIER_POD_BYTES`` (the product's default unless ``--tier-pod-bytes``), ``WASMGATE_POD_IDLE_GRACE_S=3``,
+``WASMGATE_POD_MAX_REPLICAS=2``, ``WASMGATE_DRAIN_TIMEOUT_S=2``; the local scaler (runner processes on this
+machine); the rest the product's defaults (the keep-alive among them). Policies run one after another on the same
+trace. Before each replay one untimed request per model pays the gateway's one-time costs (the guest's compile, the
+first model load), then the bench waits until the pod tier is back at zero.
 
 **Measured** (the replay). Open loop: every request is sent at its scheduled time whatever earlier ones are
 doing (asyncio, one connection per request in flight). Latency runs from the scheduled time to the whole
@@ -41,9 +43,12 @@ and hops, not what a GPU pod buys.
 
 **Simulated.** A discrete-event simulation of the same trace for the same policies, with the product's own
 routing and scaling rules and inputs measured in this run: ``bench.routing_sim`` says what it models and how.
+One trace's p99 rests on its slowest 1% (six or seven requests of 650), so the simulation also runs
+``--sim-traces`` traces of the same process (the replayed one and the next seeds) and reports every request
+pooled, and how often the target held trace by trace.
 
 ``--quick`` replays a few seconds of trace with a 1.2 MB MLP (and a 512 KiB threshold) and a 1 s idle grace,
-for a smoke test; its numbers mean nothing.
+and simulates three traces, for a smoke test; its numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -63,7 +68,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import httpx
@@ -71,6 +76,7 @@ import numpy as np
 
 from bench.http_load import WASM, free_port
 from bench.pod_cold_start import TIMEOUT_S, PodGateway, clean_env, runner_children, spawned, wait_until
+from bench.routing_report import decisions, per_trace, print_section, service_table, table, verdicts
 from bench.routing_sim import ServiceTimes, SimConfig, Simulation
 from bench.routing_workload import (
     BIG_ROWS,
@@ -313,6 +319,7 @@ def run_policy(
         policy.key,
         [r.status for r in results],
         [r.latency_s * 1000 for r in results if r.status == 200],
+        [trace.arrivals[r.index].model for r in results if r.status == 200],
         [r.tier for r in results],
         [r.reason for r in results],
         replica_seconds,
@@ -396,76 +403,17 @@ def models_of(calibration: Calibration) -> list[str]:
     return sorted({model for _, model, _ in calibration.samples})
 
 
-# -- the report ------------------------------------------------------------------------------------------------
-def table(outcomes: Sequence[Outcome], measured: bool) -> list[str]:
-    labels = {p.key: p.label for p in POLICIES}
-    extra = " runner process-seconds |" if measured else ""
-    lines = [
-        f"| policy | requests | errors | p50 ms | p99 ms | pod replica-seconds |{extra} share of requests on pod |",
-        "|---|---:|---:|---:|---:|---:|" + ("---:|" if measured else "") + "---:|",
-    ]
-    for o in outcomes:
-        proc = f" {o.process_seconds:.1f} |" if measured and o.process_seconds is not None else ""
-        lines.append(
-            f"| {labels[o.policy]} | {len(o.statuses)} | {o.errors} | {o.p(50):.1f} | {o.p(99):.1f} "
-            f"| {o.replica_seconds:.1f} |{proc} {100 * o.pod_share:.0f}% |"
-        )
-    return lines
-
-
-def verdicts(outcomes: Sequence[Outcome]) -> list[str]:
-    by = {o.policy: o for o in outcomes}
-    ours = by["wasmgate"]
-    best = all(ours.p(99) < o.p(99) for o in outcomes if o is not ours)
-    cheaper = ours.replica_seconds <= by["pod"].replica_seconds
-    return [
-        f"wasmgate best p99: {'yes' if best else 'no'} ({', '.join(f'{o.policy} {o.p(99):.1f} ms' for o in outcomes)})",
-        f"replica-seconds <= always pod: {'yes' if cheaper else 'no'} "
-        f"(wasmgate {ours.replica_seconds:.1f}, always pod {by['pod'].replica_seconds:.1f})",
-    ]
-
-
-def decisions(outcome: Outcome) -> str:
-    counts = outcome.decision_counts()
-    return "decisions, wasmgate (tier/reason: requests): " + ", ".join(f"{k} {v}" for k, v in counts.most_common())
-
-
-def service_table(times: ServiceTimes, speedup: float) -> list[str]:
-    lines = [
-        "| tier | model | batch | n | p50 ms | p90 ms | GPU pod (simulated): compute ms on the device |",
-        "|---|---|---|---:|---:|---:|---:|",
-    ]
-    for (tier, model, b), ms in sorted(times.samples.items()):
-        gpu = ""
-        if tier == "pod":
-            compute = times.compute_ms(model, b)
-            gpu = f"{compute / (speedup if model == LARGE else 1.0):.2f} (of {compute:.2f})"
-        label = f"{BIG_ROWS} rows" if b == "big" else "1-4 rows"
-        lines.append(
-            f"| {tier} | {model} | {label} | {len(ms)} | {np.median(ms):.1f} | {np.percentile(ms, 90):.1f} | {gpu} |"
-        )
-    lines.append(
-        f"\npod tier scale from zero to a first answer: {times.scale_up_s:.2f} s (median of always pod's first held "
-        f"request in {times.scale_up_bursts} bursts, less its service time and model load); a runner's load of the "
-        f"large model at its first request: {times.load_s[LARGE] * 1000:.0f} ms"
-    )
-    return lines
-
-
-def print_section(title: str, lines: Iterable[str]) -> None:
-    print(f"\n## {title}\n", flush=True)
-    print("\n".join(lines), flush=True)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--duration", type=float, help="seconds of trace per policy (default 50; quick 3)")
     parser.add_argument("--rate", type=float, help="Poisson arrivals per second within a burst (default 25)")
     parser.add_argument("--seed", type=int, default=7, help="the trace's seed (default 7)")
     parser.add_argument("--large-share", type=float, default=0.3, help="share of requests for the large model")
-    parser.add_argument("--sizes", help="the large MLP's layer widths, comma-separated (default 256,1024,1024,1024,10)")
+    parser.add_argument("--sizes", help="the large MLP's layer widths, comma-separated (default 256,4096,4096,4096,10)")
+    parser.add_argument("--tier-pod-bytes", type=int, help="setting tier_pod_bytes (default the product's, 64 MiB)")
     parser.add_argument("--gpu-speedup", type=float, default=10.0, help="ASSUMED large-model speed-up on a GPU pod")
     parser.add_argument("--idle-grace", type=float, help="the pod tier's pod_idle_grace_s (default 3; quick 1)")
+    parser.add_argument("--sim-traces", type=int, help="traces simulated, the replayed one first (default 20; quick 3)")
     parser.add_argument("--json", type=Path, help="write the raw numbers here")
     parser.add_argument("--quick", action="store_true", help="a few seconds of trace, a small MLP: a smoke test")
     args = parser.parse_args()
@@ -475,17 +423,22 @@ def main() -> None:
     duration = args.duration if args.duration is not None else mode.duration_s
     rate = args.rate if args.rate is not None else mode.rate
     grace = args.idle_grace if args.idle_grace is not None else mode.idle_grace_s
-    trace = make_trace(mode, args.seed, duration, rate, args.large_share)
+    traces = [
+        make_trace(mode, args.seed + k, duration, rate, args.large_share)
+        for k in range(args.sim_traces if args.sim_traces is not None else mode.sim_traces)
+    ]
+    trace = traces[0]
+    tier_pod_bytes = args.tier_pod_bytes if args.tier_pod_bytes is not None else mode.tier_pod_bytes
     env = {
         "WASMGATE_ACCELERATORS": "yes",
-        "WASMGATE_TIER_POD_BYTES": str(mode.tier_pod_bytes),
+        "WASMGATE_TIER_POD_BYTES": str(tier_pod_bytes),
         "WASMGATE_POD_IDLE_GRACE_S": str(grace),
         "WASMGATE_POD_MAX_REPLICAS": "2",
         "WASMGATE_DRAIN_TIMEOUT_S": "2",
     }
     settings = Settings.from_env(env)
     sizes = tuple(int(w) for w in args.sizes.split(",")) if args.sizes else mode.sizes
-    models = make_models(mode, sizes)
+    models = make_models(sizes, tier_pod_bytes)
     oracle = Oracle(models, trace)
     tmp = Path(tempfile.mkdtemp(prefix="wasmgate-routing-trace-"))
     paths = {}
@@ -516,11 +469,13 @@ def main() -> None:
     assert measured_times is not None
     times = service_times(measured_times, replays["pod"][1], trace)
 
-    def simulate(speedup: float) -> list[Outcome]:
-        cfg = SimConfig.from_settings(settings, speedup, args.seed)
-        return [Simulation(trace, p, models, times, cfg).run() for p in POLICIES]
+    def simulate(speedup: float, k: int = 0) -> list[Outcome]:
+        cfg = SimConfig.from_settings(settings, speedup, args.seed + k)
+        return [Simulation(traces[k], p, models, times, cfg).run() for p in POLICIES]
 
     simulated, check = simulate(args.gpu_speedup), simulate(1.0)
+    many = [simulated] + [simulate(args.gpu_speedup, k) for k in range(1, len(traces))]
+    pooled = [Outcome.pooled([run[i] for run in many]) for i in range(len(POLICIES))]
 
     print_section(
         "Measured on this machine (CPU only: a pod is a CPU runner process, the same onnxruntime as the sandbox "
@@ -541,6 +496,11 @@ def main() -> None:
         f"Simulated (router.policy.decide and router.pod_policy on the same trace, the service times above; "
         f"ASSUMED, not measured: the large model runs {args.gpu_speedup:g}x faster on a GPU pod)",
         [*table(simulated, False), "", decisions(simulated[2]), *verdicts(simulated)],
+    )
+    print_section(
+        f"Simulated on {len(traces)} traces (seeds {args.seed}-{args.seed + len(traces) - 1}, the first the one "
+        f"replayed; the same process, service times and assumption), every request pooled",
+        [*table(pooled, False), "", decisions(pooled[2]), *verdicts(pooled), *per_trace(many)],
     )
     print_section(
         "Simulation check: speed-up 1 (a CPU pod, as measured), to compare with the measured table",
@@ -564,6 +524,7 @@ def main() -> None:
             "scale_up_s": times.scale_up_s,
             "simulated": [o.to_json() for o in simulated],
             "simulated_speedup_1": [o.to_json() for o in check],
+            "simulated_traces": [[o.to_json() for o in run] for run in many],
         }
         args.json.write_text(json.dumps(raw, indent=2) + "\n")
     wrong = sum(o.wrong for o in measured)

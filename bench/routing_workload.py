@@ -7,12 +7,13 @@ from __future__ import annotations
 import collections
 import dataclasses
 import itertools
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from gateway.demo import dense_model, train_digits
-from router.policy import TierSetting
+from router.policy import Thresholds, TierSetting
 from wasm_host.figures import ModelFigures, measure
 
 MiB = 1 << 20
@@ -34,10 +35,11 @@ class Mode:
     rate: float
     burst_s: tuple[float, float]
     gap_s: tuple[float, float]
+    sim_traces: int
 
 
-FULL = Mode((256, 1024, 1024, 1024, 10), 4 * MiB, 3.0, 50.0, 25.0, (2.0, 6.0), (1.0, 8.0))
-QUICK = Mode((64, 512, 512, 10), 512 << 10, 1.0, 3.0, 10.0, (0.8, 1.2), (1.2, 1.6))
+FULL = Mode((256, 4096, 4096, 4096, 10), Thresholds().pod_bytes, 3.0, 50.0, 25.0, (2.0, 6.0), (1.0, 8.0), 20)
+QUICK = Mode((64, 512, 512, 10), 512 << 10, 1.0, 3.0, 10.0, (0.8, 1.2), (1.2, 1.6), 3)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,15 +132,18 @@ class Model:
         return np.random.default_rng(index).standard_normal((rows, self.width)).astype(np.float32)
 
 
-def make_models(mode: Mode, sizes: tuple[int, ...]) -> dict[str, Model]:
+def make_models(sizes: tuple[int, ...], tier_pod_bytes: int) -> dict[str, Model]:
     digits, x_test, _ = train_digits()
     dense = dense_model(sizes)
     models = {
         SMALL: Model(SMALL, "digits", digits, 64, measure(digits), np.asarray(x_test, np.float32)),
         LARGE: Model(LARGE, "dense", dense, sizes[0], measure(dense)),
     }
-    if not models[SMALL].figures.bytes < mode.tier_pod_bytes < models[LARGE].figures.bytes:
-        raise RuntimeError(f"tier_pod_bytes {mode.tier_pod_bytes} must lie between the two models' sizes")
+    if not models[SMALL].figures.bytes < tier_pod_bytes < models[LARGE].figures.bytes:
+        raise RuntimeError(
+            f"tier_pod_bytes {tier_pod_bytes} must lie between the two models' sizes, "
+            f"{models[SMALL].figures.bytes} and {models[LARGE].figures.bytes} bytes (--tier-pod-bytes)"
+        )
     return models
 
 
@@ -150,6 +155,7 @@ class Outcome:
     policy: str
     statuses: list[int]
     latencies_ms: list[float]  # answered (200) requests only
+    answered_models: list[str]  # the model (SMALL or LARGE) of each of those
     tiers: list[str]
     reasons: list[str]
     replica_seconds: float
@@ -162,8 +168,25 @@ class Outcome:
     def errors(self) -> int:
         return sum(s != 200 for s in self.statuses)
 
-    def p(self, q: float) -> float:
-        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
+    def p(self, q: float, model: str | None = None) -> float:
+        """The ``q`` percentile of answered requests' latency, of one model's requests when ``model`` is set."""
+        ms = self.latencies_ms
+        if model is not None:
+            ms = [x for x, m in zip(ms, self.answered_models, strict=True) if m == model]
+        return float(np.percentile(ms, q)) if ms else float("nan")
+
+    @classmethod
+    def pooled(cls, outcomes: Sequence[Outcome]) -> Outcome:
+        """One policy's outcomes on several traces as one: every request, and the replica-seconds summed."""
+        return cls(
+            outcomes[0].policy,
+            [s for o in outcomes for s in o.statuses],
+            [x for o in outcomes for x in o.latencies_ms],
+            [m for o in outcomes for m in o.answered_models],
+            [t for o in outcomes for t in o.tiers],
+            [r for o in outcomes for r in o.reasons],
+            sum(o.replica_seconds for o in outcomes),
+        )
 
     @property
     def pod_share(self) -> float:
