@@ -26,6 +26,32 @@ def runner_command() -> list[str]:
 def check_scaler(settings: Settings) -> None:
     if settings.pod_scaler not in SCALERS:
         raise ValueError(f"WASMGATE_POD_SCALER={settings.pod_scaler!r}: use one of {', '.join(SCALERS)}")
+    runner_cpus(settings)
+
+
+def runner_cpus(settings: Settings) -> frozenset[int] | None:
+    """The CPUs of setting ``runner_cpus``, or None (unset: runners run where the gateway does). Raises
+    ValueError naming the variable for a list that does not parse or names a CPU this machine lacks."""
+    raw = settings.runner_cpus.strip()
+    if not raw:
+        return None
+    name = f"WASMGATE_RUNNER_CPUS={settings.runner_cpus!r}"
+    if not hasattr(os, "sched_setaffinity"):
+        raise ValueError(f"{name}: pinning processes to CPUs needs Linux")
+    cpus: set[int] = set()
+    try:
+        for part in raw.split(","):
+            first, _, last = part.strip().partition("-")
+            low, high = int(first), int(last or first)
+            if low < 0 or high < low:
+                raise ValueError
+            cpus.update(range(low, high + 1))
+    except ValueError:
+        raise ValueError(f"{name}: use CPU numbers and ranges, such as 1 or 2-3,6") from None
+    count = os.cpu_count() or 1
+    if max(cpus) >= count:
+        raise ValueError(f"{name}: this machine has CPUs 0-{count - 1}")
+    return frozenset(cpus)
 
 
 def has_accelerators(settings: Settings, available: Sequence[str]) -> bool:
@@ -64,7 +90,9 @@ def make_scaler(settings: Settings) -> Scaler | None:
         # A runner reads the same settings (store, sandbox limits, providers) from the same variables; it
         # keeps its own metrics, never the gateway workers' shared directory.
         env = {k: v for k, v in os.environ.items() if k != MULTIPROC_ENV} | settings.to_env()
-        return LocalProcessScaler(runner_command(), env, stop_grace_s=settings.drain_timeout_s)
+        return LocalProcessScaler(
+            runner_command(), env, stop_grace_s=settings.drain_timeout_s, cpus=runner_cpus(settings)
+        )
     if settings.pod_scaler == "kubernetes":
         from router.scalers.kubernetes import KubernetesScaler
 

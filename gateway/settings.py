@@ -109,6 +109,10 @@ class Settings:
     #: ``kubernetes`` (a runner Deployment, scaled through its scale subresource) or ``none`` (no pod tier,
     #: except functions registered with their own endpoint).
     pod_scaler: str = "local"
+    #: The CPUs the local scaler pins its runner processes to, as Linux lists them (``1``, ``2-3,6``); empty:
+    #: the gateway's own. On one machine this keeps runner start-ups and model loads off the CPUs that serve
+    #: the Wasm tier (pin the gateway itself to the others, with ``taskset`` or the service manager).
+    runner_cpus: str = ""
     #: Replicas kept up without traffic (0: scale to zero), and the most the pod tier scales to.
     pod_min_replicas: int = 0
     pod_max_replicas: int = 2

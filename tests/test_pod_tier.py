@@ -215,6 +215,37 @@ def test_runners_exit_when_their_gateway_is_killed(tmp_path: Path, dense: tuple[
         gw.stop()
 
 
+@pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="needs Linux, and two CPUs to tell a pinned runner from one that inherited the gateway's CPUs",
+)
+def test_runners_run_on_the_cpus_they_are_given(tmp_path: Path) -> None:
+    cpu = max(os.sched_getaffinity(0))  # one this test may use, whatever the machine's cgroup allows
+    env = {"WASMGATE_POD_MIN_REPLICAS": "1", "WASMGATE_RUNNER_CPUS": str(cpu)}
+    gw = Gateway(tmp_path / "data", tmp_path / "gateway.log", env=env)
+    gw.start()
+    try:
+        wait_until(lambda: len(runner_pids(gw)) == 1, 60, "a runner (pod_min_replicas=1)")
+        (pid,) = runner_pids(gw)
+        assert gw.proc is not None
+        assert os.sched_getaffinity(pid) == {cpu}
+        wait_until(lambda: httpx.get(f"{gw.url}/v2/health/ready").status_code == 200, 30, "the gateway")
+        # Every thread the runner has started since, onnxruntime's and the server's, runs there too.
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            assert os.sched_getaffinity(int(task.name)) == {cpu}
+    finally:
+        gw.stop()
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("1-0", "use CPU numbers and ranges"), ("x", "use CPU numbers and ranges"), ("0,100000", "this machine has CPUs")],
+)
+def test_a_bad_runner_cpu_list_is_refused_at_start(tmp_path: Path, value: str, message: str) -> None:
+    with pytest.raises(ValueError, match=f"WASMGATE_RUNNER_CPUS='{value}': {message}"):
+        create_app(Settings.from_env({}, data_dir=tmp_path, runner_cpus=value))
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

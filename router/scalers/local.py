@@ -9,7 +9,9 @@ A replica counts as ready once its ``/v2/health/ready`` answers 200 (polled ever
 starts, then every ``health_interval_s``); a replica whose process exits, or that stops answering its health
 check, is dropped and, while the wanted count says so, replaced. Scaling down takes a replica out of the
 ready set first, then sends SIGTERM so it drains its in-flight requests, and SIGKILL after ``stop_grace_s``.
-Runners are started with ``--parent-pid``: they exit if the gateway dies without stopping them.
+Runners are started with ``--parent-pid``: they exit if the gateway dies without stopping them. With ``cpus``
+(setting ``runner_cpus``), each runner is pinned to those CPUs as soon as it is spawned, in the first moments
+of its interpreter's start-up and before it has started a thread (threads inherit the mask).
 """
 
 from __future__ import annotations
@@ -51,9 +53,11 @@ class LocalProcessScaler:
         health_interval_s: float = 1.0,
         start_timeout_s: float = 120.0,
         stop_grace_s: float = 30.0,
+        cpus: frozenset[int] | None = None,
     ) -> None:
         """``command`` starts one runner; the scaler appends ``--fd N --parent-pid PID``."""
         self.command = list(command)
+        self.cpus = cpus
         self.env = dict(env)
         self.host = host
         self.start_poll_s = start_poll_s
@@ -133,6 +137,8 @@ class LocalProcessScaler:
                 pass_fds=(fd,),
                 stdin=subprocess.DEVNULL,
             )
+            if self.cpus is not None:
+                _pin(popen, self.cpus)
         finally:
             sock.close()  # the child has its own copy
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -198,6 +204,13 @@ class LocalProcessScaler:
         if ready != self._ready:
             self._ready = ready
             self._on_change()
+
+
+def _pin(popen: subprocess.Popen[bytes], cpus: frozenset[int]) -> None:
+    try:
+        os.sched_setaffinity(popen.pid, cpus)
+    except OSError as exc:  # the CPUs were checked at start; a cgroup may still refuse them
+        log.warning("could not pin runner pid %d to CPUs %s: %s", popen.pid, sorted(cpus), exc)
 
 
 def _signal(popen: subprocess.Popen[bytes], sig: int) -> None:
