@@ -39,7 +39,10 @@ the answered ones. Replica-seconds are the increase of ``wasmgate_pod_replica_se
 so every policy pays its tail. Runner process-seconds are the gateway's runner processes, sampled every 0.2 s.
 On this CPU-only machine a "pod" is a CPU runner process: the same onnxruntime as the sandbox behind one more
 HTTP hop, so it cannot be faster than the sandbox for compute; what the replay shows is the cost of cold starts
-and hops, not what a GPU pod buys.
+and hops, not what a GPU pod buys. The gateway is pinned to the first half of the CPUs this process may use and
+its runners (setting ``runner_cpus``) to the rest, as a gateway node and a pod node would be, so that a runner's
+start-up and model load do not take the CPU the Wasm tier serves on (on two cores: one each); the client runs on
+any. ``--shared-cpus`` runs them all on every CPU.
 
 **Simulated.** A discrete-event simulation of the same trace for the same policies, with the product's own
 routing and scaling rules and inputs measured in this run: ``bench.routing_sim`` says what it models and how.
@@ -61,6 +64,7 @@ import dataclasses
 import gc
 import itertools
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -171,14 +175,23 @@ class TraceGateway(PodGateway):
     check are ``PodGateway``'s; only the start differs (this bench's settings, two models, a policy)."""
 
     def __init__(
-        self, stack: contextlib.ExitStack, tmp: Path, policy: Policy, env: Mapping[str, str], paths: Mapping[str, Path]
+        self,
+        stack: contextlib.ExitStack,
+        tmp: Path,
+        policy: Policy,
+        env: Mapping[str, str],
+        paths: Mapping[str, Path],
+        cpus: frozenset[int] | None,
     ) -> None:
+        """``cpus``: pin the gateway there (its runners go where ``env``'s WASMGATE_RUNNER_CPUS says)."""
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.log = tmp / f"gateway-{policy.key}.log"
         data = tmp / f"data-{policy.key}"
         cmd = [*WASM, "serve", "--port", str(port), "--data-dir", str(data), "--log-level", "warning"]
         self.proc = stack.enter_context(spawned(cmd, self.log, clean_env(**env)))
+        if cpus is not None:  # at once, before the interpreter has started a thread: its threads inherit it
+            os.sched_setaffinity(self.proc.pid, cpus)
         self.client = stack.enter_context(httpx.Client(timeout=10, trust_env=False))
         wait_until(self._ready, "the gateway to start", self.proc, self.log)
         for name, path in paths.items():
@@ -291,11 +304,12 @@ def run_policy(
     models: Mapping[str, Model],
     oracle: Oracle,
     calibration: tuple[int, int] | None,
+    cpus: frozenset[int] | None,
 ) -> tuple[Outcome, list[Result], Calibration | None]:
     """Replay the trace on a fresh gateway for ``policy``; then, given ``calibration`` (how many requests of
     1-4 rows and of a big batch), measure the service times on it."""
     with contextlib.ExitStack() as own:
-        gateway = TraceGateway(own, tmp, policy, env, paths)
+        gateway = TraceGateway(own, tmp, policy, env, paths, cpus)
         warm_up(gateway, models)
         before = gateway.replica_seconds()
         with RunnerClock(gateway.proc.pid) as clock:
@@ -403,6 +417,18 @@ def models_of(calibration: Calibration) -> list[str]:
     return sorted({model for _, model, _ in calibration.samples})
 
 
+def split_cpus() -> tuple[frozenset[int] | None, frozenset[int] | None]:
+    """(the gateway's CPUs, its runners'): the first half of those this process may use, and the rest, as a
+    gateway node and a pod node would be; (None, None) with fewer than two, or without Linux's affinity calls."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None, None
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None, None
+    half = len(cpus) // 2
+    return frozenset(cpus[:half]), frozenset(cpus[half:])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--duration", type=float, help="seconds of trace per policy (default 50; quick 3)")
@@ -414,6 +440,9 @@ def main() -> None:
     parser.add_argument("--gpu-speedup", type=float, default=10.0, help="ASSUMED large-model speed-up on a GPU pod")
     parser.add_argument("--idle-grace", type=float, help="the pod tier's pod_idle_grace_s (default 3; quick 1)")
     parser.add_argument("--sim-traces", type=int, help="traces simulated, the replayed one first (default 20; quick 3)")
+    parser.add_argument(
+        "--shared-cpus", action="store_true", help="run the gateway and its runners on all CPUs (default: split)"
+    )
     parser.add_argument("--json", type=Path, help="write the raw numbers here")
     parser.add_argument("--quick", action="store_true", help="a few seconds of trace, a small MLP: a smoke test")
     args = parser.parse_args()
@@ -436,6 +465,9 @@ def main() -> None:
         "WASMGATE_POD_MAX_REPLICAS": "2",
         "WASMGATE_DRAIN_TIMEOUT_S": "2",
     }
+    gateway_cpus, runner_cpus = (None, None) if args.shared_cpus else split_cpus()
+    if runner_cpus is not None:
+        env["WASMGATE_RUNNER_CPUS"] = ",".join(map(str, sorted(runner_cpus)))
     settings = Settings.from_env(env)
     sizes = tuple(int(w) for w in args.sizes.split(",")) if args.sizes else mode.sizes
     models = make_models(sizes, tier_pod_bytes)
@@ -452,12 +484,16 @@ def main() -> None:
         "MFLOP per row); settings: " + " ".join(f"{k}={v}" for k, v in env.items()),
         flush=True,
     )
+    if gateway_cpus is not None and runner_cpus is not None:
+        print(f"CPUs: the gateway on {sorted(gateway_cpus)}, its runners on {sorted(runner_cpus)}; the client on any")
     replays: dict[str, tuple[Outcome, list[Result]]] = {}
     measured_times: Calibration | None = None
     for policy in POLICIES:
         started = time.monotonic()
         calibration = (QUICK_CALIBRATION if args.quick else CALIBRATION) if policy.key == "wasmgate" else None
-        outcome, results, measured_here = run_policy(tmp, policy, env, paths, trace, models, oracle, calibration)
+        outcome, results, measured_here = run_policy(
+            tmp, policy, env, paths, trace, models, oracle, calibration, gateway_cpus
+        )
         replays[policy.key] = outcome, results
         measured_times = measured_here or measured_times
         print(
