@@ -21,16 +21,16 @@ slot, pod forwards that were not held and found their replica idle). Its inputs 
 - *the scale from zero to a first answer*: always pod's first held request of each burst in its replay, less
   its service time and model load.
 
-The Wasm tier is the product's admission (per function ``concurrency`` 8, a queue of 64 with a 5 s timeout: the
-pool defaults) in front of ``worker_threads`` 8, with no model of CPU contention beyond that; a refused request
-is retried on a ready replica, as the gateway does. A pod replica is one device that runs one request's compute
-at a time (FIFO), plus the rest of its measured time (the edge, the hop), which overlaps; requests of a model it
-is loading wait for the load; its own admission is the same pool defaults (429 past 72 requests of a function,
-503 past a 5 s wait), and the gateway passes those answers on. One assumption, clearly not measured: the large
-model's compute on a GPU pod is ``--gpu-speedup`` times faster (default 10) than on this CPU; its compute is its
-median Wasm time less the smallest request's (the fixed cost of any request), and the small model gets no
-speed-up. The simulation at speed-up 1 is printed too, as a check of the simulation against the replay.
-"""
+The Wasm tier is the product's admission (per function ``concurrency`` 8, a queue of 64 with a 5 s timeout: the pool
+defaults) in front of ``worker_threads`` 8, whose running requests share the gateway's CPUs (processor sharing: each
+runs at ``min(1, cpus / running)`` of its measured speed, ``cpus`` being those the replay's gateway had); a refused
+request is retried on a ready replica, as the gateway does. A pod replica is one device that runs one request's
+compute at a time (FIFO), plus the rest of its measured time (the edge, the hop), which overlaps; requests of a
+model it is loading wait for the load; its own admission is the same pool defaults (429 past 72 requests of a
+function, 503 past a 5 s wait), and the gateway passes those answers on. One assumption, clearly not measured: the
+large model's compute on a GPU pod is ``--gpu-speedup`` times faster (default 10) than on this CPU; its compute is
+its median Wasm time less the smallest request's (the fixed cost of any request), and the small model gets no speed-
+up. The simulation at speed-up 1 is printed too, as a check of the simulation against the replay."""
 
 from __future__ import annotations
 
@@ -100,9 +100,10 @@ class SimConfig:
     hold_timeout_s: float
     gpu_speedup: float
     seed: int  # for the draws of service times (common to all policies: see Simulation)
+    cpus: int  # the gateway's CPUs, which the Wasm tier's running requests share
 
     @classmethod
-    def from_settings(cls, settings: Settings, gpu_speedup: float, seed: int) -> SimConfig:
+    def from_settings(cls, settings: Settings, gpu_speedup: float, seed: int, cpus: int) -> SimConfig:
         from gateway.pods import thresholds
 
         scale = ScalePolicy(
@@ -114,7 +115,7 @@ class SimConfig:
         )
         return cls(
             scale, thresholds(settings), PoolSettings(), settings.worker_threads, settings.pod_max_held,
-            settings.pod_hold_timeout_s, gpu_speedup, seed,
+            settings.pod_hold_timeout_s, gpu_speedup, seed, cpus,
         )  # fmt: skip
 
 
@@ -172,6 +173,9 @@ class Simulation:
         self.w_queue: dict[str, collections.deque[_Req]] = collections.defaultdict(collections.deque)
         self.threads_busy = 0
         self.thread_queue: collections.deque[_Req] = collections.deque()
+        self.cpu_work: dict[_Req, float] = {}  # running in the Wasm tier: seconds of work left at a whole CPU
+        self._cpu_since = 0.0
+        self._cpu_version = 0
         # The pod tier: the activator's state.
         self.pods: list[_Pod] = []
         self.in_flight: dict[str, int] = collections.defaultdict(int)
@@ -277,9 +281,33 @@ class Simulation:
     def _wasm_start(self, req: _Req) -> None:
         self.threads_busy += 1
         req.started_s = self.now
-        self._at(self.now + self.times.wasm_s(req.arrival.model, req.arrival.rows, req.u), "wasm_done", req)
+        self._cpu_advance()
+        self.cpu_work[req] = self.times.wasm_s(req.arrival.model, req.arrival.rows, req.u)
+        self._cpu_schedule()
 
-    def _wasm_done(self, req: _Req) -> None:
+    def _cpu_advance(self) -> None:
+        """Processor sharing: the requests running in the Wasm tier share the gateway's CPUs (each at most one),
+        so their remaining work falls by the elapsed time at that share."""
+        if self.cpu_work:
+            done = (self.now - self._cpu_since) * min(1.0, self.cfg.cpus / len(self.cpu_work))
+            for r in self.cpu_work:
+                self.cpu_work[r] -= done
+        self._cpu_since = self.now
+
+    def _cpu_schedule(self) -> None:
+        """The next Wasm request to finish at the current share; any earlier completion event is now stale."""
+        self._cpu_version += 1
+        if self.cpu_work:
+            req = min(self.cpu_work, key=self.cpu_work.__getitem__)
+            share = min(1.0, self.cfg.cpus / len(self.cpu_work))
+            self._at(self.now + max(0.0, self.cpu_work[req]) / share, "wasm_done", (req, self._cpu_version))
+
+    def _wasm_done(self, item: tuple[_Req, int]) -> None:
+        req, version = item
+        if version != self._cpu_version:
+            return  # the share changed since this was scheduled
+        self._cpu_advance()
+        del self.cpu_work[req]
         fn = req.arrival.model
         self.threads_busy -= 1
         self.w_in_flight[fn] -= 1
@@ -289,6 +317,7 @@ class Simulation:
             self._wasm_start(self.thread_queue.popleft())
         if self.w_queue[fn]:
             self._wasm_admit(self.w_queue[fn].popleft())
+        self._cpu_schedule()
 
     def _wasm_timeout(self, req: _Req) -> None:
         queue = self.w_queue[req.arrival.model]

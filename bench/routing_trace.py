@@ -506,7 +506,7 @@ def main() -> None:
     times = service_times(measured_times, replays["pod"][1], trace)
 
     def simulate(speedup: float, k: int = 0) -> list[Outcome]:
-        cfg = SimConfig.from_settings(settings, speedup, args.seed + k)
+        cfg = SimConfig.from_settings(settings, speedup, args.seed + k, len(gateway_cpus or os.sched_getaffinity(0)))
         return [Simulation(traces[k], p, models, times, cfg).run() for p in POLICIES]
 
     simulated, check = simulate(args.gpu_speedup), simulate(1.0)
