@@ -183,7 +183,10 @@ class Simulation:
         self.held: collections.deque[_Req] = collections.deque()
         self.wanted = 0
         self.below_since: float | None = None
-        self.noted = False  # a request served elsewhere counted as pod demand since the last decision
+        # The most requests in flight or held at once since the last scaling decision (a request served
+        # elsewhere that wants the pod tier counts as one), as the activator's: short requests between two
+        # ticks are demand too.
+        self.peak = 0
         self.idle = IdleGaps(cfg.scale)
         self.replica_seconds = 0.0
         self._integrated_to = 0.0
@@ -251,7 +254,7 @@ class Simulation:
         d = req.decision = decide(inputs)
         req.tier, req.reason = d.tier, d.reason
         if d.scale_pod:  # gateway.routing: Activator.note_demand, then PodTier.preload
-            self.noted = True
+            self.peak = max(self.peak, 1)
             self._at(self.now, "kick")
             if ready and not warm:
                 self._preload(fn)
@@ -357,6 +360,7 @@ class Simulation:
         else:
             req.held = True
             self.held.append(req)
+            self._note_peak()
             self._at(self.now + self.cfg.hold_timeout_s, "hold_timeout", req)
             self._at(self.now, "kick")
 
@@ -369,6 +373,7 @@ class Simulation:
         req.expected_ms = self.figures.expected_ms(a.model, 1, a.rows)
         pod.backlog_ms += req.expected_ms
         self.in_flight[pod.replica.id] += 1
+        self._note_peak()
         req.started_s = self.now
         if pod.admitted[a.model] >= pool.effective_concurrency + pool.max_queue:
             self._at(self.now, "pod_done", (req, pod, 429))
@@ -403,6 +408,9 @@ class Simulation:
             self._finish(req, status)
         if req.held or not self.in_flight:
             self._at(self.now, "kick")
+
+    def _note_peak(self) -> None:
+        self.peak = max(self.peak, sum(self.in_flight.values()) + len(self.held))
 
     def _preload(self, fn: str) -> None:
         """router.pod_tier.PodTier.preload: the replica a request would get loads the model now."""
@@ -444,8 +452,7 @@ class Simulation:
         self._integrated_to = self.now
         policy = self.cfg.scale
         demand = sum(self.in_flight.values()) + len(self.held)
-        if self.noted:
-            demand, self.noted = max(demand, 1), False
+        demand, self.peak = max(self.peak, demand), 0
         current = self.wanted
         self.idle.note(demand, self.now)
         if needed_replicas(policy, demand) >= current:
