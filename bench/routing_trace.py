@@ -41,8 +41,9 @@ On this CPU-only machine a "pod" is a CPU runner process: the same onnxruntime a
 HTTP hop, so it cannot be faster than the sandbox for compute; what the replay shows is the cost of cold starts
 and hops, not what a GPU pod buys. The gateway is pinned to the first half of the CPUs this process may use and
 its runners (setting ``runner_cpus``) to the rest, as a gateway node and a pod node would be, so that a runner's
-start-up and model load do not take the CPU the Wasm tier serves on (on two cores: one each); the client runs on
-any. ``--shared-cpus`` runs them all on every CPU.
+start-up and model load do not take the CPU the Wasm tier serves on (on two cores: one each). The client shares
+the gateway's CPUs, under every policy alike: the pod node's CPUs are the runners' alone. ``--shared-cpus`` runs
+them all on every CPU.
 
 **Simulated.** A discrete-event simulation of the same trace for the same policies, with the product's own
 routing and scaling rules and inputs measured in this run: ``bench.routing_sim`` says what it models and how.
@@ -466,8 +467,9 @@ def main() -> None:
         "WASMGATE_DRAIN_TIMEOUT_S": "2",
     }
     gateway_cpus, runner_cpus = (None, None) if args.shared_cpus else split_cpus()
-    if runner_cpus is not None:
+    if gateway_cpus is not None and runner_cpus is not None:
         env["WASMGATE_RUNNER_CPUS"] = ",".join(map(str, sorted(runner_cpus)))
+        os.sched_setaffinity(0, gateway_cpus)  # the client too: the runners' CPUs are the pod node's alone
     settings = Settings.from_env(env)
     sizes = tuple(int(w) for w in args.sizes.split(",")) if args.sizes else mode.sizes
     models = make_models(sizes, tier_pod_bytes)
@@ -485,7 +487,7 @@ def main() -> None:
         flush=True,
     )
     if gateway_cpus is not None and runner_cpus is not None:
-        print(f"CPUs: the gateway on {sorted(gateway_cpus)}, its runners on {sorted(runner_cpus)}; the client on any")
+        print(f"CPUs: the gateway and this client on {sorted(gateway_cpus)}, its runners on {sorted(runner_cpus)}")
     replays: dict[str, tuple[Outcome, list[Result]]] = {}
     measured_times: Calibration | None = None
     for policy in POLICIES:
