@@ -200,19 +200,25 @@ def test_killing_a_runner_mid_traffic_retries_or_fails_clearly_and_the_gateway_r
     assert [pid for pid in last if Path(f"/proc/{pid}").exists()] == []
 
 
-def test_runners_exit_when_their_gateway_is_killed(tmp_path: Path, dense: tuple[Path, ort.InferenceSession]) -> None:
-    env = {"WASMGATE_POD_MIN_REPLICAS": "1"}
-    gw = Gateway(tmp_path / "data", tmp_path / "gateway.log", env=env)
+@contextlib.contextmanager
+def one_runner(tmp_path: Path, **env: str) -> Iterator[tuple[Gateway, int]]:
+    """A gateway that keeps one runner up (``pod_min_replicas`` 1), and that runner's pid."""
+    gw = Gateway(tmp_path / "data", tmp_path / "gateway.log", env={"WASMGATE_POD_MIN_REPLICAS": "1", **env})
     gw.start()
     try:
         wait_until(lambda: len(runner_pids(gw)) == 1, 60, "a runner (pod_min_replicas=1)")
         (pid,) = runner_pids(gw)
+        yield gw, pid
+    finally:
+        gw.stop()
+
+
+def test_runners_exit_when_their_gateway_is_killed(tmp_path: Path, dense: tuple[Path, ort.InferenceSession]) -> None:
+    with one_runner(tmp_path) as (gw, pid):
         assert gw.proc is not None
         gw.proc.kill()  # SIGKILL: the gateway cannot stop its runners itself
         gw.proc.wait()
         wait_until(lambda: not _alive(pid), 30, f"orphaned runner {pid} to exit")
-    finally:
-        gw.stop()
 
 
 @pytest.mark.skipif(
@@ -221,20 +227,12 @@ def test_runners_exit_when_their_gateway_is_killed(tmp_path: Path, dense: tuple[
 )
 def test_runners_run_on_the_cpus_they_are_given(tmp_path: Path) -> None:
     cpu = max(os.sched_getaffinity(0))  # one this test may use, whatever the machine's cgroup allows
-    env = {"WASMGATE_POD_MIN_REPLICAS": "1", "WASMGATE_RUNNER_CPUS": str(cpu)}
-    gw = Gateway(tmp_path / "data", tmp_path / "gateway.log", env=env)
-    gw.start()
-    try:
-        wait_until(lambda: len(runner_pids(gw)) == 1, 60, "a runner (pod_min_replicas=1)")
-        (pid,) = runner_pids(gw)
-        assert gw.proc is not None
+    with one_runner(tmp_path, WASMGATE_RUNNER_CPUS=str(cpu)) as (gw, pid):
         assert os.sched_getaffinity(pid) == {cpu}
         wait_until(lambda: httpx.get(f"{gw.url}/v2/health/ready").status_code == 200, 30, "the gateway")
-        # Every thread the runner has started since, onnxruntime's and the server's, runs there too.
+        # Every thread the runner has by now runs there too: they inherit the mask it was given at spawn.
         for task in Path(f"/proc/{pid}/task").iterdir():
             assert os.sched_getaffinity(int(task.name)) == {cpu}
-    finally:
-        gw.stop()
 
 
 @pytest.mark.parametrize(
