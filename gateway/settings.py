@@ -118,7 +118,8 @@ class Settings:
     pod_max_replicas: int = 2
     #: In-flight requests per replica the pod tier scales for: demand / target, rounded up, replicas.
     pod_target_in_flight: int = 16
-    #: Seconds without pod-tier requests before its replicas scale to zero (to ``pod_min_replicas``).
+    #: Seconds of lower demand before the pod tier scales down; the last replica (to ``pod_min_replicas``) goes
+    #: after the keep-alive, which is at least this.
     pod_idle_grace_s: float = 60.0
     #: The most the keep-alive stretches the wait before the last replica goes, when the tier's idle gaps show
     #: traffic coming back after pauses longer than the grace (router.pod_policy.keep_alive_s; 0: off).

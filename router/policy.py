@@ -29,8 +29,9 @@ must first scale from zero, say. Nothing left is a 503 naming why.
 - *faster* (tier ``auto`` only, and setting ``route_by_service_time``; an explicit ``--tier`` fixes the
   placement to the rules above): once the
   gateway has measured the function on both tiers for requests of this size (below ``spill_batch_rows`` rows,
-  or at or above it), each tier's expected time is its measured service time scaled by its queue, and the
-  request goes to the quicker one. On a cluster whose pods are no faster than the sandbox for this function,
+  or at or above it), each tier's expected time is its measured service time scaled by its queue (the pods':
+  plus the expected work in flight on the replica the request would get), and the request goes to the
+  quicker one. On a cluster whose pods are no faster than the sandbox for this function,
   its requests stay in the Wasm tier and the pod tier scales to zero; where the pods are faster (a GPU, a
   large batch), they win. Until both are measured, the rules above place the request, except that a
   Wasm-home request whose size has been measured on the pods only stays in the sandbox, to be measured there
