@@ -1,13 +1,12 @@
 """The simulated half of the routing bench (``bench.routing_trace``, which measures its inputs and prints it).
 
-**Simulated.** A discrete-event simulation of the same trace for the same policies, which places every request
-with the product's own ``router.policy.decide`` and scales the pod tier with ``router.pod_policy``
-(``desired_replicas``, ``needed_replicas``, ``pick_replica``, ``IdleGaps``), following ``router.activator``:
-held requests, a scale-up at once on demand, scale-down after the idle grace and to zero after the keep-alive,
-cold-start-masked requests counted as demand and preloading the model on a ready replica
-(``router.pod_tier``), a replica's 429 retried once on the Wasm tier, the expected work in flight per replica
-(the backlog the policy reads), replica-seconds integrated the same way. The policy reads service times the
-simulation measures as the gateway does (``router.latency.ServiceTimes``: Wasm service without the wait for a
+**Simulated.** A discrete-event simulation of the same trace for the same policies, which places every request with
+the product's own ``router.policy.decide`` and scales the pod tier with ``router.pod_policy`` (``Scaling``,
+``pick_replica``), following ``router.activator``: held requests, a scale-up at once on demand, scale-down after the
+idle grace and to zero after the keep-alive, cold-start-masked requests counted as demand and preloading the model
+on a ready replica (``router.pod_tier``), a replica's 429 retried once on the Wasm tier, the expected work in flight
+per replica (the backlog the policy reads), replica-seconds integrated the same way. The policy reads service times
+the simulation measures as the gateway does (``router.latency.ServiceTimes``: Wasm service without the wait for a
 slot, pod forwards that were not held and found their replica idle). Its inputs are measured in this run:
 
 - *service times*: after wasmgate's replay, on its gateway (warm, otherwise idle), requests one at a time with the
@@ -46,7 +45,7 @@ import numpy as np
 from bench.routing_workload import LARGE, SMALL, TICK_S, Arrival, Kind, Model, Outcome, Policy, Trace, bucket
 from gateway.settings import Settings
 from router.latency import ServiceTimes as Figures
-from router.pod_policy import IdleGaps, ScalePolicy, desired_replicas, needed_replicas, pick_replica
+from router.pod_policy import ScalePolicy, Scaling, pick_replica
 from router.policy import Decision, PodState, RouteInputs, Thresholds, WasmState, decide
 from router.scaler import Replica
 from wasm_host.pool import PoolSettings
@@ -182,12 +181,7 @@ class Simulation:
         self.holders: dict[str, set[str]] = collections.defaultdict(set)
         self.held: collections.deque[_Req] = collections.deque()
         self.wanted = 0
-        self.below_since: float | None = None
-        # The most requests in flight or held at once since the last scaling decision (a request served
-        # elsewhere that wants the pod tier counts as one), as the activator's: short requests between two
-        # ticks are demand too.
-        self.peak = 0
-        self.idle = IdleGaps(cfg.scale)
+        self.scaling = Scaling(cfg.scale)  # the activator's own decisions
         self.replica_seconds = 0.0
         self._integrated_to = 0.0
         # What the gateway has measured per function, tier and size (gateway.routing feeds the same book).
@@ -254,7 +248,7 @@ class Simulation:
         d = req.decision = decide(inputs)
         req.tier, req.reason = d.tier, d.reason
         if d.scale_pod:  # gateway.routing: Activator.note_demand, then PodTier.preload
-            self.peak = max(self.peak, 1)
+            self.scaling.seen(1)
             self._at(self.now, "kick")
             if ready and not warm:
                 self._preload(fn)
@@ -410,7 +404,7 @@ class Simulation:
             self._at(self.now, "kick")
 
     def _note_peak(self) -> None:
-        self.peak = max(self.peak, sum(self.in_flight.values()) + len(self.held))
+        self.scaling.seen(sum(self.in_flight.values()) + len(self.held))
 
     def _preload(self, fn: str) -> None:
         """router.pod_tier.PodTier.preload: the replica a request would get loads the model now."""
@@ -450,17 +444,8 @@ class Simulation:
     def _scale_once(self) -> None:
         self.replica_seconds += self.wanted * (self.now - self._integrated_to)
         self._integrated_to = self.now
-        policy = self.cfg.scale
-        demand = sum(self.in_flight.values()) + len(self.held)
-        demand, self.peak = max(self.peak, demand), 0
         current = self.wanted
-        self.idle.note(demand, self.now)
-        if needed_replicas(policy, demand) >= current:
-            self.below_since = None
-        elif self.below_since is None:
-            self.below_since = self.now
-        below_for = 0.0 if self.below_since is None else self.now - self.below_since
-        want = desired_replicas(policy, demand, current, below_for, self.idle.keep_alive_s)
+        want, _ = self.scaling.decide(sum(self.in_flight.values()) + len(self.held), current, self.now)
         if want == current:
             return
         while len(self.pods) < want:
@@ -471,4 +456,4 @@ class Simulation:
             starting = [p for p in self.pods if not p.ready]
             self.pods.remove(starting[-1] if starting else self.pods[-1])
         self.wanted = want
-        self.below_since = None
+        self.scaling.scaled()

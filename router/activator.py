@@ -9,7 +9,7 @@ Every pod-tier request passes through :meth:`Activator.acquire`, which yields a 
   at a full queue fails at once with 429. A held request is not forwarded until it is released, and it is
   released once, so nothing is lost and nothing runs twice.
 
-Scaling follows demand (in-flight plus held requests) through :func:`router.pod_policy.desired_replicas`:
+Scaling follows demand (in-flight plus held requests) through :class:`router.pod_policy.Scaling`:
 up at once, down only after demand has stayed low for the idle grace period, and to zero only after the
 keep-alive, which the idle gaps this tier has seen stretch past the grace (:func:`router.pod_policy.keep_alive_s`:
 traffic that pauses and comes back finds a warm replica). The activator counts in flight per replica itself,
@@ -32,7 +32,7 @@ from typing import Protocol
 
 import anyio
 
-from router.pod_policy import IdleGaps, ScalePolicy, desired_replicas, needed_replicas, pick_replica
+from router.pod_policy import ScalePolicy, Scaling, pick_replica
 from router.scaler import Replica, Scaler
 from wasm_host.errors import TooManyRequests, Unavailable
 
@@ -93,8 +93,6 @@ class Activator:
         self._suspect: dict[str, float] = {}  # replica id -> monotonic time it failed
         self._held: collections.deque[_Held] = collections.deque()
         self._kick = anyio.Event()
-        self._below_since: float | None = None
-        self._peak = 0  # most requests in flight or held at once since the last scaling decision
         self._last_scale_error: str | None = None
         self._scaling_from_zero_at: float | None = None
         #: How long the last scale-up from zero took to bring a replica ready (seconds); None until one did.
@@ -102,7 +100,7 @@ class Activator:
         #: Replicas asked for, integrated over time: what the pod tier costs (GPU-seconds, on a GPU pool).
         self.replica_seconds = 0.0
         self._last_tick: float | None = None
-        self.idle = IdleGaps(policy)
+        self.scaling = Scaling(policy)
 
     # -- running -------------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -140,18 +138,8 @@ class Activator:
         if self._last_tick is not None:
             self.replica_seconds += self.scaler.wanted() * (now - self._last_tick)
         self._last_tick = now
-        # The most requests seen at once since the last decision, not the count at this instant: a stream of
-        # short requests is mostly between requests at any given instant, and must not read as no demand.
-        demand = max(self._peak, sum(self.in_flight.values()) + len(self._held))
-        self._peak = 0
-        self.idle.note(demand, now)
         current = self.scaler.wanted()
-        if needed_replicas(self.policy, demand) >= current:
-            self._below_since = None
-        elif self._below_since is None:
-            self._below_since = now
-        below_for = 0.0 if self._below_since is None else now - self._below_since
-        want = desired_replicas(self.policy, demand, current, below_for, self.idle.keep_alive_s)
+        want, demand = self.scaling.decide(sum(self.in_flight.values()) + len(self._held), current, now)
         if want != current:
             log.info("scaling the pod tier from %d to %d replicas (demand %d)", current, want, demand)
             try:
@@ -163,7 +151,7 @@ class Activator:
                 self._last_scale_error = str(exc)
                 log.warning("scaling the pod tier to %d failed: %s", want, exc)
             else:
-                self._below_since = None
+                self.scaling.scaled()
                 if self.observer is not None:
                     self.observer.pod_scaled(want)
         self._expire_suspects(now)
@@ -184,7 +172,7 @@ class Activator:
                 len(self._held),
                 sum(self.in_flight.values()),
                 self.replica_seconds,
-                self.idle.keep_alive_s,
+                self.scaling.idle.keep_alive_s,
             )
 
     # -- serving -------------------------------------------------------------------------------------------
@@ -207,7 +195,7 @@ class Activator:
         alone = self.in_flight.get(replica.id, 0) == 0
         self.in_flight[replica.id] += 1
         self._backlog[replica.id] += expected_ms
-        self._peak = max(self._peak, sum(self.in_flight.values()) + len(self._held))
+        self.scaling.seen(sum(self.in_flight.values()) + len(self._held))
         try:
             yield Lease(replica, held, alone)
         finally:
@@ -236,7 +224,7 @@ class Activator:
             )
         entry = _Held(function)
         self._held.append(entry)
-        self._peak = max(self._peak, sum(self.in_flight.values()) + len(self._held))
+        self.scaling.seen(sum(self.in_flight.values()) + len(self._held))
         self._kick.set()  # scale from zero now, not at the next tick
         self._report()
         deadline = time.monotonic() + self.hold_timeout_s
@@ -279,7 +267,7 @@ class Activator:
         """A request that wants this tier was served by another one (cold-start masking, say): count it as one
         request seen since the last scaling decision, so that the tier scales up for the requests that follow
         and, like any request, holds it up until the idle grace has passed since the last one."""
-        self._peak = max(self._peak, 1)
+        self.scaling.seen(1)
         self._kick.set()
 
     @property

@@ -83,6 +83,44 @@ class IdleGaps:
                 self.keep_alive_s = keep_alive_s(self.gaps, self.policy.idle_grace_s, self.policy.keep_alive_max_s)
 
 
+class Scaling:
+    """The pod tier's scaling decisions over time: what the activator keeps between two of them, and each one.
+    The activator drives it with its clock (``router.activator``), the routing bench's simulation with its
+    own (``bench.routing_sim``), so both decide alike.
+
+    Demand is the most requests seen in flight or held at once since the last decision (:meth:`seen`), not
+    the count at the decision's instant: a stream of short requests is mostly between requests at any given
+    instant, and must not read as no demand. Scaling down waits until that demand has needed fewer replicas
+    than are running for ``idle_grace_s`` since the last change, and to zero for the keep-alive (``idle``)."""
+
+    def __init__(self, policy: ScalePolicy) -> None:
+        self.policy = policy
+        self.idle = IdleGaps(policy)
+        self._peak = 0
+        self._below_since: float | None = None
+
+    def seen(self, demand: int) -> None:
+        """Requests in flight or held now (or one, for a request served elsewhere that wants this tier)."""
+        self._peak = max(self._peak, demand)
+
+    def decide(self, demand_now: int, current: int, now: float) -> tuple[int, int]:
+        """(the replica count to ask for, the demand it was decided on), ``current`` being the count asked for
+        last; call :meth:`scaled` once a different count has been asked for."""
+        demand = max(self._peak, demand_now)
+        self._peak = 0
+        self.idle.note(demand, now)
+        if needed_replicas(self.policy, demand) >= current:
+            self._below_since = None
+        elif self._below_since is None:
+            self._below_since = now
+        below_for = 0.0 if self._below_since is None else now - self._below_since
+        return desired_replicas(self.policy, demand, current, below_for, self.idle.keep_alive_s), demand
+
+    def scaled(self) -> None:
+        """A new count was asked for: the wait for the next scale-down starts again."""
+        self._below_since = None
+
+
 def needed_replicas(policy: ScalePolicy, demand: int) -> int:
     """Replicas for ``demand`` requests (in flight plus held): demand / target, rounded up, within bounds.
     Any demand at all needs one replica."""

@@ -287,7 +287,7 @@ def test_the_tier_stays_up_through_pauses_it_has_learnt_to_expect() -> None:
             await activator._scale_once(at - 4)
             assert scaler.wanted() == 0
             await burst(at)
-        assert activator.idle.keep_alive_s == pytest.approx(8.8)
+        assert activator.scaling.idle.keep_alive_s == pytest.approx(8.8)
         asked = len(scaler.asked)
         await activator._scale_once(23.0)  # 5 s idle: past the grace, within the keep-alive
         await burst(27.0)
