@@ -357,11 +357,8 @@ def _file_key(path: Path) -> tuple[int, int, int] | None:
 
 
 def _file_sha256(path: Path) -> str:
-    sha = hashlib.sha256()
     with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            sha.update(chunk)
-    return sha.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def registry_client(settings: Settings) -> RegistryClient:
