@@ -314,10 +314,15 @@ def cmd_ls(args: argparse.Namespace) -> int:
             ",".join(f["models"]) or "-",
         )
         rows.append(row + ((str(f.get("digest") or "-"),) if pinned else ()))
+    print_table(rows)
+    return 0
+
+
+def print_table(rows: Sequence[tuple[str, ...]]) -> None:
+    """Rows as left-aligned columns two spaces apart, the first row a header."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
-    return 0
 
 
 def cmd_scale(args: argparse.Namespace) -> int:

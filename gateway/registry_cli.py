@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from gateway import artifact
+from gateway.cli import print_table
 from gateway.functions import FunctionRegistry
-from gateway.oci import Credentials, Reference, RegistryClient
-from gateway.registry_store import RegistryStore
+from gateway.oci import Reference, RegistryClient
+from gateway.registry_store import RegistryStore, read_config, registry_credentials
 from gateway.settings import Settings
 from wasm_host.host import Host
 from wasm_host.providers import CPU
@@ -36,10 +37,7 @@ def settings_of(args: argparse.Namespace) -> Settings:
 
 
 def client_of(ref: Reference, settings: Settings) -> RegistryClient:
-    s = settings
-    return RegistryClient(
-        ref, Credentials(s.registry_username, s.registry_password, s.registry_ca_file, s.registry_plain_http)
-    )
+    return RegistryClient(ref, registry_credentials(settings))
 
 
 def push(
@@ -80,16 +78,11 @@ def ls(args: argparse.Namespace, ref: Reference) -> int:
                 parts = artifact.parse(client.get_manifest(digest)[0])
             except artifact.InvalidArtifact:
                 continue  # not a function
-            try:
-                config = artifact.config_doc(client.read_blob(f"sha256:{parts.config}", artifact.MAX_DOCUMENT_BYTES))
-            except artifact.InvalidArtifact:
-                config = {}
+            config = read_config(client, parts)
             kind = str(config.get("kind", "?"))
             models = ",".join(sorted(parts.models)) or "-"
             rows.append((tag, str(config.get("version", 1)), kind, str(config.get("tier", "auto")), models, digest))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    print_table(rows)
     return 0
 
 

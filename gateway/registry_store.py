@@ -249,10 +249,7 @@ class RegistryStore(LocalStore):
             return 0
 
     def _config(self, art: artifact.Artifact) -> dict[str, Any]:
-        try:
-            return artifact.config_doc(self.client.read_blob(f"sha256:{art.config}", artifact.MAX_DOCUMENT_BYTES))
-        except artifact.InvalidArtifact:
-            return {}
+        return read_config(self.client, art)
 
     def _chain(self, name: str) -> list[tuple[int, str, artifact.Artifact]]:
         """(version, manifest digest, artifact) along the chain of previous manifests, newest first."""
@@ -327,6 +324,14 @@ class RegistryStore(LocalStore):
                 self._verified[digest] = key
 
 
+def read_config(client: RegistryClient, art: artifact.Artifact) -> dict[str, Any]:
+    """The artifact's config document; {} for one that is not a JSON object (another tool's)."""
+    try:
+        return artifact.config_doc(client.read_blob(f"sha256:{art.config}", artifact.MAX_DOCUMENT_BYTES))
+    except artifact.InvalidArtifact:
+        return {}
+
+
 def _function_tag(tag: str) -> bool:
     return bool(NAME_RE.fullmatch(tag)) and ".." not in tag
 
@@ -369,10 +374,12 @@ def registry_client(settings: Settings) -> RegistryClient:
         raise ValueError(f"WASMGATE_STORE: {exc}") from None
     if not settings.registry_sync_interval_s > 0:
         raise ValueError("WASMGATE_REGISTRY_SYNC_INTERVAL_S must be more than 0 seconds")
-    credentials = Credentials(
-        settings.registry_username, settings.registry_password, settings.registry_ca_file, settings.registry_plain_http
-    )
-    return RegistryClient(ref, credentials)
+    return RegistryClient(ref, registry_credentials(settings))
+
+
+def registry_credentials(settings: Settings) -> Credentials:
+    s = settings
+    return Credentials(s.registry_username, s.registry_password, s.registry_ca_file, s.registry_plain_http)
 
 
 def registry_store(settings: Settings, client: RegistryClient) -> RegistryStore:
