@@ -28,7 +28,7 @@ import httpx
 import numpy as np
 
 from bench.http_load import BENCH, WASM, free_port, kserve_command, server
-from gateway.demo import train_digits
+from gateway.cli.demo import train_digits
 from tests.test_scaling import metric
 
 

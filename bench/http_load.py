@@ -33,7 +33,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from gateway.demo import train_digits
+from gateway.cli.demo import train_digits
 
 BENCH = Path(__file__).resolve().parent
 WASM = [str(Path(sys.executable).parent / "wasm")]

@@ -4,7 +4,7 @@ process cold start, measured in the same run on the same model and request.
     python -m bench.pod_cold_start [--repeat 5] [--sizes 256,1024,1024,1024,10]
         [--kserve-python PATH] [--mlserver-python PATH] [--json OUT] [--quick]
 
-The model is ``gateway.demo.dense_model`` (by default 2.37 M parameters, about 9.5 MB: a model the router sends
+The model is ``gateway.cli.demo.dense_model`` (by default 2.37 M parameters, about 9.5 MB: a model the router sends
 to the pod tier), input ``input`` FP32 [1, 256], output ``output`` FP32 [1, 10]. Every system answers the same
 JSON request of one row, and every timed answer is checked against onnxruntime in this process before it
 counts. What each number includes:
@@ -61,7 +61,7 @@ import httpx
 import numpy as np
 
 from bench.http_load import BENCH, WASM, free_port, kserve_command
-from gateway.demo import dense_model
+from gateway.cli.demo import dense_model
 from tests.test_scaling import metric
 
 DEFAULT_SIZES = (256, 1024, 1024, 1024, 10)

@@ -103,7 +103,7 @@ class SimConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings, gpu_speedup: float, seed: int, cpus: int) -> SimConfig:
-        from gateway.pods import thresholds
+        from gateway.wiring import thresholds
 
         scale = ScalePolicy(
             settings.pod_min_replicas,
@@ -184,7 +184,7 @@ class Simulation:
         self.scaling = Scaling(cfg.scale)  # the activator's own decisions
         self.replica_seconds = 0.0
         self._integrated_to = 0.0
-        # What the gateway has measured per function, tier and size (gateway.routing feeds the same book).
+        # What the gateway has measured per function, tier and size (gateway.dispatch feeds the same book).
         self.figures = Figures(cfg.thresholds.spill_batch_rows)
 
     def _at(self, t: float, kind: str, item: Any = None) -> None:
@@ -247,7 +247,7 @@ class Simulation:
         )  # fmt: skip
         d = req.decision = decide(inputs)
         req.tier, req.reason = d.tier, d.reason
-        if d.scale_pod:  # gateway.routing: Activator.note_demand, then PodTier.preload
+        if d.scale_pod:  # gateway.dispatch: Activator.note_demand, then PodTier.preload
             self.scaling.seen(1)
             self._at(self.now, "kick")
             if ready and not warm:
@@ -323,7 +323,7 @@ class Simulation:
             self._not_run(req, 503)
 
     def _not_run(self, req: _Req, status: int) -> None:
-        """Refused by admission, so it never ran: gateway.routing retries it once on the other candidate (a
+        """Refused by admission, so it never ran: gateway.dispatch retries it once on the other candidate (a
         ready replica, or the Wasm tier for a replica's 429)."""
         fallback = req.decision.fallback if req.decision is not None and req.reason != "retry" else None
         if fallback == "pod" and any(p.ready for p in self.pods):

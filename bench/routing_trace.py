@@ -7,8 +7,8 @@ simulated for the same three, with p50 and p99 latency and the pod tier's replic
 
 **The trace** (seeded, the same for every policy). Bursts of 2-6 s whose arrivals are Poisson at ``--rate``
 requests per second, separated by idle gaps of 1-8 s, most longer than the pod tier's idle grace (3 s), so the
-tier goes cold between bursts. Each request asks the small model (``gateway.demo.train_digits``: a 4 KB logistic
-regression, rows of 64 floats) or, with probability ``--large-share``, the large one (``gateway.demo.dense_model``:
+tier goes cold between bursts. Each request asks the small model (``gateway.cli.demo.train_digits``: a 4 KB logistic
+regression, rows of 64 floats) or, with probability ``--large-share``, the large one (``gateway.cli.demo.dense_model``:
 a 34.7 M-parameter MLP of 138.6 MB, rows of 256 floats, past the product's default ``tier_pod_bytes`` of 64 MiB;
 ``--sizes`` for another, with ``--tier-pod-bytes`` between the two models' sizes). A request carries 1-4 rows, or
 with probability 3% a batch of 512 rows (past ``spill_batch_rows``, so spill-over has work). Bodies use OIP v2's

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.demo import dense_model, train_digits
+from gateway.cli.demo import dense_model, train_digits
 from router.policy import Thresholds, TierSetting
 from wasm_host.figures import ModelFigures, measure
 

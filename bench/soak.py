@@ -11,8 +11,8 @@ hostile tests' sandbox limits (``WASMGATE_DEADLINE_MS=200``, ``WASMGATE_MEMORY_L
 of this traffic, and without it nothing is forked, so the process sampled is the whole gateway and the two
 CPUs of a small machine go to the traffic. Pool settings are the defaults.
 
-**The functions.** Healthy: ``digits`` (``gateway.demo.train_digits``, bare, behind the passthrough),
-``digits-top3`` (the ``digits_topk`` guest with that model) and ``dense`` (``gateway.demo.dense_model``'s
+**The functions.** Healthy: ``digits`` (``gateway.cli.demo.train_digits``, bare, behind the passthrough),
+``digits-top3`` (the ``digits_topk`` guest with that model) and ``dense`` (``gateway.cli.demo.dense_model``'s
 default MLP, 2.37 M parameters). Hostile, built from source by ``guest_modules/build.py``: every fixture of
 guest_modules/hostile/README.md that ``wasm push`` accepts, with ``nn_abuse`` pushed with the digits model.
 
@@ -69,8 +69,8 @@ import numpy as np
 
 from bench.http_load import BENCH, WASM, free_port
 from bench.pod_cold_start import clean_env, spawned, wait_until
-from gateway.client import AdminClient
-from gateway.demo import dense_model, train_digits
+from gateway.cli.client import AdminClient
+from gateway.cli.demo import dense_model, train_digits
 from tests.test_hostile import EBADF, ENOENT, ENOTSOCK, NN_MISUSE, SETTINGS, TRAPS, Misbehaviour
 
 MiB = 1024 * 1024

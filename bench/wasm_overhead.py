@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from gateway.demo import dense_model, train_digits
-from gateway.functions import PASSTHROUGH_ALIAS, passthrough_module, passthrough_signature
+from gateway.cli.demo import dense_model, train_digits
 from wasm_host.engine import SandboxLimits
 from wasm_host.host import Host
 from wasm_host.onnx_backend import ModelRef
+from wasm_host.passthrough import PASSTHROUGH_ALIAS, passthrough_module, passthrough_signature
 from wasm_host.pool import InstancePool, PoolSettings
 from wasm_host.tensors import Tensor
 

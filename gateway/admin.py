@@ -22,10 +22,10 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.auth import check_admin
-from gateway.functions import ROUTING_KEYS
+from gateway.functions.push import ROUTING_KEYS
 from gateway.requests import read_body, state_of
 from gateway.state import AppState
-from gateway.store import Manifest, check_digest, check_name
+from gateway.store.manifest import Manifest, check_digest, check_name
 from wasm_host.errors import InvalidRequest, NotFound
 
 MAX_PUSH_DOC = 64 * 1024
@@ -119,7 +119,7 @@ async def put_function(request: Request) -> Response:
     token = doc.get("inference_token")
     if token is not None and (not isinstance(token, str) or (token and not token.isprintable())):
         raise InvalidRequest("'inference_token' must be a printable string ('' removes the function's token)")
-    push = functools.partial(state.registry.push, name, module, models, pool, routing, token)
+    push = functools.partial(state.publisher.push, name, module, models, pool, routing, token)
     manifest = await anyio.to_thread.run_sync(push)
     return JSONResponse(describe(state, manifest), status_code=201)
 
@@ -128,7 +128,7 @@ async def patch_pool(request: Request) -> Response:
     state = state_of(request)
     name = check_name(request.path_params["name"])
     doc = await json_object(request, 'body must be an object of pool settings, e.g. {"min_warm": 1}')
-    manifest = await anyio.to_thread.run_sync(state.registry.set_pool, name, doc)
+    manifest = await anyio.to_thread.run_sync(state.publisher.set_pool, name, doc)
     return JSONResponse(describe(state, manifest))
 
 
@@ -140,7 +140,7 @@ async def rollback(request: Request) -> Response:
     to = doc.get("to")
     if to is not None and (not isinstance(to, int) or isinstance(to, bool)):
         raise InvalidRequest("'to' must be a version number")
-    manifest = await anyio.to_thread.run_sync(state.registry.rollback, name, to)
+    manifest = await anyio.to_thread.run_sync(state.publisher.rollback, name, to)
     return JSONResponse(describe(state, manifest), status_code=201)
 
 

@@ -16,16 +16,17 @@ import onnxruntime as ort
 from starlette.applications import Starlette
 
 from gateway import admin, oip
-from gateway.errors import EXCEPTION_HANDLERS
-from gateway.functions import FunctionRegistry
+from gateway.functions.push import Publisher
+from gateway.functions.serving import FunctionRegistry
+from gateway.http_errors import EXCEPTION_HANDLERS
 from gateway.metrics import Metrics
-from gateway.pods import check_scaler, has_accelerators, make_pod_tier, thresholds
-from gateway.registry_store import RegistryStore, registry_client, registry_store
 from gateway.settings import Settings
-from gateway.source import GatewaySource
 from gateway.state import AppState, Role
-from gateway.store import LocalStore
-from gateway.sync import RegistrySync
+from gateway.store.local import LocalStore
+from gateway.store.registry import RegistryStore, registry_client, registry_store
+from gateway.store.source import GatewaySource
+from gateway.store.sync import RegistrySync
+from gateway.wiring import has_accelerators, make_pod_tier, thresholds
 from router.latency import ServiceTimes
 from router.wasm_tier import WasmTier
 from wasm_host.host import Host
@@ -41,7 +42,6 @@ def create_app(settings: Settings, role: Role = "gateway") -> Starlette:
     # Bad settings fail here, at start, with the setting's name: not in the lifespan, not at the first request.
     accelerated = False
     if role == "gateway":
-        check_scaler(settings)
         client = registry_client(settings) if settings.store else None  # a bad store URL fails here
         providers = [CPU]  # the gateway's own tier is the CPU tier
         accelerated = has_accelerators(settings, ort.get_available_providers())
@@ -66,16 +66,19 @@ def create_app(settings: Settings, role: Role = "gateway") -> Starlette:
                 settings.runner_source_url, store, settings.max_push_model_bytes, settings.admin_token
             )
         registry = FunctionRegistry(store, host, settings, warmer=warmer, observer=metrics, source=source)
+        publisher = Publisher(store, host, settings, registry)
         sync = None
         if isinstance(store, RegistryStore):
-            sync = RegistrySync(store, registry.validate, metrics, settings.registry_sync_interval_s)
+            sync = RegistrySync(store, publisher.validate, metrics, settings.registry_sync_interval_s)
             # Start from what the registry holds when it answers; from the cache alone when it does not.
             await anyio.to_thread.run_sync(lambda: sync.once(report=sync.lead()))
         wasm = WasmTier(settings.worker_threads, settings.inline_below_ms)
         pods, activator = make_pod_tier(settings, metrics) if role == "gateway" else (None, None)
         limits = thresholds(settings)
         times = ServiceTimes(limits.spill_batch_rows)
-        state = AppState(settings, store, host, registry, wasm, metrics, role, pods, accelerated, limits, times)
+        state = AppState(
+            settings, store, host, registry, publisher, wasm, metrics, role, pods, accelerated, limits, times
+        )
         app.state.wasmgate = state
         await anyio.to_thread.run_sync(registry.prewarm)
         # Everything made so far lives as long as the process: keep it out of every later collection, so a

@@ -19,7 +19,7 @@ import ipaddress
 from collections.abc import Mapping
 
 from gateway.settings import Settings
-from gateway.store import Manifest
+from gateway.store.manifest import Manifest
 from wasm_host.errors import Unauthorized
 
 SCHEME = "bearer"

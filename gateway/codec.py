@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from wasm_host.errors import InvalidRequest, TooLarge
-from wasm_host.tensors import DTYPES, Tensor, expected_nbytes, join_bytes, split_bytes
+from wasm_host.tensors import DTYPES, Tensor, TensorSpec, expected_nbytes, join_bytes, split_bytes
 
 HEADER_LENGTH = "inference-header-content-length"
 MAX_DIMS = 8
@@ -251,6 +251,32 @@ def _parse_outputs(raw: object) -> list[RequestedOutput] | None:
         binary = params.get("binary_data")
         out.append(RequestedOutput(item["name"], binary if isinstance(binary, bool) else None))
     return out
+
+
+def bind_inputs(name: str, declared: list[TensorSpec] | None, inputs: list[Tensor]) -> list[Tensor]:
+    """Check a request's inputs against the function's declared inputs and put them in declared order.
+    A function that declares nothing gets the inputs as sent."""
+    if declared is None:
+        return inputs
+    by_name = {t.name: t for t in inputs}
+    wanted = [s.name for s in declared]
+    missing = [n for n in wanted if n not in by_name]
+    extra = [n for n in by_name if n not in wanted]
+    if missing or extra:
+        parts = [f"missing {missing}"] if missing else []
+        parts += [f"unexpected {extra}"] if extra else []
+        raise InvalidRequest(f"{name!r} takes inputs {wanted}: {', '.join(parts)}")
+    ordered = []
+    for spec in declared:
+        t = by_name[spec.name]
+        if t.datatype != spec.datatype:
+            raise InvalidRequest(f"input {t.name!r} of {name!r} takes {spec.datatype}, got {t.datatype}")
+        if not spec.matches(t.shape):
+            raise InvalidRequest(
+                f"input {t.name!r} of {name!r} takes shape {list(spec.shape)} (-1: any size), got {list(t.shape)}"
+            )
+        ordered.append(t)
+    return ordered
 
 
 def select_outputs(produced: Sequence[Tensor], request: InferRequest) -> list[tuple[Tensor, bool]]:

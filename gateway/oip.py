@@ -11,13 +11,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway import openapi, routing
+from gateway import dispatch, openapi
 from gateway.auth import check_inference
 from gateway.codec import HEADER_LENGTH, parse_request
-from gateway.errors import status_of
+from gateway.http_errors import status_of
 from gateway.requests import read_body, state_of
 from gateway.state import AppState
-from gateway.store import Manifest
+from gateway.store.manifest import Manifest
 from wasm_host.errors import InvalidRequest, NotFound, WasmgateError
 
 EXTENSIONS = ["binary_tensor_data"]
@@ -98,7 +98,7 @@ async def infer(request: Request) -> Response:
     fn = state.registry.get_loaded(name)  # one stat(): the hot path of a loaded function
     manifest = fn.manifest if fn is not None else state.registry.manifest(name)
     admit(state, request, manifest)
-    return await routing.infer(request, state, manifest, fn)
+    return await dispatch.infer(request, state, manifest, fn)
 
 
 async def infer_here(request: Request, state: AppState) -> Response:
@@ -118,7 +118,7 @@ async def infer_here(request: Request, state: AppState) -> Response:
     try:
         body = await read_body(request, state.settings.max_body_bytes)
         req = parse_request(body, request.headers.get(HEADER_LENGTH), state.settings.sandbox.max_tensor_bytes)
-        payload, headers, cold, _ = await routing.run_on_wasm(state, fn, req)
+        payload, headers, cold, _ = await dispatch.run_on_wasm(state, fn, req)
         status = 200
     except WasmgateError as exc:
         status = status_of(exc)

@@ -27,6 +27,7 @@ from gateway.app import create_app
 from gateway.auth import check_bind
 from gateway.settings import MULTIPROC_ENV, Settings
 from gateway.state import Role
+from router.sockets import tcp_listener
 
 
 def configure_logging(settings: Settings) -> None:
@@ -48,21 +49,6 @@ def _uvicorn_options(settings: Settings) -> dict[str, Any]:
         # On SIGTERM uvicorn stops accepting, lets in-flight requests finish for this long, then closes.
         "timeout_graceful_shutdown": settings.drain_timeout_s,
     }
-
-
-def tcp_listener(host: str, port: int) -> socket.socket:
-    """The listening socket the workers share, made as ``IPPROTO_TCP`` explicitly.
-
-    uvicorn's own (``socket.socket(AF_INET)``) carries protocol 0, and asyncio enables TCP_NODELAY only on
-    connections whose socket says IPPROTO_TCP; the workers' connections then wait on Nagle's algorithm and
-    delayed ACKs, about 40 ms per response (measured: 23 req/s at concurrency 1, for any app).
-    """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.set_inheritable(True)
-    return sock
 
 
 def app_from_env() -> Starlette:

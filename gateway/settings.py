@@ -19,7 +19,22 @@ from wasm_host.engine import MiB, SandboxLimits
 ENV_PREFIX = "WASMGATE_"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LogLevel = Literal["debug", "info", "warning", "error"]
+#: Who runs the pod tier's runners (setting ``pod_scaler``).
+PodScaler = Literal["local", "kubernetes", "none"]
+#: Whether the pod tier has accelerators (setting ``accelerators``).
+Accelerators = Literal["auto", "yes", "none"]
+#: The choice fields, by the name of their type as the dataclass records it (``from __future__ import
+#: annotations`` keeps annotations as strings).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "LogLevel": get_args(LogLevel),
+    "PodScaler": get_args(PodScaler),
+    "Accelerators": get_args(Accelerators),
+}
 BOOLEANS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+
+
+#: Where the ``wasm`` CLI finds the gateway unless told (``--gateway``, ``WASMGATE_URL``).
+DEFAULT_URL = "http://127.0.0.1:8080"
 
 
 def default_data_dir(environ: Mapping[str, str]) -> Path:
@@ -40,7 +55,7 @@ class Settings:
     #: The embedded store: content-addressed blobs, one manifest per function, and the compile cache. With a
     #: registry ``store``, the registry's local cache (and the compile cache).
     data_dir: Path = Path("wasmgate-data")
-    # -- the store (gateway.registry_store) -------------------------------------------------------------------
+    # -- the store (gateway.store.registry) -------------------------------------------------------------------
     #: Where functions live: empty for the embedded store in ``data_dir``, or ``oci://HOST[:PORT]/REPO`` for
     #: an OCI registry shared by every replica (one tag per function), cached in ``data_dir``.
     store: str = ""
@@ -103,12 +118,12 @@ class Settings:
     #: Whether the cluster has accelerators: ``auto`` (the local scaler: what onnxruntime offers here; the
     #: Kubernetes scaler and registered endpoints: assumed), ``yes``, or ``none`` (an edge or CPU-only
     #: cluster: everything runs on CPU).
-    accelerators: str = "auto"
+    accelerators: Accelerators = "auto"
     # -- the pod tier ----------------------------------------------------------------------------------------
     #: Who runs the pod tier's runners: ``local`` (runner processes on this machine, started on demand),
     #: ``kubernetes`` (a runner Deployment, scaled through its scale subresource) or ``none`` (no pod tier,
     #: except functions registered with their own endpoint).
-    pod_scaler: str = "local"
+    pod_scaler: PodScaler = "local"
     #: The CPUs the local scaler pins its runner processes to, as Linux lists them (``1``, ``2-3,6``); empty:
     #: the gateway's own. On one machine this keeps runner start-ups and model loads off the CPUs that serve
     #: the Wasm tier (pin the gateway itself to the others, with ``taskset`` or the service manager).
@@ -153,9 +168,25 @@ class Settings:
     #: The sandbox's limits (deadline, memory, tensor and model sizes); defaults live in wasm_host.engine.
     sandbox: SandboxLimits = dataclasses.field(default_factory=SandboxLimits)
 
+    def __post_init__(self) -> None:
+        """Refuse choice fields outside their choices and a ``runner_cpus`` list that does not parse, naming
+        the variable, whether the settings came from the environment, flags or code."""
+        for f in dataclasses.fields(self):
+            choices = CHOICES.get(f.type) if isinstance(f.type, str) else None
+            value = getattr(self, f.name)
+            if choices is not None and value not in choices:
+                raise ValueError(f"{ENV_PREFIX}{f.name.upper()}={value!r}: use one of {', '.join(choices)}")
+        parse_cpus(self.runner_cpus)  # a bad list fails here, at start
+
     @property
     def cache_dir(self) -> Path:
         return self.data_dir / "cache"
+
+    @property
+    def runner_cpu_set(self) -> frozenset[int] | None:
+        """The CPUs of ``runner_cpus``, or None (unset: runners run where the gateway does). Raises
+        ValueError naming the variable for a list that does not parse or names a CPU this machine lacks."""
+        return parse_cpus(self.runner_cpus)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -196,6 +227,20 @@ class Settings:
         return [f for f in dataclasses.fields(cls) if f.name not in ("sandbox", "metrics_multiproc_dir")]
 
 
+@dataclasses.dataclass(frozen=True)
+class ClientSettings:
+    """What the ``wasm`` CLI needs to reach a gateway's admin API: its URL (``WASMGATE_URL``) and its admin
+    token (``WASMGATE_ADMIN_TOKEN``, the same variable the gateway reads). Flags win over both."""
+
+    url: str = DEFAULT_URL
+    admin_token: str = dataclasses.field(default="", repr=False)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ClientSettings:
+        env = os.environ if environ is None else environ
+        return cls(env.get(ENV_PREFIX + "URL") or DEFAULT_URL, env.get(ENV_PREFIX + "ADMIN_TOKEN", ""))
+
+
 def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
     name = ENV_PREFIX + f.name.upper()
     kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
@@ -217,10 +262,34 @@ def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
             if word not in BOOLEANS:
                 raise ValueError("must be true or false (also 1/0, yes/no, on/off)")
             return BOOLEANS[word]
-        if kind == "LogLevel":
-            if raw not in get_args(LogLevel):
-                raise ValueError(f"must be one of {', '.join(get_args(LogLevel))}")
+        if kind in CHOICES:
+            if raw not in CHOICES[kind]:
+                raise ValueError(f"use one of {', '.join(CHOICES[kind])}")
             return raw
         return raw
     except ValueError as exc:
         raise ValueError(f"{name}={raw!r}: {exc}") from exc
+
+
+def parse_cpus(raw: str) -> frozenset[int] | None:
+    """A Linux CPU list (``1``, ``2-3,6``) as a set of CPU numbers; None for an empty list. Raises ValueError
+    naming ``WASMGATE_RUNNER_CPUS`` for a list that does not parse or names a CPU this machine lacks."""
+    if not raw.strip():
+        return None
+    name = f"{ENV_PREFIX}RUNNER_CPUS={raw!r}"
+    if not hasattr(os, "sched_setaffinity"):
+        raise ValueError(f"{name}: pinning processes to CPUs needs Linux")
+    cpus: set[int] = set()
+    try:
+        for part in raw.strip().split(","):
+            first, _, last = part.strip().partition("-")
+            low, high = int(first), int(last or first)
+            if low < 0 or high < low:
+                raise ValueError
+            cpus.update(range(low, high + 1))
+    except ValueError:
+        raise ValueError(f"{name}: use CPU numbers and ranges, such as 1 or 2-3,6") from None
+    count = os.cpu_count() or 1
+    if max(cpus) >= count:
+        raise ValueError(f"{name}: this machine has CPUs 0-{count - 1}")
+    return frozenset(cpus)

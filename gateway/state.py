@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from gateway.functions import FunctionRegistry
+from gateway.functions.push import Publisher
+from gateway.functions.serving import FunctionRegistry
 from gateway.metrics import Metrics
 from gateway.settings import Settings
-from gateway.store import LocalStore, Manifest
+from gateway.store.local import LocalStore
+from gateway.store.manifest import Manifest
 from router.latency import ServiceTimes
 from router.pod_tier import PodTier
 from router.policy import Thresholds, Tier, home_tier
@@ -26,6 +28,7 @@ class AppState:
     store: LocalStore
     host: Host
     registry: FunctionRegistry
+    publisher: Publisher
     wasm: WasmTier
     metrics: Metrics
     role: Role = "gateway"

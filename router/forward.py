@@ -24,7 +24,7 @@ from collections.abc import Mapping
 
 import httpx
 
-from wasm_host.errors import DeadlineExceeded, TooManyRequests, Unavailable
+from wasm_host.errors import DeadlineExceeded, ReplicaUnreachable, Unavailable
 
 #: Request headers a replica needs to read the body; everything else (cookies, tokens) stays at the gateway.
 FORWARDED_REQUEST_HEADERS = ("content-type", "inference-header-content-length")
@@ -33,19 +33,6 @@ FORWARDED_RESPONSE_HEADERS = ("content-type", "inference-header-content-length")
 
 
 NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-class ReplicaUnreachable(Unavailable):
-    """The replica did not take the request; no response was produced, so another replica may serve it."""
-
-    def __init__(self, message: str, retry_after: float | None = None, replica: str | None = None) -> None:
-        super().__init__(message, retry_after)
-        self.replica = replica  # its id, once known
-
-
-class ReplicaBusy(ReplicaUnreachable, TooManyRequests):
-    """The replica answered 429: its admission refused the request before running it. Another candidate may
-    take it; when none can, the caller gets the 429."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,12 +2,12 @@
 as its endpoint.
 
 A replica gets ``/v2/models/{name}/versions/{version}/infer``, so it serves exactly the version the gateway
-routed (a runner that has an older one loads the new one; see ``gateway.source``). A registered endpoint gets
+routed (a runner that has an older one loads the new one; see ``gateway.store.source``). A registered endpoint gets
 ``/v2/models/{endpoint_model}/infer``, as any OIP v2 server expects.
 
 One call is one attempt. A replica that did not take the request raises
-:class:`router.forward.ReplicaUnreachable` naming it, and the router retries once, on another candidate
-(``gateway.routing``). So does a replica or endpoint that answers 429: it refused the request before running
+:class:`wasm_host.errors.ReplicaUnreachable` naming it, and the router retries once, on another candidate
+(``gateway.dispatch``). So does a replica or endpoint that answers 429: it refused the request before running
 it (its admission queue was full), which OIP v2 servers, wasmgate's runners included, signal that way. Any
 other response that has started, an error response included, is never retried.
 
@@ -27,9 +27,9 @@ import time
 from collections.abc import Collection, Mapping
 
 from router.activator import Activator
-from router.forward import Forwarded, Forwarder, ReplicaBusy, ReplicaUnreachable
+from router.forward import Forwarded, Forwarder
 from router.scaler import Replica
-from wasm_host.errors import Unavailable, WasmgateError
+from wasm_host.errors import ReplicaBusy, ReplicaUnreachable, Unavailable, WasmgateError
 
 log = logging.getLogger("wasmgate.pods")
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import wasmtime
 
-from gateway.demo import train_digits
+from gateway.cli.demo import train_digits
 from wasm_host.engine import SandboxLimits
 from wasm_host.guest import FunctionImage
 from wasm_host.host import Host

@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 
-from gateway.demo import dense_model
+from gateway.cli.demo import dense_model
 from tests.conftest import Digits, onnx_predict
 from tests.test_e2e import Gateway, json_infer, wasm_command
 

@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 
-from gateway.demo import dense_model
+from gateway.cli.demo import dense_model
 from tests.conftest import Digits
 from tests.test_durability import assert_consistent
 from tests.test_e2e import Gateway, free_port, wasm_command

@@ -429,7 +429,7 @@ def test_pool_settings_must_be_finite(shared: Gateway, value: bytes) -> None:
 
 
 def garbage_files(digits: Digits) -> dict[str, bytes]:
-    from gateway.functions import passthrough_module
+    from wasm_host.passthrough import passthrough_module
 
     wasm = passthrough_module()
     noise = np.random.default_rng(0).bytes(4096)

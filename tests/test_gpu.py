@@ -14,7 +14,7 @@ import onnxruntime as ort
 import pytest
 
 from gateway.app import create_app
-from gateway.demo import dense_model
+from gateway.cli.demo import dense_model
 from gateway.settings import Settings
 from tests.conftest import AppClient
 from tests.test_app import infer_body, push

@@ -12,12 +12,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.functions import PASSTHROUGH_ALIAS, passthrough_module, passthrough_signature
 from tests.conftest import Digits, onnx_predict
 from wasm_host.abi import MAGIC, STATUS_INVALID, encode_request, unpack_result
 from wasm_host.guest import GuestInstance
 from wasm_host.host import Host
 from wasm_host.onnx_backend import ModelRef
+from wasm_host.passthrough import PASSTHROUGH_ALIAS, passthrough_module, passthrough_signature
 from wasm_host.tensors import Tensor
 
 

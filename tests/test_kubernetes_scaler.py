@@ -23,6 +23,7 @@ import httpx
 import kubernetes.client
 import pytest
 
+from gateway import wiring
 from gateway.settings import Settings
 from router.scaler import Replica
 from router.scalers.kubernetes import KubernetesScaler
@@ -411,10 +412,10 @@ async def test_watch_failures_are_retried_with_a_relist(emulator: KubeEmulator, 
 
 
 @pytest.mark.anyio
-async def test_from_settings_loads_the_kubeconfig(emulator: KubeEmulator, tmp_path: Path) -> None:
+async def test_the_scaler_built_from_settings_loads_the_kubeconfig(emulator: KubeEmulator, tmp_path: Path) -> None:
     path = emulator.write_kubeconfig(tmp_path / "kubeconfig")
     default_host = kubernetes.client.Configuration.get_default_copy().host
-    scaler = KubernetesScaler.from_settings(Settings(kubeconfig=str(path)))
+    scaler = wiring.make_scaler(Settings(pod_scaler="kubernetes", kubeconfig=str(path)))
     try:
         assert (scaler.namespace, scaler.deployment, scaler.service) == (
             "default",
@@ -432,7 +433,7 @@ async def test_from_settings_loads_the_kubeconfig(emulator: KubeEmulator, tmp_pa
 @pytest.mark.anyio
 async def test_a_wrong_token_is_refused_with_401(emulator: KubeEmulator, tmp_path: Path) -> None:
     path = emulator.write_kubeconfig(tmp_path / "kubeconfig", token="not-the-token")
-    scaler = KubernetesScaler.from_settings(Settings(kubeconfig=str(path), k8s_namespace="default"))
+    scaler = wiring.make_scaler(Settings(pod_scaler="kubernetes", kubeconfig=str(path), k8s_namespace="default"))
     try:
         with pytest.raises(Unavailable, match=r"401 .*credentials"):
             await scaler.scale(1)
@@ -442,9 +443,9 @@ async def test_a_wrong_token_is_refused_with_401(emulator: KubeEmulator, tmp_pat
     assert emulator.spec_replicas == 0
 
 
-def test_from_settings_without_any_configuration_raises_unavailable(tmp_path: Path) -> None:
+def test_a_scaler_built_without_any_configuration_raises_unavailable(tmp_path: Path) -> None:
     with pytest.raises(Unavailable, match="cannot load the Kubernetes client configuration"):
-        KubernetesScaler.from_settings(Settings(kubeconfig=str(tmp_path / "absent")))
+        wiring.make_scaler(Settings(pod_scaler="kubernetes", kubeconfig=str(tmp_path / "absent")))
 
 
 # -- the emulator's faithfulness -----------------------------------------------------------------------------

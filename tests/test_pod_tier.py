@@ -22,7 +22,7 @@ import pytest
 
 from bench.pod_cold_start import runner_children
 from gateway.app import create_app
-from gateway.demo import dense_model
+from gateway.cli.demo import dense_model
 from gateway.settings import Settings
 from tests.conftest import AppClient, Digits
 from tests.test_app import infer_body, push

@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from gateway.demo import dense_model, train_digits
+from gateway.cli.demo import dense_model, train_digits
 from router.policy import (
     NoRoute,
     PodState,
@@ -212,8 +212,8 @@ def test_a_pinned_tier_is_not_moved_by_figures() -> None:
 
 
 def test_routing_by_service_time_is_a_setting() -> None:
-    from gateway.pods import thresholds
     from gateway.settings import Settings
+    from gateway.wiring import thresholds
 
     assert thresholds(Settings.from_env({})).by_service_time
     off = Settings.from_env({"WASMGATE_ROUTE_BY_SERVICE_TIME": "off"})

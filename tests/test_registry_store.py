@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from gateway.app import create_app
-from gateway.oci import Credentials, Reference, RegistryClient
 from gateway.settings import Settings
+from gateway.store.oci import Credentials, Reference, RegistryClient
 from tests.conftest import AppClient, Digits, onnx_predict
 from tests.oci_registry import Registry, htpasswd, self_signed
 from tests.test_e2e import wasm_command

@@ -20,8 +20,8 @@ import httpx
 import kubernetes.client
 import pytest
 
-from gateway.pods import make_pod_tier
 from gateway.settings import Settings
+from gateway.wiring import make_pod_tier
 from router.activator import Activator
 from router.pod_policy import ScalePolicy
 from router.scalers.kubernetes import CONFLICT_ATTEMPTS, KubernetesScaler

@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from gateway.demo import dense_model
+from gateway.cli.demo import dense_model
 from tests.conftest import Digits, onnx_predict
 from tests.test_e2e import Gateway, free_port
 from tests.test_pod_tier import binary_body, runner_pids, wait_until

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from gateway.server import tcp_listener
+from router.sockets import tcp_listener
 
 
 async def nodelay_of_accepted(listener: socket.socket) -> int:

@@ -23,13 +23,12 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import random
 import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import anyio.from_thread
@@ -49,9 +48,6 @@ except ImportError as exc:  # the client is an optional extra
     raise ImportError(
         "the Kubernetes scaler needs the official Kubernetes client: pip install 'wasmgate[kubernetes]'"
     ) from exc
-
-if TYPE_CHECKING:
-    from gateway.settings import Settings
 
 log = logging.getLogger("wasmgate.kubernetes")
 
@@ -97,7 +93,7 @@ class KubernetesScaler:
     cap); ``run`` also rewrites the share every ``share_ttl_s / 3`` seconds, dropping expired ones.
 
     The scaler closes the ``api_client`` on ``aclose`` only when it built it (``api_client=None`` or
-    :meth:`from_settings`); a client passed in stays the caller's.
+    :meth:`from_kubeconfig`); a client passed in stays the caller's.
     """
 
     def __init__(
@@ -150,30 +146,15 @@ class KubernetesScaler:
         self._share_lock = anyio.Lock()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> KubernetesScaler:
-        """A scaler for ``settings.k8s_*``, with its own client configuration (the client's global default is
-        left alone). ``settings.kubeconfig`` names a kubeconfig file; when empty, the in-cluster service
-        account is used, else ``~/.kube/config`` (or ``$KUBECONFIG``). The namespace is
-        ``settings.k8s_namespace``, else the pod's own (the service account's namespace file), else
-        ``default``. With ``settings.k8s_gateway_id`` the scaler records this gateway's share (bounded by
-        ``pod_min_replicas`` and ``pod_max_replicas``); with several worker processes each worker is a gateway
-        of its own, named by the id and its process id. Raises :class:`Unavailable` when no configuration can be
-        loaded."""
-        api_client, in_cluster = _load_api_client(settings.kubeconfig)
-        namespace = settings.k8s_namespace or (_pod_namespace() if in_cluster else "") or "default"
-        gateway_id = settings.k8s_gateway_id
-        if gateway_id and settings.workers > 1:
-            gateway_id = f"{gateway_id}.{os.getpid()}"
-        scaler = cls(
-            namespace=namespace,
-            deployment=settings.k8s_deployment,
-            service=settings.k8s_service,
-            port_name=settings.k8s_port_name,
-            api_client=api_client,
-            gateway_id=gateway_id,
-            min_replicas=settings.pod_min_replicas,
-            max_replicas=settings.pod_max_replicas,
-        )
+    def from_kubeconfig(cls, kubeconfig: str, namespace: str = "", **options: Any) -> KubernetesScaler:
+        """A scaler with its own client configuration (the client's global default is left alone):
+        ``kubeconfig`` names a kubeconfig file; when empty, the in-cluster service account is used, else
+        ``~/.kube/config`` (or ``$KUBECONFIG``). The namespace is ``namespace``, else the pod's own (the
+        service account's namespace file), else ``default``. ``options`` are the constructor's. Raises
+        :class:`Unavailable` when no configuration can be loaded."""
+        api_client, in_cluster = _load_api_client(kubeconfig)
+        namespace = namespace or (_pod_namespace() if in_cluster else "") or "default"
+        scaler = cls(namespace=namespace, api_client=api_client, **options)
         scaler._owns_client = True
         return scaler
 

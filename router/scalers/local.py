@@ -30,6 +30,7 @@ import anyio
 import httpx
 
 from router.scaler import Replica
+from router.sockets import tcp_listener  # the same IPPROTO_TCP listener the gateway serves on
 
 log = logging.getLogger("wasmgate.scaler.local")
 
@@ -124,8 +125,6 @@ class LocalProcessScaler:
             self._publish()
 
     def _start(self) -> None:
-        from gateway.server import tcp_listener  # the same IPPROTO_TCP listener the gateway serves on
-
         sock = tcp_listener(self.host, 0)
         try:
             port = sock.getsockname()[1]

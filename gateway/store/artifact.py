@@ -30,9 +30,9 @@ from collections.abc import Mapping
 from pathlib import PurePosixPath
 from typing import Any
 
-from gateway.oci import MANIFEST_MEDIA_TYPE
-from gateway.store import TIERS, Derive, Manifest, check_digest, check_name
-from wasm_host.errors import InvalidRequest
+from gateway.store.manifest import TIERS, Derive, Manifest, check_digest, check_name
+from gateway.store.oci import MANIFEST_MEDIA_TYPE
+from wasm_host.errors import InvalidArtifact, InvalidRequest
 from wasm_host.pool import PoolSettings
 
 CONFIG_MEDIA_TYPE = "application/vnd.wasmgate.function.config.v1+json"
@@ -62,10 +62,6 @@ SPEC_KEYS = (
 )
 #: Settings a config may hold without a ``kind``, applied over a manifest found by validation.
 SETTING_KEYS = ("tier", "endpoint", "endpoint_model", "spill", "mask_cold_start", "token_sha256")
-
-
-class InvalidArtifact(InvalidRequest):
-    """A tag names something wasmgate cannot serve as a function; the message says what is wrong with it."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,13 +8,7 @@ from typing import Any
 
 import httpx
 
-from wasm_host.errors import WasmgateError
-
-DEFAULT_URL = "http://127.0.0.1:8080"
-
-
-class ClientError(WasmgateError):
-    """The gateway refused a call, or could not be reached. The message is the gateway's own."""
+from wasm_host.errors import ClientError
 
 
 class AdminClient:

@@ -42,11 +42,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway import artifact
-from gateway.oci import Credentials, Reference, RegistryClient, file_chunks
 from gateway.settings import Settings
-from gateway.store import NAME_RE, Derive, LocalStore, Manifest, check_name
-from wasm_host.errors import InvalidRequest, NotFound, TooLarge, Unavailable, UpstreamError
+from gateway.store import artifact
+from gateway.store.local import LocalStore
+from gateway.store.manifest import NAME_RE, Derive, Manifest, check_name
+from gateway.store.oci import Credentials, Reference, RegistryClient, file_chunks
+from wasm_host.errors import InvalidArtifact, InvalidRequest, NotFound, TooLarge, Unavailable, UpstreamError
 from wasm_host.pool import PoolSettings
 
 log = logging.getLogger("wasmgate.registry")
@@ -245,7 +246,7 @@ class RegistryStore(LocalStore):
                 return cached.version
         try:
             return _version(self._config(self._artifact(digest)))
-        except artifact.InvalidArtifact:
+        except InvalidArtifact:
             return 0
 
     def _config(self, art: artifact.Artifact) -> dict[str, Any]:
@@ -261,7 +262,7 @@ class RegistryStore(LocalStore):
             try:
                 art = self._artifact(digest)
                 chain.append((_version(self._config(art)), digest, art))
-            except (NotFound, artifact.InvalidArtifact):  # collected, or not a function: the chain ends
+            except (NotFound, InvalidArtifact):  # collected, or not a function: the chain ends
                 break
             digest = art.previous
         return chain
@@ -328,7 +329,7 @@ def read_config(client: RegistryClient, art: artifact.Artifact) -> dict[str, Any
     """The artifact's config document; {} for one that is not a JSON object (another tool's)."""
     try:
         return artifact.config_doc(client.read_blob(f"sha256:{art.config}", artifact.MAX_DOCUMENT_BYTES))
-    except artifact.InvalidArtifact:
+    except InvalidArtifact:
         return {}
 
 

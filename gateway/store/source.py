@@ -15,7 +15,8 @@ import threading
 
 import httpx
 
-from gateway.store import LocalStore, Manifest
+from gateway.store.local import LocalStore
+from gateway.store.manifest import Manifest
 from wasm_host.errors import InvalidRequest, NotFound, Unavailable
 
 log = logging.getLogger("wasmgate.source")

@@ -30,20 +30,20 @@ from gateway.codec import (
     HEADER_LENGTH,
     InferRequest,
     RequestHead,
+    bind_inputs,
     encode_response,
     parse_request,
     peek_request,
     select_outputs,
 )
-from gateway.errors import status_of
-from gateway.functions import LoadedFunction, bind_inputs
+from gateway.functions.serving import LoadedFunction
+from gateway.http_errors import status_of
 from gateway.requests import read_body
 from gateway.state import AppState
-from gateway.store import Manifest
-from router.forward import ReplicaUnreachable
+from gateway.store.manifest import Manifest
 from router.pod_tier import Target
 from router.policy import Decision, NoRoute, PodState, RouteInputs, Tier, WasmState, decide
-from wasm_host.errors import InvalidRequest, Unavailable, WasmgateError
+from wasm_host.errors import InvalidRequest, ReplicaUnreachable, Unavailable, WasmgateError
 
 HINT_HEADER = "x-wasmgate-tier"
 DEADLINE_HEADER = "x-wasmgate-deadline-ms"

@@ -15,51 +15,16 @@ from router.policy import Thresholds
 from router.scaler import Scaler
 from wasm_host.providers import CPU, choose_providers
 
-SCALERS = ("local", "kubernetes", "none")
-
 
 def runner_command() -> list[str]:
     """How the local scaler starts a runner: this interpreter, this installation."""
     return [sys.executable, "-m", "gateway.cli", "runner"]
 
 
-def check_scaler(settings: Settings) -> None:
-    if settings.pod_scaler not in SCALERS:
-        raise ValueError(f"WASMGATE_POD_SCALER={settings.pod_scaler!r}: use one of {', '.join(SCALERS)}")
-    runner_cpus(settings)
-
-
-def runner_cpus(settings: Settings) -> frozenset[int] | None:
-    """The CPUs of setting ``runner_cpus``, or None (unset: runners run where the gateway does). Raises
-    ValueError naming the variable for a list that does not parse or names a CPU this machine lacks."""
-    raw = settings.runner_cpus.strip()
-    if not raw:
-        return None
-    name = f"WASMGATE_RUNNER_CPUS={settings.runner_cpus!r}"
-    if not hasattr(os, "sched_setaffinity"):
-        raise ValueError(f"{name}: pinning processes to CPUs needs Linux")
-    cpus: set[int] = set()
-    try:
-        for part in raw.split(","):
-            first, _, last = part.strip().partition("-")
-            low, high = int(first), int(last or first)
-            if low < 0 or high < low:
-                raise ValueError
-            cpus.update(range(low, high + 1))
-    except ValueError:
-        raise ValueError(f"{name}: use CPU numbers and ranges, such as 1 or 2-3,6") from None
-    count = os.cpu_count() or 1
-    if max(cpus) >= count:
-        raise ValueError(f"{name}: this machine has CPUs 0-{count - 1}")
-    return frozenset(cpus)
-
-
 def has_accelerators(settings: Settings, available: Sequence[str]) -> bool:
     """Whether the pod tier runs on accelerators (setting ``accelerators``). ``auto``: local runners use
     this machine's onnxruntime, whose ``available`` providers tell; a cluster's runners and registered
     endpoints are assumed to have them (set ``none`` for an edge or CPU-only cluster)."""
-    if settings.accelerators not in ("auto", "yes", "none"):
-        raise ValueError(f"WASMGATE_ACCELERATORS={settings.accelerators!r}: use auto, yes or none")
     if settings.accelerators != "auto":
         return settings.accelerators == "yes"
     if settings.pod_scaler != "local":
@@ -83,7 +48,7 @@ def thresholds(settings: Settings) -> Thresholds:
 
 
 def make_scaler(settings: Settings) -> Scaler | None:
-    """The configured scaler, or None for ``pod_scaler=none``. Raises ValueError for an unknown one."""
+    """The configured scaler, or None for ``pod_scaler=none``: the one place either scaler is built."""
     if settings.pod_scaler == "local":
         from router.scalers.local import LocalProcessScaler
 
@@ -91,15 +56,26 @@ def make_scaler(settings: Settings) -> Scaler | None:
         # keeps its own metrics, never the gateway workers' shared directory.
         env = {k: v for k, v in os.environ.items() if k != MULTIPROC_ENV} | settings.to_env()
         return LocalProcessScaler(
-            runner_command(), env, stop_grace_s=settings.drain_timeout_s, cpus=runner_cpus(settings)
+            runner_command(), env, stop_grace_s=settings.drain_timeout_s, cpus=settings.runner_cpu_set
         )
     if settings.pod_scaler == "kubernetes":
         from router.scalers.kubernetes import KubernetesScaler
 
-        return KubernetesScaler.from_settings(settings)
-    if settings.pod_scaler == "none":
-        return None
-    raise ValueError(f"WASMGATE_POD_SCALER={settings.pod_scaler!r}: use one of {', '.join(SCALERS)}")
+        # With several worker processes each worker is a gateway of its own: named by the id and its pid.
+        gateway_id = settings.k8s_gateway_id
+        if gateway_id and settings.workers > 1:
+            gateway_id = f"{gateway_id}.{os.getpid()}"
+        return KubernetesScaler.from_kubeconfig(
+            settings.kubeconfig,
+            settings.k8s_namespace,
+            deployment=settings.k8s_deployment,
+            service=settings.k8s_service,
+            port_name=settings.k8s_port_name,
+            gateway_id=gateway_id,
+            min_replicas=settings.pod_min_replicas,
+            max_replicas=settings.pod_max_replicas,
+        )
+    return None
 
 
 def shares_runners(settings: Settings) -> bool:

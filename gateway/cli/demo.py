@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from gateway.auth import check_bind
-from gateway.client import AdminClient, ClientError
+from gateway.cli.client import AdminClient
 from gateway.server import configure_logging, tune_interpreter, uvicorn_server
 from gateway.settings import Settings
+from wasm_host.errors import ClientError
 
 GUEST_BUILD = Path(__file__).resolve().parent.parent / "guest_modules" / "build"
 

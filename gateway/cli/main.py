@@ -7,18 +7,17 @@ bad usage.
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway.client import DEFAULT_URL, AdminClient, ClientError
-from gateway.oci import Reference
-from gateway.settings import Settings
-from wasm_host.errors import WasmgateError
+from gateway.cli.client import AdminClient
+from gateway.cli.tables import function_rows, print_table, tier_label
+from gateway.settings import DEFAULT_URL, ClientSettings, Settings
+from gateway.store.oci import Reference
+from wasm_host.errors import ClientError, WasmgateError
 
 WASM_MAGIC = b"\0asm"
 
@@ -182,15 +181,10 @@ def pool_settings_from(args: argparse.Namespace) -> dict[str, object]:
 
 
 def _gateway_flag(p: argparse.ArgumentParser) -> None:
+    client = ClientSettings.from_env()
+    p.add_argument("--gateway", default=client.url, help=f"gateway URL (default $WASMGATE_URL or {DEFAULT_URL})")
     p.add_argument(
-        "--gateway",
-        default=os.environ.get("WASMGATE_URL", DEFAULT_URL),
-        help=f"gateway URL (default $WASMGATE_URL or {DEFAULT_URL})",
-    )
-    p.add_argument(
-        "--token",
-        default=os.environ.get("WASMGATE_ADMIN_TOKEN", ""),
-        help="the gateway's admin token (default $WASMGATE_ADMIN_TOKEN)",
+        "--token", default=client.admin_token, help="the gateway's admin token (default $WASMGATE_ADMIN_TOKEN)"
     )
 
 
@@ -231,7 +225,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from gateway.demo import run_demo
+    from gateway.cli.demo import run_demo
 
     return run_demo(settings_from(args))
 
@@ -269,18 +263,16 @@ def cmd_push(args: argparse.Namespace) -> int:
             return 2
         module = data if data is None or data[:4] == WASM_MAGIC else None
         bare = {} if module is not None or data is None else {"model": data}
-        from gateway import registry_cli
+        from gateway.cli import registry
 
-        return registry_cli.push(
-            args, ref, ref.tag or name, module, models or bare, pool_settings_from(args), placement
-        )
+        return registry.push(args, ref, ref.tag or name, module, models or bare, pool_settings_from(args), placement)
     with AdminClient(args.gateway, args.token) as client:
         pool = pool_settings_from(args)
         if data is None or data[:4] == WASM_MAGIC:
             result = client.push(name, data, models, pool, placement, args.inference_token)
         else:
             result = client.push(name, None, {"model": data}, pool, placement, args.inference_token)
-    where = f"tier {_tier(result)}" + (f" at {result['endpoint']}" if result.get("endpoint") else "")
+    where = f"tier {tier_label(result)}" + (f" at {result['endpoint']}" if result.get("endpoint") else "")
     print(f"pushed {result['name']} version {result['version']} ({result['kind']}, {where})")
     print(f"  infer: curl -X POST {args.gateway.rstrip('/')}/v2/models/{result['name']}/infer -d @request.json")
     return 0
@@ -288,41 +280,13 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 def cmd_ls(args: argparse.Namespace) -> int:
     if args.registry:
-        from gateway import registry_cli
+        from gateway.cli import registry
 
-        return registry_cli.ls(args, Reference.parse(args.registry))
+        return registry.ls(args, Reference.parse(args.registry))
     with AdminClient(args.gateway, args.token) as client:
         functions = client.list()
-    rows: list[tuple[str, ...]] = [
-        ("NAME", "VERSION", "KIND", "TIER", "SIZE", "PARAMS", "FLOPS/ROW", "INPUTS", "OUTPUTS", "MODELS")
-    ]
-    pinned = any(f.get("digest") for f in functions)  # a registry store: which manifest each version is
-    if pinned:
-        rows[0] += ("DIGEST",)
-    for f in functions:
-        figures = f.get("figures") or {}
-        row = (
-            f["name"],
-            str(f["version"]),
-            f["kind"],
-            _tier(f),
-            _si(figures.get("bytes", 0), "B"),
-            _si(figures.get("params", 0)),
-            _si(figures.get("flops_per_row", 0)),
-            _specs(f["inputs"]),
-            _specs(f["outputs"]),
-            ",".join(f["models"]) or "-",
-        )
-        rows.append(row + ((str(f.get("digest") or "-"),) if pinned else ()))
-    print_table(rows)
+    print_table(function_rows(functions))
     return 0
-
-
-def print_table(rows: Sequence[tuple[str, ...]]) -> None:
-    """Rows as left-aligned columns two spaces apart, the first row a header."""
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
 def cmd_scale(args: argparse.Namespace) -> int:
@@ -347,34 +311,13 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def cmd_rm(args: argparse.Namespace) -> int:
     if args.registry:
-        from gateway import registry_cli
+        from gateway.cli import registry
 
-        return registry_cli.rm(args, Reference.parse(args.registry), args.name)
+        return registry.rm(args, Reference.parse(args.registry), args.name)
     with AdminClient(args.gateway, args.token) as client:
         result = client.delete(args.name)
     print(f"deleted {result['deleted']} (was version {result['version']})")
     return 0
-
-
-def _tier(f: dict[str, Any]) -> str:
-    """``wasm`` or ``pod`` when pinned; ``auto:wasm`` when the router chose by the figures."""
-    return f"auto:{f['home_tier']}" if f.get("tier") == "auto" else str(f.get("tier"))
-
-
-def _si(value: int, unit: str = "") -> str:
-    """A figure in three significant digits: 9.49M, 660, 4.74G."""
-    if not value:
-        return "-"
-    for scale, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if value >= scale:
-            return f"{value / scale:.3g}{prefix}{unit}"
-    return f"{value}{unit}"
-
-
-def _specs(specs: list[dict[str, object]] | None) -> str:
-    if specs is None:
-        return "?"
-    return ",".join(f"{s['name']}:{s['datatype']}{s['shape']}".replace(" ", "") for s in specs) or "-"
 
 
 def _read(path: Path) -> bytes:
@@ -382,8 +325,3 @@ def _read(path: Path) -> bytes:
         return path.read_bytes()
     except OSError as exc:
         raise ClientError(f"cannot read {path}: {exc.strerror}") from exc
-
-
-if __name__ == "__main__":
-    logging.basicConfig()
-    sys.exit(main())

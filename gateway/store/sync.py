@@ -22,8 +22,8 @@ import anyio
 import anyio.to_thread
 
 from gateway.metrics import Metrics
-from gateway.registry_store import RegistryStore
-from gateway.store import Derive
+from gateway.store.manifest import Derive
+from gateway.store.registry import RegistryStore
 from wasm_host.errors import Unavailable, UpstreamError
 
 log = logging.getLogger("wasmgate.registry")

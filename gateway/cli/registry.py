@@ -1,7 +1,7 @@
 """``wasm push|ls|rm --registry oci://HOST[:PORT]/REPO[:TAG]``: the registry store without a gateway.
 
 A push builds and validates the function in this process exactly as a gateway would (the same
-``FunctionRegistry.push``, on a registry store over a temporary cache), then pushes it to the registry; the
+``Publisher.push``, on a registry store over a temporary cache), then pushes it to the registry; the
 gateways on that registry serve it after their next sync. Credentials come from ``--username`` and
 ``--password-stdin``, else ``WASMGATE_REGISTRY_USERNAME`` and ``WASMGATE_REGISTRY_PASSWORD``; ``--ca-file`` and
 ``--plain-http`` (else ``WASMGATE_REGISTRY_CA_FILE``, ``WASMGATE_REGISTRY_PLAIN_HTTP``) as for ``wasm serve``.
@@ -16,12 +16,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from gateway import artifact
-from gateway.cli import print_table
-from gateway.functions import FunctionRegistry
-from gateway.oci import Reference, RegistryClient
-from gateway.registry_store import RegistryStore, read_config, registry_credentials
+from gateway.cli.tables import print_table
+from gateway.functions.push import Publisher
 from gateway.settings import Settings
+from gateway.store import artifact
+from gateway.store.oci import Reference, RegistryClient
+from gateway.store.registry import RegistryStore, read_config, registry_credentials
+from wasm_host.errors import InvalidArtifact
 from wasm_host.host import Host
 from wasm_host.providers import CPU
 
@@ -54,11 +55,11 @@ def push(
         store = RegistryStore(Path(tmp), client, settings.max_module_bytes, settings.max_push_model_bytes)
         host = Host(settings.sandbox, store.root / "cache", settings.ort_intra_op_threads, [CPU]).start()
         try:
-            registry = FunctionRegistry(store, host, settings)
+            publisher = Publisher(store, host, settings)
             module_digest = store.stage(module) if module is not None else None
             digests = {alias: store.stage(data) for alias, data in models.items()}
             routing = {k: v for k, v in placement.items() if v is not None}
-            manifest = registry.push(name, module_digest, digests, pool, routing, args.inference_token)
+            manifest = publisher.push(name, module_digest, digests, pool, routing, args.inference_token)
         finally:
             host.close()
     print(f"pushed {manifest.name} version {manifest.version} ({manifest.kind}, tier {manifest.tier})")
@@ -76,7 +77,7 @@ def ls(args: argparse.Namespace, ref: Reference) -> int:
                 continue
             try:
                 parts = artifact.parse(client.get_manifest(digest)[0])
-            except artifact.InvalidArtifact:
+            except InvalidArtifact:
                 continue  # not a function
             config = read_config(client, parts)
             kind = str(config.get("kind", "?"))

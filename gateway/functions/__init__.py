@@ -1,0 +1,1 @@
+"""Functions: serving loaded ones (:mod:`.serving`) and pushing new versions (:mod:`.push`)."""

@@ -1,0 +1,227 @@
+"""Pushing functions: validating what is pushed, committing it as a new version, and rolling back.
+
+A push is validated completely before anything is committed: sizes, the ONNX models (onnxruntime must load
+them), the module (compiled, checked against the ABI, linked, and instantiated once, which runs its
+``_initialize`` and reads its ``signature``). Only then does the store commit it, so a refused push leaves the
+store as it was. Compilation happens here, at push, and lands in the compile cache: no request compiles.
+
+The admin API, the registry sync (which completes what it fetches the way a push would) and ``wasm push
+--registry`` all validate through :class:`Publisher`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import httpx
+
+from gateway.auth import digest
+from gateway.settings import Settings
+from gateway.store.local import LocalStore
+from gateway.store.manifest import TIERS, Manifest, check_digest, check_name
+from wasm_host.errors import InvalidFunction, InvalidRequest, NotFound, TooLarge
+from wasm_host.figures import ModelFigures, measure
+from wasm_host.host import Host
+from wasm_host.onnx_backend import ModelRef, OnnxGraph
+from wasm_host.passthrough import PASSTHROUGH_ALIAS, passthrough_module, passthrough_signature
+from wasm_host.pool import PoolSettings
+
+#: The routing settings a push may carry (and a re-push keeps unless it names them).
+ROUTING_KEYS = ("tier", "spill", "mask_cold_start", "endpoint", "endpoint_model")
+
+
+class LoadedFunctions(Protocol):
+    """What this process holds of functions (``gateway.functions.serving.FunctionRegistry``)."""
+
+    def forget(self, name: str, new_code: bool = False) -> None: ...
+
+
+class Publisher:
+    """Validates and commits pushes, pool changes and rollbacks to ``store``. ``loaded``, when given, drops
+    what this process holds of a function's old version once a new one is committed."""
+
+    def __init__(
+        self, store: LocalStore, host: Host, settings: Settings, loaded: LoadedFunctions | None = None
+    ) -> None:
+        self.store = store
+        self.host = host
+        self.settings = settings
+        self.loaded = loaded
+        self._passthrough: bytes | None = None
+
+    def push(
+        self,
+        name: str,
+        module: str | None,
+        models: Mapping[str, str],
+        pool: Mapping[str, Any] | None = None,
+        routing: Mapping[str, Any] | None = None,
+        token: str | None = None,
+    ) -> Manifest:
+        """Validate and commit a function. ``module`` and ``models`` are digests of uploaded blobs;
+        ``module=None`` pushes a bare ONNX model behind the built-in passthrough guest. ``pool`` settings
+        apply over the function's current ones (or the defaults), so a re-push keeps its scaling.
+
+        ``routing`` may hold ``tier`` (``auto``, ``wasm`` or ``pod``), ``spill`` and ``mask_cold_start``
+        (booleans), which a re-push keeps unless it names them, and ``endpoint`` (an existing OIP v2 server
+        that serves the function's pod tier) with ``endpoint_model``. With an endpoint and neither module nor
+        models the function is served by that server alone (kind ``external``).
+
+        ``token``, when given, becomes the function's own inference token (kept as its sha256; ``""`` removes
+        it); otherwise a re-push keeps the function's token."""
+        routing = dict(routing or {})
+        unknown = set(routing) - set(ROUTING_KEYS)
+        if unknown:
+            raise InvalidRequest(f"unknown routing settings {sorted(unknown)}; known: {', '.join(ROUTING_KEYS)}")
+        self.store.refresh(check_name(name), self.validate)
+        try:
+            previous: Manifest | None = self.store.get(check_name(name))
+        except NotFound:
+            previous = None
+        settings = self._pool_settings(pool or {}, previous.pool if previous else PoolSettings())
+        endpoint = check_endpoint(routing.get("endpoint"))
+        endpoint_model = routing.get("endpoint_model")
+        if endpoint_model is not None:
+            check_name(endpoint_model)
+        tier = routing.get("tier", previous.tier if previous else "auto")
+        if tier not in TIERS:
+            raise InvalidRequest(f"tier {tier!r} is not one of {', '.join(TIERS)}")
+        spill, mask_cold_start = (self._flag(routing, key, previous) for key in ("spill", "mask_cold_start"))
+        if module is None and not models:
+            if endpoint is None:
+                raise InvalidFunction("a push needs a module, a model, or an endpoint that serves the function")
+            if tier == "wasm":
+                raise InvalidFunction("a function served by an endpoint alone runs on the pod tier, not 'wasm'")
+            manifest = Manifest(check_name(name), 0, "external", "", {}, None, None)
+        else:
+            manifest = self.validate(name, module, models)
+        manifest = dataclasses.replace(
+            manifest,
+            pool=settings,
+            tier=tier,
+            endpoint=endpoint,
+            endpoint_model=endpoint_model,
+            spill=spill,
+            mask_cold_start=mask_cold_start,
+            token_sha256=(previous.token_sha256 if previous else "") if token is None else token and digest(token),
+        )
+        return self._commit(manifest)
+
+    def _commit(self, manifest: Manifest) -> Manifest:
+        """Commit a new version, and drop what this process holds of the old one."""
+        committed = self.store.commit(manifest, self.settings.max_functions)
+        if self.loaded is not None:
+            self.loaded.forget(manifest.name, new_code=True)
+        return committed
+
+    def rollback(self, name: str, to: int | None = None) -> Manifest:
+        """Make an earlier version current again, as a new version (versions only ever grow, so a runner that
+        caches by version never serves a stale one). ``to`` defaults to the version before the current one.
+        The code is the version's own; pool and routing settings are too. Raises NotFound, InvalidRequest."""
+        self.store.refresh(check_name(name), self.validate)
+        current = self.store.get(name)
+        target = current.version - 1 if to is None else to
+        if target < 1 or target >= current.version:
+            raise InvalidRequest(
+                f"{name!r} is at version {current.version}: roll back to an earlier version (1 to "
+                f"{current.version - 1})"
+                if current.version > 1
+                else f"{name!r} has no earlier version"
+            )
+        return self._commit(self.store.get_version(name, target))
+
+    @staticmethod
+    def _flag(routing: Mapping[str, Any], key: str, previous: Manifest | None) -> bool:
+        value = routing.get(key, getattr(previous, key) if previous is not None else True)
+        if not isinstance(value, bool):
+            raise InvalidRequest(f"{key!r} must be true or false")
+        return value
+
+    def set_pool(self, name: str, pool: Mapping[str, Any]) -> Manifest:
+        """Change a function's pool settings; every worker applies them on its next request."""
+        self.store.refresh(check_name(name), self.validate)
+        current = self.store.get(name)
+        return self.store.set_pool(name, self._pool_settings(pool, current.pool))
+
+    @staticmethod
+    def _pool_settings(doc: Mapping[str, Any], base: PoolSettings) -> PoolSettings:
+        try:
+            return PoolSettings.from_json(doc, base)
+        except (ValueError, TypeError) as exc:
+            raise InvalidRequest(f"invalid pool settings: {exc}") from None
+
+    def validate(self, name: str, module: str | None, models: Mapping[str, str]) -> Manifest:
+        check_name(name)
+        if not isinstance(models, Mapping) or not all(
+            isinstance(a, str) and isinstance(d, str) for a, d in models.items()
+        ):
+            raise InvalidFunction("'models' must map aliases to digests")
+        digests = {check_name(alias): check_digest(d) for alias, d in models.items()}
+        checked = {alias: self._check_model(alias, d) for alias, d in digests.items()}
+        graphs = {alias: graph for alias, (graph, _) in checked.items()}
+        figures = sum((f for _, f in checked.values()), ModelFigures())
+        if module is None:
+            if len(graphs) != 1:
+                raise InvalidFunction("a push without a module takes exactly one ONNX model")
+            (graph,) = graphs.values()
+            inputs, outputs = passthrough_signature(graph)
+            wasm = self._passthrough_bytes()
+            module_digest = self.store.stage(wasm)
+            digests = {PASSTHROUGH_ALIAS: graph.digest}
+            self.host.prepare(wasm, module_digest, {})
+            return Manifest(name, 0, "passthrough", module_digest, digests, inputs, outputs, figures=figures)
+        module_digest = check_digest(module)
+        wasm = self.store.read_staged(module_digest)
+        if len(wasm) > self.settings.max_module_bytes:
+            raise TooLarge(
+                f"module of {len(wasm)} bytes exceeds {self.settings.max_module_bytes} (setting max_module_bytes)"
+            )
+        refs = {alias: ModelRef(d, self.store.upload_path(d)) for alias, d in digests.items()}
+        image = self.host.prepare(wasm, module_digest, refs)
+        try:
+            instance = image.instantiate()
+        except Exception as exc:
+            raise InvalidFunction(f"the function failed to start: {exc}") from exc
+        signature = instance.signature()
+        if signature is None:
+            return Manifest(name, 0, "custom", module_digest, digests, None, None, figures=figures)
+        return Manifest(name, 0, "custom", module_digest, digests, *signature, figures=figures)
+
+    def _check_model(self, alias: str, digest: str) -> tuple[OnnxGraph, ModelFigures]:
+        """The model loaded in onnxruntime (so it runs), and its figures (so the router can place it)."""
+        data = self.store.read_staged(digest)
+        limit = self.settings.max_push_model_bytes
+        if len(data) > limit:
+            raise TooLarge(f"model {alias!r} of {len(data)} bytes exceeds {limit} (setting max_push_model_bytes)")
+        try:
+            graph = self.host.backend.load(data, digest)
+        except InvalidFunction as exc:
+            raise InvalidFunction(f"model {alias!r}: {exc}") from exc
+        try:
+            return graph, measure(data)
+        except ValueError as exc:
+            raise InvalidFunction(f"model {alias!r}: {exc}") from exc
+
+    def _passthrough_bytes(self) -> bytes:
+        if self._passthrough is None:
+            self._passthrough = passthrough_module()
+        return self._passthrough
+
+
+def check_endpoint(url: str | None) -> str | None:
+    """An endpoint URL as stored: ``http(s)://host[:port][/prefix]`` without a trailing slash."""
+    if url is None:
+        return None
+    usable = isinstance(url, str) and url.isprintable() and " " not in url
+    try:  # parsed as the forwarder will: a URL stored here must never fail at request time
+        parsed = httpx.URL(url) if usable else None
+        usable = parsed is not None and parsed.scheme in ("http", "https") and bool(parsed.host)
+        usable = usable and parsed is not None and not parsed.query and (parsed.port is None or parsed.port > 0)
+    except (httpx.InvalidURL, ValueError, TypeError):
+        usable = False
+    if not usable:
+        shown = str(url)[:100]
+        raise InvalidRequest(f"endpoint {shown!r} must be an http:// or https:// base URL, e.g. http://triton:8000")
+    return url.rstrip("/")
