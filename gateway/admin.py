@@ -23,8 +23,8 @@ from starlette.routing import Route
 
 from gateway.auth import check_admin
 from gateway.functions.push import ROUTING_KEYS
-from gateway.requests import read_body, state_of
-from gateway.state import AppState
+from gateway.requests import read_body
+from gateway.state import AppState, state_of
 from gateway.store.manifest import Manifest, check_digest, check_name
 from wasm_host.errors import InvalidRequest, NotFound
 
@@ -62,8 +62,9 @@ def describe(state: AppState, manifest: Manifest) -> dict[str, Any]:
     times the router compares (router.latency), as this gateway process has measured them."""
     doc = manifest.to_json()
     doc["requires_token"] = bool(doc.pop("token_sha256"))
-    service = state.service_times.report(manifest.name, manifest.version)
-    return {**doc, "home_tier": state.home_tier(manifest), "service_ms": service}
+    dispatcher = state.gateway
+    service = dispatcher.times.report(manifest.name, manifest.version)
+    return {**doc, "home_tier": dispatcher.home_tier(manifest), "service_ms": service}
 
 
 def admin_only(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:

@@ -16,6 +16,7 @@ import onnxruntime as ort
 from starlette.applications import Starlette
 
 from gateway import admin, oip
+from gateway.dispatch import Dispatcher
 from gateway.functions.push import Publisher
 from gateway.functions.serving import FunctionRegistry
 from gateway.http_errors import EXCEPTION_HANDLERS
@@ -72,13 +73,22 @@ def create_app(settings: Settings, role: Role = "gateway") -> Starlette:
             sync = RegistrySync(store, publisher.validate, metrics, settings.registry_sync_interval_s)
             # Start from what the registry holds when it answers; from the cache alone when it does not.
             await anyio.to_thread.run_sync(lambda: sync.once(report=sync.lead()))
-        wasm = WasmTier(settings.worker_threads, settings.inline_below_ms)
-        pods, activator = make_pod_tier(settings, metrics) if role == "gateway" else (None, None)
-        limits = thresholds(settings)
-        times = ServiceTimes(limits.spill_batch_rows)
-        state = AppState(
-            settings, store, host, registry, publisher, wasm, metrics, role, pods, accelerated, limits, times
-        )
+        times = ServiceTimes(settings.spill_batch_rows)
+        wasm = WasmTier(settings.worker_threads, settings.inline_below_ms, registry, times)
+        pods, activator, dispatcher = None, None, None
+        if role == "gateway":
+            pods, activator = make_pod_tier(settings, metrics, times)
+            dispatcher = Dispatcher(
+                wasm,
+                pods,
+                times,
+                metrics,
+                thresholds(settings),
+                accelerated,
+                settings.max_body_bytes,
+                settings.sandbox.max_tensor_bytes,
+            )
+        state = AppState(settings, store, host, registry, publisher, wasm, metrics, role, dispatcher)
         app.state.wasmgate = state
         await anyio.to_thread.run_sync(registry.prewarm)
         # Everything made so far lives as long as the process: keep it out of every later collection, so a

@@ -253,7 +253,7 @@ def _parse_outputs(raw: object) -> list[RequestedOutput] | None:
     return out
 
 
-def bind_inputs(name: str, declared: list[TensorSpec] | None, inputs: list[Tensor]) -> list[Tensor]:
+def bind_inputs(name: str, declared: Sequence[TensorSpec] | None, inputs: list[Tensor]) -> list[Tensor]:
     """Check a request's inputs against the function's declared inputs and put them in declared order.
     A function that declares nothing gets the inputs as sent."""
     if declared is None:

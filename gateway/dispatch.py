@@ -1,6 +1,6 @@
-"""Running one inference request in the gateway: gather what the policy needs, let it pick the tier
-(``router.policy.decide``), run the request there, retry once elsewhere when that backend fails before it has
-answered, and report what happened.
+"""Dispatching one inference request in the gateway: ask each tier for its state, let the policy pick one
+(``router.policy.decide``), run the request there, retry once when that tier did not take it, and report what
+happened. Both tiers are behind one interface (``router.tier.TierBackend``); nothing here knows which is which.
 
 Every response says where it ran and why: ``x-wasmgate-tier`` (``wasm`` or ``pod``), ``x-wasmgate-replica``
 (this gateway process for the Wasm tier, the replica's id or the endpoint for the pod tier) and
@@ -18,11 +18,11 @@ and failed (a trap, a deadline, a bad input) has answered, and is never run agai
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Literal
 
-import anyio.to_thread
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -38,200 +38,173 @@ from gateway.codec import (
 )
 from gateway.functions.serving import LoadedFunction
 from gateway.http_errors import status_of
+from gateway.metrics import Metrics
 from gateway.requests import read_body
-from gateway.state import AppState
 from gateway.store.manifest import Manifest
-from router.pod_tier import Target
-from router.policy import Decision, NoRoute, PodState, RouteInputs, Tier, WasmState, decide
-from wasm_host.errors import InvalidRequest, ReplicaUnreachable, Unavailable, WasmgateError
+from router.latency import ServiceTimes
+from router.policy import (
+    Decision,
+    NoRoute,
+    PodState,
+    Reason,
+    RouteInputs,
+    Thresholds,
+    Tier,
+    WasmState,
+    decide,
+    home_tier,
+)
+from router.tier import Job, NotTaken, TierBackend
+from wasm_host.errors import InvalidRequest, Unavailable, WasmgateError
+from wasm_host.tensors import Tensor, TensorSpec
 
 HINT_HEADER = "x-wasmgate-tier"
 DEADLINE_HEADER = "x-wasmgate-deadline-ms"
 HINT_PARAMETER = "tier"
 TIERS: tuple[Tier, ...] = ("wasm", "pod")
+#: Why a request ran where it did: the policy's reason, or ``retry``.
+Placement = Reason | Literal["retry"]
 
 
-class _NotRun(Exception):  # control flow: the backend failed before answering
-    def __init__(self, cause: WasmgateError, replica: str | None) -> None:
-        self.cause = cause
-        self.replica = replica
+class HttpCall:
+    """One HTTP request as the tiers see it (``router.tier.Call``): its body and headers, forwarded as they are
+    to a replica, and its tensors, parsed once, for the sandbox (``parsed`` is None for a function served by
+    its endpoint alone, whose body is never decoded here)."""
+
+    __slots__ = ("body", "headers", "parsed")
+
+    def __init__(self, body: bytes, headers: Mapping[str, str], parsed: InferRequest | None) -> None:
+        self.body = body
+        self.headers = headers
+        self.parsed = parsed
+
+    def _request(self) -> InferRequest:
+        assert self.parsed is not None, "the policy sends only functions with code, which were parsed, to run"
+        return self.parsed
+
+    def inputs(self, name: str, declared: Sequence[TensorSpec] | None) -> list[Tensor]:
+        return bind_inputs(name, declared, self._request().inputs)
+
+    def encode(self, name: str, version: int, outputs: Sequence[Tensor]) -> tuple[bytes, Mapping[str, str]]:
+        request = self._request()
+        return encode_response(name, str(version), request, select_outputs(outputs, request))
 
 
-async def infer(request: Request, state: AppState, manifest: Manifest, fn: LoadedFunction | None) -> Response:
-    """Serve one request of ``manifest``'s function; ``fn`` is the function if this process has it loaded."""
-    started = time.perf_counter()
-    try:
-        body = await read_body(request, state.settings.max_body_bytes)
-        header_length = request.headers.get(HEADER_LENGTH)
-        parsed = None
-        if manifest.kind == "external":
-            head = peek_request(body, header_length)
-        else:  # the Wasm tier may run it: parse it all now (validation included), once
-            parsed = parse_request(body, header_length, state.settings.sandbox.max_tensor_bytes)
-            head = parsed.head
-        decision = _decide(request, state, manifest, fn, head)
-    except WasmgateError as exc:  # refused before it could be placed: counted against its home tier
-        home = state.home_tier(manifest)
-        state.metrics.observe_request(manifest.name, home, status_of(exc), time.perf_counter() - started, False)
-        raise
-    state.metrics.decided(manifest.name, decision.tier, decision.reason)
-    tier, reason = decision.tier, decision.reason
-    rows = head.batch
-    try:
-        return await _attempt(request, state, manifest, tier, reason, body, parsed, rows, started, ())
-    except _NotRun as first:
-        retry = _retry_tier(decision, state, manifest, first.replica)
-        if retry is None:
-            raise first.cause from None
-        state.metrics.retries.labels(tier, retry).inc()
-        state.metrics.decided(manifest.name, retry, "retry")
-        exclude = (first.replica,) if first.replica and retry == "pod" else ()
+class Dispatcher:
+    """Places and runs every inference request of a gateway (see the module docstring)."""
+
+    def __init__(
+        self,
+        wasm: TierBackend[WasmState],
+        pod: TierBackend[PodState],
+        times: ServiceTimes,
+        metrics: Metrics,
+        thresholds: Thresholds,
+        accelerators: bool,
+        max_body_bytes: int,
+        max_tensor_bytes: int,
+    ) -> None:
+        self.wasm = wasm
+        self.pod = pod
+        self.tiers: dict[Tier, TierBackend[object]] = {wasm.name: wasm, pod.name: pod}
+        self.times = times
+        self.metrics = metrics
+        self.thresholds = thresholds
+        self.accelerators = accelerators  # whether the pod tier has accelerators (setting accelerators, resolved)
+        self.max_body_bytes = max_body_bytes
+        self.max_tensor_bytes = max_tensor_bytes
+
+    def home_tier(self, manifest: Manifest) -> Tier:
+        """Where the router places ``manifest`` when nothing argues otherwise, on this gateway's settings."""
+        has_code = manifest.kind != "external"
+        return home_tier(manifest.tier, manifest.figures, has_code, self.accelerators, self.thresholds)
+
+    async def infer(self, request: Request, manifest: Manifest, fn: LoadedFunction | None) -> Response:
+        """Serve one request of ``manifest``'s function; ``fn`` is the function if this process has it loaded
+        (the handler's one lookup, passed down so that nothing looks it up again)."""
+        started = time.perf_counter()
         try:
-            return await _attempt(request, state, manifest, retry, "retry", body, parsed, rows, started, exclude)
-        except _NotRun as second:
-            raise Unavailable(f"{first.cause}; the retry on the {retry} tier failed too: {second.cause}", 1) from None
-
-
-def _decide(
-    request: Request, state: AppState, manifest: Manifest, fn: LoadedFunction | None, head: RequestHead
-) -> Decision:
-    times = state.service_times
-    name, version, rows = manifest.name, manifest.version, head.batch
-    wasm_ms = times.typical_ms(name, version, "wasm", rows)
-    if fn is not None:
-        a = fn.admission
-        wasm = WasmState(True, fn.pool.ready, a.in_flight, a.waiting, a.limit, wasm_ms)
-    else:
-        wasm = WasmState(typical_ms=wasm_ms)
-    pod_ms = times.typical_ms(name, version, "pod", rows)
-    pods = state.pods
-    if pods is None:
-        pod = PodState()
-    elif manifest.endpoint is not None:
-        pod = PodState(True, 1, 1, 0, 0, pod_ms)
-    elif pods.activator is None:
-        pod = PodState()
-    else:
-        act = pods.activator
-        pod = PodState(
-            True, act.ready, act.warm(name), act.in_flight_total, act.held, pod_ms, act.scale_up_s, act.backlog_ms(name)
-        )
-    inputs = RouteInputs(
-        tier=manifest.tier,
-        figures=manifest.figures,
-        has_code=manifest.kind != "external",
-        spill=manifest.spill,
-        mask_cold_start=manifest.mask_cold_start,
-        batch=head.batch,
-        hint=_hint(request.headers, head.parameters),
-        deadline_ms=_deadline(request.headers),
-        accelerators=state.accelerators,
-        wasm=wasm,
-        pod=pod,
-        thresholds=state.thresholds,
-        other_size=times.other_size(name, version, rows),
-    )
-    try:
-        decision = decide(inputs)
-    except NoRoute as exc:
-        raise Unavailable(f"{manifest.name!r}: {exc}") from None
-    if decision.scale_pod and pods is not None and pods.activator is not None:
-        pods.activator.note_demand()  # scale up for the requests that follow
-        pods.preload(Target(name, version))  # a ready replica that lacks the model loads it now, not at a request
-    return decision
-
-
-def _retry_tier(decision: Decision, state: AppState, manifest: Manifest, failed: str | None) -> Tier | None:
-    """Where the one retry runs: the other candidate, else (the pod tier's runners) another replica; None when
-    nothing could take it now (a retry never waits for a replica to start), and the first error stands."""
-    if decision.fallback == "wasm":
-        return "wasm"
-    pods = state.pods
-    if pods is None:
-        return None
-    if decision.fallback == "pod" and manifest.endpoint is not None:
-        return "pod"  # the endpoint itself: it has no replicas to count
-    on_replicas = decision.fallback == "pod" or (decision.tier == "pod" and manifest.endpoint is None)
-    ready = pods.activator.ready if pods.activator is not None else 0
-    return "pod" if on_replicas and ready - (1 if failed else 0) > 0 else None
-
-
-async def _attempt(
-    request: Request,
-    state: AppState,
-    manifest: Manifest,
-    tier: Tier,
-    reason: str,
-    body: bytes,
-    parsed: InferRequest | None,
-    rows: int,
-    started: float,
-    exclude: tuple[str, ...],
-) -> Response:
-    status = 500
-    cold = False
-    try:
-        if tier == "wasm":
-            payload, headers, replica, cold, service_ms = await _run_wasm(state, manifest, parsed)
-            status = 200
-            state.service_times.observe(manifest.name, manifest.version, tier, rows, service_ms)
-        else:
-            assert state.pods is not None
-            target = Target(manifest.name, manifest.version, manifest.endpoint, manifest.endpoint_model)
-            expected = state.service_times.expected_ms(manifest.name, manifest.version, rows)
+            body = await read_body(request, self.max_body_bytes)
+            header_length = request.headers.get(HEADER_LENGTH)
+            parsed = None
+            if manifest.kind == "external":
+                head = peek_request(body, header_length)
+            else:  # the Wasm tier may run it: parse it all now (validation included), once
+                parsed = parse_request(body, header_length, self.max_tensor_bytes)
+                head = parsed.head
+            job = Job(manifest.name, manifest.version, head.batch, manifest.endpoint, manifest.endpoint_model, fn)
+            decision = self._decide(request.headers, manifest, job, head)
+        except WasmgateError as exc:  # refused before it could be placed: counted against its home tier
+            elapsed = time.perf_counter() - started
+            self.metrics.observe_request(manifest.name, self.home_tier(manifest), status_of(exc), elapsed, False)
+            raise
+        self.metrics.decided(manifest.name, decision.tier, decision.reason)
+        call = HttpCall(body, request.headers, parsed)
+        try:
+            return await self._attempt(job, call, decision.tier, decision.reason, started)
+        except NotTaken as first:
+            # The one retry: on the other candidate, else (another replica) on the same tier.
+            retry = decision.fallback or decision.tier
+            if not self.tiers[retry].can_retry(job, first.replica, retry == decision.tier):
+                raise first.cause from None
+            self.metrics.retries.labels(decision.tier, retry).inc()
+            self.metrics.decided(manifest.name, retry, "retry")
+            exclude = (first.replica,) if first.replica else ()
             try:
-                # A retry never waits for a replica to start: it runs now, or fails now.
-                served = await state.pods.infer(target, body, request.headers, exclude, reason != "retry", expected)
-            except ReplicaUnreachable as exc:
-                raise _NotRun(exc, exc.replica) from exc
-            payload, headers, replica, cold = served.response.body, served.response.headers, served.replica, served.held
-            status = served.response.status
-            if status == 200 and not cold and served.alone:  # a replica's service, not its queue
-                state.service_times.observe(manifest.name, manifest.version, tier, rows, served.elapsed_ms)
-    except _NotRun as exc:
-        status = status_of(exc.cause)
-        raise
-    except WasmgateError as exc:
-        status = status_of(exc)
-        raise
-    finally:
-        state.metrics.observe_request(manifest.name, tier, status, time.perf_counter() - started, cold)
-    extra = {"x-wasmgate-tier": tier, "x-wasmgate-replica": replica, "x-wasmgate-reason": reason}
-    if cold:
-        extra["x-wasmgate-cold-start"] = "true"
-    return Response(payload, status_code=status, headers={**headers, **extra})
+                return await self._attempt(job, call, retry, "retry", started, exclude)
+            except NotTaken as second:
+                message = f"{first.cause}; the retry on the {retry} tier failed too: {second.cause}"
+                raise Unavailable(message, 1) from None
 
+    def _decide(self, headers: Headers, manifest: Manifest, job: Job, head: RequestHead) -> Decision:
+        inputs = RouteInputs(
+            tier=manifest.tier,
+            figures=manifest.figures,
+            has_code=manifest.kind != "external",
+            spill=manifest.spill,
+            mask_cold_start=manifest.mask_cold_start,
+            batch=head.batch,
+            hint=_hint(headers, head.parameters),
+            deadline_ms=_deadline(headers),
+            accelerators=self.accelerators,
+            wasm=self.wasm.state(job),
+            pod=self.pod.state(job),
+            thresholds=self.thresholds,
+            other_size=self.times.other_size(job.name, job.version, job.rows),
+        )
+        try:
+            decision = decide(inputs)
+        except NoRoute as exc:
+            raise Unavailable(f"{manifest.name!r}: {exc}") from None
+        if decision.scale_pod:
+            self.pod.expect(job)
+        return decision
 
-async def _run_wasm(
-    state: AppState, manifest: Manifest, parsed: InferRequest | None
-) -> tuple[bytes, Mapping[str, str], str, bool, float]:
-    assert parsed is not None  # the policy sends only functions with code, which were parsed, here
-    registry = state.registry
-    fn = registry.get_loaded(manifest.name)
-    if fn is None:
-        fn = await anyio.to_thread.run_sync(registry.get, manifest.name)
-    try:
-        payload, headers, cold, service_ms = await run_on_wasm(state, fn, parsed)
-    except Unavailable as exc:  # admission refused it: it never ran, so it may run elsewhere
-        raise _NotRun(exc, None) from exc
-    return payload, headers, f"gateway-{os.getpid()}", cold, service_ms
-
-
-async def run_on_wasm(
-    state: AppState, fn: LoadedFunction, parsed: InferRequest
-) -> tuple[bytes, Mapping[str, str], bool, float]:
-    """Run a parsed request on a loaded function's pool, through its admission: the encoded response, its
-    headers, whether this was the function's first request since it was loaded (a cold start), and its
-    service time in milliseconds (admission's wait left out)."""
-    cold, fn.cold = fn.cold, False
-    fn.last_used = time.monotonic()
-    try:
-        inputs = bind_inputs(fn.name, fn.manifest.inputs, parsed.inputs)
-        produced, service_ms = await state.wasm.infer(fn.admission, fn.pool, inputs, fn.manifest.outputs or [])
-    finally:
-        fn.last_used = time.monotonic()
-    payload, headers = encode_response(fn.name, str(fn.manifest.version), parsed, select_outputs(produced, parsed))
-    return payload, headers, cold, service_ms
+    async def _attempt(
+        self, job: Job, call: HttpCall, tier: Tier, reason: Placement, started: float, exclude: Sequence[str] = ()
+    ) -> Response:
+        status = 500
+        cold = False
+        try:
+            outcome = await self.tiers[tier].run(job, call, reason == "retry", exclude)
+            status, cold = outcome.status, outcome.cold
+        except NotTaken as exc:
+            status = status_of(exc.cause)
+            raise
+        except WasmgateError as exc:
+            status = status_of(exc)
+            raise
+        finally:
+            self.metrics.observe_request(job.name, tier, status, time.perf_counter() - started, cold)
+        headers = {
+            **outcome.headers,
+            "x-wasmgate-tier": tier,
+            "x-wasmgate-replica": outcome.replica,
+            "x-wasmgate-reason": reason,
+        }
+        if cold:
+            headers["x-wasmgate-cold-start"] = "true"
+        return Response(outcome.body, status_code=outcome.status, headers=headers)
 
 
 def _hint(headers: Mapping[str, str], parameters: Mapping[str, object]) -> Tier | None:

@@ -11,12 +11,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway import dispatch, openapi
+from gateway import openapi
 from gateway.auth import check_inference
 from gateway.codec import HEADER_LENGTH, parse_request
+from gateway.dispatch import HttpCall
 from gateway.http_errors import status_of
-from gateway.requests import read_body, state_of
-from gateway.state import AppState
+from gateway.requests import read_body
+from gateway.state import AppState, state_of
 from gateway.store.manifest import Manifest
 from wasm_host.errors import InvalidRequest, NotFound, WasmgateError
 
@@ -92,13 +93,13 @@ async def model_ready(request: Request) -> Response:
 
 async def infer(request: Request) -> Response:
     state = state_of(request)
-    if state.role == "runner":
+    if state.dispatcher is None:  # a runner
         return await infer_here(request, state)
     name = request.path_params["name"]
-    fn = state.registry.get_loaded(name)  # one stat(): the hot path of a loaded function
+    fn = state.registry.get_loaded(name)  # the one lookup: one stat() on the hot path of a loaded function
     manifest = fn.manifest if fn is not None else state.registry.manifest(name)
     admit(state, request, manifest)
-    return await dispatch.infer(request, state, manifest, fn)
+    return await state.dispatcher.infer(request, manifest, fn)
 
 
 async def infer_here(request: Request, state: AppState) -> Response:
@@ -111,24 +112,24 @@ async def infer_here(request: Request, state: AppState) -> Response:
         version = int(wanted) if wanted is not None and wanted.isdigit() else None
         fn = await anyio.to_thread.run_sync(registry.get_version, name, version)
     check_version(request, fn.manifest)
-    backend = state.wasm.name
+    tier = state.wasm.name
     started = time.perf_counter()
     status = 500
     cold = False
     try:
         body = await read_body(request, state.settings.max_body_bytes)
         req = parse_request(body, request.headers.get(HEADER_LENGTH), state.settings.sandbox.max_tensor_bytes)
-        payload, headers, cold, _ = await dispatch.run_on_wasm(state, fn, req)
-        status = 200
+        outcome, _ = await state.wasm.serve(fn, HttpCall(body, request.headers, req))
+        status, cold = outcome.status, outcome.cold
     except WasmgateError as exc:
         status = status_of(exc)
         raise
     finally:
-        state.metrics.observe_request(fn.name, backend, status, time.perf_counter() - started, cold)
-    extra = {"x-wasmgate-tier": backend}
+        state.metrics.observe_request(fn.name, tier, status, time.perf_counter() - started, cold)
+    headers = {**outcome.headers, "x-wasmgate-tier": tier}
     if cold:
-        extra["x-wasmgate-cold-start"] = "true"
-    return Response(payload, headers={**headers, **extra})
+        headers["x-wasmgate-cold-start"] = "true"
+    return Response(outcome.body, headers=headers)
 
 
 async def load_model(request: Request) -> Response:

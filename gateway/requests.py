@@ -1,16 +1,10 @@
-"""Reading requests: the app state behind a request, and a body read up to its limit."""
+"""Reading a request body up to its limit."""
 
 from __future__ import annotations
 
 from starlette.requests import Request
 
-from gateway.state import AppState
 from wasm_host.errors import InvalidRequest, TooLarge
-
-
-def state_of(request: Request) -> AppState:
-    state: AppState = request.app.state.wasmgate
-    return state
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -5,15 +5,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+from starlette.requests import Request
+
+from gateway.dispatch import Dispatcher
 from gateway.functions.push import Publisher
 from gateway.functions.serving import FunctionRegistry
 from gateway.metrics import Metrics
 from gateway.settings import Settings
 from gateway.store.local import LocalStore
-from gateway.store.manifest import Manifest
-from router.latency import ServiceTimes
-from router.pod_tier import PodTier
-from router.policy import Thresholds, Tier, home_tier
 from router.wasm_tier import WasmTier
 from wasm_host.host import Host
 
@@ -32,14 +31,18 @@ class AppState:
     wasm: WasmTier
     metrics: Metrics
     role: Role = "gateway"
-    pods: PodTier | None = None  # the gateway's pod tier; None in a runner
-    accelerators: bool = False  # whether the pod tier has accelerators (setting accelerators, resolved)
-    thresholds: Thresholds = dataclasses.field(default_factory=Thresholds)
-    #: What each tier recently took per function (the router's comparison); see router.latency.
-    service_times: ServiceTimes = dataclasses.field(default_factory=lambda: ServiceTimes(Thresholds.spill_batch_rows))
+    #: The gateway's request placement over both tiers; None in a runner, which serves on its Wasm tier alone.
+    dispatcher: Dispatcher | None = None
     ready: bool = False
 
-    def home_tier(self, manifest: Manifest) -> Tier:
-        """Where the router places ``manifest`` when nothing argues otherwise, on this gateway's settings."""
-        has_code = manifest.kind != "external"
-        return home_tier(manifest.tier, manifest.figures, has_code, self.accelerators, self.thresholds)
+    @property
+    def gateway(self) -> Dispatcher:
+        """The dispatcher, for what only a gateway serves (the admin API)."""
+        assert self.dispatcher is not None, "a runner has no dispatcher"
+        return self.dispatcher
+
+
+def state_of(request: Request) -> AppState:
+    """The app state behind a request."""
+    state: AppState = request.app.state.wasmgate
+    return state

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from gateway.settings import MULTIPROC_ENV, Settings
 from router.activator import Activator, PodObserver
 from router.forward import Forwarder
+from router.latency import ServiceTimes
 from router.pod_policy import ScalePolicy
 from router.pod_tier import PodTier
 from router.policy import Thresholds
@@ -84,7 +85,11 @@ def shares_runners(settings: Settings) -> bool:
     return settings.pod_scaler == "kubernetes" and bool(settings.k8s_gateway_id)
 
 
-def make_pod_tier(settings: Settings, observer: PodObserver | None) -> tuple[PodTier, Activator | None]:
+def make_pod_tier(
+    settings: Settings, observer: PodObserver | None, times: ServiceTimes | None = None
+) -> tuple[PodTier, Activator | None]:
+    """The pod tier (and its activator, None without a scaler); ``times`` is where it learns its service
+    times, shared with the Wasm tier and the dispatcher."""
     scaler = make_scaler(settings)
     # With shares, pod_min_replicas bounds their total, which the scaler applies: each gateway's own share
     # scales from zero, or N idle gateways would keep N times the minimum.
@@ -102,4 +107,4 @@ def make_pod_tier(settings: Settings, observer: PodObserver | None) -> tuple[Pod
         else Activator(scaler, policy, settings.pod_max_held, settings.pod_hold_timeout_s, observer)
     )
     forwarder = Forwarder(settings.pod_connect_timeout_s, settings.pod_request_timeout_s)
-    return PodTier(forwarder, activator), activator
+    return PodTier(forwarder, activator, times), activator

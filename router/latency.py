@@ -16,7 +16,14 @@ Figures are kept per version and live as long as the gateway process: a function
 from __future__ import annotations
 
 from router.policy import Tier
-from router.wasm_tier import ewma
+
+#: Weight of the newest sample in a running figure.
+EWMA_WEIGHT = 0.2
+
+
+def ewma(typical: float | None, sample: float) -> float:
+    """A running figure moved toward ``sample`` by ``EWMA_WEIGHT``; the first sample stands alone."""
+    return sample if typical is None else typical + EWMA_WEIGHT * (sample - typical)
 
 
 class ServiceTimes:

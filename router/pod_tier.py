@@ -24,11 +24,14 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 
 from router.activator import Activator
 from router.forward import Forwarded, Forwarder
+from router.latency import ServiceTimes
+from router.policy import PodState, Thresholds, Tier
 from router.scaler import Replica
+from router.tier import Call, Job, NotTaken, Outcome
 from wasm_host.errors import ReplicaBusy, ReplicaUnreachable, Unavailable, WasmgateError
 
 log = logging.getLogger("wasmgate.pods")
@@ -54,13 +57,64 @@ class Target:
 
 
 class PodTier:
-    name = "pod"
+    name: Tier = "pod"
 
-    def __init__(self, forwarder: Forwarder, activator: Activator | None) -> None:
-        """``activator`` is None when no scaler is configured: only functions with an endpoint are served."""
+    def __init__(self, forwarder: Forwarder, activator: Activator | None, times: ServiceTimes | None = None) -> None:
+        """``activator`` is None when no scaler is configured: only functions with an endpoint are served.
+        ``times`` learns the tier's service times from what :meth:`run` forwards."""
         self.forwarder = forwarder
         self.activator = activator
+        self.times = times if times is not None else ServiceTimes(Thresholds.spill_batch_rows)
         self._preloading: dict[tuple[str, str], asyncio.Task[None]] = {}  # (function, replica id) -> its load
+
+    # -- the TierBackend protocol (router.tier) -------------------------------------------------------------
+    def state(self, job: Job) -> PodState:
+        typical = self.times.typical_ms(job.name, job.version, "pod", job.rows)
+        if job.endpoint is not None:
+            return PodState(True, 1, 1, 0, 0, typical)
+        act = self.activator
+        if act is None:
+            return PodState()
+        name = job.name
+        return PodState(
+            True,
+            act.ready,
+            act.warm(name),
+            act.in_flight_total,
+            act.held,
+            typical,
+            act.scale_up_s,
+            act.backlog_ms(name),
+        )
+
+    async def run(self, job: Job, call: Call, retry: bool = False, exclude: Sequence[str] = ()) -> Outcome:
+        """Forward ``job`` once (see :meth:`infer`); a replica or endpoint that did not take it raises
+        NotTaken. A first attempt waits for a replica while the tier scales up; the retry never does."""
+        target = Target(job.name, job.version, job.endpoint, job.endpoint_model)
+        expected = self.times.expected_ms(job.name, job.version, job.rows)
+        try:
+            served = await self.infer(target, call.body, call.headers, exclude, not retry, expected)
+        except ReplicaUnreachable as exc:
+            raise NotTaken(exc, exc.replica) from exc
+        response = served.response
+        if response.status == 200 and not served.held and served.alone:  # a replica's service, not its queue
+            self.times.observe(job.name, job.version, self.name, job.rows, served.elapsed_ms)
+        return Outcome(response.status, response.body, response.headers, served.replica, served.held)
+
+    def can_retry(self, job: Job, failed: str | None, same_tier: bool) -> bool:
+        if job.endpoint is not None:
+            return not same_tier  # the endpoint itself, as the other candidate: it has no replicas to count
+        ready = self.activator.ready if self.activator is not None else 0
+        return ready - (1 if failed else 0) > 0  # another ready replica than the one that failed
+
+    def expect(self, job: Job) -> None:
+        """Scale up for the requests that follow, and have a ready replica that lacks the function load it
+        now rather than at a request (:meth:`preload`)."""
+        if self.activator is not None:
+            self.activator.note_demand()
+            self.preload(Target(job.name, job.version))
+
+    # -- forwarding ---------------------------------------------------------------------------------------
 
     async def aclose(self) -> None:
         """Close pooled connections, and release the scaler (the local scaler stops its runners)."""

@@ -1,4 +1,4 @@
-"""The local Wasm tier: runs a request on an instance from a function's pool.
+"""The local Wasm tier: runs a request on an instance from a function's pool, behind its admission.
 
 Where a guest runs is decided per request from how long that function's recent calls took:
 
@@ -14,45 +14,125 @@ Where a guest runs is decided per request from how long that function's recent c
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
+from typing import Protocol
 
 import anyio
 import anyio.to_thread
 
 from router.admission import Admission
+from router.latency import ServiceTimes, ewma
+from router.policy import Tier, WasmState
+from router.tier import Call, Job, NotTaken, Outcome
+from wasm_host.errors import Unavailable
 from wasm_host.pool import InstancePool
 from wasm_host.tensors import Tensor, TensorSpec
 
-#: Weight of the newest call in a function's running execution time.
-EWMA_WEIGHT = 0.2
+
+class Servable(Protocol):
+    """A function loaded in this process (``gateway.functions.serving.LoadedFunction``): its pool, its
+    admission, its declared signature, and what the tier records on it."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def inputs(self) -> list[TensorSpec] | None: ...
+
+    @property
+    def outputs(self) -> list[TensorSpec] | None: ...
+
+    @property
+    def pool(self) -> InstancePool: ...
+
+    @property
+    def admission(self) -> Admission: ...
+
+    cold: bool  # until its first request has been served
+    last_used: float  # time.monotonic() of its last request, for the reaper
 
 
-def ewma(typical: float | None, sample: float) -> float:
-    """A running figure moved toward ``sample`` by ``EWMA_WEIGHT``; the first sample stands alone."""
-    return sample if typical is None else typical + EWMA_WEIGHT * (sample - typical)
+class Loader(Protocol):
+    """Loads a function this process does not hold yet (``gateway.functions.serving.FunctionRegistry``)."""
+
+    def get(self, name: str) -> Servable:
+        """The loaded function. Blocking (reads files, creates sessions): called from a worker thread."""
 
 
 class WasmTier:
-    name = "wasm"
+    name: Tier = "wasm"
 
-    def __init__(self, threads: int, inline_below_ms: float) -> None:
+    def __init__(
+        self, threads: int, inline_below_ms: float, loader: Loader | None = None, times: ServiceTimes | None = None
+    ) -> None:
+        """``loader`` loads a function the request's :class:`Job` does not carry loaded; ``times`` learns the
+        tier's service times (both only for :meth:`run`, which the gateway uses; a runner calls
+        :meth:`serve`)."""
         self._limiter = anyio.CapacityLimiter(threads)
         self.inline_below_ms = inline_below_ms
+        self.loader = loader
+        self.times = times
+        self.replica = f"gateway-{os.getpid()}"  # what x-wasmgate-replica reports for this tier
 
-    async def infer(
-        self, admission: Admission, pool: InstancePool, inputs: Sequence[Tensor], outputs: Sequence[TensorSpec]
-    ) -> tuple[list[Tensor], float]:
-        """Run one request once admission gives it a slot: its outputs, and its service time in milliseconds
-        (from the slot to the answer, the wait for a slot excluded). Raises TooManyRequests or Unavailable
-        when admission refuses it, and the guest's errors otherwise."""
-        async with admission.slot():
-            started = time.perf_counter()
-            if runs_inline(pool.typical_ms, self.inline_below_ms):
-                produced = _run(pool, inputs, outputs)
-            else:
-                produced = await anyio.to_thread.run_sync(_run, pool, inputs, outputs, limiter=self._limiter)
-            return produced, (time.perf_counter() - started) * 1000
+    # -- the TierBackend protocol (router.tier) -------------------------------------------------------------
+    def state(self, job: Job) -> WasmState:
+        typical = self.times.typical_ms(job.name, job.version, "wasm", job.rows) if self.times else None
+        fn = job.loaded
+        if fn is None:
+            return WasmState(typical_ms=typical)
+        a = fn.admission
+        return WasmState(True, fn.pool.ready, a.in_flight, a.waiting, a.limit, typical)
+
+    async def run(self, job: Job, call: Call, retry: bool = False, exclude: Sequence[str] = ()) -> Outcome:
+        """Serve ``job`` on its function, loading it first when this process does not hold it. Admission's
+        refusal raises NotTaken: the request never ran, so the other tier may take it."""
+        fn = job.loaded
+        if fn is None:
+            assert self.loader is not None, "a WasmTier that runs jobs needs a loader"
+            fn = await anyio.to_thread.run_sync(self.loader.get, job.name)
+        try:
+            outcome, service_ms = await self.serve(fn, call)
+        except Unavailable as exc:  # admission refused it (TooManyRequests among them)
+            raise NotTaken(exc) from exc
+        if self.times is not None:
+            self.times.observe(job.name, job.version, self.name, job.rows, service_ms)
+        return outcome
+
+    def can_retry(self, job: Job, failed: str | None, same_tier: bool) -> bool:
+        # As the other candidate it takes the retry (admission queues it); on itself a retry would meet the
+        # admission that just refused it.
+        return not same_tier
+
+    def expect(self, job: Job) -> None:
+        """Nothing to get ready: a function loads at its first request in milliseconds."""
+
+    # -- serving ------------------------------------------------------------------------------------------
+    async def serve(self, fn: Servable, call: Call) -> tuple[Outcome, float]:
+        """Run one request on ``fn`` once admission gives it a slot: the encoded answer (``cold`` when it is
+        the function's first request since it was loaded) and its service time in milliseconds (from the slot
+        to the answer, the wait for a slot excluded). Raises TooManyRequests or Unavailable when admission
+        refuses it, and the request's or the guest's errors otherwise."""
+        cold, fn.cold = fn.cold, False
+        fn.last_used = time.monotonic()
+        try:
+            inputs = call.inputs(fn.name, fn.inputs)
+            async with fn.admission.slot():
+                started = time.perf_counter()
+                pool, outputs = fn.pool, fn.outputs or []
+                if runs_inline(pool.typical_ms, self.inline_below_ms):
+                    produced = _run(pool, inputs, outputs)
+                else:
+                    produced = await anyio.to_thread.run_sync(_run, pool, inputs, outputs, limiter=self._limiter)
+                service_ms = (time.perf_counter() - started) * 1000
+        finally:
+            fn.last_used = time.monotonic()
+        body, headers = call.encode(fn.name, fn.version, produced)
+        return Outcome(200, body, headers, self.replica, cold), service_ms
 
 
 def runs_inline(typical_ms: float | None, inline_below_ms: float) -> bool:

@@ -22,6 +22,7 @@ from wasm_host.errors import NotFound, Unavailable
 from wasm_host.host import Host
 from wasm_host.onnx_backend import ModelRef, OnnxGraph
 from wasm_host.pool import InstancePool, Warmer
+from wasm_host.tensors import TensorSpec
 
 log = logging.getLogger("wasmgate.functions")
 
@@ -50,6 +51,18 @@ class LoadedFunction:
     @property
     def name(self) -> str:
         return self.manifest.name
+
+    @property
+    def version(self) -> int:
+        return self.manifest.version
+
+    @property
+    def inputs(self) -> list[TensorSpec] | None:
+        return self.manifest.inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec] | None:
+        return self.manifest.outputs
 
     def retune(self, manifest: Manifest, stamp: tuple[int, int] | None) -> None:
         """Apply new pool settings to the same code without reloading it."""
