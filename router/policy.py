@@ -65,6 +65,9 @@ TierSetting = Literal["auto", "wasm", "pod"]
 Reason = Literal[
     "home", "home_cold", "hint", "fallback", "spill_batch", "spill_saturated", "cold_start_masked", "faster"
 ]
+#: A request retried once on the other candidate after its first backend failed before answering (gateway.dispatch).
+Retry = Literal["retry"]
+Placement = Reason | Retry
 
 # The per-request values below are slotted, not frozen: they are built on every request, and a frozen
 # dataclass's __init__ costs about five times as much (measured, 12 fields: 4.4 us against 0.8 us). Nothing
