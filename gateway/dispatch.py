@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import Literal
 
 from starlette.datastructures import Headers
 from starlette.requests import Request
@@ -45,8 +44,8 @@ from router.latency import ServiceTimes
 from router.policy import (
     Decision,
     NoRoute,
+    Placement,
     PodState,
-    Reason,
     RouteInputs,
     Thresholds,
     Tier,
@@ -62,8 +61,6 @@ HINT_HEADER = "x-wasmgate-tier"
 DEADLINE_HEADER = "x-wasmgate-deadline-ms"
 HINT_PARAMETER = "tier"
 TIERS: tuple[Tier, ...] = ("wasm", "pod")
-#: Why a request ran where it did: the policy's reason, or ``retry``.
-Placement = Reason | Literal["retry"]
 
 
 class HttpCall:
