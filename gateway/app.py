@@ -14,12 +14,13 @@ import anyio
 import anyio.to_thread
 import onnxruntime as ort
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 
 from gateway import admin, oip
 from gateway.dispatch import Dispatcher
 from gateway.functions.push import Publisher
 from gateway.functions.serving import FunctionRegistry
-from gateway.http_errors import EXCEPTION_HANDLERS
+from gateway.http_errors import EXCEPTION_HANDLERS, UnexpectedErrors
 from gateway.metrics import Metrics
 from gateway.settings import Settings
 from gateway.state import AppState, Role
@@ -125,7 +126,12 @@ def create_app(settings: Settings, role: Role = "gateway") -> Starlette:
             host.close()
 
     routes = [*oip.ROUTES, *admin.ROUTES] if role == "gateway" else [*oip.ROUTES, *oip.RUNNER_ROUTES]
-    return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
+    return Starlette(
+        routes=routes,
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[Middleware(UnexpectedErrors)],
+        lifespan=lifespan,
+    )
 
 
 async def _reaper(state: AppState) -> None:

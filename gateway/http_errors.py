@@ -1,17 +1,24 @@
 """The one place where errors become HTTP responses.
 
 Every error body is ``{"error": "<message>"}``. Each error is logged once, here: client errors at INFO, server
-errors at WARNING (with the traceback for anything unexpected). Messages never contain tokens or request data
-beyond what the caller sent.
+errors at WARNING, and anything unexpected (a bug) at ERROR with its traceback. Messages never contain tokens or
+request data beyond what the caller sent.
+
+Errors of the tree (``wasm_host.errors``) and Starlette's HTTP errors go through :data:`EXCEPTION_HANDLERS`.
+Anything else is answered by :class:`UnexpectedErrors`, a middleware, rather than by an ``Exception`` handler:
+Starlette runs that handler in its outermost middleware and then raises the error again for the server, which
+logs it a second time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from wasm_host.errors import (
     DeadlineExceeded,
@@ -80,13 +87,28 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, message, dict(exc.headers) if exc.headers else None)
 
 
-async def handle_unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("%s %s -> 500: unexpected error", request.method, request.url.path)
-    return error_response(500, "internal error; the gateway logged the details")
-
-
 EXCEPTION_HANDLERS = {
     WasmgateError: handle_wasmgate_error,
     HTTPException: handle_http_exception,
-    Exception: handle_unexpected,
 }
+
+
+class UnexpectedErrors:
+    """ASGI middleware: an error no handler knows is answered 500 and logged once, with its traceback, and
+    goes no further. When the response had already started, nothing more can be sent; the server then closes
+    the connection."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            await self.app(scope, receive, send)
+        except Exception:
+            log.exception("%s %s -> 500: unexpected error", scope["method"], scope["path"])
+            response = error_response(500, "internal error; the gateway logged the details")
+            with contextlib.suppress(RuntimeError):  # the response had started: the server refuses a second one
+                await response(scope, receive, send)
