@@ -222,6 +222,13 @@ class Settings:
                 env[ENV_PREFIX + f.name.upper()] = str(getattr(obj, f.name))
         return env
 
+    def runner_env(self, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The environment of a runner the local scaler starts: this process's (``environ``, default
+        ``os.environ``) with every setting exported, so the runner reads the same store, sandbox limits and
+        providers; without the gateway workers' shared metrics directory, since a runner keeps its own."""
+        env = os.environ if environ is None else environ
+        return {k: v for k, v in env.items() if k != MULTIPROC_ENV} | self.to_env()
+
     @classmethod
     def _own_fields(cls) -> list[dataclasses.Field[Any]]:
         return [f for f in dataclasses.fields(cls) if f.name not in ("sandbox", "metrics_multiproc_dir")]

@@ -6,7 +6,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from gateway.settings import MULTIPROC_ENV, Settings
+from gateway.settings import Settings
 from router.activator import Activator, PodObserver
 from router.forward import Forwarder
 from router.latency import ServiceTimes
@@ -53,11 +53,8 @@ def make_scaler(settings: Settings) -> Scaler | None:
     if settings.pod_scaler == "local":
         from router.scalers.local import LocalProcessScaler
 
-        # A runner reads the same settings (store, sandbox limits, providers) from the same variables; it
-        # keeps its own metrics, never the gateway workers' shared directory.
-        env = {k: v for k, v in os.environ.items() if k != MULTIPROC_ENV} | settings.to_env()
         return LocalProcessScaler(
-            runner_command(), env, stop_grace_s=settings.drain_timeout_s, cpus=settings.runner_cpu_set
+            runner_command(), settings.runner_env(), stop_grace_s=settings.drain_timeout_s, cpus=settings.runner_cpu_set
         )
     if settings.pod_scaler == "kubernetes":
         from router.scalers.kubernetes import KubernetesScaler
