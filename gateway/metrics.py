@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from typing import get_args
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -21,6 +22,7 @@ from prometheus_client import (
     multiprocess,
 )
 
+from router.policy import Reason, Retry
 from wasm_host.pool import InstancePool
 
 INSTANCE_STATES = ("warm", "busy", "instantiating")
@@ -137,8 +139,8 @@ class Metrics:
         )
         self.decisions = Counter(
             "wasmgate_route_decisions",
-            "Routing decisions by function, the tier chosen and the reason (home, home_cold, spill_batch, "
-            "spill_saturated, cold_start_masked, faster, hint, fallback, retry).",
+            "Routing decisions by function, the tier chosen and the reason "
+            f"({', '.join((*get_args(Reason), *get_args(Retry)))}).",
             ["function", "tier", "reason"],
             registry=r,
         )
