@@ -16,14 +16,39 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
+from router.admission import Admission
 from router.policy import Tier as TierName
 from wasm_host.errors import WasmgateError
+from wasm_host.pool import InstancePool
 from wasm_host.tensors import Tensor, TensorSpec
 
-if TYPE_CHECKING:
-    from router.wasm_tier import Servable
+
+class Servable(Protocol):
+    """A function loaded in this process (``gateway.functions.serving.LoadedFunction``): its pool, its
+    admission, its declared signature, and what the tier records on it."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def inputs(self) -> list[TensorSpec] | None: ...
+
+    @property
+    def outputs(self) -> list[TensorSpec] | None: ...
+
+    @property
+    def pool(self) -> InstancePool: ...
+
+    @property
+    def admission(self) -> Admission: ...
+
+    cold: bool  # until its first request has been served
+    last_used: float  # time.monotonic() of its last request, for the reaper
 
 
 @dataclasses.dataclass(slots=True)

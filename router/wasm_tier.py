@@ -22,39 +22,12 @@ from typing import Protocol
 import anyio
 import anyio.to_thread
 
-from router.admission import Admission
 from router.latency import ServiceTimes, ewma
 from router.policy import Tier, WasmState
-from router.tier import Call, Job, NotTaken, Outcome
+from router.tier import Call, Job, NotTaken, Outcome, Servable
 from wasm_host.errors import Unavailable
 from wasm_host.pool import InstancePool
 from wasm_host.tensors import Tensor, TensorSpec
-
-
-class Servable(Protocol):
-    """A function loaded in this process (``gateway.functions.serving.LoadedFunction``): its pool, its
-    admission, its declared signature, and what the tier records on it."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def version(self) -> int: ...
-
-    @property
-    def inputs(self) -> list[TensorSpec] | None: ...
-
-    @property
-    def outputs(self) -> list[TensorSpec] | None: ...
-
-    @property
-    def pool(self) -> InstancePool: ...
-
-    @property
-    def admission(self) -> Admission: ...
-
-    cold: bool  # until its first request has been served
-    last_used: float  # time.monotonic() of its last request, for the reaper
 
 
 class Loader(Protocol):
