@@ -21,40 +21,24 @@ touched there.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
-import anyio.from_thread
 import anyio.to_thread
 
 from router.scaler import Replica
-from router.scalers import shares
+from router.scalers import kube_client, shares
+from router.scalers.endpoint_slices import ready_replicas
 from wasm_host.errors import Unavailable
-
-try:
-    import kubernetes.client
-    import kubernetes.config
-    import kubernetes.watch
-    import urllib3.exceptions
-    from kubernetes.client.exceptions import ApiException
-except ImportError as exc:  # the client is an optional extra
-    raise ImportError(
-        "the Kubernetes scaler needs the official Kubernetes client: pip install 'wasmgate[kubernetes]'"
-    ) from exc
 
 log = logging.getLogger("wasmgate.kubernetes")
 
 T = TypeVar("T")
-
-#: Where a pod's service account namespace is mounted (the in-cluster default namespace).
-NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 #: Label the EndpointSlice controller puts on every slice of a Service.
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
@@ -65,11 +49,6 @@ CONFLICT_ATTEMPTS = 8
 #: A watch that the server ends sooner than this without an event is retried after a backoff (client-go's
 #: reflector treats such "very short watches" the same way).
 SHORT_WATCH_S = 1.0
-
-# Failures worth logging and retrying in the watch loop: the API server answered with an error, or could not
-# be reached (urllib3 raises its own errors, not OSError, for refused and reset connections), or answered
-# something the client's models could not read (pydantic's ValidationError is a ValueError).
-_TRANSIENT = (ApiException, urllib3.exceptions.HTTPError, OSError, ValueError)
 
 
 class KubernetesScaler:
@@ -82,10 +61,9 @@ class KubernetesScaler:
     followed at once by a fresh list. Any other failure (refused, reset, 5xx, 403) is logged and retried with
     a list after a bounded exponential backoff (``backoff_s``: first and longest delay).
 
-    A replica is an endpoint whose ``conditions.ready`` is true or unset (the API defines nil as ready) and
-    that is not ``terminating``, in a slice that has a port named ``port_name``. Its id is the pod's name
-    (``targetRef``), else its address; the same id in two slices (the controller moves endpoints between
-    slices) counts once. Its URL uses the endpoint's first address, bracketed when IPv6.
+    The replicas are the endpoints that are ready and not terminating, in the Service's slices that have a
+    port named ``port_name``, each counted once however many slices list it (the rule in full:
+    :func:`router.scalers.endpoint_slices.ready_replicas`).
 
     With a ``gateway_id``, the scaler speaks for one of several gateways in front of the Deployment
     (``router.scalers.shares``): :meth:`scale` records ``replicas`` as this gateway's share and sets the
@@ -103,7 +81,7 @@ class KubernetesScaler:
         deployment: str,
         service: str,
         port_name: str = "http",
-        api_client: kubernetes.client.ApiClient | None = None,
+        api_client: kube_client.ApiClient | None = None,
         watch_timeout_s: int = 30,
         request_timeout_s: float = 10.0,
         backoff_s: tuple[float, float] = (0.2, 5.0),
@@ -123,9 +101,9 @@ class KubernetesScaler:
         self.max_replicas = max_replicas
         self.share_ttl_s = share_ttl_s
         self._owns_client = api_client is None
-        self._api = api_client if api_client is not None else _load_api_client("")[0]
-        self._apps = kubernetes.client.AppsV1Api(self._api)
-        self._discovery = kubernetes.client.DiscoveryV1Api(self._api)
+        self._api = api_client if api_client is not None else kube_client.load_api_client("")[0]
+        self._apps = kube_client.AppsV1Api(self._api)
+        self._discovery = kube_client.DiscoveryV1Api(self._api)
         self._watch_timeout_s = watch_timeout_s
         self._request_timeout_s = request_timeout_s
         self._backoff_min, self._backoff_max = backoff_s
@@ -137,7 +115,7 @@ class KubernetesScaler:
         self._ready: tuple[Replica, ...] = ()
         self._resource_version: str | None = None
         self._portless_logged: set[str] = set()
-        self._active: _ActiveWatch | None = None
+        self._active: kube_client.ActiveWatch | None = None
         self._closed = threading.Event()
         # With a gateway_id: this gateway's share as last written, when it was written (monotonic), and a lock
         # that keeps scale() and the heartbeat from writing at once.
@@ -152,8 +130,8 @@ class KubernetesScaler:
         ``~/.kube/config`` (or ``$KUBECONFIG``). The namespace is ``namespace``, else the pod's own (the
         service account's namespace file), else ``default``. ``options`` are the constructor's. Raises
         :class:`Unavailable` when no configuration can be loaded."""
-        api_client, in_cluster = _load_api_client(kubeconfig)
-        namespace = namespace or (_pod_namespace() if in_cluster else "") or "default"
+        api_client, in_cluster = kube_client.load_api_client(kubeconfig)
+        namespace = namespace or (kube_client.pod_namespace() if in_cluster else "") or "default"
         scaler = cls(namespace=namespace, api_client=api_client, **options)
         scaler._owns_client = True
         return scaler
@@ -200,9 +178,9 @@ class KubernetesScaler:
                 # keeps the request the same whichever default this client version would pick for a dict.
                 _content_type="application/merge-patch+json",
             )
-        except _TRANSIENT as exc:
-            raise self._unavailable("patch", exc) from exc
-        self._wanted = _spec_replicas(result, default=replicas)
+        except kube_client.TRANSIENT as exc:
+            raise kube_client.unavailable("patch", exc, self.namespace, self.deployment) from exc
+        self._wanted = kube_client.spec_replicas(result, default=replicas)
 
     async def run(self, on_change: Callable[[], None]) -> None:
         async with anyio.create_task_group() as tg:
@@ -241,12 +219,12 @@ class KubernetesScaler:
         for attempt in range(CONFLICT_ATTEMPTS):
             try:
                 current = await self._call(self._apps.read_namespaced_deployment, self.deployment, self.namespace)
-            except _TRANSIENT as exc:
-                raise self._unavailable("get", exc, "deployments") from exc
+            except kube_client.TRANSIENT as exc:
+                raise kube_client.unavailable("get", exc, self.namespace, self.deployment, "deployments") from exc
             meta = current.metadata
             if meta is None or not meta.resource_version:
                 unreadable = ValueError("the Deployment came without metadata.resourceVersion")
-                raise self._unavailable("get", unreadable, "deployments")
+                raise kube_client.unavailable("get", unreadable, self.namespace, self.deployment, "deployments")
             text = (meta.annotations or {}).get(shares.ANNOTATION)
             now = time.time()
             share = replicas
@@ -272,13 +250,13 @@ class KubernetesScaler:
                     plan.patch(meta.resource_version),
                     _content_type="application/merge-patch+json",
                 )
-            except _TRANSIENT as exc:
-                if isinstance(exc, ApiException) and exc.status == 409:
+            except kube_client.TRANSIENT as exc:
+                if isinstance(exc, kube_client.ApiException) and exc.status == 409:
                     # Someone wrote in between: read again. A short random pause (jitter, not a secret) keeps
                     # two gateways that collided from colliding again in step.
                     await anyio.sleep(random.uniform(0, 0.02 * (attempt + 1)))  # noqa: S311
                     continue
-                raise self._unavailable("patch", exc, "deployments") from exc
+                raise kube_client.unavailable("patch", exc, self.namespace, self.deployment, "deployments") from exc
             if plan.dropped:
                 log.info("dropped the expired runner shares of gateways %s", ", ".join(plan.dropped))
             if (current.spec.replicas if current.spec else None) != plan.replicas:
@@ -318,8 +296,8 @@ class KubernetesScaler:
                     else:
                         await anyio.sleep(backoff)
                         backoff = min(backoff * 2, self._backoff_max)
-            except _TRANSIENT as exc:
-                if isinstance(exc, ApiException) and exc.status == 410:
+            except kube_client.TRANSIENT as exc:
+                if isinstance(exc, kube_client.ApiException) and exc.status == 410:
                     log.info("the watch of EndpointSlices of service %s expired (410); listing again", self._where())
                     continue
                 if self._closed.is_set():
@@ -328,7 +306,7 @@ class KubernetesScaler:
                     "watching EndpointSlices of service %s failed, retrying in %.1fs: %s",
                     self._where(),
                     backoff,
-                    _summary(exc),
+                    kube_client.summary(exc),
                 )
             await anyio.sleep(backoff)
             backoff = min(backoff * 2, self._backoff_max)
@@ -339,11 +317,11 @@ class KubernetesScaler:
         calls = self._scale_calls
         try:
             result = await self._call(self._apps.read_namespaced_deployment_scale, self.deployment, self.namespace)
-        except _TRANSIENT as exc:
-            log.warning("%s", self._unavailable("get", exc))
+        except kube_client.TRANSIENT as exc:
+            log.warning("%s", kube_client.unavailable("get", exc, self.namespace, self.deployment))
             return
         if calls == self._scale_calls:
-            self._wanted = _spec_replicas(result, default=self._wanted)
+            self._wanted = kube_client.spec_replicas(result, default=self._wanted)
 
     async def _relist(self, on_change: Callable[[], None]) -> None:
         listed = await self._call(
@@ -357,7 +335,7 @@ class KubernetesScaler:
     async def _watch(self, on_change: Callable[[], None]) -> int:
         """One watch request, from the last resourceVersion, until the server ends it or it fails. Returns how
         many events it delivered."""
-        active = _ActiveWatch(kubernetes.watch.Watch())  # type: ignore[no-untyped-call]
+        active = kube_client.ActiveWatch()
         self._active = active
         kwargs: dict[str, Any] = {
             "label_selector": self._selector,
@@ -368,40 +346,15 @@ class KubernetesScaler:
             # A connection that dies silently ends the read within this, rather than never.
             "_request_timeout": (self._request_timeout_s, self._watch_timeout_s + self._request_timeout_s),
         }
-
-        def apply(event: dict[str, Any]) -> None:  # on the event loop's thread
-            if not active.stopping.is_set():
-                active.events += 1
-                self._apply(event, on_change)
-
-        def stream() -> None:  # in a worker thread
-            try:
-                for event in active.watch.stream(
-                    self._discovery.list_namespaced_endpoint_slice, self.namespace, **kwargs
-                ):
-                    if active.stopping.is_set():
-                        break
-                    anyio.from_thread.run_sync(apply, event)
-            except BaseException as exc:
-                # Raised again below, outside the task group (which would wrap it in an ExceptionGroup). A
-                # stopped watch fails by design, its socket shut under it: that is not a failure.
-                if not active.stopping.is_set():
-                    active.failure = exc
-            finally:
-                active.done.set()
-
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(active.halt_when_cancelled)
-                # Not abandoned on cancellation: halt_when_cancelled stops the request, and this waits for the
-                # thread to let go of it, so nothing is left reading from the client after aclose().
-                await anyio.to_thread.run_sync(stream)
-                tg.cancel_scope.cancel()
+            return await active.run(
+                lambda event: self._apply(event, on_change),
+                self._discovery.list_namespaced_endpoint_slice,
+                self.namespace,
+                **kwargs,
+            )
         finally:
             self._active = None
-        if active.failure is not None:
-            raise active.failure
-        return active.events
 
     def _apply(self, event: dict[str, Any], on_change: Callable[[], None]) -> None:
         kind = event["type"]
@@ -424,36 +377,7 @@ class KubernetesScaler:
             on_change()
 
     def _ready_replicas(self) -> tuple[Replica, ...]:
-        found: dict[str, Replica] = {}
-        for name in sorted(self._slices):
-            piece = self._slices[name]
-            endpoints = piece.endpoints or ()
-            if not endpoints:
-                continue  # the controller's placeholder slice, or a slice emptied before its deletion
-            port = next((p.port for p in piece.ports or () if (p.name or "") == self.port_name), None)
-            if port is None:
-                if name not in self._portless_logged:
-                    self._portless_logged.add(name)
-                    log.warning(
-                        "EndpointSlice %s/%s has no port named %r; its endpoints are not used (set "
-                        "WASMGATE_K8S_PORT_NAME to the Service port's name)",
-                        self.namespace,
-                        name,
-                        self.port_name,
-                    )
-                continue
-            for endpoint in endpoints:
-                conditions = endpoint.conditions
-                if conditions is not None and (conditions.ready is False or conditions.terminating):
-                    continue
-                if not endpoint.addresses:
-                    continue
-                address = endpoint.addresses[0]
-                ref = endpoint.target_ref
-                replica_id = ref.name if ref is not None and ref.name else address
-                host = f"[{address}]" if ":" in address else address
-                found.setdefault(replica_id, Replica(id=replica_id, url=f"http://{host}:{port}"))
-        return tuple(sorted(found.values(), key=lambda r: r.id))
+        return ready_replicas(self._slices, self.port_name, self.namespace, self._portless_logged)
 
     # -- plumbing --------------------------------------------------------------------------------------------
 
@@ -465,117 +389,3 @@ class KubernetesScaler:
 
     def _where(self) -> str:
         return f"{self.namespace}/{self.service}"
-
-    def _unavailable(self, verb: str, exc: BaseException, resource: str = "deployments/scale") -> Unavailable:
-        what = f"deployment {self.namespace}/{self.deployment}"
-        if resource == "deployments/scale":
-            what = f"the scale of {what}"
-        if isinstance(exc, ValueError):
-            return Unavailable(f"cannot {verb} {what}: the API server's answer is unreadable: {exc}")
-        if not isinstance(exc, ApiException) or not exc.status:
-            return Unavailable(
-                f"cannot {verb} {what}: the Kubernetes API server is unreachable ({_summary(exc)})",
-                retry_after=1.0,
-            )
-        detail = _status_message(exc)
-        if exc.status == 401:
-            hint = "the API server did not accept the credentials (check the kubeconfig or service account token)"
-        elif exc.status == 403:
-            hint = f"RBAC must allow {verb} on {resource} in API group apps in namespace {self.namespace}"
-        elif exc.status == 404:
-            hint = "no such Deployment (check WASMGATE_K8S_DEPLOYMENT and WASMGATE_K8S_NAMESPACE)"
-        else:
-            hint = "the API server refused the request"
-        return Unavailable(
-            f"cannot {verb} {what}: {exc.status} {exc.reason}: {hint}: {detail}",
-            retry_after=_retry_after(exc),
-        )
-
-
-class _ActiveWatch:
-    """One watch request in flight, and the means to stop it from the event loop."""
-
-    def __init__(self, watch: Any) -> None:
-        self.watch = watch
-        self.stopping = threading.Event()
-        self.done = threading.Event()
-        self.events = 0
-        self.failure: BaseException | None = None
-
-    async def halt_when_cancelled(self) -> None:
-        try:
-            await anyio.sleep_forever()
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self.halt()
-
-    async def halt(self, timeout_s: float = 5.0) -> None:
-        """Stop the watch and wait (at most ``timeout_s``) for its thread to let go. ``Watch.stop()`` shuts the
-        request's socket, but only once the request is sent, and ``Watch.stream()`` clears the stop flag as
-        it starts; so it is repeated until the thread is seen to finish."""
-        self.stopping.set()
-        with anyio.move_on_after(timeout_s):
-            while not self.done.is_set():
-                self.watch.stop()
-                await anyio.sleep(0.02)
-
-
-def _load_api_client(kubeconfig: str) -> tuple[kubernetes.client.ApiClient, bool]:
-    """A client with a configuration of its own; and whether it is the in-cluster one."""
-    configuration = kubernetes.client.Configuration()
-    try:
-        if not kubeconfig:
-            try:
-                kubernetes.config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-                return kubernetes.client.ApiClient(configuration), True
-            except kubernetes.config.ConfigException:
-                pass  # not in a pod: fall back to the user's kubeconfig, as kubectl does
-        kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
-            config_file=kubeconfig or None, client_configuration=configuration
-        )
-    except (kubernetes.config.ConfigException, OSError, ValueError) as exc:
-        where = kubeconfig or "the in-cluster service account or ~/.kube/config"
-        raise Unavailable(f"cannot load the Kubernetes client configuration from {where}: {exc}") from exc
-    return kubernetes.client.ApiClient(configuration), False
-
-
-def _pod_namespace() -> str:
-    try:
-        return NAMESPACE_FILE.read_text().strip()
-    except OSError:
-        return ""
-
-
-def _spec_replicas(scale: Any, default: int) -> int:
-    # autoscaling/v1 ScaleSpec.replicas is omitempty: a Deployment scaled to zero reads back as "spec": {}.
-    spec = getattr(scale, "spec", None)
-    if spec is None:
-        return default
-    replicas = spec.replicas
-    return int(replicas) if replicas is not None else 0
-
-
-def _status_message(exc: ApiException) -> str:
-    """The message of the Status object the API server sent, else the HTTP reason."""
-    try:
-        body = json.loads(exc.body or "")
-    except ValueError:
-        return str(exc.reason)
-    if isinstance(body, dict) and isinstance(body.get("message"), str):
-        return str(body["message"])
-    return str(exc.reason)
-
-
-def _retry_after(exc: ApiException) -> float | None:
-    headers = exc.headers or {}
-    value = headers.get("Retry-After") if hasattr(headers, "get") else None
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
-
-
-def _summary(exc: BaseException) -> str:
-    if isinstance(exc, ApiException):
-        return f"{exc.status} {exc.reason}: {_status_message(exc)}"
-    return f"{type(exc).__name__}: {exc}"
