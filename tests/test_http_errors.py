@@ -1,10 +1,13 @@
-"""Errors at the HTTP edge: a bug (an error outside the tree) is answered 500 with a message that says the details
-are in the log, and it is logged exactly once, with its traceback, by a real uvicorn server; the request after it
-is served as usual."""
+"""Errors: every class the product raises on purpose belongs to the one tree, drawn whole in its docstring. At
+the HTTP edge, a bug (an error outside the tree) is answered 500 with a message that says the details are in the
+log, and it is logged exactly once, with its traceback, by a real uvicorn server; the request after it is served
+as usual."""
 
 from __future__ import annotations
 
+import importlib
 import logging
+import pkgutil
 import socket
 import threading
 import time
@@ -18,6 +21,8 @@ import uvicorn
 from gateway.app import create_app
 from gateway.functions.serving import FunctionRegistry
 from gateway.settings import Settings
+from wasm_host import errors
+from wasm_host.errors import WasmgateError
 
 
 class PlantedBug(RuntimeError):
@@ -72,3 +77,21 @@ def test_an_unexpected_error_is_answered_500_and_logged_exactly_once(
 
     monkeypatch.undo()
     assert httpx.get(f"{server}/v2/models/digits", timeout=10).status_code == 404  # the gateway serves on
+
+
+def test_every_error_class_is_defined_in_the_one_tree_and_drawn_in_its_docstring() -> None:
+    for package in ("gateway", "router", "wasm_host"):
+        for module in pkgutil.walk_packages(importlib.import_module(package).__path__, f"{package}."):
+            if not module.name.endswith(".__main__"):  # a command, which runs when imported
+                importlib.import_module(module.name)  # so that every subclass, wherever written, exists
+    classes: list[type[WasmgateError]] = []
+    pending: list[type[WasmgateError]] = [WasmgateError]
+    while pending:
+        cls = pending.pop()
+        classes.append(cls)
+        pending.extend(cls.__subclasses__())
+    assert len(classes) >= 15
+    drawing = errors.__doc__ or ""
+    for cls in classes:
+        assert cls.__module__ == "wasm_host.errors", f"{cls.__qualname__} is defined in {cls.__module__}"
+        assert cls.__name__ in drawing.split(), f"{cls.__name__} is missing from the drawing of the tree"
