@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import wasmtime
 
-from tests.conftest import prepare_wat
+from tests.support import prepare_wat
 from wasm_host.errors import DeadlineExceeded, GuestTrap, InvalidFunction, InvalidRequest
 from wasm_host.host import Host
 from wasm_host.tensors import Tensor
