@@ -509,6 +509,14 @@ def test_the_pod_tier_on_the_kubernetes_scaler_with_runner_pods_as_processes(
                 got = np.array(response.json()["outputs"][0]["data"], np.float32).reshape(2, 10)
                 np.testing.assert_allclose(got, expected(session, x), rtol=1e-4, atol=1e-5)
             assert emulator.spec_replicas == 2  # 20 held requests / 4 per replica, capped at 2
+
+            def answers(pod: Gateway) -> bool:
+                with contextlib.suppress(httpx.TransportError):
+                    return httpx.get(f"{pod.url}/v2/health/ready", timeout=1).status_code == 200
+                return False
+
+            # The second pod may still be starting (a loaded machine): every pod's count is read once it answers.
+            wait_until(lambda: all(answers(pod) for pod in pods.values()), 60, "every pod to answer")
             served = sum(
                 metric(httpx.get(f"{pod.url}/metrics").text, "wasmgate_requests_total", function="dense")
                 for pod in pods.values()
