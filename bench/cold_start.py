@@ -29,7 +29,7 @@ import numpy as np
 
 from bench.http_load import BENCH, WASM, free_port, kserve_command, server
 from gateway.cli.demo import train_digits
-from tests.test_scaling import metric
+from tests.support import metric
 
 
 def pct(values: list[float], q: float) -> float:

@@ -62,7 +62,7 @@ import numpy as np
 
 from bench.http_load import BENCH, WASM, free_port, kserve_command
 from gateway.cli.demo import dense_model
-from tests.test_scaling import metric
+from tests.support import listening_on, metric, port_was_taken
 
 DEFAULT_SIZES = (256, 1024, 1024, 1024, 10)
 QUICK_SIZES = (64, 256, 10)
@@ -125,6 +125,40 @@ def spawned(
         stop_group(proc)
 
 
+@contextlib.contextmanager
+def spawned_server(
+    cmd: Callable[[int], list[str]],
+    log: Path,
+    env: dict[str, str],
+    ready: Callable[[str], bool],
+    started: Callable[[subprocess.Popen[bytes]], None] | None = None,
+    attempts: int = 5,
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``spawned(cmd(port))`` for a server that binds ``port`` itself, waited on until ``ready(url)`` holds and
+    the server itself listens there: (the process, its URL). The port was free a moment ago; if another process
+    binds it first, the server exits saying so ("address already in use") and is started again on another, as
+    the tests start theirs (tests.support.start_on_a_port). ``started`` is called with the process at once."""
+
+    def serving(proc: subprocess.Popen[bytes], port: int, url: str) -> Callable[[], bool]:
+        return lambda: ready(url) and listening_on(proc.pid, port)
+
+    for attempt in range(1, attempts + 1):
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        since = log.stat().st_size if log.exists() else 0
+        with spawned(cmd(port), log, env) as proc:
+            if started is not None:
+                started(proc)
+            try:
+                wait_until(serving(proc, port, url), "the server to start", proc, log)
+            except RuntimeError:
+                if proc.poll() is None or attempt == attempts or not port_was_taken(log, since):
+                    raise
+                continue
+            yield proc, url
+            return
+
+
 def stop_group(proc: subprocess.Popen[bytes], grace: float = 15.0) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
@@ -167,8 +201,6 @@ class PodGateway:
     """A running ``wasm serve`` with the model pushed at tier pod, and how to see its pod tier at zero."""
 
     def __init__(self, stack: contextlib.ExitStack, tmp: Path, model_path: Path) -> None:
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
         self.log = tmp / "gateway.log"
         env = clean_env(
             WASMGATE_POD_IDLE_GRACE_S=str(IDLE_GRACE_S),
@@ -176,10 +208,12 @@ class PodGateway:
             WASMGATE_POD_MAX_REPLICAS="1",
             WASMGATE_POD_HOLD_TIMEOUT_S=str(TIMEOUT_S),
         )
-        cmd = [*WASM, "serve", "--port", str(port), "--data-dir", str(tmp / "data"), "--log-level", "warning"]
-        self.proc = stack.enter_context(spawned(cmd, self.log, env))
+
+        def cmd(port: int) -> list[str]:
+            return [*WASM, "serve", "--port", str(port), "--data-dir", str(tmp / "data"), "--log-level", "warning"]
+
         self.client = stack.enter_context(httpx.Client(timeout=10, trust_env=False))
-        wait_until(self._ready, "the gateway to start", self.proc, self.log)
+        self.proc, self.url = stack.enter_context(spawned_server(cmd, self.log, env, self._ready))
         push = [
             *WASM,
             "push",
@@ -196,9 +230,9 @@ class PodGateway:
         if done.returncode != 0:
             raise RuntimeError(f"wasm push failed: {done.stderr.strip()}")
 
-    def _ready(self) -> bool:
+    def _ready(self, url: str) -> bool:
         try:
-            return self.client.get(f"{self.url}/v2/health/ready").status_code == 200
+            return self.client.get(f"{url}/v2/health/ready").status_code == 200
         except httpx.TransportError:
             return False
 

@@ -76,8 +76,8 @@ from pathlib import Path
 
 import httpx
 
-from bench.http_load import WASM, free_port
-from bench.pod_cold_start import TIMEOUT_S, PodGateway, clean_env, runner_children, spawned, wait_until
+from bench.http_load import WASM
+from bench.pod_cold_start import TIMEOUT_S, PodGateway, clean_env, runner_children, spawned_server
 from bench.routing_measure import HEADER_LENGTH, Calibration, Oracle, Result, calibrate, encode, service_times
 from bench.routing_report import decisions, per_trace, print_section, service_table, table, verdicts
 from bench.routing_sim import SimConfig, Simulation
@@ -96,7 +96,7 @@ from bench.routing_workload import (
     make_trace,
 )
 from gateway.settings import Settings
-from tests.test_scaling import metric
+from tests.support import metric
 
 SAMPLE_S = 0.2  # runner process-seconds sampling
 CALIBRATION, QUICK_CALIBRATION = (40, 8), (4, 1)  # service-time requests of 1-4 rows, and of BIG_ROWS
@@ -117,16 +117,19 @@ class TraceGateway(PodGateway):
         cpus: frozenset[int] | None,
     ) -> None:
         """``cpus``: pin the gateway there (its runners go where ``env``'s WASMGATE_RUNNER_CPUS says)."""
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
         self.log = tmp / f"gateway-{policy.key}.log"
         data = tmp / f"data-{policy.key}"
-        cmd = [*WASM, "serve", "--port", str(port), "--data-dir", str(data), "--log-level", "warning"]
-        self.proc = stack.enter_context(spawned(cmd, self.log, clean_env(**env)))
-        if cpus is not None:  # at once, before the interpreter has started a thread: its threads inherit it
-            os.sched_setaffinity(self.proc.pid, cpus)
+
+        def cmd(port: int) -> list[str]:
+            return [*WASM, "serve", "--port", str(port), "--data-dir", str(data), "--log-level", "warning"]
+
+        def pin(proc: subprocess.Popen[bytes]) -> None:
+            if cpus is not None:  # at once, before the interpreter has started a thread: its threads inherit it
+                os.sched_setaffinity(proc.pid, cpus)
+
         self.client = stack.enter_context(httpx.Client(timeout=10, trust_env=False))
-        wait_until(self._ready, "the gateway to start", self.proc, self.log)
+        started = spawned_server(cmd, self.log, clean_env(**env), self._ready, started=pin)
+        self.proc, self.url = stack.enter_context(started)
         for name, path in paths.items():
             push = [*WASM, "push", str(path), "--name", name, *policy.flags, "--gateway", self.url]
             done = subprocess.run(push, capture_output=True, text=True, timeout=TIMEOUT_S, env=clean_env())

@@ -67,11 +67,11 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bench.http_load import BENCH, WASM, free_port
-from bench.pod_cold_start import clean_env, spawned, wait_until
+from bench.http_load import BENCH, WASM
+from bench.pod_cold_start import clean_env, spawned_server
 from gateway.cli.client import AdminClient
 from gateway.cli.demo import dense_model, train_digits
-from tests.test_hostile import EBADF, ENOENT, ENOTSOCK, NN_MISUSE, SETTINGS, TRAPS, Misbehaviour
+from tests.support import EBADF, ENOENT, ENOTSOCK, NN_MISUSE, SETTINGS, TRAPS, Misbehaviour
 
 MiB = 1024 * 1024
 JSON = {"content-type": "application/json"}
@@ -276,29 +276,30 @@ def soak_gateway(tmp: Path, digits: bytes, dense: bytes) -> Iterator[tuple[str, 
     import build  # guest_modules/build.py
 
     guests, hostile = build.build(["digits_topk"]), build.build_hostile()
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     log = tmp / "gateway.log"
-    cmd = [*WASM, "serve", "--port", str(port), "--data-dir", str(tmp / "data"), "--log-level", "warning"]
-    with spawned(cmd, log, clean_env(**GATEWAY_ENV)) as proc, httpx.Client(trust_env=False) as probe:
 
-        def ready() -> bool:
+    def cmd(port: int) -> list[str]:
+        return [*WASM, "serve", "--port", str(port), "--data-dir", str(tmp / "data"), "--log-level", "warning"]
+
+    with httpx.Client(trust_env=False) as probe:
+
+        def ready(url: str) -> bool:
             try:
                 return probe.get(f"{url}/v2/health/ready").status_code == 200
             except httpx.TransportError:
                 return False
 
-        wait_until(ready, "the gateway to start", proc, log)
-        with AdminClient(url) as admin:
-            admin.push("digits", None, {"model": digits})
-            admin.push("digits-top3", guests["digits_topk"].read_bytes(), {"digits": digits})
-            admin.push("dense", None, {"model": dense})
-            for fixture, path in hostile.items():
-                if fixture in ("init_loop", "bad_import"):  # refused at push; tests/test_hostile.py covers them
-                    continue
-                models = {"digits": digits} if fixture == "nn_abuse" else {}
-                admin.push(fixture.replace("_", "-"), path.read_bytes(), models)
-        yield url, proc, log
+        with spawned_server(cmd, log, clean_env(**GATEWAY_ENV), ready) as (proc, url):
+            with AdminClient(url) as admin:
+                admin.push("digits", None, {"model": digits})
+                admin.push("digits-top3", guests["digits_topk"].read_bytes(), {"digits": digits})
+                admin.push("dense", None, {"model": dense})
+                for fixture, path in hostile.items():
+                    if fixture in ("init_loop", "bad_import"):  # refused at push; tests/test_hostile.py covers them
+                        continue
+                    models = {"digits": digits} if fixture == "nn_abuse" else {}
+                    admin.push(fixture.replace("_", "-"), path.read_bytes(), models)
+            yield url, proc, log
 
 
 # -- traffic and sampling ------------------------------------------------------------------------------------

@@ -71,6 +71,7 @@ import datetime
 import json
 import random
 import re
+import socket
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -263,10 +264,13 @@ class KubeEmulator:
                 Route("/{path:path}", self._not_found, methods=["GET", "PATCH", "PUT", "POST", "DELETE"]),
             ]
         )
+        # The server is handed a socket bound here, so its port is known before it starts and nothing can take
+        # it meanwhile.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        self._port = sock.getsockname()[1]
         config = uvicorn.Config(
             app,
-            host="127.0.0.1",
-            port=0,
             lifespan="off",
             log_config=None,
             log_level="warning",
@@ -281,13 +285,11 @@ class KubeEmulator:
             assert self._server is not None
             self._loop = asyncio.get_running_loop()
             self._wake = asyncio.Event()
-            task = asyncio.create_task(self._server.serve())
+            task = asyncio.create_task(self._server.serve(sockets=[sock]))
             while not self._server.started and not task.done():
                 await asyncio.sleep(0.005)
-            if self._server.started:
-                self._port = self._server.servers[0].sockets[0].getsockname()[1]
-                if self._spec_replicas:
-                    self._loop.call_soon(self._reconcile)
+            if self._server.started and self._spec_replicas:
+                self._loop.call_soon(self._reconcile)
             started.set()
             await task
 
@@ -297,12 +299,13 @@ class KubeEmulator:
             except BaseException as exc:
                 errors.append(exc)
             finally:
+                sock.close()
                 started.set()
 
         self._thread = threading.Thread(target=main, name="kube-emulator", daemon=True)
         self._thread.start()
         started.wait(10)
-        if not self._port:
+        if not self._server.started:
             self.close()
             raise RuntimeError(f"the Kubernetes API emulator did not start: {errors}")
         return self

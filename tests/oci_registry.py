@@ -1,6 +1,10 @@
 """A real OCI registry for the tests: Debian's ``docker-registry`` (CNCF distribution 2.8) on a loopback port,
 with its own config file and filesystem storage in a temporary directory. It can be stopped and started again
-on the same port and storage, and serve TLS or require HTTP Basic credentials (htpasswd, bcrypt)."""
+on the same port and storage, and serve TLS or require HTTP Basic credentials (htpasswd, bcrypt).
+
+The registry binds its port itself: the first start is retried on another port when another process took the
+one chosen first (tests.support.start_on_a_port); a later start must get the same port back, since the clients
+set up meanwhile name it."""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.test_e2e import free_port, wait_ready
+from tests.support import LOOPBACK, start_on_a_port
 
 BINARY = Path("/usr/bin/docker-registry")
 
@@ -34,18 +38,18 @@ class Registry:
         self.deletes = deletes
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = 0  # chosen by the first start()
         self.tls = tls
         self.htpasswd = htpasswd
         self.repo = repo
         self.config = root / "config.yml"
         self.log = root / "registry.log"
         self.proc: subprocess.Popen[bytes] | None = None
-        self._write_config()
 
     @property
     def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        assert self.port, "the port is chosen when the registry first starts: read it after start()"
+        return f"{LOOPBACK}:{self.port}"
 
     @property
     def store(self) -> str:
@@ -56,7 +60,7 @@ class Registry:
     def http_url(self) -> str:
         return f"{'https' if self.tls else 'http'}://{self.host}"
 
-    def _write_config(self) -> None:
+    def _write_config(self, port: int) -> None:
         lines = [
             "version: 0.1",
             "log:",
@@ -69,7 +73,7 @@ class Registry:
             "  delete:",
             f"    enabled: {'true' if self.deletes else 'false'}",
             "http:",
-            f"  addr: 127.0.0.1:{self.port}",
+            f"  addr: {LOOPBACK}:{port}",
             "  secret: wasmgate-tests",
         ]
         if self.tls:
@@ -78,17 +82,25 @@ class Registry:
             lines += ["auth:", "  htpasswd:", "    realm: wasmgate-tests", f"    path: {self.htpasswd}"]
         self.config.write_text("\n".join(lines) + "\n")
 
-    def start(self) -> None:
+    def _launch(self, port: int) -> subprocess.Popen[bytes]:
+        self._write_config(port)
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([str(BINARY), "serve", str(self.config)], stdout=log, stderr=subprocess.STDOUT)
+            return subprocess.Popen([str(BINARY), "serve", str(self.config)], stdout=log, stderr=subprocess.STDOUT)
+
+    def start(self) -> None:
         verify: ssl.SSLContext | bool = False
         if self.tls:
             verify = ssl.create_default_context(cafile=str(self.tls[0]))
+        scheme = "https" if self.tls else "http"
 
-        def answers() -> bool:
-            return httpx.get(f"{self.http_url}/v2/", verify=verify, timeout=1).status_code in (200, 401)
+        def answers(port: int) -> bool:
+            return httpx.get(f"{scheme}://{LOOPBACK}:{port}/v2/", verify=verify, timeout=1).status_code in (200, 401)
 
-        wait_ready(self.proc, self.log, answers, timeout=30, interval=0.05)
+        # Started again, the registry must be where its clients were told it is: that port or none.
+        attempts = 1 if self.port else 5
+        self.proc, self.port = start_on_a_port(
+            self._launch, self.log, answers, port=self.port, attempts=attempts, timeout=30, interval=0.05
+        )
 
     def stop(self) -> None:
         if self.proc is not None:

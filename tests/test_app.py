@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +12,7 @@ import wasmtime
 
 from gateway.app import create_app
 from gateway.settings import Settings
-from tests.conftest import AppClient, Digits, onnx_predict
+from tests.support import AppClient, Digits, infer_body, onnx_predict, push, upload
 
 
 @pytest.fixture
@@ -21,28 +20,6 @@ def client(tmp_path: Path) -> Iterator[AppClient]:
     settings = Settings.from_env({}, data_dir=tmp_path / "data", deadline_ms=500)
     with AppClient(create_app(settings)) as c:
         yield c
-
-
-def upload(client: AppClient, data: bytes) -> str:
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    r = client.put(f"/admin/v1/blobs/{digest}", content=data)
-    assert r.status_code in (200, 201), r.text
-    return digest
-
-
-def push(client: AppClient, name: str, module: bytes | None, models: dict[str, bytes]) -> dict[str, object]:
-    doc = {
-        "module": None if module is None else upload(client, module),
-        "models": {alias: upload(client, data) for alias, data in models.items()},
-    }
-    r = client.put(f"/admin/v1/functions/{name}", json=doc)
-    assert r.status_code == 201, r.text
-    result: dict[str, object] = r.json()
-    return result
-
-
-def infer_body(x: np.ndarray) -> dict[str, object]:
-    return {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
 
 
 def test_health_and_server_metadata(client: AppClient) -> None:

@@ -14,9 +14,7 @@ import pytest
 from gateway.app import create_app
 from gateway.auth import check_bind, digest, matches, presented
 from gateway.settings import Settings
-from tests.conftest import AppClient, Digits
-from tests.test_app import infer_body
-from tests.test_e2e import Gateway, wasm_command
+from tests.support import AppClient, Digits, Gateway, infer_body, wasm_command
 
 ADMIN = "admin-s3cret-token"
 GLOBAL = "global-inference-token"

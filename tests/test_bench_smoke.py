@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from bench.wasm_overhead import dense_model, run
-from tests.conftest import Digits
+from tests.support import Digits
 
 
 def test_wasm_overhead_bench_runs(digits: Digits) -> None:

@@ -4,8 +4,6 @@ middle of pushes, which must restart with a consistent store."""
 from __future__ import annotations
 
 import concurrent.futures
-import hashlib
-import json
 import random
 import signal
 import subprocess
@@ -17,8 +15,7 @@ import numpy as np
 import pytest
 
 from gateway.cli.demo import dense_model
-from tests.conftest import Digits, onnx_predict
-from tests.test_e2e import Gateway, json_infer, wasm_command
+from tests.support import Digits, Gateway, assert_consistent, json_infer, onnx_predict, wasm_command
 
 pytestmark = pytest.mark.e2e
 
@@ -87,22 +84,6 @@ def test_concurrent_pushes_never_corrupt_the_store(tmp_path: Path, digits: Digit
         assert_consistent(tmp_path / "data")
     finally:
         gw.stop()
-
-
-def assert_consistent(data: Path) -> list[str]:
-    """Every manifest parses and names blobs that exist with their digest; returns the function names."""
-    names = []
-    for path in sorted((data / "functions").glob("*.json")):
-        doc = json.loads(path.read_text())
-        for digest in [doc["module"], *doc["models"].values()]:
-            if digest:
-                blob = data / "blobs" / "sha256" / digest.removeprefix("sha256:")
-                assert blob.exists(), (path.name, digest)
-                assert hashlib.sha256(blob.read_bytes()).hexdigest() == digest.removeprefix("sha256:")
-        history = data / "versions" / path.stem / f"{doc['version']}.json"
-        assert json.loads(history.read_text()) == doc  # the current version is in the history
-        names.append(path.stem)
-    return names
 
 
 def test_a_gateway_killed_mid_push_restarts_with_a_consistent_store(tmp_path: Path, digits: Digits) -> None:

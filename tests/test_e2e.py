@@ -1,94 +1,22 @@
-"""End to end: a real ``wasm serve`` process on a free port, driven over HTTP by the ``wasm`` CLI, httpx and the
+"""End to end: a real ``wasm serve`` process on a loopback port, driven over HTTP by the ``wasm`` CLI, httpx and the
 Triton client, with real guests built from guest_modules/ and a real ONNX model."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import socket
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import Digits, onnx_predict
+from tests.support import COUNTER, Digits, Gateway, json_infer, metric, onnx_predict, wasm_command
 
 pytestmark = pytest.mark.e2e
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_ready(
-    proc: subprocess.Popen[bytes], log: Path, ready: Callable[[], bool], timeout: float = 60, interval: float = 0.1
-) -> None:
-    """Poll ``ready`` (connection errors count as not yet) until it holds; fail with the process's log when it
-    exits first or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()
-        try:
-            if ready():
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(interval)
-    raise AssertionError(f"{proc.args} did not become ready:\n" + log.read_text())
-
-
-def wasm_command() -> list[str]:
-    script = Path(sys.executable).parent / "wasm"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "gateway.cli"]
-
-
-class Gateway:
-    """A real ``wasm serve`` (or, with ``command="runner"``, ``wasm runner``) process on a free port, with
-    ``env`` as its only WASMGATE_* settings."""
-
-    def __init__(
-        self, data_dir: Path, log: Path, *extra: str, command: str = "serve", env: dict[str, str] | None = None
-    ) -> None:
-        self.extra = extra
-        self.command = command
-        self.settings_env = env or {}
-        self.data_dir = data_dir
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("WASMGATE_")} | self.settings_env
-        where = ["--port", str(self.port), "--data-dir", str(self.data_dir)]
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [*wasm_command(), self.command, *where, *self.extra],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-        wait_ready(self.proc, self.log, lambda: httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=30)
-            self.proc = None
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*wasm_command(), *args, "--gateway", self.url], capture_output=True, text=True, timeout=120
-        )
 
 
 @pytest.fixture
@@ -97,10 +25,6 @@ def gateway(tmp_path: Path) -> Iterator[Gateway]:
     gw.start()
     yield gw
     gw.stop()
-
-
-def json_infer(url: str, name: str, inputs: list[dict[str, object]]) -> httpx.Response:
-    return httpx.post(f"{url}/v2/models/{name}/infer", json={"inputs": inputs}, timeout=60)
 
 
 def test_push_bare_model_with_cli_and_match_onnxruntime_on_the_whole_test_split(
@@ -285,7 +209,7 @@ def test_functions_survive_a_restart_and_cli_ls_rm(tmp_path: Path, digits: Digit
         gw.stop()
 
 
-def test_cli_refusals_are_clear(gateway: Gateway, tmp_path: Path) -> None:
+def test_cli_refusals_are_clear(gateway: Gateway, tmp_path: Path, refused_url: str) -> None:
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"this is not a model")
     r = gateway.cli("push", str(junk))
@@ -298,7 +222,7 @@ def test_cli_refusals_are_clear(gateway: Gateway, tmp_path: Path) -> None:
     assert "not a valid WebAssembly module" in r.stderr
     assert gateway.cli("ls").stdout.count("\n") == 1  # header only: nothing was stored
     r = subprocess.run(
-        [*wasm_command(), "ls", "--gateway", f"http://127.0.0.1:{free_port()}"],
+        [*wasm_command(), "ls", "--gateway", refused_url],
         capture_output=True,
         text=True,
         timeout=60,
@@ -332,8 +256,6 @@ def test_workers_see_pushes_and_deletes_made_through_another_worker(tmp_path: Pa
     """Two worker processes share the store: whichever worker takes a push, every worker serves the new version
     on its next request, and a delete is seen by all. Each request opens a new connection, so the kernel spreads
     them over the workers; /metrics from any one worker reports the sum of both."""
-    from tests.test_scaling import metric
-
     gw = Gateway(tmp_path / "data", tmp_path / "gateway.log", "--workers", "2")
     gw.start()
     try:
@@ -361,8 +283,6 @@ def test_isolation_set_at_push_and_changed_with_wasm_scale(gateway: Gateway, tmp
     """A guest that counts its requests: pushed with --isolation fresh every request sees a new instance;
     after `wasm scale --isolation reuse` one instance serves them in turn."""
     import wasmtime
-
-    from tests.test_pool import COUNTER
 
     module = tmp_path / "counter.wasm"
     module.write_bytes(bytes(wasmtime.wat2wasm(COUNTER)))

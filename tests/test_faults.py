@@ -8,7 +8,6 @@ tests/test_wasi_nn.py."""
 from __future__ import annotations
 
 import concurrent.futures
-import os
 import resource
 import signal
 import subprocess
@@ -19,11 +18,7 @@ import numpy as np
 import pytest
 
 from gateway.cli.demo import dense_model
-from tests.conftest import Digits
-from tests.test_durability import assert_consistent
-from tests.test_e2e import Gateway, free_port, wasm_command
-from tests.test_pod_tier import wait_until
-from tests.test_scaling import metric
+from tests.support import Digits, Gateway, assert_consistent, metric, wait_until, wasm_command
 
 pytestmark = pytest.mark.e2e
 
@@ -41,19 +36,10 @@ def test_a_disk_that_fills_during_a_push_is_a_clear_503_and_the_store_is_unchang
     big = tmp_path / "big.onnx"
     big.write_bytes(dense_model((256, 1024, 1024, 10)))  # about 5 MB: past the limit
     data = tmp_path / "data"
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WASMGATE_")} | {"WASMGATE_POD_SCALER": "none"}
-    with open(tmp_path / "gateway.log", "wb") as log:
-        proc = subprocess.Popen(
-            [*wasm_command(), "serve", "--port", str(port), "--data-dir", str(data)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            preexec_fn=limited,
-        )
-    url = f"http://127.0.0.1:{port}"
+    gw = Gateway(data, tmp_path / "gateway.log", env={"WASMGATE_POD_SCALER": "none"}, preexec_fn=limited)
+    gw.start()
+    url = gw.url
     try:
-        wait_until(lambda: _ready(url), 60, "the gateway")
         ok = subprocess.run([*wasm_command(), "push", str(digits.path), "--name", "small", "--gateway", url],
                             capture_output=True, text=True, timeout=120)  # fmt: skip
         assert ok.returncode == 0, ok.stderr
@@ -75,15 +61,7 @@ def test_a_disk_that_fills_during_a_push_is_a_clear_503_and_the_store_is_unchang
                                capture_output=True, text=True, timeout=120)  # fmt: skip
         assert again.returncode == 0, again.stderr
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200
-    except httpx.TransportError:
-        return False
+        gw.stop()
 
 
 def test_sigterm_drains_requests_in_flight_within_the_grace_period(tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ from schemathesis.checks import (
 from gateway.app import create_app
 from gateway.openapi import DOCUMENT
 from gateway.settings import Settings
-from tests.conftest import AppClient, Digits, onnx_predict
+from tests.support import AppClient, Digits, onnx_predict
 
 CALL_TIMEOUT_S = 10.0
 BASE_URL = "http://wasmgate.test"

@@ -16,8 +16,7 @@ import pytest
 from gateway.app import create_app
 from gateway.cli.demo import dense_model
 from gateway.settings import Settings
-from tests.conftest import AppClient
-from tests.test_app import infer_body, push
+from tests.support import AppClient, infer_body, push
 
 CUDA = "CUDAExecutionProvider"
 

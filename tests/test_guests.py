@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import Digits, onnx_predict
+from tests.support import Digits, onnx_predict
 from wasm_host.abi import MAGIC, STATUS_INVALID, encode_request, unpack_result
 from wasm_host.guest import GuestInstance
 from wasm_host.host import Host

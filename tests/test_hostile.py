@@ -36,14 +36,24 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Digits, onnx_predict
-from tests.test_e2e import Gateway
+from tests.support import (
+    DEADLINE_MS,
+    EBADF,
+    ENOENT,
+    ENOTSOCK,
+    NN_MISUSE,
+    OUTSIDE,
+    SETTINGS,
+    TRAPS,
+    Digits,
+    Gateway,
+    MiB,
+    Misbehaviour,
+    onnx_predict,
+)
 
 pytestmark = pytest.mark.e2e
 
-MiB = 1024 * 1024
-DEADLINE_MS = 200
-SETTINGS = {"WASMGATE_DEADLINE_MS": str(DEADLINE_MS), "WASMGATE_MEMORY_LIMIT_BYTES": str(16 * MiB)}
 #: Fixtures `wasm push` must refuse, with the fragment its message must carry.
 REFUSED = {
     "init_loop": f"the function failed to start: the function ran past its deadline ({DEADLINE_MS} ms) in _initialize",
@@ -52,85 +62,7 @@ REFUSED = {
 #: Repeats of every hostile request in the leak check, after the warm-up rounds.
 REPEATS = 20
 WARM_UP_ROUNDS = 2
-#: WASI preview 1 errno values (wasi/api.h).
-EBADF, ENOENT, ENOTSOCK = 8, 44, 57
 ESCAPE_FILE = "wasmgate-hostile-escape"
-#: The host's bounds-check message: "guest range [p, p+n) is outside its N-byte memory".
-OUTSIDE = "is outside its"
-
-
-@dataclasses.dataclass(frozen=True)
-class Misbehaviour:
-    """Request ``case`` of ``fixture``: the status it must get, fragments its message must contain, and whether
-    the instance must be discarded."""
-
-    fixture: str
-    case: int
-    status: int
-    fragments: tuple[str, ...]
-    discarded: bool
-
-    @property
-    def function(self) -> str:
-        return self.fixture.replace("_", "-")
-
-
-def _trap(fixture: str, case: int, status: int, fragment: str) -> Misbehaviour:
-    return Misbehaviour(fixture, case, status, (fragment,), discarded=True)
-
-
-def _nn(case: int, call: str, errno: str, cause: str) -> Misbehaviour:
-    code = ["success", "invalid_argument", "invalid_encoding", "missing_memory", "busy", "runtime_error",
-            "unsupported_operation", "too_large", "not_found"].index(errno)  # fmt: skip
-    reported = f"the function failed: wasi-nn {call} failed: {errno} ({code})"
-    # The host's cause for the errno is appended to the guest's message: "(wasi-nn: <call>: <cause>)". A
-    # function that reports a failure is replaced: whatever led there may still be in its memory.
-    return Misbehaviour("nn_abuse", case, 500, (reported, f"(wasi-nn: {call}: ", cause), discarded=True)
-
-
-TRAPS = [
-    _trap("infinite_loop", 1, 504, f"the function ran past its deadline ({DEADLINE_MS} ms) in handle"),
-    _trap("memory_bomb", 1, 500, "the function trapped in handle: unreachable"),
-    _trap("recursion", 1, 500, "the function trapped in handle: stack overflow"),
-    _trap("trap", 1, 500, "the function trapped in handle: unreachable"),
-    _trap("abi_oob", 1, 500, "the function returned a result outside its memory"),
-    _trap("abi_oob", 2, 500, "the function returned a result outside its memory"),
-    _trap("abi_oob", 3, 500, "the function returned a result outside its memory"),
-    # A well-bounded but malformed response broke the ABI: the instance is discarded too.
-    _trap("abi_oob", 4, 500, "the function returned a malformed response: bad magic"),
-    # The guest rejecting its input (status 1) is the caller's error, and the instance is kept.
-    Misbehaviour("trap", 9, 400, ("the function rejected the request: unknown case 9",), discarded=False),
-]
-
-NN_MISUSE = [
-    _nn(1, "load", "invalid_argument", OUTSIDE),
-    _nn(2, "load", "invalid_argument", OUTSIDE),
-    _nn(3, "load", "too_large", "model of 4294967295 bytes exceeds the 268435456-byte limit"),
-    _nn(4, "load", "invalid_argument", "an ONNX graph takes exactly one builder"),
-    _nn(5, "load", "invalid_encoding", "encoding 0 is not supported"),
-    _nn(6, "load", "invalid_argument", "guest range [4294967040, 4294967040+4)"),
-    _nn(7, "load_by_name", "invalid_argument", OUTSIDE),
-    _nn(8, "load_by_name", "invalid_argument", OUTSIDE),
-    _nn(9, "load_by_name", "not_found", "model 'secret-model' was not pushed with this function"),
-    _nn(10, "init_execution_context", "invalid_argument", "no graph with handle 1000"),
-    _nn(11, "init_execution_context", "invalid_argument", OUTSIDE),
-    _nn(12, "set_input", "invalid_argument", "no execution context with handle 1001"),
-    _nn(13, "set_input", "invalid_argument", OUTSIDE),
-    _nn(14, "set_input", "invalid_argument", OUTSIDE),
-    _nn(15, "set_input", "invalid_argument", OUTSIDE),
-    _nn(16, "set_input", "invalid_argument", "takes tensor(float), the guest passed INT64"),
-    _nn(17, "set_input", "invalid_argument", "takes shape [-1, 64], the guest passed [1, 32]"),
-    _nn(18, "set_input", "too_large", "1099511627520 bytes exceeds the tensor limit"),
-    _nn(19, "set_input", "invalid_argument", "input index 5: the graph has 1"),
-    _nn(20, "compute", "unsupported_operation", "compute before set_input"),
-    _nn(21, "compute", "invalid_argument", "no execution context with handle 1001"),
-    _nn(22, "get_output", "unsupported_operation", "get_output before compute"),
-    _nn(23, "get_output", "invalid_argument", OUTSIDE),
-    _nn(24, "get_output", "invalid_argument", OUTSIDE),
-    _nn(25, "get_output", "invalid_argument", OUTSIDE),
-    _nn(26, "get_output", "too_large", "output 1 has 40 bytes, the buffer 4"),
-    _nn(27, "get_output", "invalid_argument", "output index 7: the graph has 2"),
-]
 
 
 def _params() -> list[object]:

@@ -8,13 +8,11 @@ calls; the last tests check the emulator's JSON against the client's own models.
 
 from __future__ import annotations
 
-import contextlib
-import datetime
 import http.server
 import json
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +26,9 @@ from gateway.settings import Settings
 from router.scaler import Replica
 from router.scalers.kubernetes import KubernetesScaler
 from tests.kube_emulator import KubeEmulator
+from tests.support import SCALE_PATH, Changes, client_for, round_trips, running, until
 from wasm_host.errors import Unavailable
 
-SCALE_PATH = "/apis/apps/v1/namespaces/default/deployments/wasmgate-runner/scale"
 SLICES_PATH = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices"
 
 
@@ -65,13 +63,6 @@ def scaler_for(client: kubernetes.client.ApiClient, **kwargs: Any) -> Kubernetes
     )
 
 
-def client_for(emulator: KubeEmulator, token: str | None = None) -> kubernetes.client.ApiClient:
-    configuration = kubernetes.client.Configuration()
-    configuration.host = emulator.url
-    configuration.api_key["authorization"] = f"Bearer {emulator.token if token is None else token}"
-    return kubernetes.client.ApiClient(configuration)
-
-
 @pytest.fixture
 def make_scaler(emulator: KubeEmulator) -> Iterator[Callable[..., KubernetesScaler]]:
     clients: list[kubernetes.client.ApiClient] = []
@@ -84,45 +75,6 @@ def make_scaler(emulator: KubeEmulator) -> Iterator[Callable[..., KubernetesScal
     yield make
     for client in clients:
         client.close()
-
-
-class Changes:
-    """The on_change callback: counts calls and checks each is made on the event loop's thread."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.loop_thread = threading.get_ident()
-        self.foreign_threads = 0
-
-    def __call__(self) -> None:
-        self.calls += 1
-        if threading.get_ident() != self.loop_thread:
-            self.foreign_threads += 1
-
-
-@contextlib.asynccontextmanager
-async def running(scaler: KubernetesScaler, emulator: KubeEmulator) -> AsyncIterator[Changes]:
-    """Run the scaler until the block ends; the block starts once its first watch is open."""
-    changes = Changes()
-    watches = emulator.count("watch")
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(scaler.run, changes)
-        try:
-            await until(lambda: emulator.count("watch") > watches, "the scaler to start watching")
-            yield changes
-        finally:
-            tg.cancel_scope.cancel()
-    with anyio.fail_after(5):  # aclose must not hang
-        await scaler.aclose()
-    assert changes.foreign_threads == 0
-
-
-async def until(predicate: Callable[[], bool], what: str, timeout_s: float = 5.0) -> None:
-    with anyio.move_on_after(timeout_s):
-        while not predicate():
-            await anyio.sleep(0.01)
-        return
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def urls(scaler: KubernetesScaler) -> list[str]:
@@ -449,22 +401,6 @@ def test_a_scaler_built_without_any_configuration_raises_unavailable(tmp_path: P
 
 
 # -- the emulator's faithfulness -----------------------------------------------------------------------------
-
-
-def normalized(value: Any) -> Any:
-    """JSON with nulls dropped and timestamps parsed: what a model round trip may rightly change."""
-    if isinstance(value, dict):
-        return {k: normalized(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [normalized(v) for v in value]
-    if isinstance(value, str) and len(value) in (20, 25) and value[4:5] == "-" and value[10:11] == "T":
-        return datetime.datetime.fromisoformat(value)
-    return value
-
-
-def round_trips(client: kubernetes.client.ApiClient, raw: Any, model: str) -> None:
-    parsed = client.deserialize(json.dumps(raw), model, "application/json")
-    assert normalized(client.sanitize_for_serialization(parsed)) == normalized(raw)
 
 
 def test_emulator_json_deserializes_through_the_client_models(emulator: KubeEmulator) -> None:

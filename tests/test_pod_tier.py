@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import json
 import os
 import signal
-import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -20,14 +18,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from bench.pod_cold_start import runner_children
 from gateway.app import create_app
 from gateway.cli.demo import dense_model
 from gateway.settings import Settings
-from tests.conftest import AppClient, Digits
-from tests.test_app import infer_body, push
-from tests.test_e2e import Gateway, wasm_command
-from tests.test_scaling import metric
+from tests.support import AppClient, Digits, Gateway, binary_body, infer_body, metric, push, runner_pids, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -52,20 +46,6 @@ def dense_request(seed: int, rows: int = 2) -> tuple[dict[str, object], np.ndarr
 def expected(session: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
     out: np.ndarray = session.run(None, {"input": x})[0]
     return out
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
-
-
-def runner_pids(gateway: Gateway) -> list[int]:
-    """The gateway's child processes that are runners."""
-    assert gateway.proc is not None
-    return runner_children(gateway.proc.pid)
 
 
 def replica_url(replica: str) -> str:
@@ -366,25 +346,6 @@ def test_a_runner_unloads_least_recently_used_models_past_its_memory_budget(tmp_
         assert metric(runner.get("/metrics").text, "wasmgate_evictions_total", function="b") == 1
 
 
-def binary_body(x: np.ndarray) -> tuple[bytes, dict[str, str]]:
-    """A Triton binary-extension request: JSON header, then the raw tensor, output asked for in binary."""
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "input",
-                    "shape": list(x.shape),
-                    "datatype": "FP32",
-                    "parameters": {"binary_data_size": x.nbytes},
-                }
-            ],
-            "outputs": [{"name": "output", "parameters": {"binary_data": True}}],
-        }
-    ).encode()
-    headers = {"inference-header-content-length": str(len(header)), "content-type": "application/octet-stream"}
-    return header + x.tobytes(), headers
-
-
 def binary_output(response: httpx.Response, rows: int) -> np.ndarray:
     n = int(response.headers["inference-header-content-length"])
     return np.frombuffer(response.content[n:], np.float32).reshape(rows, 10)
@@ -503,13 +464,7 @@ def test_the_pod_tier_on_the_kubernetes_scaler_with_runner_pods_as_processes(
 
     def start_pod(name: str) -> tuple[str, int]:
         pod = Gateway(tmp_path / name, tmp_path / f"{name}.log", "--source-url", gw.url, command="runner")
-        assert pod.log is not None
-        with open(pod.log, "ab") as log:
-            pod.proc = subprocess.Popen(
-                [*wasm_command(), "runner", "--port", str(pod.port), "--data-dir", str(pod.data_dir), *pod.extra],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        pod.spawn()  # on a socket bound here; the prober marks it ready
         pods[name] = pod
         return "127.0.0.1", pod.port
 
@@ -554,6 +509,14 @@ def test_the_pod_tier_on_the_kubernetes_scaler_with_runner_pods_as_processes(
                 got = np.array(response.json()["outputs"][0]["data"], np.float32).reshape(2, 10)
                 np.testing.assert_allclose(got, expected(session, x), rtol=1e-4, atol=1e-5)
             assert emulator.spec_replicas == 2  # 20 held requests / 4 per replica, capped at 2
+
+            def answers(pod: Gateway) -> bool:
+                with contextlib.suppress(httpx.TransportError):
+                    return httpx.get(f"{pod.url}/v2/health/ready", timeout=1).status_code == 200
+                return False
+
+            # The second pod may still be starting (a loaded machine): every pod's count is read once it answers.
+            wait_until(lambda: all(answers(pod) for pod in pods.values()), 60, "every pod to answer")
             served = sum(
                 metric(httpx.get(f"{pod.url}/metrics").text, "wasmgate_requests_total", function="dense")
                 for pod in pods.values()

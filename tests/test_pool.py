@@ -4,36 +4,15 @@ and fresh isolation. No timing: the warmer is driven by calling ``refill`` (or w
 from __future__ import annotations
 
 import struct
-import time
 
 import pytest
 
-from tests.conftest import prepare_wat
+from tests.support import COUNTER, prepare_wat, wait_for
 from wasm_host.errors import GuestTrap
 from wasm_host.guest import FunctionImage
 from wasm_host.host import Host
 from wasm_host.pool import InstancePool, PoolSettings, Warmer
 from wasm_host.tensors import Tensor
-
-# handle() bumps a global counter and answers one INT64 tensor "count" holding it; with input value 1.0 it
-# traps instead. The response is a fixed WGT1 buffer at 1024 whose data word is patched.
-COUNTER = r"""
-(module
-  (memory (export "memory") 1)
-  (global $n (mut i64) (i64.const 0))
-  (data (i32.const 1024)
-    "\57\47\54\31" "\01\00\00\00" "\00\00\00\00" "\00\00\00\00"
-    "\05\00\00\00" "\05\00\00\00" "\01\00\00\00" "\08\00\00\00"
-    "\01\00\00\00\00\00\00\00"
-    "count\00\00\00")
-  (func (export "alloc") (param i32) (result i32) (i32.const 4096))
-  (func (export "handle") (param $p i32) (param $len i32) (result i64)
-    ;; the request's first input data starts at 16 + 16 + 8 (dims [1]) + 8 (name "x") = 48
-    (if (f32.eq (f32.load (i32.add (local.get $p) (i32.const 48))) (f32.const 1)) (then unreachable))
-    (global.set $n (i64.add (global.get $n) (i64.const 1)))
-    (i64.store (i32.const 1072) (global.get $n))
-    (i64.or (i64.shl (i64.const 56) (i64.const 32)) (i64.const 1024))))
-"""
 
 
 def count(pool: InstancePool, value: float = 0.0) -> int:
@@ -108,11 +87,3 @@ def test_settings_validation() -> None:
         PoolSettings.from_json({"min_warmth": 1})
     assert PoolSettings.from_json({"min_warm": 1}, PoolSettings(max_instances=4)).max_instances == 4
     assert PoolSettings(concurrency=10, max_instances=4).effective_concurrency == 4
-
-
-def wait_for(condition: object, timeout: float = 30.0) -> None:
-    """Wait for background work to reach a state; a generous bound that only fails a broken warmer."""
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)

@@ -13,9 +13,8 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import Digits, onnx_predict
 from tests.oci_registry import Registry
-from tests.test_e2e import Gateway, json_infer
+from tests.support import Digits, Gateway, json_infer, onnx_predict
 
 pytestmark = pytest.mark.e2e
 

@@ -20,9 +20,8 @@ import pytest
 from gateway.app import create_app
 from gateway.settings import Settings
 from gateway.store.oci import Credentials, Reference, RegistryClient
-from tests.conftest import AppClient, Digits, onnx_predict
 from tests.oci_registry import Registry, htpasswd, self_signed
-from tests.test_e2e import wasm_command
+from tests.support import AppClient, Digits, onnx_predict, wasm_command
 from wasm_host.errors import Unavailable, UpstreamError
 
 WASM = "application/vnd.wasm.content.layer.v1+wasm"

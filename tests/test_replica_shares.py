@@ -27,7 +27,7 @@ from router.pod_policy import ScalePolicy
 from router.scalers.kubernetes import CONFLICT_ATTEMPTS, KubernetesScaler
 from router.scalers.shares import ANNOTATION, Share, dump_shares, parse_shares
 from tests.kube_emulator import KubeEmulator
-from tests.test_kubernetes_scaler import SCALE_PATH, client_for, normalized, round_trips, running, until
+from tests.support import SCALE_PATH, client_for, normalized, round_trips, running, until
 from wasm_host.errors import Unavailable
 
 DEPLOYMENT_PATH = "/apis/apps/v1/namespaces/default/deployments/wasmgate-runner"

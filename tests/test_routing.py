@@ -13,10 +13,7 @@ import onnxruntime as ort
 import pytest
 
 from gateway.cli.demo import dense_model
-from tests.conftest import Digits, onnx_predict
-from tests.test_e2e import Gateway, free_port
-from tests.test_pod_tier import binary_body, runner_pids, wait_until
-from tests.test_scaling import metric
+from tests.support import Digits, Gateway, binary_body, metric, onnx_predict, runner_pids, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -278,7 +275,7 @@ def test_edge_cluster_runs_everything_on_cpu(tmp_path: Path, digits: Digits) -> 
 
 
 def test_a_backend_that_fails_before_answering_is_retried_once_and_an_answer_never(
-    tmp_path: Path, dense: tuple[Path, ort.InferenceSession]
+    tmp_path: Path, dense: tuple[Path, ort.InferenceSession], refused_url: str
 ) -> None:
     """Failing before answering: an endpoint that cannot be reached, and a replica whose admission refuses the
     request with 429 (it never ran). The runner here fetches its functions from the gateway."""
@@ -289,7 +286,7 @@ def test_a_backend_that_fails_before_answering_is_retried_once_and_an_answer_nev
     runner = Gateway(tmp_path / "other", tmp_path / "runner.log", "--source-url", gw.url, command="runner", env=env)
     runner.start()
     try:
-        dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+        dead = refused_url  # nothing listens there
         push = ["push", str(path), "--tier", "pod", "--endpoint"]
         assert gw.cli(*push, dead, "--name", "flaky").returncode == 0
         # The pod tier (its endpoint) never takes the request: retried once, on the Wasm tier.

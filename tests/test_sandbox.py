@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import wasmtime
 
-from tests.conftest import prepare_wat
-from wasm_host.errors import DeadlineExceeded, GuestTrap, InvalidFunction, InvalidRequest
+from tests.support import prepare_wat
+from wasm_host.errors import DeadlineExceeded, GuestFailure, GuestTrap, InvalidFunction, InvalidRequest
 from wasm_host.host import Host
 from wasm_host.tensors import Tensor
 
@@ -75,7 +75,7 @@ def test_unbounded_recursion_is_a_stack_overflow_trap(host: Host) -> None:
 def test_result_pointer_outside_memory_is_a_guest_failure(host: Host) -> None:
     # status 0, length 100, pointer 0xFFFFFF00: must be refused, not read out of bounds.
     inst = prepare_wat(host, guest("(i64.const 0x64FFFFFF00)")).instantiate()
-    with pytest.raises(Exception, match="outside its memory"):
+    with pytest.raises(GuestFailure, match="outside its memory"):
         inst.handle(X, [])
     assert not inst.healthy
 
@@ -85,7 +85,7 @@ def test_alloc_returning_a_bad_pointer(host: Host) -> None:
       (func (export "alloc") (param i32) (result i32) (i32.const 65530))
       (func (export "handle") (param i32 i32) (result i64) (i64.const 0)))"""
     inst = prepare_wat(host, wat).instantiate()
-    with pytest.raises(Exception, match="invalid buffer"):
+    with pytest.raises(GuestFailure, match="invalid buffer"):
         inst.handle(X, [])
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,8 +12,7 @@ from gateway.app import create_app
 from gateway.settings import Settings
 from router.admission import Admission
 from router.wasm_tier import runs_inline
-from tests.conftest import AppClient, Digits
-from tests.test_app import infer_body, push
+from tests.support import AppClient, Digits, infer_body, metric, push, wait_for
 from wasm_host.errors import TooManyRequests, Unavailable
 
 
@@ -32,16 +30,6 @@ def state(client: AppClient):  # type: ignore[no-untyped-def]
 
 async def _state(client: AppClient):  # type: ignore[no-untyped-def]
     return client._client._transport.app.state.wasmgate  # type: ignore[attr-defined]
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """The value of one sample in Prometheus text format; 0 when absent."""
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            got = dict(re.findall(r'(\w+)="([^"]*)"', line.split(" ")[0]))
-            if all(got.get(k) == v for k, v in labels.items()):
-                return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def test_scale_to_zero_and_back_with_cold_start_header(client: AppClient, digits: Digits) -> None:
@@ -80,7 +68,7 @@ def test_min_warm_keeps_instances_and_is_not_scaled_to_zero(client: AppClient, d
     assert client.post("/v2/models/digits/infer", json=infer_body(digits.x_test[:1])).status_code == 200
     s = state(client)
     (fn,) = s.registry.loaded()
-    _wait(lambda: fn.pool.ready >= 2)  # the warmer's two, plus the request's own if it raced them
+    wait_for(lambda: fn.pool.ready >= 2)  # the warmer's two, plus the request's own if it raced them
     assert s.registry.reap() == []  # idle, but min_warm keeps it loaded ...
     assert fn.pool.ready == 2  # ... at exactly min_warm ready instances
 
@@ -194,12 +182,6 @@ async def _until(condition: object) -> None:
         await anyio.sleep(0)
 
 
-def _wait(condition: object) -> None:
-    from tests.test_pool import wait_for
-
-    wait_for(condition)
-
-
 def test_placement_policy() -> None:
 
     assert not runs_inline(None, 2.0)  # no history: a thread, where a slow guest cannot hold the loop
@@ -233,4 +215,4 @@ def test_raising_min_warm_on_a_loaded_function_warms_it(client: AppClient, digit
     assert client.request("PATCH", "/admin/v1/functions/digits/pool", json={"min_warm": 3}).status_code == 200
     assert client.post("/v2/models/digits/infer", json=body).status_code == 200  # applies the new settings
     assert state(client).registry.loaded() == [fn]  # same code: retuned in place, not reloaded
-    _wait(lambda: fn.pool.ready >= 3)
+    wait_for(lambda: fn.pool.ready >= 3)

@@ -11,7 +11,7 @@ import struct
 import numpy as np
 import pytest
 
-from tests.conftest import Digits, prepare_wat
+from tests.support import Digits, onnx_predict, prepare_wat
 from wasm_host.guest import GuestInstance
 from wasm_host.host import Host
 from wasm_host.onnx_backend import ModelRef
@@ -85,8 +85,6 @@ def test_full_inference_matches_onnxruntime(probe: GuestInstance, digits: Digits
     written = u32(probe, OUT_AT)
     assert written == 5 * 10 * 4
     got = np.frombuffer(probe.memory.read(RESULT_AT, written), dtype="<f4").reshape(5, 10)
-    from tests.conftest import onnx_predict
-
     np.testing.assert_array_equal(got, onnx_predict(digits.model, x)[1])
 
 

@@ -1,0 +1,642 @@
+"""What the test modules share, in one place (fixtures stay in conftest.py, where pytest finds them):
+
+- child processes: ``wasm serve`` and ``wasm runner`` as :class:`Gateway`, and :func:`start_on_a_port` for any
+  server that binds its own port, retried on another port when another process took that one first; a port
+  where connections are refused for as long as a test needs (:func:`refused_port`); waits with deadlines;
+- models and requests: the digits model (:class:`Digits`) and onnxruntime's answers, guests from WAT, request
+  bodies, pushes through the admin API, an in-process client for the app (:class:`AppClient`), one sample of
+  Prometheus text (:func:`metric`), and the store's consistency on disk;
+- the ``kubernetes`` client against ``tests.kube_emulator``;
+- the hostile guests' documented failures (guest_modules/hostile/), which tests/test_hostile.py checks one by
+  one and bench/soak.py sends under load.
+
+No test module imports another: they import from here, and from the emulators and fixture servers next to
+them (tests/kube_emulator.py, tests/oci_registry.py, tests/kustomize_subset.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import errno
+import hashlib
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import httpx
+import numpy as np
+
+if TYPE_CHECKING:
+    import kubernetes.client
+
+    from router.scalers.kubernetes import KubernetesScaler
+    from tests.kube_emulator import KubeEmulator
+    from wasm_host.guest import FunctionImage
+    from wasm_host.host import Host
+    from wasm_host.onnx_backend import ModelRef
+
+LOOPBACK = "127.0.0.1"
+
+# -- child processes and their ports ---------------------------------------------------------------------------
+
+
+def wasm_command() -> list[str]:
+    script = Path(sys.executable).parent / "wasm"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "gateway.cli"]
+
+
+def wait_ready(
+    proc: subprocess.Popen[bytes], log: Path, ready: Callable[[], bool], timeout: float = 60, interval: float = 0.1
+) -> None:
+    """Poll ``ready`` (connection errors count as not yet) until it holds; fail with the process's log when it
+    exits first or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()
+        try:
+            if ready():
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(interval)
+    raise AssertionError(f"{proc.args} did not become ready:\n" + log.read_text())
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def wait_for(condition: object, timeout: float = 30.0) -> None:
+    """Wait for background work to reach a state; a generous bound that only fails a broken warmer."""
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
+def candidate_port() -> int:
+    """A loopback port that was free a moment ago: bound to port 0, then closed. Only a candidate for a child
+    that binds the port itself, since any process may take it before the child does; :func:`start_on_a_port`
+    starts the child again on another when that happens."""
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def refused_port() -> Iterator[int]:
+    """A loopback port where every connection is refused while the block runs: a socket bound there and never
+    listened on. It is held until the block ends, and bound without SO_REUSEADDR, so no other socket can bind
+    the port meanwhile (a closed port's number could be taken by any process at once)."""
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        yield int(s.getsockname()[1])
+
+
+def bound_socket(port: int = 0) -> socket.socket:
+    """A loopback TCP socket, bound but not yet listening, for a child that listens on it (``wasm runner
+    --fd``), made as the local scaler makes its runners' (``router.sockets.tcp_listener``: IPPROTO_TCP,
+    SO_REUSEADDR): on ``port`` where that is still free, else on a port the kernel picks. The child holds the
+    port from the start: nothing can take it."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((LOOPBACK, port))
+    except OSError as exc:
+        sock.close()
+        if port and exc.errno == errno.EADDRINUSE:
+            return bound_socket(0)
+        raise
+    return sock
+
+
+def listening_on(pid: int, port: int) -> bool:
+    """Whether process ``pid`` itself holds the socket listening on TCP ``port`` (Linux: the listening sockets
+    in /proc/net/tcp*, against the process's file descriptors)."""
+    sockets = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()  # sl local_address rem_address st ... uid timeout inode
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: TCP_LISTEN
+                sockets.add(f"socket:[{fields[9]}]")
+    if not sockets:
+        return False
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            if os.readlink(fd) in sockets:
+                return True
+    return False
+
+
+def port_was_taken(log: Path, since: int) -> bool:
+    """Whether what the child wrote to ``log`` past offset ``since`` says its bind failed (uvicorn: "[Errno 98]
+    error while attempting to bind on address ...: address already in use"; Go: "bind: address already in
+    use"; a plain OSError traceback: "Address already in use")."""
+    with open(log, "rb") as f:
+        f.seek(since)
+        return os.strerror(errno.EADDRINUSE).lower().encode() in f.read().lower()
+
+
+def _set_aside(log: Path, since: int) -> Path:
+    """Move what a child that could not bind its port wrote to ``log`` (past ``since``) to ``<log>.port-taken``,
+    so that the log holds only the run that served."""
+    aside = log.with_name(log.name + ".port-taken")
+    with open(log, "r+b") as f:
+        f.seek(since)
+        failed = f.read()
+        f.truncate(since)
+    with open(aside, "ab") as f:
+        f.write(failed)
+    return aside
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def start_on_a_port(
+    launch: Callable[[int], subprocess.Popen[bytes]],
+    log: Path,
+    ready: Callable[[int], bool],
+    port: int = 0,
+    attempts: int = 5,
+    timeout: float = 60,
+    interval: float = 0.1,
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start a server that binds its own TCP port, ``launch(port)`` (its output appended to ``log``), and wait
+    until ``ready(port)``; the process and the port it serves on.
+
+    The port is ``port`` where given (a server started again keeps its address where it can), else
+    :func:`candidate_port`. Another process may bind that port first: the child then exits saying so ("address
+    already in use", in what it wrote to ``log`` since it started), and is started again on another candidate,
+    up to ``attempts`` starts in all; what the failed start wrote is moved to ``<log>.port-taken``. Whoever took
+    the port may answer there meanwhile, so readiness also needs the child itself to hold the listening socket
+    (:func:`listening_on`). Any other failure fails as :func:`wait_ready` does, the child stopped."""
+
+    def ours(proc: subprocess.Popen[bytes], port: int) -> Callable[[], bool]:
+        return lambda: ready(port) and listening_on(proc.pid, port)
+
+    tried = []
+    aside = None
+    for _ in range(attempts):
+        port = port or candidate_port()
+        tried.append(port)
+        since = log.stat().st_size if log.exists() else 0
+        proc = launch(port)
+        try:
+            wait_ready(proc, log, ours(proc, port), timeout, interval)
+        except AssertionError:
+            _stop(proc)
+            if not port_was_taken(log, since):
+                raise
+            aside = _set_aside(log, since)
+            port = 0
+            continue
+        return proc, port
+    raise AssertionError(f"{proc.args}: another process took each port tried ({tried}); see {aside}")
+
+
+class Gateway:
+    """A real ``wasm serve`` (or, with ``command="runner"``, ``wasm runner``) process on a loopback port, with
+    ``env`` as its only WASMGATE_* settings (and ``preexec_fn`` run in the child before it starts).
+
+    The port is chosen by :meth:`start` (``url`` and ``port`` are read after it), and a later start takes the
+    same port again where it is still free, else another, which ``url`` then names. ``wasm serve`` binds the
+    port itself: :func:`start_on_a_port` starts it again on another port if another process took that one
+    first. ``wasm runner`` is handed a socket bound here (its hidden ``--fd``, as the local scaler starts its
+    runners), so nothing can take its port."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        log: Path,
+        *extra: str,
+        command: str = "serve",
+        env: dict[str, str] | None = None,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
+        self.extra = extra
+        self.command = command
+        self.settings_env = env or {}
+        self.data_dir = data_dir
+        self.port = 0  # none until start()
+        self.log = log
+        self.preexec_fn = preexec_fn
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.port, "the port is chosen when the process starts: read the url after start()"
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def _popen(self, *listen: str, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WASMGATE_")} | self.settings_env
+        where = [*listen, "--data-dir", str(self.data_dir)]
+        with open(self.log, "ab") as log:
+            return subprocess.Popen(
+                [*wasm_command(), self.command, *where, *self.extra],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                pass_fds=pass_fds,
+                preexec_fn=self.preexec_fn,
+            )
+
+    @staticmethod
+    def _ready(port: int) -> bool:
+        return httpx.get(f"http://{LOOPBACK}:{port}/v2/health/ready", timeout=1).status_code == 200
+
+    def start(self) -> None:
+        if self.command == "runner":
+            self.spawn()
+            assert self.proc is not None
+            wait_ready(self.proc, self.log, lambda: self._ready(self.port))
+        else:
+            self.proc, self.port = start_on_a_port(
+                lambda port: self._popen("--port", str(port)), self.log, self._ready, port=self.port
+            )
+
+    def spawn(self) -> None:
+        """Start ``wasm runner`` on a socket bound here (:func:`bound_socket`), without waiting for it to be
+        ready."""
+        assert self.command == "runner", "only wasm runner takes a listening socket (--fd)"
+        with bound_socket(self.port) as sock:
+            self.port = int(sock.getsockname()[1])
+            fd = sock.fileno()
+            self.proc = self._popen("--fd", str(fd), pass_fds=(fd,))
+        # The child has its own copy of the socket: once it exits, nothing listens on the port.
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+            self.proc = None
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*wasm_command(), *args, "--gateway", self.url], capture_output=True, text=True, timeout=120
+        )
+
+
+def runner_pids(gateway: Gateway) -> list[int]:
+    """The gateway's child processes that are runners."""
+    from bench.pod_cold_start import runner_children  # imported here: that bench imports this module
+
+    assert gateway.proc is not None
+    return runner_children(gateway.proc.pid)
+
+
+def json_infer(url: str, name: str, inputs: list[dict[str, object]]) -> httpx.Response:
+    return httpx.post(f"{url}/v2/models/{name}/infer", json={"inputs": inputs}, timeout=60)
+
+
+# -- models, guests and requests ---------------------------------------------------------------------------------
+
+
+class Digits:
+    def __init__(self, model: bytes, x_test: np.ndarray, y_test: np.ndarray, path: Path) -> None:
+        self.model = model
+        self.x_test = x_test
+        self.y_test = y_test
+        self.path = path
+        self.digest = hashlib.sha256(model).hexdigest()
+
+
+def onnx_predict(model: bytes, x: np.ndarray) -> list[Any]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    return list(session.run(None, {session.get_inputs()[0].name: x}))
+
+
+def prepare_wat(host: Host, wat: str, models: dict[str, ModelRef] | None = None) -> FunctionImage:
+    import wasmtime
+
+    wasm = wasmtime.wat2wasm(wat)
+    return host.prepare(bytes(wasm), hashlib.sha256(wasm).hexdigest(), models or {})
+
+
+# handle() bumps a global counter and answers one INT64 tensor "count" holding it; with input value 1.0 it
+# traps instead. The response is a fixed WGT1 buffer at 1024 whose data word is patched.
+COUNTER = r"""
+(module
+  (memory (export "memory") 1)
+  (global $n (mut i64) (i64.const 0))
+  (data (i32.const 1024)
+    "\57\47\54\31" "\01\00\00\00" "\00\00\00\00" "\00\00\00\00"
+    "\05\00\00\00" "\05\00\00\00" "\01\00\00\00" "\08\00\00\00"
+    "\01\00\00\00\00\00\00\00"
+    "count\00\00\00")
+  (func (export "alloc") (param i32) (result i32) (i32.const 4096))
+  (func (export "handle") (param $p i32) (param $len i32) (result i64)
+    ;; the request's first input data starts at 16 + 16 + 8 (dims [1]) + 8 (name "x") = 48
+    (if (f32.eq (f32.load (i32.add (local.get $p) (i32.const 48))) (f32.const 1)) (then unreachable))
+    (global.set $n (i64.add (global.get $n) (i64.const 1)))
+    (i64.store (i32.const 1072) (global.get $n))
+    (i64.or (i64.shl (i64.const 56) (i64.const 32)) (i64.const 1024))))
+"""
+
+
+def infer_body(x: np.ndarray) -> dict[str, object]:
+    return {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
+
+
+def binary_body(x: np.ndarray) -> tuple[bytes, dict[str, str]]:
+    """A Triton binary-extension request: JSON header, then the raw tensor, output asked for in binary."""
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": list(x.shape),
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "outputs": [{"name": "output", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    headers = {"inference-header-content-length": str(len(header)), "content-type": "application/octet-stream"}
+    return header + x.tobytes(), headers
+
+
+class AppClient:
+    """A synchronous client for an ASGI app in this process, with its lifespan run (httpx.ASGITransport on a
+    blocking anyio portal). Starlette's TestClient would do, but now wants a different httpx distribution."""
+
+    def __init__(self, app: Any) -> None:
+        import functools
+
+        from anyio.from_thread import start_blocking_portal
+
+        self._partial = functools.partial
+        self._portal_cm = start_blocking_portal()
+        self.portal = self._portal_cm.__enter__()
+        # The lifespan runs in one task of its own, as a server runs it (it holds a task group open).
+        self._started = self.portal.call(anyio.Event)
+        self._stop = self.portal.call(anyio.Event)
+
+        async def lifespan() -> None:
+            async with app.router.lifespan_context(app):
+                self._started.set()
+                await self._stop.wait()
+
+        self._lifespan = self.portal.start_task_soon(lifespan)
+        self.portal.call(self._started.wait)
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        self._client = httpx.AsyncClient(transport=transport, base_url="http://wasmgate.test")
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Any:
+        return self.portal.call(self._partial(self._client.request, method, url, **kwargs))
+
+    def get(self, url: str, **kwargs: Any) -> Any:
+        return self.request("GET", url, **kwargs)
+
+    def post(self, url: str, **kwargs: Any) -> Any:
+        return self.request("POST", url, **kwargs)
+
+    def put(self, url: str, **kwargs: Any) -> Any:
+        return self.request("PUT", url, **kwargs)
+
+    def delete(self, url: str, **kwargs: Any) -> Any:
+        return self.request("DELETE", url, **kwargs)
+
+    def close(self) -> None:
+        self.portal.call(self._client.aclose)
+        self.portal.call(self._stop.set)
+        self._lifespan.result()
+        self._portal_cm.__exit__(None, None, None)
+
+    def __enter__(self) -> AppClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def upload(client: AppClient, data: bytes) -> str:
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    r = client.put(f"/admin/v1/blobs/{digest}", content=data)
+    assert r.status_code in (200, 201), r.text
+    return digest
+
+
+def push(client: AppClient, name: str, module: bytes | None, models: dict[str, bytes]) -> dict[str, object]:
+    doc = {
+        "module": None if module is None else upload(client, module),
+        "models": {alias: upload(client, data) for alias, data in models.items()},
+    }
+    r = client.put(f"/admin/v1/functions/{name}", json=doc)
+    assert r.status_code == 201, r.text
+    result: dict[str, object] = r.json()
+    return result
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text format; 0 when absent."""
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            got = dict(re.findall(r'(\w+)="([^"]*)"', line.split(" ")[0]))
+            if all(got.get(k) == v for k, v in labels.items()):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def assert_consistent(data: Path) -> list[str]:
+    """Every manifest parses and names blobs that exist with their digest; returns the function names."""
+    names = []
+    for path in sorted((data / "functions").glob("*.json")):
+        doc = json.loads(path.read_text())
+        for digest in [doc["module"], *doc["models"].values()]:
+            if digest:
+                blob = data / "blobs" / "sha256" / digest.removeprefix("sha256:")
+                assert blob.exists(), (path.name, digest)
+                assert hashlib.sha256(blob.read_bytes()).hexdigest() == digest.removeprefix("sha256:")
+        history = data / "versions" / path.stem / f"{doc['version']}.json"
+        assert json.loads(history.read_text()) == doc  # the current version is in the history
+        names.append(path.stem)
+    return names
+
+
+# -- the kubernetes client against tests.kube_emulator ---------------------------------------------------------
+
+SCALE_PATH = "/apis/apps/v1/namespaces/default/deployments/wasmgate-runner/scale"
+
+
+def client_for(emulator: KubeEmulator, token: str | None = None) -> kubernetes.client.ApiClient:
+    import kubernetes.client
+
+    configuration = kubernetes.client.Configuration()
+    configuration.host = emulator.url
+    configuration.api_key["authorization"] = f"Bearer {emulator.token if token is None else token}"
+    return kubernetes.client.ApiClient(configuration)
+
+
+class Changes:
+    """The on_change callback: counts calls and checks each is made on the event loop's thread."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.loop_thread = threading.get_ident()
+        self.foreign_threads = 0
+
+    def __call__(self) -> None:
+        self.calls += 1
+        if threading.get_ident() != self.loop_thread:
+            self.foreign_threads += 1
+
+
+@contextlib.asynccontextmanager
+async def running(scaler: KubernetesScaler, emulator: KubeEmulator) -> AsyncIterator[Changes]:
+    """Run the scaler until the block ends; the block starts once its first watch is open."""
+    changes = Changes()
+    watches = emulator.count("watch")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(scaler.run, changes)
+        try:
+            await until(lambda: emulator.count("watch") > watches, "the scaler to start watching")
+            yield changes
+        finally:
+            tg.cancel_scope.cancel()
+    with anyio.fail_after(5):  # aclose must not hang
+        await scaler.aclose()
+    assert changes.foreign_threads == 0
+
+
+async def until(predicate: Callable[[], bool], what: str, timeout_s: float = 5.0) -> None:
+    with anyio.move_on_after(timeout_s):
+        while not predicate():
+            await anyio.sleep(0.01)
+        return
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def normalized(value: Any) -> Any:
+    """JSON with nulls dropped and timestamps parsed: what a model round trip may rightly change."""
+    if isinstance(value, dict):
+        return {k: normalized(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [normalized(v) for v in value]
+    if isinstance(value, str) and len(value) in (20, 25) and value[4:5] == "-" and value[10:11] == "T":
+        return datetime.datetime.fromisoformat(value)
+    return value
+
+
+def round_trips(client: kubernetes.client.ApiClient, raw: Any, model: str) -> None:
+    parsed = client.deserialize(json.dumps(raw), model, "application/json")
+    assert normalized(client.sanitize_for_serialization(parsed)) == normalized(raw)
+
+
+# -- the hostile guests' documented failures (guest_modules/hostile/README.md) ---------------------------------
+
+MiB = 1024 * 1024
+DEADLINE_MS = 200
+#: The gateway settings the hostile fixtures are served with: a short deadline and a small memory limit.
+SETTINGS = {"WASMGATE_DEADLINE_MS": str(DEADLINE_MS), "WASMGATE_MEMORY_LIMIT_BYTES": str(16 * MiB)}
+#: WASI preview 1 errno values (wasi/api.h).
+EBADF, ENOENT, ENOTSOCK = 8, 44, 57
+#: The host's bounds-check message: "guest range [p, p+n) is outside its N-byte memory".
+OUTSIDE = "is outside its"
+
+
+@dataclasses.dataclass(frozen=True)
+class Misbehaviour:
+    """Request ``case`` of ``fixture``: the status it must get, fragments its message must contain, and whether
+    the instance must be discarded."""
+
+    fixture: str
+    case: int
+    status: int
+    fragments: tuple[str, ...]
+    discarded: bool
+
+    @property
+    def function(self) -> str:
+        return self.fixture.replace("_", "-")
+
+
+def _trap(fixture: str, case: int, status: int, fragment: str) -> Misbehaviour:
+    return Misbehaviour(fixture, case, status, (fragment,), discarded=True)
+
+
+def _nn(case: int, call: str, errno: str, cause: str) -> Misbehaviour:
+    code = ["success", "invalid_argument", "invalid_encoding", "missing_memory", "busy", "runtime_error",
+            "unsupported_operation", "too_large", "not_found"].index(errno)  # fmt: skip
+    reported = f"the function failed: wasi-nn {call} failed: {errno} ({code})"
+    # The host's cause for the errno is appended to the guest's message: "(wasi-nn: <call>: <cause>)". A
+    # function that reports a failure is replaced: whatever led there may still be in its memory.
+    return Misbehaviour("nn_abuse", case, 500, (reported, f"(wasi-nn: {call}: ", cause), discarded=True)
+
+
+TRAPS = [
+    _trap("infinite_loop", 1, 504, f"the function ran past its deadline ({DEADLINE_MS} ms) in handle"),
+    _trap("memory_bomb", 1, 500, "the function trapped in handle: unreachable"),
+    _trap("recursion", 1, 500, "the function trapped in handle: stack overflow"),
+    _trap("trap", 1, 500, "the function trapped in handle: unreachable"),
+    _trap("abi_oob", 1, 500, "the function returned a result outside its memory"),
+    _trap("abi_oob", 2, 500, "the function returned a result outside its memory"),
+    _trap("abi_oob", 3, 500, "the function returned a result outside its memory"),
+    # A well-bounded but malformed response broke the ABI: the instance is discarded too.
+    _trap("abi_oob", 4, 500, "the function returned a malformed response: bad magic"),
+    # The guest rejecting its input (status 1) is the caller's error, and the instance is kept.
+    Misbehaviour("trap", 9, 400, ("the function rejected the request: unknown case 9",), discarded=False),
+]
+
+NN_MISUSE = [
+    _nn(1, "load", "invalid_argument", OUTSIDE),
+    _nn(2, "load", "invalid_argument", OUTSIDE),
+    _nn(3, "load", "too_large", "model of 4294967295 bytes exceeds the 268435456-byte limit"),
+    _nn(4, "load", "invalid_argument", "an ONNX graph takes exactly one builder"),
+    _nn(5, "load", "invalid_encoding", "encoding 0 is not supported"),
+    _nn(6, "load", "invalid_argument", "guest range [4294967040, 4294967040+4)"),
+    _nn(7, "load_by_name", "invalid_argument", OUTSIDE),
+    _nn(8, "load_by_name", "invalid_argument", OUTSIDE),
+    _nn(9, "load_by_name", "not_found", "model 'secret-model' was not pushed with this function"),
+    _nn(10, "init_execution_context", "invalid_argument", "no graph with handle 1000"),
+    _nn(11, "init_execution_context", "invalid_argument", OUTSIDE),
+    _nn(12, "set_input", "invalid_argument", "no execution context with handle 1001"),
+    _nn(13, "set_input", "invalid_argument", OUTSIDE),
+    _nn(14, "set_input", "invalid_argument", OUTSIDE),
+    _nn(15, "set_input", "invalid_argument", OUTSIDE),
+    _nn(16, "set_input", "invalid_argument", "takes tensor(float), the guest passed INT64"),
+    _nn(17, "set_input", "invalid_argument", "takes shape [-1, 64], the guest passed [1, 32]"),
+    _nn(18, "set_input", "too_large", "1099511627520 bytes exceeds the tensor limit"),
+    _nn(19, "set_input", "invalid_argument", "input index 5: the graph has 1"),
+    _nn(20, "compute", "unsupported_operation", "compute before set_input"),
+    _nn(21, "compute", "invalid_argument", "no execution context with handle 1001"),
+    _nn(22, "get_output", "unsupported_operation", "get_output before compute"),
+    _nn(23, "get_output", "invalid_argument", OUTSIDE),
+    _nn(24, "get_output", "invalid_argument", OUTSIDE),
+    _nn(25, "get_output", "invalid_argument", OUTSIDE),
+    _nn(26, "get_output", "too_large", "output 1 has 40 bytes, the buffer 4"),
+    _nn(27, "get_output", "invalid_argument", "output index 7: the graph has 2"),
+]
