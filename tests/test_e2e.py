@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -300,3 +301,27 @@ def test_isolation_set_at_push_and_changed_with_wasm_scale(gateway: Gateway, tmp
     assert "max_instances=2" in r.stdout  # settings not named are kept
     assert counts() == [1, 2, 3]
     assert gateway.cli("scale", "counter").returncode == 2  # nothing to change is a usage error
+
+
+def test_the_demo_serves_both_functions_with_the_requests_it_prints(tmp_path: Path, guests: dict[str, Path]) -> None:
+    """The README's first command ends in ``wasm demo``: with the example functions built (the ``guests``
+    fixture builds them, as the README's command does), it serves ``digits`` and ``digits-top3``, and each
+    curl it prints is answered."""
+    demo = Gateway(tmp_path / "data", tmp_path / "demo.log", command="demo")
+    demo.start()
+    try:
+        deadline = time.monotonic() + 120
+        while "Functions: wasm ls" not in demo.log.read_text():  # printed once both pushes are done
+            assert time.monotonic() < deadline, demo.log.read_text()
+            time.sleep(0.1)
+        printed = demo.log.read_text()
+        assert "to get digits-top3 too" not in printed
+        bodies = dict(re.findall(r"/v2/models/([\w-]+)/infer .*\n\s+-d '(.*)'", printed))
+        assert sorted(bodies) == ["digits", "digits-top3"]
+        for name, body in bodies.items():
+            r = httpx.post(f"{demo.url}/v2/models/{name}/infer", content=body, timeout=60)
+            assert r.status_code == 200, (name, r.text)
+        top3 = {o["name"]: o["data"] for o in r.json()["outputs"]}
+        assert len(top3["labels"]) == 3
+    finally:
+        demo.stop()

@@ -20,7 +20,7 @@ from gateway.server import configure_logging, tune_interpreter, uvicorn_server
 from gateway.settings import Settings
 from wasm_host.errors import ClientError
 
-GUEST_BUILD = Path(__file__).resolve().parent.parent / "guest_modules" / "build"
+GUEST_BUILD = Path(__file__).resolve().parents[2] / "guest_modules" / "build"  # the checkout's built guests
 
 
 def dense_model(sizes: tuple[int, ...] = (256, 1024, 1024, 1024, 10), seed: int = 0) -> bytes:
