@@ -3,6 +3,7 @@ give identical outputs, which each benchmark asserts before timing)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench import request_path
 from bench.wasm_overhead import dense_model, run
 from tests.support import Digits
 
@@ -19,6 +21,12 @@ def test_wasm_overhead_bench_runs(digits: Digits) -> None:
     result = run("digits", digits.model, np.ascontiguousarray(digits.x_test[:2]), iterations=20, blocks=2)
     assert result["wasm_p50"] > 0
     assert result["bare_p50"] > 0
+
+
+def test_request_path_bench_runs() -> None:
+    rounds = asyncio.run(request_path.measure(requests=20, rounds=2))
+    assert len(rounds) == 2
+    assert all(us > 0 for us in rounds)
 
 
 def test_dense_model_is_about_ten_megabytes() -> None:
