@@ -1,4 +1,5 @@
-"""Building the gateway's pod tier from the settings: the scaler, the activator and the forwarder."""
+"""Building the router's parts from the settings: the scaler (the one place either kind is built), the pod tier
+with its activator and forwarder, the placement thresholds, and whether the pod tier has accelerators."""
 
 from __future__ import annotations
 
