@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import helper
 
-from tests.support import ENCODER_OUTPUTS, Digits, Encoder, encoder_inputs, onnx_predict
+from tests.support import ENCODER_INPUTS, ENCODER_OUTPUTS, Digits, Encoder, encoder_inputs, onnx_predict
 from wasm_host.abi import MAGIC, STATUS_INVALID, encode_request, unpack_result
 from wasm_host.errors import GuestFailure
 from wasm_host.guest import GuestInstance
@@ -114,6 +114,30 @@ def test_top3_signature_and_results(top3: GuestInstance, digits: Digits) -> None
     got = {t.name: t.to_numpy() for t in top3.handle([Tensor.from_numpy("images", raw)], outputs)}
     _, probs = onnx_predict(digits.model, raw.astype(np.float32) / 16)
     np.testing.assert_array_equal(got["labels"], np.argsort(-probs, axis=1, kind="stable")[:, :3])
+
+
+def test_sentence_embedding_pools_the_token_embeddings_it_returns_with_their_actual_dims(
+    host: Host, encoder: Encoder, guests: dict[str, Path]
+) -> None:
+    # The C example built on the SDK's wg_response_add_nn_output_actual and wg_nn_get_output_dims.
+    wasm = guests["sentence_embedding"].read_bytes()
+    refs = {"encoder": ModelRef(encoder.digest, encoder.path)}
+    inst = host.prepare(wasm, hashlib.sha256(wasm).hexdigest(), refs).instantiate()
+    signature = inst.signature()
+    assert signature is not None
+    inputs, outputs = signature
+    assert [s.name for s in inputs] == list(ENCODER_INPUTS)
+    for batch, sequence in ((2, 5), (3, 7)):
+        x = encoder_inputs(batch, sequence)
+        got = {t.name: t.to_numpy() for t in inst.handle([Tensor.from_numpy(k, x[k]) for k in ENCODER_INPUTS], outputs)}
+        tokens = encoder.expected(x)["last_hidden_state"]
+        np.testing.assert_array_equal(got["token_embeddings"], tokens)
+        mask = x["attention_mask"][:, :, None].astype(np.float64)
+        pooled = (tokens * mask).sum(axis=1) / mask.sum(axis=1)
+        assert got["sentence_embedding"].shape == (batch, 16)
+        # float32 sums in the guest against float64 here
+        np.testing.assert_allclose(got["sentence_embedding"], pooled, rtol=1e-5, atol=1e-6)
+    assert inst.healthy
 
 
 requests = st.one_of(
