@@ -58,20 +58,20 @@ OPTIONAL_INPUT = one_node(
 )
 
 
+ODD_MODELS = {
+    "bool-input": BOOL_INPUT,
+    "int8-output": INT8_OUTPUT,
+    "sequence-input": SEQUENCE_INPUT,
+    "map-input": MAP_INPUT,
+    "optional-input": OPTIONAL_INPUT,
+}
+ZOO = [encoder_model, cnn_model, fp16_model, tree_classifier_model, zipmap_classifier_model]
+
+
 @pytest.mark.parametrize(
     "build",
-    [
-        encoder_model,
-        cnn_model,
-        fp16_model,
-        tree_classifier_model,
-        zipmap_classifier_model,
-        lambda: BOOL_INPUT,
-        lambda: INT8_OUTPUT,
-        lambda: SEQUENCE_INPUT,
-        lambda: MAP_INPUT,
-        lambda: OPTIONAL_INPUT,
-    ],
+    [*ZOO, *(lambda model=model: model for model in ODD_MODELS.values())],
+    ids=[*(build.__name__ for build in ZOO), *ODD_MODELS],
 )
 def test_the_graph_declares_the_names_and_types_onnxruntime_lists(build: Callable[[], bytes]) -> None:
     model = build()
@@ -90,6 +90,7 @@ def test_the_graph_declares_the_names_and_types_onnxruntime_lists(build: Callabl
         (MAP_INPUT, "input 'features' is map(int64,tensor(float)) (make it a dense tensor in the graph)", False),
         (OPTIONAL_INPUT, "input 'maybe' is optional(tensor(float)) (make it a dense tensor in the graph)", False),
     ],
+    ids=list(ODD_MODELS),
 )
 def test_what_wasi_nn_cannot_carry_is_refused_by_name_with_its_fix(
     model: bytes, refusal: str, a_function_may_push_it: bool
