@@ -7,6 +7,9 @@
   counter, and a text embedder whose vectors are known exactly), request bodies, pushes through the admin API,
   an in-process client for the app (:class:`AppClient`), one sample of Prometheus text (:func:`metric`), and the
   store's consistency on disk;
+- the model zoo: a ResNet-style CNN, gradient-boosted tree ensembles, an FP16 model (and the BERT-style
+  encoder above), which a bare push serves, and scikit-learn's default classifier and a text pipeline, which it
+  refuses; each built here, seeded, with no downloads, and onnxruntime's answers for them (:func:`onnx_answers`);
 - the ``kubernetes`` client against ``tests.kube_emulator``;
 - the hostile guests' documented failures (guest_modules/hostile/), which tests/test_hostile.py checks one by
   one and bench/soak.py sends under load.
@@ -23,6 +26,7 @@ import datetime
 import errno
 import hashlib
 import json
+import math
 import os
 import re
 import socket
@@ -673,6 +677,232 @@ def assert_consistent(data: Path) -> list[str]:
         assert json.loads(history.read_text()) == doc  # the current version is in the history
         names.append(path.stem)
     return names
+
+
+# -- the model zoo: one small model of each kind a bare push serves or refuses, built here with no downloads -----
+# Each builder is deterministic (seeded) and takes well under a second; tests/test_zoo.py pushes each one bare
+# and serves it on both tiers. The BERT-style encoder of the zoo is encoder_model, above.
+
+#: The zoo's ResNet-style CNN: its input, FP32 ``[batch, 3, 224, 224]``, and output, FP32 ``[batch, classes]``.
+CNN_INPUT, CNN_OUTPUT = "images", "logits"
+
+
+def cnn_model(channels: int = 4, classes: int = 10, seed: int = 0) -> bytes:
+    """A tiny ONNX CNN shaped like a ResNet, made with ``onnx.helper``: ImageNet's input, a few channels.
+
+    - Input ``images``: FP32 ``[batch, 3, 224, 224]``, the batch dynamic. Output ``logits``: FP32
+      ``[batch, classes]``.
+    - The stem: Conv 3x3 stride 2 (3 -> ``channels``), BatchNormalization, Relu, MaxPool 3x3 stride 2, to 56x56.
+    - One residual block: Conv 3x3 with a bias (a BatchNormalization folded in, as exporters do), Relu, Conv
+      3x3 with a bias, Add the block's input, Relu.
+    - The head: GlobalAveragePool, Flatten, Gemm.
+
+    The weights are random, from ``seed``.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+
+    def weights(name: str, *shape: int) -> onnx.TensorProto:
+        fan_in = math.prod(shape[1:]) or 1
+        return numpy_helper.from_array((rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32), name)
+
+    def constant(name: str, values: np.ndarray) -> onnx.TensorProto:
+        return numpy_helper.from_array(values.astype(np.float32), name)
+
+    c = channels
+    inits = [
+        weights("stem_w", c, 3, 3, 3),
+        constant("bn_scale", 1 + 0.1 * rng.standard_normal(c)),
+        constant("bn_bias", 0.1 * rng.standard_normal(c)),
+        constant("bn_mean", 0.1 * rng.standard_normal(c)),
+        constant("bn_var", 1 + 0.1 * rng.random(c)),
+        weights("block1_w", c, c, 3, 3),
+        constant("block1_b", 0.1 * rng.standard_normal(c)),
+        weights("block2_w", c, c, 3, 3),
+        constant("block2_b", 0.1 * rng.standard_normal(c)),
+        weights("fc_w", classes, c),
+        constant("fc_b", 0.1 * rng.standard_normal(classes)),
+    ]
+    node = helper.make_node
+    same = {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}
+    nodes = [
+        node("Conv", [CNN_INPUT, "stem_w"], ["stem"], strides=[2, 2], **same),
+        node("BatchNormalization", ["stem", "bn_scale", "bn_bias", "bn_mean", "bn_var"], ["stem_bn"]),
+        node("Relu", ["stem_bn"], ["stem_relu"]),
+        node("MaxPool", ["stem_relu"], ["pooled"], strides=[2, 2], **same),
+        node("Conv", ["pooled", "block1_w", "block1_b"], ["block1"], **same),
+        node("Relu", ["block1"], ["block1_relu"]),
+        node("Conv", ["block1_relu", "block2_w", "block2_b"], ["block2"], **same),
+        node("Add", ["block2", "pooled"], ["residual"]),
+        node("Relu", ["residual"], ["block_out"]),
+        node("GlobalAveragePool", ["block_out"], ["gap"]),
+        node("Flatten", ["gap"], ["features"]),
+        node("Gemm", ["features", "fc_w", "fc_b"], [CNN_OUTPUT], transB=1),
+    ]
+    fp32 = onnx.TensorProto.FLOAT
+    graph = helper.make_graph(
+        nodes,
+        "cnn",
+        [helper.make_tensor_value_info(CNN_INPUT, fp32, ["batch", 3, 224, 224])],
+        [helper.make_tensor_value_info(CNN_OUTPUT, fp32, ["batch", classes])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    return bytes(model.SerializeToString())
+
+
+def cnn_inputs(batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Inputs for :func:`cnn_model`: normalised images, random from ``seed``."""
+    rng = np.random.default_rng(seed)
+    return {CNN_INPUT: rng.standard_normal((batch, 3, 224, 224)).astype(np.float32)}
+
+
+#: The zoo's FP16 model: its input, FLOAT16 ``[batch, 8]``, and output, FLOAT16 ``[batch, 4]``.
+FP16_INPUT, FP16_OUTPUT = "x", "y"
+
+
+def fp16_model(features: int = 8, units: int = 4, seed: int = 0) -> bytes:
+    """A dense layer in half precision, made with ``onnx.helper``: MatMul, Add, Relu, every tensor FLOAT16.
+    Input ``x``: ``[batch, features]``; output ``y``: ``[batch, units]``; the batch dynamic. Random weights."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array((rng.standard_normal((features, units)) / np.sqrt(features)).astype(np.float16), "w"),
+        numpy_helper.from_array((0.1 * rng.standard_normal(units)).astype(np.float16), "b"),
+    ]
+    node = helper.make_node
+    nodes = [
+        node("MatMul", [FP16_INPUT, "w"], ["xw"]),
+        node("Add", ["xw", "b"], ["z"]),
+        node("Relu", ["z"], [FP16_OUTPUT]),
+    ]
+    fp16 = onnx.TensorProto.FLOAT16
+    graph = helper.make_graph(
+        nodes,
+        "fp16",
+        [helper.make_tensor_value_info(FP16_INPUT, fp16, ["batch", features])],
+        [helper.make_tensor_value_info(FP16_OUTPUT, fp16, ["batch", units])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    return bytes(model.SerializeToString())
+
+
+def fp16_inputs(batch: int, features: int = 8, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {FP16_INPUT: rng.standard_normal((batch, features)).astype(np.float16)}
+
+
+#: The zoo's scikit-learn models: converted to the default ONNX and ``ai.onnx.ml`` opsets the demo uses.
+SKLEARN_OPSETS = {"": 17, "ai.onnx.ml": 3}
+#: Their tabular input, FP32 ``[batch, TABULAR_FEATURES]``.
+TABULAR_INPUT, TABULAR_FEATURES = "input", 4
+
+
+def _tabular_data(seed: int, classes: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """A synthetic data set (scikit-learn's generators: nothing to download) with ``classes`` classes, or a
+    regression target when None."""
+    from sklearn.datasets import make_classification, make_regression
+
+    if classes is None:
+        x, y = make_regression(n_samples=200, n_features=TABULAR_FEATURES, noise=0.1, random_state=seed)
+    else:
+        x, y = make_classification(
+            n_samples=200, n_features=TABULAR_FEATURES, n_informative=3, n_redundant=0, n_classes=classes,
+            random_state=seed,
+        )  # fmt: skip
+    return x.astype(np.float32), y
+
+
+def _to_onnx(estimator: Any, initial_types: list[tuple[str, Any]], zipmap: bool | None = None) -> bytes:
+    from skl2onnx import convert_sklearn
+
+    # The classifier's own options: for a pipeline, its last step's.
+    last = estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
+    options = None if zipmap is None else {id(last): {"zipmap": zipmap}}
+    onx = convert_sklearn(estimator, initial_types=initial_types, options=options, target_opset=SKLEARN_OPSETS)
+    return bytes(onx.SerializeToString())
+
+
+def tree_classifier_model(seed: int = 0) -> bytes:
+    """A gradient-boosted tree ensemble classifier (scikit-learn's GradientBoostingClassifier, 3 classes, 10
+    rounds of depth-2 trees; an ``ai.onnx.ml`` TreeEnsembleClassifier), converted with ``zipmap=False``: input
+    ``input`` FP32 ``[batch, 4]``; outputs ``label`` INT64 ``[batch]`` and ``probabilities`` FP32
+    ``[batch, 3]``."""
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.ensemble import GradientBoostingClassifier
+
+    x, y = _tabular_data(seed, classes=3)
+    clf = GradientBoostingClassifier(n_estimators=10, max_depth=2, random_state=seed).fit(x, y)
+    return _to_onnx(clf, [(TABULAR_INPUT, FloatTensorType([None, TABULAR_FEATURES]))], zipmap=False)
+
+
+def tree_regressor_model(seed: int = 0) -> bytes:
+    """A gradient-boosted tree ensemble regressor (GradientBoostingRegressor, 10 rounds of depth-2 trees; an
+    ``ai.onnx.ml`` TreeEnsembleRegressor): input ``input`` FP32 ``[batch, 4]``; output ``variable`` FP32
+    ``[batch, 1]``."""
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.ensemble import GradientBoostingRegressor
+
+    x, y = _tabular_data(seed, classes=None)
+    reg = GradientBoostingRegressor(n_estimators=10, max_depth=2, random_state=seed).fit(x, y)
+    return _to_onnx(reg, [(TABULAR_INPUT, FloatTensorType([None, TABULAR_FEATURES]))])
+
+
+def tabular_inputs(batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Inputs for the tree ensembles: rows like their training data's."""
+    rng = np.random.default_rng(seed)
+    return {TABULAR_INPUT: rng.standard_normal((batch, TABULAR_FEATURES)).astype(np.float32)}
+
+
+def zipmap_classifier_model(seed: int = 0) -> bytes:
+    """scikit-learn's default conversion of a classifier (a LogisticRegression): ZipMap on, so its
+    ``output_probability`` is ``seq(map(int64,tensor(float)))``, a sequence of maps, beside ``output_label``."""
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = _tabular_data(seed, classes=3)
+    clf = LogisticRegression(max_iter=500).fit(x, y)
+    return _to_onnx(clf, [(TABULAR_INPUT, FloatTensorType([None, TABULAR_FEATURES]))])
+
+
+#: The text pipeline's input: one string per row, ``tensor(string)`` ``[batch, 1]``.
+TEXT_INPUT = "text"
+
+
+def text_pipeline_model() -> bytes:
+    """A text classifier, ``make_pipeline(TfidfVectorizer(), LogisticRegression())`` on a handful of sentences,
+    converted with a string input ``text`` (``[batch, 1]``) and ``zipmap=False``: its outputs are tensors, its
+    input is not one WASI-NN carries. (onnxruntime builds its StringNormalizer with the ``en_US.UTF-8`` locale,
+    which not every machine has: the push is refused before onnxruntime sees it.)"""
+    from skl2onnx.common.data_types import StringTensorType
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    texts = ["a good film", "a great plot", "good acting", "a bad film", "an awful plot", "bad acting"]
+    pipeline = make_pipeline(TfidfVectorizer(), LogisticRegression()).fit(texts, [1, 1, 1, 0, 0, 0])
+    return _to_onnx(pipeline, [(TEXT_INPUT, StringTensorType([None, 1]))], zipmap=False)
+
+
+def onnx_answers(model: bytes, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every output of ``model`` for ``inputs``, by name: onnxruntime run directly on the CPU, with the session
+    options the gateway's backend uses (wasm_host/onnx_backend.py: one intra-op thread, all optimisations), so
+    that the gateway's answers can be compared for equality."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, inputs), strict=True))
 
 
 # -- the kubernetes client against tests.kube_emulator ---------------------------------------------------------

@@ -19,7 +19,10 @@ import contextlib
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import onnx
 
 #: Operators whose multiply-adds are the product of their output and the inner dimension of their inputs.
 MATMUL_OPS = frozenset({"MatMul", "Gemm", "MatMulInteger", "QLinearMatMul"})
@@ -46,15 +49,17 @@ class ModelFigures:
         return cls(int(doc.get("bytes", 0)), int(doc.get("params", 0)), int(doc.get("flops_per_row", 0)))
 
 
-def measure(model: bytes) -> ModelFigures:
-    """The figures of one ONNX model. Raises ValueError when the bytes are not an ONNX model."""
+def measure(model: bytes, proto: onnx.ModelProto | None = None) -> ModelFigures:
+    """The figures of one ONNX model; ``proto``, when given, is those bytes parsed already (a push parses them
+    once). Raises ValueError when the bytes are not an ONNX model."""
     import onnx
     import onnx.shape_inference
 
-    try:
-        proto = onnx.load_model_from_string(model)
-    except Exception as exc:  # protobuf raises its own DecodeError, and others for truncated input
-        raise ValueError(f"not an ONNX model: {exc}") from exc
+    if proto is None:
+        try:
+            proto = onnx.load_model_from_string(model)
+        except Exception as exc:  # protobuf raises its own DecodeError, and others for truncated input
+            raise ValueError(f"not an ONNX model: {exc}") from exc
     # Custom operators, or a graph onnxruntime runs but the checker dislikes: count what needs no shapes.
     with contextlib.suppress(Exception):
         proto = onnx.shape_inference.infer_shapes(proto)

@@ -7,14 +7,12 @@ from importlib.resources import files
 
 import wasmtime
 
-from wasm_host.errors import InvalidFunction
+from wasm_host.model_types import Edge, check_carried
 from wasm_host.onnx_backend import OnnxGraph
 from wasm_host.tensors import TensorSpec
-from wasm_host.wasi_nn import TENSOR_TYPES
 
 #: The alias the passthrough guest loads its one model by.
 PASSTHROUGH_ALIAS = "model"
-WASI_NN_DATATYPES = {t[0] for t in TENSOR_TYPES.values()}
 
 
 def passthrough_module() -> bytes:
@@ -23,19 +21,8 @@ def passthrough_module() -> bytes:
 
 
 def passthrough_signature(graph: OnnxGraph) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """The signature of a bare model served through WASI-NN; refuses what WASI-NN cannot carry."""
-    problems = []
-    for kind, ios in (("input", graph.inputs), ("output", graph.outputs)):
-        for io in ios:
-            if io.datatype not in WASI_NN_DATATYPES:
-                hint = (
-                    " (for a scikit-learn classifier, convert with options={'zipmap': False})"
-                    if (io.onnx_type.startswith("seq"))
-                    else ""
-                )
-                problems.append(f"{kind} {io.name!r} is {io.onnx_type}{hint}")
-    if problems:
-        raise InvalidFunction(
-            "WASI-NN carries only tensors of float16, float, double, uint8, int32 and int64: " + "; ".join(problems)
-        )
+    """The signature of a bare model served through WASI-NN; refuses what WASI-NN cannot carry, every input and
+    every output (the passthrough returns them all), as a push does (wasm_host.model_types)."""
+    edges = [Edge("input", io.name, io.onnx_type) for io in graph.inputs]
+    check_carried(edges + [Edge("output", io.name, io.onnx_type) for io in graph.outputs], outputs=True)
     return [io.spec() for io in graph.inputs], [io.spec() for io in graph.outputs]

@@ -1,9 +1,10 @@
 """Pushing functions: validating what is pushed, committing it as a new version, and rolling back.
 
-A push is validated completely before anything is committed: sizes, the ONNX models (onnxruntime must load
-them), the module (compiled, checked against the ABI, linked, and instantiated once, which runs its
-``_initialize`` and reads its ``signature``). Only then does the store commit it, so a refused push leaves the
-store as it was. Compilation happens here, at push, and lands in the compile cache: no request compiles.
+A push is validated completely before anything is committed: sizes, the ONNX models (types WASI-NN can carry,
+read from the graph: every input, and a bare model's outputs; then onnxruntime must load them), the module
+(compiled, checked against the ABI, linked, and instantiated once, which runs its ``_initialize`` and reads its
+``signature``). Only then does the store commit it, so a refused push leaves the store as it was. Compilation
+happens here, at push, and lands in the compile cache: no request compiles.
 
 The admin API, the registry sync (which completes what it fetches the way a push would) and ``wasm push
 --registry`` all validate through :class:`Publisher`.
@@ -24,6 +25,7 @@ from gateway.store.manifest import TIERS, Manifest, check_digest, check_name
 from wasm_host.errors import InvalidFunction, InvalidRequest, NotFound, TooLarge
 from wasm_host.figures import ModelFigures, measure
 from wasm_host.host import Host
+from wasm_host.model_types import check_carried, graph_edges, parse_model
 from wasm_host.onnx_backend import ModelRef, OnnxGraph
 from wasm_host.passthrough import PASSTHROUGH_ALIAS, passthrough_module, passthrough_signature
 from wasm_host.pool import PoolSettings
@@ -159,7 +161,7 @@ class Publisher:
         ):
             raise InvalidFunction("'models' must map aliases to digests")
         digests = {check_name(alias): check_digest(d) for alias, d in models.items()}
-        checked = {alias: self._check_model(alias, d) for alias, d in digests.items()}
+        checked = {alias: self._check_model(alias, d, bare=module is None) for alias, d in digests.items()}
         graphs = {alias: graph for alias, (graph, _) in checked.items()}
         figures = sum((f for _, f in checked.values()), ModelFigures())
         if module is None:
@@ -189,18 +191,27 @@ class Publisher:
             return Manifest(name, 0, "custom", module_digest, digests, None, None, figures=figures)
         return Manifest(name, 0, "custom", module_digest, digests, *signature, figures=figures)
 
-    def _check_model(self, alias: str, digest: str) -> tuple[OnnxGraph, ModelFigures]:
-        """The model loaded in onnxruntime (so it runs), and its figures (so the router can place it)."""
+    def _check_model(self, alias: str, digest: str, bare: bool) -> tuple[OnnxGraph, ModelFigures]:
+        """The model's types checked against what WASI-NN carries (its inputs; a ``bare`` model's outputs too),
+        read from the graph before onnxruntime builds it, so that the refusal names the input or output and
+        its fix whatever onnxruntime would make of the model; then the model loaded in onnxruntime (so it
+        runs), and its figures (so the router can place it)."""
         data = self.store.read_staged(digest)
         limit = self.settings.max_push_model_bytes
         if len(data) > limit:
             raise TooLarge(f"model {alias!r} of {len(data)} bytes exceeds {limit} (setting max_push_model_bytes)")
         try:
+            proto = parse_model(data)
+        except ValueError as exc:
+            raise InvalidFunction(f"model {alias!r}: {exc}") from exc
+        # A bare model's one alias is the passthrough's own: the message names its inputs and outputs alone.
+        check_carried(graph_edges(proto), outputs=bare, context="" if bare else f"model {alias!r}: ")
+        try:
             graph = self.host.backend.load(data, digest)
         except InvalidFunction as exc:
             raise InvalidFunction(f"model {alias!r}: {exc}") from exc
         try:
-            return graph, measure(data)
+            return graph, measure(data, proto)
         except ValueError as exc:
             raise InvalidFunction(f"model {alias!r}: {exc}") from exc
 
