@@ -1,5 +1,5 @@
-"""Shared fixtures: the digits model, guest modules built from source, hosts with short deadlines, a real OCI
-registry, and a URL nothing listens on. The helpers the test modules share are in tests/support.py."""
+"""Shared fixtures: the digits model, a BERT vocab, guest modules built from source, hosts with short deadlines, a
+real OCI registry, and a URL nothing listens on. The helpers the test modules share are in tests/support.py."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from gateway.cli.demo import train_digits
-from tests.support import Digits, refused_port
+from tests.support import Digits, refused_port, write_bert_vocab
 from wasm_host.engine import SandboxLimits
 from wasm_host.host import Host
 
@@ -28,6 +28,12 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> Digits:
     path = tmp_path_factory.mktemp("models") / "digits.onnx"
     path.write_bytes(model)
     return Digits(model, x_test, y_test, path)
+
+
+@pytest.fixture(scope="session")
+def bert_vocab(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A BERT vocab.txt built from tests.support.BERT_CORPUS (no download), for the text_embed example."""
+    return write_bert_vocab(tmp_path_factory.mktemp("bert") / "vocab.txt")
 
 
 @pytest.fixture(scope="session")
