@@ -7,10 +7,11 @@
  * Per-character NFD versus full-string NFD: TK_DECOMP holds each code point's decomposition on its own.
  * Full-string NFD also reorders combining marks across character boundaries (canonical ordering: each run of
  * non-starters is sorted by combining class). After strip_accents only the non-Mn non-starters of a run are
- * left: 25 code points in Unicode 14.0.0, of categories Mc (Hangul tone
- * marks, viramas, musical symbol stems and flags). So per-character mapping differs from full-string NFD only
- * where two of those with different classes meet in one run, as in U+1D16D U+1D165 (NFD: U+1D165 U+1D16D).
- * tokenizer.c applies that reordering itself with TK_CCC, so its output equals full-string NFD's.
+ * left (25 code points in Unicode 14.0.0, all Mc: Hangul tone marks, viramas,
+ * musical symbol stems and flags). So per-character mapping differs from full-string NFD only where two of
+ * those with different classes meet in one run, with no starter between them (not even one strip_accents
+ * drops), as in U+1D16D U+1D165, which NFD orders U+1D165 U+1D16D. tokenizer.c applies that reordering itself
+ * with TK_CCC, so its output equals full-string NFD's.
  */
 #ifndef TK_UNICODE_TABLES_H
 #define TK_UNICODE_TABLES_H
