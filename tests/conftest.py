@@ -1,6 +1,6 @@
-"""Shared fixtures: the digits model, a BERT-shaped encoder, guest modules built from source, hosts with short
-deadlines, a real OCI registry, and a URL nothing listens on. The helpers the test modules share are in
-tests/support.py."""
+"""Shared fixtures: the digits model, a BERT-shaped encoder, a BERT vocab, guest modules built from source,
+hosts with short deadlines, a real OCI registry, and a URL nothing listens on. The helpers the test modules
+share are in tests/support.py."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from gateway.cli.demo import train_digits
-from tests.support import Digits, Encoder, encoder_model, refused_port
+from tests.support import Digits, Encoder, encoder_model, refused_port, write_bert_vocab
 from wasm_host.engine import SandboxLimits
 from wasm_host.host import Host
 
@@ -38,6 +38,12 @@ def encoder(tmp_path_factory: pytest.TempPathFactory) -> Encoder:
     path = tmp_path_factory.mktemp("models") / "encoder.onnx"
     path.write_bytes(model)
     return Encoder(model, path)
+
+
+@pytest.fixture(scope="session")
+def bert_vocab(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A BERT vocab.txt built from tests.support.BERT_CORPUS (no download), for the text_embed example."""
+    return write_bert_vocab(tmp_path_factory.mktemp("bert") / "vocab.txt")
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,8 @@
 - the model zoo: a ResNet-style CNN, gradient-boosted tree ensembles, an FP16 model (and the BERT-style
   encoder above), which a bare push serves, and scikit-learn's default classifier and a text pipeline, which it
   refuses; each built here, seeded, with no downloads, and onnxruntime's answers for them (:func:`onnx_answers`);
+- BERT text for guest_modules/text_embed/: a vocab built from a small corpus (:func:`write_bert_vocab`) and the
+  reference tokenizer (:func:`bert_tokenizer`);
 - the ``kubernetes`` client against ``tests.kube_emulator``;
 - the hostile guests' documented failures (guest_modules/hostile/), which tests/test_hostile.py checks one by
   one and bench/soak.py sends under load.
@@ -903,6 +905,77 @@ def onnx_answers(model: bytes, inputs: dict[str, np.ndarray]) -> dict[str, np.nd
     session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(names, inputs), strict=True))
+
+
+# -- BERT text: a vocab and the reference tokenizer for guest_modules/text_embed/ ------------------------------
+
+#: Sentences in many scripts, with accents, punctuation of several kinds, digits and emoji: what the test vocab is
+#: built from, so that it has realistic "##" pieces for them.
+BERT_CORPUS = (
+    "The quick brown fox jumps over the lazy dog, and the dogs keep sleeping.",
+    "Embedding models turn sentences into vectors; similar sentences get similar vectors.",
+    "Tokenization splits words into pieces: tokenizing, tokenized, tokenizer, tokenizers.",
+    "A café in Zürich serves crème brûlée and naïve piñatas to the señor from São Paulo.",
+    "Ångström measured über-precise lengths in Malmö, Köln and Reykjavík.",
+    "¿Dónde está la biblioteca? ¡Está allí, señorita! «Très bien», répondit-il… — voilà.",
+    "Straße, Œuvre, façade, jalapeño, résumé, coöperate, İstanbul and ǅemal.",
+    "Prices rose 3.5% in 2024: $1,299.99 → €1.199,50 (about 1200 units) on 2024-06-30.",
+    "Привет, мир! Как дела? Всё хорошо, спасибо.",
+    "Ελληνικά: η γρήγορη καφέ αλεπού πηδάει πάνω από τον σκύλο.",
+    "中文字符和汉字测试。我们喜欢自然语言处理！",  # noqa: RUF001 (fullwidth punctuation is the point)
+    "日本語のテキスト、ひらがなとカタカナ（テスト）です。",  # noqa: RUF001
+    "한국어 문장입니다. 안녕하세요, 세계!",
+    "العربية لغة جميلة، أليس كذلك؟",
+    "עברית היא שפה עתיקה.",
+    "हिन्दी भाषा बहुत सुंदर है।",
+    "ภาษาไทยไม่มีช่องว่างระหว่างคำ",
+    "Emoji everywhere 😀 🎉 👍🏽 ❤️ and flags 🇫🇷 in the chat.",
+    "Tabs\tand\nnewlines\r\nare whitespace; zero\u200bwidth spaces are not.",
+    "Unknown words like zyxwvut or qqqqq still get pieces from their letters.",
+    # Marks that strip_accents keeps (category Mc with a combining class), whose order canonical reordering sets.
+    "Stems and dots: x\U0001d165\U0001d16d, tone marks a\u302e\u302f, viramas \u1b44 \ua953.",
+)
+
+#: The special tokens, first in the vocab as BERT's trainer writes them.
+BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+def write_bert_vocab(path: Path) -> Path:
+    """Write a BERT vocab.txt built from :data:`BERT_CORPUS`, deterministically and with no download: the
+    special tokens, every character of the normalized corpus alone and as "##" continuation (but "🎉", so that
+    a known word can still hold an unknown character), whole words seen twice or more, and the prefixes and
+    "##" suffixes that several words share, so WordPiece has choices to make. A few lines test the vocab
+    reader: a duplicate (the later id wins), trailing spaces and a CRLF ending (trimmed)."""
+    from tokenizers.normalizers import BertNormalizer
+    from tokenizers.pre_tokenizers import BertPreTokenizer
+
+    normalizer, pre = BertNormalizer(lowercase=True), BertPreTokenizer()
+    words = [w for line in BERT_CORPUS for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(line))]
+    counts: dict[str, int] = {}
+    for w in words:
+        counts[w] = counts.get(w, 0) + 1
+    chars = sorted({c for w in words for c in w} - {"🎉"})
+    pieces: dict[str, int] = {}
+    for w in counts:
+        for k in range(2, len(w)):
+            pieces[w[:k]] = pieces.get(w[:k], 0) + 1
+            pieces["##" + w[k:]] = pieces.get("##" + w[k:], 0) + 1
+    whole = sorted((w for w, n in counts.items() if n >= 2), key=lambda w: (-counts[w], w))
+    shared = sorted((p for p, n in pieces.items() if n >= 3), key=lambda p: (-pieces[p], p))
+    lines = [*BERT_SPECIALS, *chars, *("##" + c for c in chars), *whole, *shared]
+    lines += ["the", "trailing  ", "crlf\r"]
+    path.write_bytes(("\n".join(dict.fromkeys(lines[:-3])) + "\n" + "\n".join(lines[-3:]) + "\n").encode())
+    return path
+
+
+def bert_tokenizer(vocab: Path, max_length: int = 256) -> Any:
+    """Hugging Face ``tokenizers``' BertWordPieceTokenizer on ``vocab``, uncased, truncating at ``max_length``
+    tokens as sentence-transformers does: the reference the text_embed guest is held to."""
+    from tokenizers import BertWordPieceTokenizer
+
+    tokenizer = BertWordPieceTokenizer(str(vocab), lowercase=True)
+    tokenizer.enable_truncation(max_length)
+    return tokenizer
 
 
 # -- the kubernetes client against tests.kube_emulator ---------------------------------------------------------
