@@ -15,8 +15,9 @@ import anyio.to_thread
 import onnxruntime as ort
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.routing import Route
 
-from gateway import admin, oip
+from gateway import admin, oip, openai_api, openapi
 from gateway.dispatch import Dispatcher
 from gateway.functions.push import Publisher
 from gateway.functions.serving import FunctionRegistry
@@ -123,7 +124,12 @@ def create_app(settings: Settings, role: Role = "gateway") -> Starlette:
             warmer.close()
             host.close()
 
-    routes = [*oip.ROUTES, *admin.ROUTES] if role == "gateway" else [*oip.ROUTES, *oip.RUNNER_ROUTES]
+    if role == "gateway":
+        routes = [*oip.ROUTES, *openai_api.ROUTES, *admin.ROUTES]
+    else:  # a runner serves OIP v2 alone: the gateway has translated any other protocol into it
+        routes = [*oip.ROUTES, *oip.RUNNER_ROUTES]
+    # The document describes every endpoint module, so it is served from here, above them all.
+    routes.append(Route("/openapi.json", openapi.openapi_json))
     return Starlette(
         routes=routes,
         exception_handlers=EXCEPTION_HANDLERS,

@@ -51,14 +51,19 @@ def check_admin(settings: Settings, headers: Mapping[str, str]) -> None:
         raise Unauthorized("the admin API needs the gateway's admin token: send 'Authorization: Bearer <token>'")
 
 
-def check_inference(settings: Settings, manifest: Manifest, headers: Mapping[str, str]) -> None:
+def may_infer(settings: Settings, manifest: Manifest, headers: Mapping[str, str]) -> bool:
+    """Whether the request's bearer token opens ``manifest``'s function (see the module docstring)."""
     if manifest.token_sha256:
         expected = manifest.token_sha256
     elif settings.inference_token:
         expected = digest(settings.inference_token)
     else:
-        return
-    if not matches(presented(headers), expected):
+        return True
+    return matches(presented(headers), expected)
+
+
+def check_inference(settings: Settings, manifest: Manifest, headers: Mapping[str, str]) -> None:
+    if not may_infer(settings, manifest, headers):
         raise Unauthorized(f"{manifest.name!r} needs an inference token: send 'Authorization: Bearer <token>'")
 
 

@@ -1,7 +1,8 @@
 """The Open Inference Protocol v2 codec: JSON tensors and Triton's binary tensor extension, in and out.
 
 Parsing treats every body as hostile. Each failure is an :class:`InvalidRequest` whose message names the input
-and what to change; nothing here raises anything else for bad input.
+and what to change; nothing here raises anything else for bad input. Answers are read too
+(:func:`parse_response`): the OpenAI-compatible endpoint reads the OIP v2 answer to the request it made.
 
 Binary extension (as Triton and ``tritonclient.http`` speak it): the body is a JSON header of
 ``Inference-Header-Content-Length`` bytes followed by the raw input tensors in input order; an input carries
@@ -85,13 +86,13 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
     return body[:n], memoryview(body)[n:]
 
 
-def _head_doc(head: bytes) -> dict[str, Any]:
+def _head_doc(head: bytes, what: str = "request", tensors: str = "inputs") -> dict[str, Any]:
     try:
         doc = json.loads(head)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: JSONDecodeError, huge ints
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+        raise InvalidRequest(f"{what} body is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
-        raise InvalidRequest("request body must be a JSON object with an 'inputs' list")
+        raise InvalidRequest(f"{what} body must be a JSON object with an {tensors!r} list")
     return doc
 
 
@@ -129,13 +130,17 @@ def parse_request(body: bytes, header_length: str | None, max_tensor_bytes: int)
     return InferRequest(request_id, parameters, inputs, _parse_outputs(doc.get("outputs")))
 
 
-def _parse_input(i: int, raw: object, binary: memoryview, max_tensor_bytes: int) -> tuple[Tensor, int]:
+def _parse_input(
+    i: int, raw: object, binary: memoryview, max_tensor_bytes: int, kind: str = "input"
+) -> tuple[Tensor, int]:
+    """One tensor of a request's ``inputs`` (or, ``kind="output"``, of a response's ``outputs``): the tensor,
+    and how many bytes of ``binary`` it took."""
     if not isinstance(raw, dict):
-        raise InvalidRequest(f"inputs[{i}] must be an object with name, shape, datatype and data")
+        raise InvalidRequest(f"{kind}s[{i}] must be an object with name, shape, datatype and data")
     name = raw.get("name")
     if not isinstance(name, str) or not name:
-        raise InvalidRequest(f"inputs[{i}] needs a non-empty string 'name'")
-    where = f"input {name!r}"
+        raise InvalidRequest(f"{kind}s[{i}] needs a non-empty string 'name'")
+    where = f"{kind} {name!r}"
     datatype = raw.get("datatype")
     if datatype not in DTYPES:
         raise InvalidRequest(f"{where}: unknown datatype {datatype!r}; use one of {', '.join(DTYPES)}")
@@ -176,6 +181,28 @@ def _parse_input(i: int, raw: object, binary: memoryview, max_tensor_bytes: int)
     if "data" not in raw:
         raise InvalidRequest(f"{where}: needs 'data' (or parameters.binary_data_size with a binary body)")
     return Tensor(name, datatype, dims, _json_data(where, datatype, dims, numel, raw["data"])), 0
+
+
+def parse_response(body: bytes, header_length: str | None, max_tensor_bytes: int) -> list[Tensor]:
+    """The outputs of an infer response body, JSON or binary (``header_length``: its
+    Inference-Header-Content-Length), as a client reads them. Raises InvalidRequest naming what is malformed:
+    the caller decides whose fault that is."""
+    head, binary = _split(body, header_length)
+    doc = _head_doc(head, "response", "outputs")
+    raw_outputs = doc.get("outputs")
+    if not isinstance(raw_outputs, list):
+        raise InvalidRequest("'outputs' must be a list of tensors")
+    outputs: list[Tensor] = []
+    offset = 0
+    for i, raw in enumerate(raw_outputs):
+        tensor, used = _parse_input(i, raw, binary[offset:], max_tensor_bytes, "output")
+        offset += used
+        outputs.append(tensor)
+    if offset != len(binary):
+        raise InvalidRequest(
+            f"the binary section has {len(binary)} bytes but the outputs' binary_data_size add up to {offset}"
+        )
+    return outputs
 
 
 def _json_data(where: str, datatype: str, dims: Sequence[int], numel: int, data: object) -> bytes:

@@ -1,6 +1,8 @@
 """Dispatching one inference request in the gateway: ask each tier for its state, let the policy pick one
 (``router.policy.decide``), run the request there, retry once when that tier did not take it, and report what
 happened. Both tiers are behind one interface (``router.tier.TierBackend``); nothing here knows which is which.
+Every inference request takes this path as an OIP v2 body (:meth:`Dispatcher.run`): one that came in by OIP v2
+as it was sent, one that came in by another protocol (``gateway.openai_api``) translated into one first.
 
 Every response says where it ran and why: ``x-wasmgate-tier`` (``wasm`` or ``pod``), ``x-wasmgate-replica``
 (this gateway process for the Wasm tier, the replica's id or the endpoint for the pod tier) and
@@ -21,7 +23,6 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 
-from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -117,12 +118,25 @@ class Dispatcher:
         return home_tier(manifest.tier, manifest.figures, has_code, self.accelerators, self.thresholds)
 
     async def infer(self, request: Request, manifest: Manifest, fn: LoadedFunction | None) -> Response:
-        """Serve one request of ``manifest``'s function; ``fn`` is the function if this process has it loaded
-        (the handler's one lookup, passed down so that nothing looks it up again)."""
+        """Serve one OIP v2 request of ``manifest``'s function; ``fn`` is the function if this process has it
+        loaded (the handler's one lookup, passed down so that nothing looks it up again)."""
         started = time.perf_counter()
         try:
             body = await read_body(request, self.max_body_bytes)
-            header_length = request.headers.get(HEADER_LENGTH)
+        except WasmgateError as exc:
+            self.refused(manifest, started, exc)
+            raise
+        return await self.run(body, request.headers, manifest, fn, started)
+
+    async def run(
+        self, body: bytes, headers: Mapping[str, str], manifest: Manifest, fn: LoadedFunction | None, started: float
+    ) -> Response:
+        """Place and run one OIP v2 request body (JSON, or binary with its ``Inference-Header-Content-Length``
+        in ``headers``, which also carry the routing headers) of ``manifest``'s function: the one path of every
+        inference request, whichever protocol it came in by. ``started`` is when it arrived, for the metrics.
+        The response is the OIP v2 answer with the routing headers (see the module docstring)."""
+        try:
+            header_length = headers.get(HEADER_LENGTH)
             parsed = None
             if manifest.kind == "external":
                 head = peek_request(body, header_length)
@@ -130,13 +144,12 @@ class Dispatcher:
                 parsed = parse_request(body, header_length, self.max_tensor_bytes)
                 head = parsed.head
             job = Job(manifest.name, manifest.version, head.batch, manifest.endpoint, manifest.endpoint_model, fn)
-            decision = self._decide(request.headers, manifest, job, head)
-        except WasmgateError as exc:  # refused before it could be placed: counted against its home tier
-            elapsed = time.perf_counter() - started
-            self.metrics.observe_request(manifest.name, self.home_tier(manifest), status_of(exc), elapsed, False)
+            decision = self._decide(headers, manifest, job, head)
+        except WasmgateError as exc:
+            self.refused(manifest, started, exc)
             raise
         self.metrics.decided(manifest.name, decision.tier, decision.reason)
-        call = HttpCall(body, request.headers, parsed)
+        call = HttpCall(body, headers, parsed)
         try:
             return await self._attempt(job, call, decision.tier, decision.reason, started)
         except NotTaken as first:
@@ -153,7 +166,13 @@ class Dispatcher:
                 message = f"{first.cause}; the retry on the {retry} tier failed too: {second.cause}"
                 raise Unavailable(message, 1) from None
 
-    def _decide(self, headers: Headers, manifest: Manifest, job: Job, head: RequestHead) -> Decision:
+    def refused(self, manifest: Manifest, started: float, exc: WasmgateError) -> None:
+        """Count a request of ``manifest``'s function refused before it could be placed (``started``: when it
+        arrived), against the function's home tier with the status ``exc`` is answered with."""
+        elapsed = time.perf_counter() - started
+        self.metrics.observe_request(manifest.name, self.home_tier(manifest), status_of(exc), elapsed, False)
+
+    def _decide(self, headers: Mapping[str, str], manifest: Manifest, job: Job, head: RequestHead) -> Decision:
         inputs = RouteInputs(
             tier=manifest.tier,
             figures=manifest.figures,

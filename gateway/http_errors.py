@@ -1,8 +1,11 @@
 """The one place where errors become HTTP responses.
 
-Every error body is ``{"error": "<message>"}``. Each error is logged once, here: client errors at INFO, server
-errors at WARNING, and anything unexpected (a bug) at ERROR with its traceback. Messages never contain tokens or
-request data beyond what the caller sent.
+One table (:data:`ERRORS`) gives each error of the tree its status and, for the OpenAI-compatible routes, its
+OpenAI ``type`` and ``code``. The body's shape is chosen by route: under :data:`OPENAI_PREFIX` it is OpenAI's,
+``{"error": {"message", "type", "param", "code"}}`` (``param`` is always null: the message names the
+parameter), everywhere else ``{"error": "<message>"}``. Each error is logged once, here: client errors at INFO,
+server errors at WARNING, and anything unexpected (a bug) at ERROR with its traceback. Messages never contain
+tokens or request data beyond what the caller sent.
 
 Errors of the tree (``wasm_host.errors``) and Starlette's HTTP errors go through :data:`EXCEPTION_HANDLERS`.
 Anything else is answered by :class:`UnexpectedErrors`, a middleware, rather than by an ``Exception`` handler:
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from typing import NamedTuple
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -36,35 +40,74 @@ from wasm_host.errors import (
 
 log = logging.getLogger("wasmgate.http")
 
-#: Most specific first: the first class an error is an instance of decides its status.
-STATUS: list[tuple[type[WasmgateError], int]] = [
-    (DeadlineExceeded, 504),
-    (GuestTrap, 500),
-    (GuestFailure, 500),
-    (InvalidRequest, 400),
-    (Unauthorized, 401),
-    (NotFound, 404),
-    (TooLarge, 413),
-    (TooManyRequests, 429),
-    (Unavailable, 503),
-    (UpstreamError, 502),
+#: The routes whose errors are answered in OpenAI's shape (gateway.openai_api).
+OPENAI_PREFIX = "/v1/"
+
+
+class Mapped(NamedTuple):
+    """How one class of the tree is answered: its status, and its ``type`` and ``code`` in OpenAI's shape."""
+
+    error: type[WasmgateError]
+    status: int
+    openai_type: str
+    openai_code: str | None
+
+
+#: Most specific first: the first class an error is an instance of decides how it is answered.
+ERRORS: list[Mapped] = [
+    Mapped(DeadlineExceeded, 504, "server_error", "timeout"),
+    Mapped(GuestTrap, 500, "server_error", None),
+    Mapped(GuestFailure, 500, "server_error", None),
+    Mapped(InvalidRequest, 400, "invalid_request_error", None),
+    Mapped(Unauthorized, 401, "authentication_error", "invalid_api_key"),
+    Mapped(NotFound, 404, "invalid_request_error", "model_not_found"),
+    Mapped(TooLarge, 413, "invalid_request_error", "request_too_large"),
+    Mapped(TooManyRequests, 429, "rate_limit_error", "rate_limit_exceeded"),
+    Mapped(Unavailable, 503, "server_error", "service_unavailable"),
+    Mapped(UpstreamError, 502, "server_error", "upstream_error"),
 ]
+#: What neither the tree nor the table names: a bug (500), or a status of Starlette's own (404, 405).
+UNMAPPED = Mapped(WasmgateError, 500, "server_error", None)
+
+
+def mapped(exc: WasmgateError) -> Mapped:
+    for row in ERRORS:
+        if isinstance(exc, row.error):
+            return row
+    return UNMAPPED
 
 
 def status_of(exc: WasmgateError) -> int:
-    for cls, status in STATUS:
-        if isinstance(exc, cls):
-            return status
-    return 500
+    return mapped(exc).status
 
 
-def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+def error_for_status(status: int, message: str) -> WasmgateError:
+    """The error of the tree that is answered with ``status`` (the first in :data:`ERRORS`), carrying
+    ``message``: for an error a replica or endpoint answered, raised again here in the caller's shape. A status
+    the table lacks becomes a 400 (any other 4xx) or a 500."""
+    for row in ERRORS:
+        if row.status == status:
+            return row.error(message)
+    return InvalidRequest(message) if 400 <= status < 500 else GuestFailure(message)
+
+
+def error_response(
+    path: str, status: int, message: str, headers: dict[str, str] | None = None, row: Mapped | None = None
+) -> Response:
+    """The error response for a request of ``path``: in OpenAI's shape under :data:`OPENAI_PREFIX` (``type``
+    and ``code`` from ``row``, else by status alone), else ``{"error": message}``."""
+    if not path.startswith(OPENAI_PREFIX):
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
+    if row is None:  # a status of Starlette's own (no route, a method not allowed): no code to give
+        row = Mapped(WasmgateError, status, "invalid_request_error" if status < 500 else "server_error", None)
+    body = {"message": message, "type": row.openai_type, "param": None, "code": row.openai_code}
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
 
 
 async def handle_wasmgate_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, WasmgateError)
-    status = status_of(exc)
+    row = mapped(exc)
+    status = row.status
     log.log(
         logging.WARNING if status >= 500 else logging.INFO,
         "%s %s -> %d: %s",
@@ -78,13 +121,13 @@ async def handle_wasmgate_error(request: Request, exc: Exception) -> Response:
         headers = {"retry-after": str(max(1, round(exc.retry_after)))}
     if isinstance(exc, Unauthorized):
         headers = {"www-authenticate": "Bearer"}
-    return error_response(status, str(exc), headers)
+    return error_response(request.url.path, status, str(exc), headers, row)
 
 
 async def handle_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     message = exc.detail if exc.status_code != 404 else f"no route for {request.method} {request.url.path}"
-    return error_response(exc.status_code, message, dict(exc.headers) if exc.headers else None)
+    return error_response(request.url.path, exc.status_code, message, dict(exc.headers) if exc.headers else None)
 
 
 EXCEPTION_HANDLERS = {
@@ -109,6 +152,6 @@ class UnexpectedErrors:
             await self.app(scope, receive, send)
         except Exception:
             log.exception("%s %s -> 500: unexpected error", scope["method"], scope["path"])
-            response = error_response(500, "internal error; the gateway logged the details")
+            response = error_response(scope["path"], 500, "internal error; the gateway logged the details")
             with contextlib.suppress(RuntimeError):  # the response had started: the server refuses a second one
                 await response(scope, receive, send)

@@ -11,7 +11,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway import openapi
 from gateway.auth import check_inference
 from gateway.codec import HEADER_LENGTH, parse_request
 from gateway.dispatch import HttpCall
@@ -95,9 +94,7 @@ async def infer(request: Request) -> Response:
     state = state_of(request)
     if state.dispatcher is None:  # a runner
         return await infer_here(request, state)
-    name = request.path_params["name"]
-    fn = state.registry.get_loaded(name)  # the one lookup: one stat() on the hot path of a loaded function
-    manifest = fn.manifest if fn is not None else state.registry.manifest(name)
+    manifest, fn = state.registry.current(request.path_params["name"])  # the one lookup
     admit(state, request, manifest)
     return await state.dispatcher.infer(request, manifest, fn)
 
@@ -180,7 +177,6 @@ ROUTES = [
     Route("/v2/models/{name}/versions/{version}/ready", model_ready),
     Route("/v2/models/{name}/versions/{version}/infer", infer, methods=["POST"]),
     Route("/metrics", metrics),
-    Route("/openapi.json", openapi.openapi_json),
 ]
 
 #: A runner's own: the gateway asks it to load a function ahead of its requests.

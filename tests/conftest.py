@@ -1,5 +1,6 @@
-"""Shared fixtures: the digits model, guest modules built from source, hosts with short deadlines, a real OCI
-registry, and a URL nothing listens on. The helpers the test modules share are in tests/support.py."""
+"""Shared fixtures: the digits model, a BERT-shaped encoder, guest modules built from source, hosts with short
+deadlines, a real OCI registry, and a URL nothing listens on. The helpers the test modules share are in
+tests/support.py."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from gateway.cli.demo import train_digits
-from tests.support import Digits, refused_port
+from tests.support import Digits, Encoder, encoder_model, refused_port
 from wasm_host.engine import SandboxLimits
 from wasm_host.host import Host
 
@@ -28,6 +29,15 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> Digits:
     path = tmp_path_factory.mktemp("models") / "digits.onnx"
     path.write_bytes(model)
     return Digits(model, x_test, y_test, path)
+
+
+@pytest.fixture(scope="session")
+def encoder(tmp_path_factory: pytest.TempPathFactory) -> Encoder:
+    """A tiny BERT-shaped model (tests.support.encoder_model): outputs with more than one dynamic dim."""
+    model = encoder_model()
+    path = tmp_path_factory.mktemp("models") / "encoder.onnx"
+    path.write_bytes(model)
+    return Encoder(model, path)
 
 
 @pytest.fixture(scope="session")

@@ -3,9 +3,10 @@
 - child processes: ``wasm serve`` and ``wasm runner`` as :class:`Gateway`, and :func:`start_on_a_port` for any
   server that binds its own port, retried on another port when another process took that one first; a port
   where connections are refused for as long as a test needs (:func:`refused_port`); waits with deadlines;
-- models and requests: the digits model (:class:`Digits`) and onnxruntime's answers, guests from WAT, request
-  bodies, pushes through the admin API, an in-process client for the app (:class:`AppClient`), one sample of
-  Prometheus text (:func:`metric`), and the store's consistency on disk;
+- models and requests: the digits model (:class:`Digits`) and onnxruntime's answers, guests from WAT (a
+  counter, and a text embedder whose vectors are known exactly), request bodies, pushes through the admin API,
+  an in-process client for the app (:class:`AppClient`), one sample of Prometheus text (:func:`metric`), and the
+  store's consistency on disk;
 - the ``kubernetes`` client against ``tests.kube_emulator``;
 - the hostile guests' documented failures (guest_modules/hostile/), which tests/test_hostile.py checks one by
   one and bench/soak.py sends under load.
@@ -377,6 +378,102 @@ def onnx_predict(model: bytes, x: np.ndarray) -> list[Any]:
     return list(session.run(None, {session.get_inputs()[0].name: x}))
 
 
+#: The inputs of :func:`encoder_model`, in graph order: INT64 ``[batch, sequence]`` each.
+ENCODER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+#: Its outputs, in graph order: FP32 ``[batch, sequence, hidden]`` and ``[batch, hidden]``.
+ENCODER_OUTPUTS = ("last_hidden_state", "pooler_output")
+
+
+def encoder_model(vocab: int = 64, hidden: int = 16, seed: int = 0) -> bytes:
+    """A tiny ONNX model shaped like a BERT encoder, made with ``onnx.helper``: a transformer's names, types and
+    dynamic shapes in a few kilobytes, for tests (and a model zoo) that need them without a real transformer.
+
+    - Inputs ``input_ids``, ``attention_mask``, ``token_type_ids``: INT64 ``[batch, sequence]``, both dims
+      dynamic (``dim_param``). Token ids must be below ``vocab``, token types 0 or 1.
+    - Outputs ``last_hidden_state``: FP32 ``[batch, sequence, hidden]``, and ``pooler_output``: FP32
+      ``[batch, hidden]``: two outputs with more than one dynamic dim or with a dynamic dim before a fixed one.
+
+    The math: word plus token-type embeddings (Gather), masked positions zeroed (Mul by the cast mask), then a
+    dense layer with tanh (MatMul, Add, Tanh); the pooler is a dense layer with tanh over each row's first token,
+    as BERT's is. The weights are random, from ``seed``.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+
+    def weights(name: str, *shape: int) -> onnx.TensorProto:
+        return numpy_helper.from_array((rng.standard_normal(shape) / np.sqrt(shape[-1])).astype(np.float32), name)
+
+    inits = [
+        weights("word_embeddings", vocab, hidden),
+        weights("token_type_embeddings", 2, hidden),
+        weights("encoder_w", hidden, hidden),
+        weights("encoder_b", hidden),
+        weights("pooler_w", hidden, hidden),
+        weights("pooler_b", hidden),
+        numpy_helper.from_array(np.array([2], np.int64), "last_axis"),
+        numpy_helper.from_array(np.array(0, np.int64), "first_token"),
+    ]
+    node = helper.make_node
+    nodes = [
+        node("Gather", ["word_embeddings", "input_ids"], ["words"]),
+        node("Gather", ["token_type_embeddings", "token_type_ids"], ["types"]),
+        node("Add", ["words", "types"], ["embedded"]),
+        node("Cast", ["attention_mask"], ["mask"], to=onnx.TensorProto.FLOAT),
+        node("Unsqueeze", ["mask", "last_axis"], ["mask3"]),
+        node("Mul", ["embedded", "mask3"], ["masked"]),
+        node("MatMul", ["masked", "encoder_w"], ["encoded"]),
+        node("Add", ["encoded", "encoder_b"], ["encoded_b"]),
+        node("Tanh", ["encoded_b"], ["last_hidden_state"]),
+        node("Gather", ["last_hidden_state", "first_token"], ["first"], axis=1),
+        node("MatMul", ["first", "pooler_w"], ["pooled"]),
+        node("Add", ["pooled", "pooler_b"], ["pooled_b"]),
+        node("Tanh", ["pooled_b"], ["pooler_output"]),
+    ]
+    int64, fp32 = onnx.TensorProto.INT64, onnx.TensorProto.FLOAT
+    graph = helper.make_graph(
+        nodes,
+        "encoder",
+        [helper.make_tensor_value_info(name, int64, ["batch", "sequence"]) for name in ENCODER_INPUTS],
+        [
+            helper.make_tensor_value_info("last_hidden_state", fp32, ["batch", "sequence", hidden]),
+            helper.make_tensor_value_info("pooler_output", fp32, ["batch", hidden]),
+        ],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    return bytes(model.SerializeToString())
+
+
+def encoder_inputs(batch: int, sequence: int, vocab: int = 64, seed: int = 0) -> dict[str, np.ndarray]:
+    """Inputs for :func:`encoder_model` by name: random token ids, a mask that pads the tail of every other row
+    (as a tokenizer pads a batch), and token types 0 for the first half of each row, 1 after."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, vocab, (batch, sequence), dtype=np.int64)
+    mask = np.ones((batch, sequence), np.int64)
+    mask[1::2, max(1, sequence // 2) :] = 0
+    types = np.zeros((batch, sequence), np.int64)
+    types[:, sequence // 2 :] = 1
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
+class Encoder:
+    """:func:`encoder_model` written to ``path``, and its answers from onnxruntime run directly."""
+
+    def __init__(self, model: bytes, path: Path) -> None:
+        self.model = model
+        self.path = path
+        self.digest = hashlib.sha256(model).hexdigest()
+
+    def expected(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(self.model, providers=["CPUExecutionProvider"])
+        return dict(zip(ENCODER_OUTPUTS, session.run(list(ENCODER_OUTPUTS), inputs), strict=True))
+
+
 def prepare_wat(host: Host, wat: str, models: dict[str, ModelRef] | None = None) -> FunctionImage:
     import wasmtime
 
@@ -403,6 +500,97 @@ COUNTER = r"""
     (i64.store (i32.const 1072) (global.get $n))
     (i64.or (i64.shl (i64.const 56) (i64.const 32)) (i64.const 1024))))
 """
+
+
+#: The toy text embedder's signature: ``text`` BYTES [N] in, ``embedding`` FP32 [N, 4] out.
+EMBEDDER_SIGNATURE: dict[str, list[dict[str, object]]] = {
+    "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+    "outputs": [{"name": "embedding", "datatype": "FP32", "shape": [-1, 4]}],
+}
+
+
+def embedder_wat(signature: dict[str, list[dict[str, object]]] | None = EMBEDDER_SIGNATURE) -> str:
+    """A text embedder small enough to check by hand: for each element of its one BYTES input (the first
+    input of the request, whatever it is named) it answers ``embedding``, FP32 [N, 4], of
+    :func:`toy_embedding`. ``signature`` is what its ``signature`` export declares (None: no export).
+
+    Memory: the signature at 1024, the name "embedding" at 512, each request at 64 KiB (``alloc`` grows the
+    memory to hold it and the largest response it can have: 16 bytes per 4-byte element, plus the header) and
+    the response right after it."""
+    export = ""
+    if signature is not None:
+        text = json.dumps(signature).replace("\\", "\\\\").replace('"', '\\"')
+        export = f'(data (i32.const 1024) "{text}\\00")\n  (func (export "signature") (result i32) (i32.const 1024))'
+    return rf"""
+(module
+  (memory (export "memory") 2)
+  (data (i32.const 512) "embedding")
+  {export}
+  (func (export "alloc") (param $size i32) (result i32)
+    (local $pages i32)
+    ;; 64 KiB + the request + the largest response (56 + 16 per element, an element taking at least 4 bytes)
+    (local.set $pages (i32.add (i32.shr_u (i32.add (i32.mul (local.get $size) (i32.const 5))
+                                                   (i32.const 131200)) (i32.const 16)) (i32.const 1)))
+    (if (i32.gt_u (local.get $pages) (memory.size))
+      (then (if (i32.eq (memory.grow (i32.sub (local.get $pages) (memory.size))) (i32.const -1))
+              (then (return (i32.const 0))))))
+    (i32.const 65536))
+  (func (export "handle") (param $p i32) (param $len i32) (result i64)
+    (local $n i32) (local $at i32) (local $i i32) (local $l i32) (local $j i32) (local $sum i32)
+    (local $r i32) (local $out i32) (local $b i32)
+    ;; the first input: name_len at +16, dims at +32 (one dim, padded to 8), its name at +40, then its data
+    (local.set $n (i32.load (i32.add (local.get $p) (i32.const 32))))
+    (local.set $at (i32.add (i32.add (local.get $p) (i32.const 40))
+                            (i32.and (i32.add (i32.load (i32.add (local.get $p) (i32.const 16))) (i32.const 7))
+                                     (i32.const -8))))
+    (local.set $r (i32.and (i32.add (i32.add (local.get $p) (local.get $len)) (i32.const 7)) (i32.const -8)))
+    (i32.store (local.get $r) (i32.const 0x31544757))
+    (i32.store offset=4 (local.get $r) (i32.const 1))
+    (i64.store offset=8 (local.get $r) (i64.const 0))
+    (i32.store offset=16 (local.get $r) (i32.const 9))
+    (i32.store offset=20 (local.get $r) (i32.const 1))
+    (i32.store offset=24 (local.get $r) (i32.const 2))
+    (i32.store offset=28 (local.get $r) (i32.mul (local.get $n) (i32.const 16)))
+    (i32.store offset=32 (local.get $r) (local.get $n))
+    (i32.store offset=36 (local.get $r) (i32.const 4))
+    (i64.store offset=48 (local.get $r) (i64.const 0))
+    (memory.copy (i32.add (local.get $r) (i32.const 40)) (i32.const 512) (i32.const 9))
+    (local.set $out (i32.add (local.get $r) (i32.const 56)))
+    (block $done
+      (loop $next
+        (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
+        (local.set $l (i32.load (local.get $at)))
+        (local.set $at (i32.add (local.get $at) (i32.const 4)))
+        (local.set $sum (i32.const 0))
+        (local.set $j (i32.const 0))
+        (block $summed
+          (loop $byte
+            (br_if $summed (i32.ge_u (local.get $j) (local.get $l)))
+            (local.set $sum (i32.add (local.get $sum) (i32.load8_u (i32.add (local.get $at) (local.get $j)))))
+            (local.set $j (i32.add (local.get $j) (i32.const 1)))
+            (br $byte)))
+        (f32.store (local.get $out) (f32.convert_i32_u (local.get $l)))
+        (f32.store offset=4 (local.get $out) (f32.convert_i32_u (local.get $sum)))
+        (local.set $b (i32.const 0))
+        (if (local.get $l) (then (local.set $b (i32.load8_u (local.get $at)))))
+        (f32.store offset=8 (local.get $out) (f32.convert_i32_u (local.get $b)))
+        (if (local.get $l)
+          (then (local.set $b (i32.load8_u (i32.sub (i32.add (local.get $at) (local.get $l)) (i32.const 1))))))
+        (f32.store offset=12 (local.get $out) (f32.convert_i32_u (local.get $b)))
+        (local.set $at (i32.add (local.get $at) (local.get $l)))
+        (local.set $out (i32.add (local.get $out) (i32.const 16)))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br $next)))
+    (i64.or (i64.shl (i64.extend_i32_u (i32.sub (local.get $out) (local.get $r))) (i64.const 32))
+            (i64.extend_i32_u (local.get $r)))))
+"""
+
+
+def toy_embedding(text: str) -> list[float]:
+    """What :func:`embedder_wat`'s function answers for ``text``: its UTF-8 length, the sum of its bytes, its
+    first byte and its last."""
+    b = text.encode()
+    return [float(len(b)), float(sum(b)), float(b[0] if b else 0), float(b[-1] if b else 0)]
 
 
 def infer_body(x: np.ndarray) -> dict[str, object]:

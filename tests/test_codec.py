@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import struct
 
 import numpy as np
@@ -11,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.codec import HEADER_LENGTH, encode_response, parse_request, select_outputs
+from gateway.codec import HEADER_LENGTH, encode_response, parse_request, parse_response, select_outputs
 from wasm_host.errors import InvalidRequest, TooLarge
-from wasm_host.tensors import Tensor, split_bytes
+from wasm_host.tensors import Tensor, join_bytes, split_bytes
 
 LIMIT = 1 << 20
 
@@ -160,6 +161,36 @@ def test_binary_output_encoding() -> None:
     head = json.loads(payload[:n])
     assert head["outputs"][0]["parameters"]["binary_data_size"] == 8
     assert struct.unpack("<2f", payload[n:]) == (1.5, 2.5)
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_a_response_reads_back_as_the_tensors_it_encoded(binary: bool) -> None:
+    req = parse_request(
+        body({"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}, parameters={"binary_data_output": binary}),
+        None,
+        LIMIT,
+    )
+    outputs = [
+        Tensor.from_numpy("y", np.array([[1.5, -2.25], [0.1, 3e38]], np.float32)),
+        Tensor("s", "BYTES", (2,), join_bytes([b"ab", "\u00e9".encode()])),
+    ]
+    payload, headers = encode_response("m", "3", req, select_outputs(outputs, req))
+    assert parse_response(payload, headers.get(HEADER_LENGTH), LIMIT) == outputs
+
+
+@pytest.mark.parametrize(
+    ("raw", "header", "message"),
+    [
+        (b"[]", None, "response body must be a JSON object with an 'outputs' list"),
+        (b'{"outputs": 1}', None, "'outputs' must be a list of tensors"),
+        (b'{"outputs": [{"name": "y", "shape": [1], "datatype": "FP32"}]}', None, "output 'y': needs 'data'"),
+        (b'{"outputs": [7]}', None, "outputs[0] must be an object"),
+        (b'{"outputs": []}abcd', "15", "the binary section has 4 bytes but the outputs' binary_data_size add up to 0"),
+    ],
+)
+def test_a_malformed_response_is_refused_naming_what_is_wrong(raw: bytes, header: str | None, message: str) -> None:
+    with pytest.raises(InvalidRequest, match=re.escape(message)):
+        parse_response(raw, header, LIMIT)
 
 
 def test_unknown_requested_output() -> None:

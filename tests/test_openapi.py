@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 
 from gateway.codec import parse_request
 from gateway.functions.push import ROUTING_KEYS
+from gateway.http_errors import ERRORS
+from gateway.openai_api import FIELDS, MAX_INPUTS, Encoding
 from gateway.openapi import DOCUMENT
 from gateway.openapi.derived import field_schema, literal_values
 from gateway.state import Role
@@ -67,6 +69,18 @@ def test_datatype_kind_and_role_enums_are_the_codes() -> None:
     assert SCHEMAS["Datatype"]["enum"] == list(DTYPES)
     assert SCHEMAS["Manifest"]["properties"]["kind"]["enum"] == list(get_args(Kind))
     assert SCHEMAS["ServerMetadata"]["properties"]["role"]["enum"] == list(get_args(Role))
+
+
+def test_openai_enums_and_bounds_are_the_endpoints_and_the_error_tables() -> None:
+    request = SCHEMAS["EmbeddingsRequest"]
+    assert list(request["properties"]) == list(FIELDS)
+    assert request["additionalProperties"] is False
+    assert request["properties"]["encoding_format"]["enum"] == [*get_args(Encoding), None]
+    texts = request["properties"]["input"]["oneOf"][1]
+    assert texts["maxItems"] == MAX_INPUTS
+    error = SCHEMAS["OpenAIError"]["properties"]["error"]["properties"]
+    assert {row.openai_type for row in ERRORS} <= set(error["type"]["enum"])
+    assert set(error["code"]["enum"]) == {row.openai_code for row in ERRORS} | {None}
 
 
 def test_push_request_names_every_routing_setting() -> None:

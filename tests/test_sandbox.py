@@ -7,12 +7,16 @@ unhealthy so the pool throws it away.
 from __future__ import annotations
 
 import hashlib
+import re
+import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 import wasmtime
 
 from tests.support import prepare_wat
+from wasm_host.abi import DYNAMIC_DIM, MAGIC
 from wasm_host.errors import DeadlineExceeded, GuestFailure, GuestTrap, InvalidFunction, InvalidRequest
 from wasm_host.host import Host
 from wasm_host.tensors import Tensor
@@ -116,6 +120,16 @@ def test_guest_reported_invalid_input_is_invalid_request(host: Host) -> None:
             "wasi_ephemeral_nn.compute has the wrong type",
         ),
         (
+            f'(module (import "wasmgate_nn" "get_output_dims" (func (param i32 i32 i32 i32) (result i32))) {ABI} '
+            '(func (export "handle") (param i32 i32) (result i64) (i64.const 0)))',
+            "wasmgate_nn.get_output_dims has the wrong type",
+        ),
+        (
+            f'(module (import "wasmgate_nn" "get_output_type" (func (param i32 i32 i32) (result i32))) {ABI} '
+            '(func (export "handle") (param i32 i32) (result i64) (i64.const 0)))',
+            "import wasmgate_nn.get_output_type is not allowed",
+        ),
+        (
             f'(module (import "wasi_snapshot_preview1" "no_such_call" (func)) {ABI} '
             '(func (export "handle") (param i32 i32) (result i64) (i64.const 0)))',
             "cannot be linked",
@@ -125,6 +139,56 @@ def test_guest_reported_invalid_input_is_invalid_request(host: Host) -> None:
 def test_abi_violations_are_refused_with_a_reason(host: Host, wat: str, why: str) -> None:
     with pytest.raises(InvalidFunction, match=why):
         prepare_wat(host, wat)
+
+
+def answering(response: bytes) -> str:
+    """A guest that answers every request with ``response`` (status 0), as a guest written before
+    ``wasmgate_nn.get_output_dims`` does: it imports nothing, and its dims are whatever it wrote."""
+    data = "".join(f"\\{b:02x}" for b in response)
+    return guest(
+        f"(i64.or (i64.shl (i64.const {len(response)}) (i64.const 32)) (i64.const 2048))",
+        f'(data (i32.const 2048) "{data}")',
+    )
+
+
+def response_with_dims(*dims: int) -> bytes:
+    """A WGT1 response of one FP32 tensor "y" of 24 elements (0..23) with ``dims`` written as given."""
+    return b"".join(
+        (
+            struct.pack("<IIII", MAGIC, 1, 0, 0),
+            struct.pack("<IIII", 1, 1, len(dims), 24 * 4),
+            struct.pack(f"<{len(dims)}I", *dims).ljust((4 * len(dims) + 7) & ~7, b"\0"),
+            b"y".ljust(8, b"\0"),
+            np.arange(24, dtype="<f4").tobytes(),
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    "dims", [(DYNAMIC_DIM, 3, 4), (2, DYNAMIC_DIM, 4), (2, 3, 4)], ids=["first", "middle", "none-unknown"]
+)
+def test_a_response_with_at_most_one_unknown_dim_is_resolved_from_its_data(host: Host, dims: tuple[int, ...]) -> None:
+    inst = prepare_wat(host, answering(response_with_dims(*dims))).instantiate()
+    (y,) = inst.handle(X, [])
+    assert y.shape == (2, 3, 4)
+    np.testing.assert_array_equal(y.to_numpy(), np.arange(24, dtype=np.float32).reshape(2, 3, 4))
+    assert inst.healthy
+
+
+@pytest.mark.parametrize(
+    ("dims", "why"),
+    [
+        ((DYNAMIC_DIM, DYNAMIC_DIM, 4), "output 'y' has more than one unknown dimension"),
+        ((2, 3, 5), "output 'y': 24 elements of data for shape [2, 3, 5]"),
+        ((DYNAMIC_DIM, 5, 4), "output 'y': 24 elements do not fit dims [4294967295, 5, 4]"),
+    ],
+)
+def test_a_response_with_dims_its_data_cannot_fill_is_malformed(host: Host, dims: tuple[int, ...], why: str) -> None:
+    # A guest that does not ask the host for its outputs' dims still cannot leave two of them unknown.
+    inst = prepare_wat(host, answering(response_with_dims(*dims))).instantiate()
+    with pytest.raises(GuestFailure, match=re.escape(f"the function returned a malformed response: {why}")):
+        inst.handle(X, [])
+    assert not inst.healthy
 
 
 def test_garbage_is_not_a_module(host: Host) -> None:

@@ -11,7 +11,7 @@ import struct
 import numpy as np
 import pytest
 
-from tests.support import Digits, onnx_predict, prepare_wat
+from tests.support import ENCODER_INPUTS, Digits, Encoder, encoder_inputs, onnx_predict, prepare_wat
 from wasm_host.guest import GuestInstance
 from wasm_host.host import Host
 from wasm_host.onnx_backend import ModelRef
@@ -25,6 +25,7 @@ PROBE = """
   (import "wasi_ephemeral_nn" "set_input" (func $set (param i32 i32 i32) (result i32)))
   (import "wasi_ephemeral_nn" "compute" (func $compute (param i32) (result i32)))
   (import "wasi_ephemeral_nn" "get_output" (func $get (param i32 i32 i32 i32 i32) (result i32)))
+  (import "wasmgate_nn" "get_output_dims" (func $dims (param i32 i32 i32 i32 i32) (result i32)))
   (memory (export "memory") 4)
   (func (export "alloc") (param i32) (result i32) (i32.const 65536))
   (func (export "handle") (param i32 i32) (result i64) (i64.const 0))
@@ -39,6 +40,8 @@ PROBE = """
   (func (export "compute") (param i32) (result i32) (call $compute (local.get 0)))
   (func (export "get_output") (param i32 i32 i32 i32 i32) (result i32)
     (call $get (local.get 0) (local.get 1) (local.get 2) (local.get 3) (local.get 4)))
+  (func (export "get_output_dims") (param i32 i32 i32 i32 i32) (result i32)
+    (call $dims (local.get 0) (local.get 1) (local.get 2) (local.get 3) (local.get 4)))
 )
 """
 
@@ -47,9 +50,9 @@ MEM = 4 * 65536
 
 
 @pytest.fixture
-def probe(host: Host, digits: Digits) -> GuestInstance:
-    image = prepare_wat(host, PROBE, {"digits": ModelRef(digits.digest, digits.path)})
-    return image.instantiate()
+def probe(host: Host, digits: Digits, encoder: Encoder) -> GuestInstance:
+    models = {"digits": ModelRef(digits.digest, digits.path), "encoder": ModelRef(encoder.digest, encoder.path)}
+    return prepare_wat(host, PROBE, models).instantiate()
 
 
 def u32(inst: GuestInstance, ptr: int) -> int:
@@ -223,3 +226,96 @@ def test_calls_outside_a_request_are_busy_not_a_crash(probe: GuestInstance, host
     # The imports route by thread-local binding; a call with no binding must still return an errno.
     entry = host.nn_host._entry("compute")
     assert entry(0) == NnErrno.BUSY
+
+
+# -- wasmgate_nn.get_output_dims ---------------------------------------------------------------------------------
+DIMS_OUT_AT = 256  # the dims get_output_dims writes; 8 slots, then NDIM_AT
+NDIM_AT = DIMS_OUT_AT + 32
+
+
+def computed_encoder(inst: GuestInstance, batch: int, sequence: int, ctx: int | None = None) -> int:
+    """An execution context of the encoder model, computed on inputs of shape [batch, sequence]."""
+    if ctx is None:
+        inst.memory.write(NAME_AT, b"encoder")
+        assert inst.call("load_by_name", NAME_AT, 7, OUT_AT) == NnErrno.SUCCESS
+        assert inst.call("init_execution_context", u32(inst, OUT_AT), OUT_AT) == NnErrno.SUCCESS
+        ctx = u32(inst, OUT_AT)
+    inputs = encoder_inputs(batch, sequence)
+    for index, name in enumerate(ENCODER_INPUTS):
+        put_tensor(inst, [batch, sequence], 5, inputs[name].tobytes())
+        assert inst.call("set_input", ctx, index, TENSOR_AT) == NnErrno.SUCCESS
+    assert inst.call("compute", ctx) == NnErrno.SUCCESS
+    return ctx
+
+
+def output_dims(inst: GuestInstance, ctx: int, index: int, dims_max: int = 8) -> tuple[int, ...]:
+    assert inst.call("get_output_dims", ctx, index, DIMS_OUT_AT, dims_max, NDIM_AT) == NnErrno.SUCCESS
+    return inst.memory.read_u32s(DIMS_OUT_AT, u32(inst, NDIM_AT))
+
+
+def test_get_output_dims_gives_each_outputs_actual_dims_however_many_are_dynamic(
+    probe: GuestInstance, encoder: Encoder
+) -> None:
+    ctx = computed_encoder(probe, 2, 5)
+    assert output_dims(probe, ctx, 0) == (2, 5, 16)  # last_hidden_state [batch, sequence, hidden]
+    assert output_dims(probe, ctx, 1) == (2, 16)  # pooler_output [batch, hidden]
+    # They describe the bytes get_output gives, which equal onnxruntime's answer in that shape.
+    assert probe.call("get_output", ctx, 0, RESULT_AT, 65536, OUT_AT) == NnErrno.SUCCESS
+    got = np.frombuffer(probe.memory.read(RESULT_AT, u32(probe, OUT_AT)), "<f4").reshape(2, 5, 16)
+    np.testing.assert_array_equal(got, encoder.expected(encoder_inputs(2, 5))["last_hidden_state"])
+    # The same context computed again on another shape: the dims follow the latest compute.
+    computed_encoder(probe, 3, 7, ctx)
+    assert output_dims(probe, ctx, 0) == (3, 7, 16)
+    assert output_dims(probe, ctx, 1) == (3, 16)
+
+
+def test_get_output_dims_before_compute_is_unsupported_operation(probe: GuestInstance) -> None:
+    ctx = new_context(probe)
+    assert probe.call("get_output_dims", ctx, 0, DIMS_OUT_AT, 8, NDIM_AT) == NnErrno.UNSUPPORTED_OPERATION
+    assert probe.nn.last_error == "get_output_dims: get_output_dims before compute"
+    # A new input makes the last outputs stale: they are gone until the next compute.
+    ctx = computed_encoder(probe, 1, 3)
+    put_tensor(probe, [1, 3], 5, np.zeros((1, 3), np.int64).tobytes())
+    assert probe.call("set_input", ctx, 0, TENSOR_AT) == NnErrno.SUCCESS
+    assert probe.call("get_output_dims", ctx, 0, DIMS_OUT_AT, 8, NDIM_AT) == NnErrno.UNSUPPORTED_OPERATION
+
+
+@pytest.mark.parametrize(
+    ("args", "why"),
+    [
+        ((99, 0, DIMS_OUT_AT, 8, NDIM_AT), "no execution context with handle 99"),
+        ((-1, 0, DIMS_OUT_AT, 8, NDIM_AT), "no execution context with handle 4294967295"),
+        ((0, 2, DIMS_OUT_AT, 8, NDIM_AT), "output index 2: the graph has 2"),
+        ((0, -1, DIMS_OUT_AT, 8, NDIM_AT), "output index 4294967295: the graph has 2"),
+        ((0, 0, MEM - 8, 3, NDIM_AT), "is outside its"),  # dims array straddles the end of memory
+        ((0, 0, -8, 3, NDIM_AT), "is outside its"),  # negative i32 is a huge u32
+        ((0, 0, DIMS_OUT_AT, -1, NDIM_AT), "is outside its"),  # claims 4 billion slots
+        ((0, 0, DIMS_OUT_AT, 8, MEM - 2), "is outside its"),  # ndim out-pointer past the end
+        ((0, 0, DIMS_OUT_AT, 8, -4), "is outside its"),
+    ],
+)
+def test_get_output_dims_bad_handle_index_or_pointer_is_invalid_argument_and_writes_nothing(
+    probe: GuestInstance, args: tuple[int, ...], why: str
+) -> None:
+    assert computed_encoder(probe, 2, 5) == 0
+    probe.memory.write(DIMS_OUT_AT, b"\xaa" * 36)
+    probe.memory.write(MEM - 8, b"\xaa" * 8)
+    assert probe.call("get_output_dims", *args) == NnErrno.INVALID_ARGUMENT
+    assert probe.nn.last_error is not None
+    assert why in probe.nn.last_error
+    assert probe.memory.read(DIMS_OUT_AT, 36) == b"\xaa" * 36
+    assert probe.memory.read(MEM - 8, 8) == b"\xaa" * 8
+    assert probe.healthy  # an errno, not a trap
+
+
+def test_get_output_dims_with_too_few_slots_is_too_large_and_gives_the_rank_only(probe: GuestInstance) -> None:
+    ctx = computed_encoder(probe, 2, 5)
+    probe.memory.write(DIMS_OUT_AT, b"\xaa" * 32)
+    assert probe.call("get_output_dims", ctx, 0, DIMS_OUT_AT, 2, NDIM_AT) == NnErrno.TOO_LARGE
+    assert probe.memory.read(DIMS_OUT_AT, 32) == b"\xaa" * 32
+    assert u32(probe, NDIM_AT) == 3
+    assert probe.nn.last_error == "get_output_dims: output 0 has 3 dims, the buffer 2"
+    # dims_max = 0 asks for the rank alone; exactly the rank's slots suffice.
+    assert probe.call("get_output_dims", ctx, 1, DIMS_OUT_AT, 0, NDIM_AT) == NnErrno.TOO_LARGE
+    assert u32(probe, NDIM_AT) == 2
+    assert output_dims(probe, ctx, 0, dims_max=3) == (2, 5, 16)

@@ -21,15 +21,18 @@ from wasm_host.memory import GuestMemory, OutOfBounds
 from wasm_host.onnx_backend import ModelRef, OnnxBackend
 from wasm_host.rawcall import RawExport
 from wasm_host.tensors import Tensor, TensorSpec
+from wasm_host.wasi_nn import EXTENSION_MODULE, EXTENSION_SIGNATURES, IMPORTS, NnState, WasiNnHost
 from wasm_host.wasi_nn import MODULE as NN_MODULE
-from wasm_host.wasi_nn import SIGNATURES as NN_SIGNATURES
-from wasm_host.wasi_nn import NnState, WasiNnHost
 
 log = logging.getLogger("wasmgate.guest")
 
 WASI_MODULE = "wasi_snapshot_preview1"
 MAX_MESSAGE = 4096
 MAX_SIGNATURE = 64 * 1024
+#: What a refused import is told it may use instead.
+_ALLOWED_IMPORTS = f"only {WASI_MODULE}, the six {NN_MODULE} functions and " + ", ".join(
+    f"{EXTENSION_MODULE}.{name}" for name in EXTENSION_SIGNATURES
+)
 
 #: Required and optional exports: name -> (params, results) as wasm value type names; None for the memory.
 REQUIRED_EXPORTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]] | None] = {
@@ -59,14 +62,12 @@ def check_abi(module: wasmtime.Module) -> dict[str, FuncSig]:
     for imp in module.imports:
         if imp.module == WASI_MODULE:
             continue
-        if imp.module == NN_MODULE and imp.name in NN_SIGNATURES:
-            arity = NN_SIGNATURES[imp.name]
+        arity = IMPORTS.get(imp.module, {}).get(imp.name or "")  # the binding types a name as optional
+        if arity is not None:
             if _functype(imp.type) != (("i32",) * arity, ("i32",)):
-                problems.append(f"import {NN_MODULE}.{imp.name} has the wrong type")
+                problems.append(f"import {imp.module}.{imp.name} has the wrong type")
             continue
-        problems.append(
-            f"import {imp.module}.{imp.name} is not allowed (only {WASI_MODULE} and the six {NN_MODULE} functions)"
-        )
+        problems.append(f"import {imp.module}.{imp.name} is not allowed ({_ALLOWED_IMPORTS})")
     exports = {e.name: e.type for e in module.exports}
     for name, want in REQUIRED_EXPORTS.items():
         if name not in exports:

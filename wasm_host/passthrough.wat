@@ -15,12 +15,16 @@
 ;;                             the request's dims and data in place (dtype codes 0..5 are wasi-nn tensor_types);
 ;;                          4. compute;
 ;;                          5. builds the response: for every output spec j of the request, an entry with the
-;;                             spec's name, dtype and dims copied verbatim (a 0xFFFFFFFF dim is resolved by the
-;;                             host from data_len), and get_output(ctx, j) written straight into the entry's
-;;                             data area; on too_large, memory grows (doubling, then smaller steps) and the call
-;;                             is retried until memory.grow fails.
-;;                          Any wasi-nn errno is status 2 with "wasi-nn <call> failed: <errno name>", except
-;;                          set_input's invalid_argument (the tensor does not fit the model), which is status 1.
+;;                             spec's name, dtype and ndim, get_output(ctx, j) written straight into the entry's
+;;                             data area (on too_large, memory grows, doubling then smaller steps, and the call
+;;                             is retried until memory.grow fails), then wasmgate_nn.get_output_dims(ctx, j)
+;;                             written straight into the entry's dims area: the output's actual dims, so no dim
+;;                             is left unknown, however many the graph leaves open (a transformer's [batch,
+;;                             sequence, hidden]). A graph output's rank is fixed and the spec's ndim is that
+;;                             rank, so the area fits; an output of another rank is status 2.
+;;                          Any wasi-nn errno is status 2 with "wasi-nn <call> failed: <errno name>" (or
+;;                          "wasmgate_nn get_output_dims failed: ..."), except set_input's invalid_argument (the
+;;                          tensor does not fit the model), which is status 1.
 ;;
 ;; The result is packed as ABI.md says: bits 0-31 pointer, bits 32-61 length, bits 62-63 status.
 ;;
@@ -28,6 +32,7 @@
 ;;      0  u32  graph handle out-pointer (load_by_name)
 ;;      4  u32  context handle out-pointer (init_execution_context)
 ;;      8  u32  bytes-written out-pointer (get_output)
+;;     12  u32  ndim out-pointer (get_output_dims)
 ;;     16  wasi-nn tensor, 20 bytes: dims_ptr@0 dims_len@4 type@8 (u8 + 3 zero bytes) data_ptr@12 data_len@16
 ;;     48  "model"
 ;;     64  static messages (see the data segments)
@@ -47,6 +52,11 @@
   (import "wasi_ephemeral_nn" "get_output"
     (func $nn_get_output (param $ctx i32) (param $index i32) (param $out i32) (param $out_max i32)
                          (param $written_out i32) (result i32)))
+  ;; wasmgate's extension (guest_modules/ABI.md "WASI-NN"): an output's actual dims, which witx get_output
+  ;; does not give
+  (import "wasmgate_nn" "get_output_dims"
+    (func $nn_get_output_dims (param $ctx i32) (param $index i32) (param $dims i32) (param $dims_max i32)
+                              (param $ndim_out i32) (result i32)))
 
   (memory (export "memory") 1)
 
@@ -73,6 +83,8 @@
   (data (i32.const 528) "out of memory while building the response")                   ;; 528, 41
   (data (i32.const 576) "the response would be larger than 1 GiB")                     ;; 576, 39
   (data (i32.const 624) "wasi-nn get_output wrote more bytes than the buffer holds")   ;; 624, 57
+  (data (i32.const 688) "wasmgate_nn get_output_dims failed")                           ;; 688, 34
+  (data (i32.const 736) "a model output has a different rank than its output spec")    ;; 736, 56
   ;; nn_errno names, slot i at 1024 + 24 * i
   (data (i32.const 1024) "success")
   (data (i32.const 1048) "invalid_argument")
@@ -324,11 +336,9 @@
         (i32.store offset=4 (local.get $p) (i32.load offset=4 (local.get $e)))
         (i32.store offset=8 (local.get $p) (local.get $ndim))
         (i32.store offset=12 (local.get $p) (i32.const 0))
-        ;; zero the padded dims and name, then copy the spec's dims (verbatim, 0xFFFFFFFF included) and name
+        ;; zero the padded dims and name, then copy the name (the dims come from get_output_dims below)
         (memory.fill (i32.add (local.get $p) (i32.const 16)) (i32.const 0)
                      (i32.sub (i32.wrap_i64 (local.get $data)) (i32.add (local.get $p) (i32.const 16))))
-        (memory.copy (i32.add (local.get $p) (i32.const 16)) (i32.add (local.get $e) (i32.const 16))
-                     (i32.shl (local.get $ndim) (i32.const 2)))
         (memory.copy (i32.add (i32.add (local.get $p) (i32.const 16)) (local.get $dims_sz))
                      (i32.add (i32.add (local.get $e) (i32.const 16)) (local.get $dims_sz))
                      (local.get $name_len))
@@ -351,6 +361,18 @@
         (if (i64.gt_u (i64.extend_i32_u (local.get $written)) (local.get $avail))
           (then (return (call $failed (i32.const 624) (i32.const 57)))))
         (i32.store offset=12 (local.get $p) (local.get $written))
+        ;; the actual dims, into the entry's dims area of exactly the spec's ndim entries, and the rank at 12:
+        ;; too_large with a larger rank, or success with a smaller one, is an output not of the spec's rank
+        (local.set $err
+          (call $nn_get_output_dims (global.get $ctx) (i32.wrap_i64 (local.get $i))
+                                    (i32.add (local.get $p) (i32.const 16)) (local.get $ndim) (i32.const 12)))
+        (if (i32.and (i32.eq (local.get $err) (i32.const 7))
+                     (i32.gt_u (i32.load (i32.const 12)) (local.get $ndim)))
+          (then (return (call $failed (i32.const 736) (i32.const 56)))))
+        (if (local.get $err)
+          (then (return (call $nn_fail (i32.const 2) (i32.const 688) (i32.const 34) (local.get $err)))))
+        (if (i32.ne (i32.load (i32.const 12)) (local.get $ndim))
+          (then (return (call $failed (i32.const 736) (i32.const 56)))))
         ;; zero padding to 8 after the data
         (local.set $end (call $pad8 (i64.add (local.get $data) (i64.extend_i32_u (local.get $written)))))
         (if (i32.eqz (call $ensure (local.get $end)))

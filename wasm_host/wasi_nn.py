@@ -8,6 +8,12 @@ Semantics and the errno chosen for each failure are in ``guest_modules/ABI.md``.
   :attr:`NnState.last_error` for the logs and for the error the caller sees. (A raising host function would
   also leave its exception in a process-wide slot of wasmtime-py, where another thread could pick it up.)
 
+Besides the six witx imports, the host defines wasmgate's one extension, ``wasmgate_nn.get_output_dims``: witx
+``get_output`` returns an output's bytes only, while the WIT wasi-nn ``tensor`` carries its dimensions too, and a
+guest needs them to describe an output with more than one dimension not fixed by the graph (a transformer's
+``[batch, sequence, hidden]``). It lives in an import module of its own, so ``wasi_ephemeral_nn`` stays the
+standard set, and follows the same rules as the six.
+
 Handles (graphs, execution contexts) live in the :class:`NnState` of one instance. The imports are defined once
 on a shared linker; which instance a call belongs to is looked up in :class:`WasiNnHost`'s thread-local
 binding, which the instance sets around each call into the guest.
@@ -77,6 +83,14 @@ SIGNATURES: dict[str, int] = {
     "compute": 1,
     "get_output": 5,
 }
+
+#: wasmgate's extension of WASI-NN (ABI.md "WASI-NN"), in an import module of its own: the same rules, the same
+#: per-instance state and errno values as the six.
+EXTENSION_MODULE = "wasmgate_nn"
+EXTENSION_SIGNATURES: dict[str, int] = {"get_output_dims": 5}
+
+#: Every import module the host defines, with its imports and their arity.
+IMPORTS: dict[str, dict[str, int]] = {MODULE: SIGNATURES, EXTENSION_MODULE: EXTENSION_SIGNATURES}
 
 
 _TENSOR = struct.Struct("<IIB3xII")
@@ -257,12 +271,12 @@ class NnState:
         except Exception as exc:
             raise _Failure(NnErrno.RUNTIME_ERROR, f"onnxruntime: {str(exc).strip()[:500]}") from exc
 
-    def get_output(self, ctx: int, index: int, out_ptr: int, out_max: int, written_out: int) -> None:
+    def _output(self, call: str, ctx: int, index: int) -> np.ndarray:
+        """Output ``index`` of a computed context, as a numeric tensor (what both output imports read)."""
         c = self._context(ctx)
         index &= U32
-        out_max &= U32
         if c.outputs is None:
-            raise _Failure(NnErrno.UNSUPPORTED_OPERATION, "get_output before compute")
+            raise _Failure(NnErrno.UNSUPPORTED_OPERATION, f"{call} before compute")
         if index >= len(c.outputs):
             raise _Failure(NnErrno.INVALID_ARGUMENT, f"output index {index}: the graph has {len(c.outputs)}")
         value = c.outputs[index]
@@ -271,6 +285,12 @@ class NnState:
                 NnErrno.UNSUPPORTED_OPERATION,
                 f"output {index} ({c.graph.outputs[index].onnx_type}) is not a numeric tensor",
             )
+        return value
+
+    def get_output(self, ctx: int, index: int, out_ptr: int, out_max: int, written_out: int) -> None:
+        value = self._output("get_output", ctx, index)
+        index &= U32
+        out_max &= U32
         self._span(written_out, 4)
         self._span(out_ptr, out_max)  # the whole buffer the guest claims, not only what this output fills
         nbytes = value.nbytes
@@ -284,9 +304,33 @@ class NnState:
         self._memory().write_from(out_ptr, contiguous.ctypes.data, nbytes)
         self.write_u32(written_out, nbytes)
 
+    # -- wasmgate's extension ------------------------------------------------------------------------------
+    def get_output_dims(self, ctx: int, index: int, dims_ptr: int, dims_max: int, ndim_out: int) -> None:
+        """Output ``index``'s actual dims, as ``ndim`` u32 values at ``dims_ptr``, and ``ndim`` at ``ndim_out``.
+
+        The whole ``dims_max``-entry array the guest claims must lie in its memory. When the output has more
+        than ``dims_max`` dims, or a dim that does not fit a u32 below 0xFFFFFFFF (the ABI's "unknown"; possible
+        only for an empty tensor), the errno is too_large and only the rank is written, so a guest may ask for
+        the rank alone with ``dims_max = 0``."""
+        value = self._output("get_output_dims", ctx, index)
+        index &= U32
+        dims_max &= U32
+        self._span(ndim_out, 4)
+        self._span(dims_ptr, 4 * dims_max)
+        shape = value.shape
+        self.write_u32(ndim_out, len(shape))
+        if len(shape) > dims_max:
+            raise _Failure(NnErrno.TOO_LARGE, f"output {index} has {len(shape)} dims, the buffer {dims_max}")
+        for d in shape:
+            if d >= U32:
+                raise _Failure(NnErrno.TOO_LARGE, f"output {index}: dimension {d} does not fit a u32")
+        if shape:
+            self._memory().write(dims_ptr, struct.pack(f"<{len(shape)}I", *shape))
+
 
 class WasiNnHost:
-    """Defines the six imports on a linker and routes each call to the instance running on this thread."""
+    """Defines the six imports and wasmgate's extension (:data:`IMPORTS`) on a linker, and routes each call to
+    the instance running on this thread."""
 
     def __init__(self) -> None:
         self._local = threading.local()
@@ -300,8 +344,9 @@ class WasiNnHost:
         return previous
 
     def define(self, linker: wasmtime.Linker) -> None:
-        for name, arity in SIGNATURES.items():
-            self._funcs.define(linker, MODULE, name, arity, self._entry(name))
+        for module, signatures in IMPORTS.items():
+            for name, arity in signatures.items():
+                self._funcs.define(linker, module, name, arity, self._entry(name))
 
     def _entry(self, name: str) -> Callable[..., int]:
         local = self._local

@@ -191,6 +191,12 @@ class FunctionRegistry:
         stamp = self.store.stamp(name)
         return fn if stamp is not None and fn.stamp == stamp else None
 
+    def current(self, name: str) -> tuple[Manifest, LoadedFunction | None]:
+        """The function's current manifest, and the function itself if it is loaded (:meth:`get_loaded`): what
+        an inference handler looks up, once per request, without loading anything. Raises as :meth:`manifest`."""
+        fn = self.get_loaded(name)  # one stat() on the hot path of a loaded function
+        return (fn.manifest, fn) if fn is not None else (self.manifest(name), None)
+
     def manifest(self, name: str) -> Manifest:
         """The function's current manifest without loading the function (a pod-tier function is never
         loaded in the gateway). Re-read only when the manifest file changed; costs one stat() otherwise.

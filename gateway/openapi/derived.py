@@ -6,7 +6,9 @@ that the document cannot drift from what the gateway accepts and answers:
 - function names and digests: ``gateway.store.manifest.NAME_RE`` and ``DIGEST_RE``, the patterns
   ``check_name`` and ``check_digest`` hold names and digests to; a manifest's ``kind``: ``Kind``;
 - datatypes: ``wasm_host.tensors.DTYPES``; the most dimensions an input may have: ``gateway.codec.MAX_DIMS``;
-- a process's ``role``: ``gateway.state.Role``.
+- a process's ``role``: ``gateway.state.Role``;
+- the OpenAI-compatible endpoints: an embeddings request's fields, encodings and most texts
+  (``gateway.openai_api``), and an error's OpenAI ``type`` and ``code`` (``gateway.http_errors.ERRORS``).
 
 :func:`field_schema` turns a dataclass field's annotation into its JSON Schema type, so that objects such as
 the pool settings and a model's figures are described from their dataclasses' fields.
@@ -19,6 +21,8 @@ import types
 from typing import Any, Literal, Union, get_args, get_origin
 
 from gateway.codec import MAX_DIMS
+from gateway.http_errors import ERRORS
+from gateway.openai_api import ENCODINGS, FIELDS, MAX_INPUTS
 from gateway.state import Role
 from gateway.store.manifest import DIGEST_RE, NAME_RE, Kind
 from router.policy import Placement, Tier, TierSetting
@@ -74,3 +78,12 @@ NAME_PATTERN = whole(NAME_RE, lookahead=r"(?!.*\.\.)")
 #: What ``NAME_RE`` allows: a first character, at most 126 more, a last one.
 NAME_MAX_LENGTH = 128
 MAX_SHAPE_DIMS = MAX_DIMS
+
+#: The OpenAI-compatible endpoints (gateway.openai_api): the fields of an embeddings request, its encodings, and
+#: the most texts it may carry; an error's ``type`` and ``code`` (gateway.http_errors' table, and what a status of
+#: Starlette's own is answered with: ``invalid_request_error`` or ``server_error``, no code).
+EMBEDDINGS_FIELDS = list(FIELDS)
+ENCODING_FORMATS = list(ENCODINGS)
+MAX_EMBEDDING_INPUTS = MAX_INPUTS
+OPENAI_ERROR_TYPES = list(dict.fromkeys([*(r.openai_type for r in ERRORS), "invalid_request_error", "server_error"]))
+OPENAI_ERROR_CODES = list(dict.fromkeys([*(r.openai_code for r in ERRORS if r.openai_code), None]))

@@ -31,12 +31,14 @@
  *             wg_response_add(resp, name, dtype, ndim, dims, data, data_len) -> 0 / -1,
  *             wg_response_resize_last(resp, data_len) -> void *data, wg_response_drop_last(resp),
  *             wg_response_data(resp, index) -> void *data, wg_response_finish(resp) -> wg_result,
- *             wg_response_add_nn_output(resp, ctx, index, name, dtype, ndim, dims, size_hint, &written)
+ *             wg_response_add_nn_output(resp, ctx, index, name, dtype, ndim, dims, size_hint, &written),
+ *             wg_response_add_nn_output_actual(resp, ctx, index, name, dtype, &written) (the output's own dims)
  *   status    wg_invalid(msg) (status 1, HTTP 400), wg_failed(msg) (status 2, HTTP 500),
  *             wg_nn_failed(call, errno) (status 2), wg_status(status, buf, len);
  *             wg_msg_init / wg_msg_str / wg_msg_strn / wg_msg_u64 / wg_msg_i64 build a message without printf
  *   wasi-nn   the six imports wg_nn_load, wg_nn_load_by_name, wg_nn_init_execution_context, wg_nn_set_input,
- *             wg_nn_compute, wg_nn_get_output (extern); wg_nn_load_by_name_str(name, &graph),
+ *             wg_nn_compute, wg_nn_get_output (extern), and wasmgate's extension wg_nn_get_output_dims (extern,
+ *             import module "wasmgate_nn"); wg_nn_load_by_name_str(name, &graph),
  *             wg_nn_set_input_tensor(ctx, index, tensor) (in place, no copy), wg_nn_errno_name(errno)
  *   exports   WG_SIGNATURE(json) defines `signature`; WASMGATE_MAIN defines `alloc` and `handle`
  *             (`_initialize` comes from the reactor start files, -mexec-model=reactor)
@@ -221,6 +223,20 @@ wg_nn_errno wg_nn_compute(wg_nn_ctx ctx);
 WG_NN_IMPORT_("get_output")
 wg_nn_errno wg_nn_get_output(wg_nn_ctx ctx, uint32_t index, void *out_buf, uint32_t out_buf_max,
                              uint32_t *bytes_written_out);
+
+/* wasmgate's extension of WASI-NN, in an import module of its own ("wasmgate_nn"; ABI.md "WASI-NN"). Like any
+ * import here, it is imported only by a module that calls it. */
+#define WG_NN_EXT_IMPORT_(name) __attribute__((import_module("wasmgate_nn"), import_name(name)))
+
+/** get_output_dims(ctx, index, dims, dims_max, ndim_out): after compute, output `index`'s actual dims, which
+ * witx get_output does not give (its bytes only): `*ndim_out` receives the rank and `dims` that many u32 values,
+ * none of them WG_DYNAMIC_DIM. WG_NN_TOO_LARGE when the output has more than `dims_max` dims: only `*ndim_out`
+ * is written (dims_max 0 asks for the rank alone). WG_NN_UNSUPPORTED_OPERATION before compute (or after a
+ * set_input since), WG_NN_INVALID_ARGUMENT for a bad handle or index, or when `ndim_out` or the whole
+ * dims_max-entry `dims` array is outside memory. */
+WG_NN_EXT_IMPORT_("get_output_dims")
+wg_nn_errno wg_nn_get_output_dims(wg_nn_ctx ctx, uint32_t index, uint32_t *dims, uint32_t dims_max,
+                                  uint32_t *ndim_out);
 
 /** The witx name of an nn_errno ("invalid_argument", ...); "unknown" for other values. */
 static inline const char *wg_nn_errno_name(wg_nn_errno e) {
@@ -530,8 +546,8 @@ static inline void wg_response_begin(wg_response *r) {
 /** Append a tensor whose data area (`data_len` bytes, zeroed) the caller fills afterwards; returns a pointer
  *  to it (8-byte aligned), or NULL when out of memory, ndim > WG_MAX_DIMS, or the response would reach 1 GiB.
  *  `name` is NUL-terminated; `dims` holds `ndim` entries, at most one WG_DYNAMIC_DIM (the host infers it
- *  from data_len). The pointer is valid only until the next reserve/add/resize (the buffer may move; see
- *  wg_response_data).
+ *  from data_len; for a model output, wg_response_add_nn_output_actual writes its actual dims instead).
+ *  The pointer is valid only until the next reserve/add/resize (the buffer may move; see wg_response_data).
  *  data_len must equal product(dims) * element size once the tensor is final (see wg_response_resize_last). */
 static inline void *wg_response_reserve(wg_response *r, const char *name, uint32_t dtype, uint32_t ndim,
                                         const uint32_t *dims, uint32_t data_len) {
@@ -608,7 +624,8 @@ static inline void wg_response_drop_last(wg_response *r) {
 /** get_output(ctx, index) straight into a new response tensor {name, dtype, ndim, dims}. Starts with a
  *  buffer of `size_hint` bytes (64 KiB if 0), doubles it on WG_NN_TOO_LARGE, and trims it to the bytes
  *  written. Returns the errno; on failure the tensor is removed again, and WG_NN_TOO_LARGE with r->failed
- *  set means the response buffer could not grow (or ndim > WG_MAX_DIMS). `bytes_written` (may be NULL) receives the output size. */
+ *  set means the response buffer could not grow (or ndim > WG_MAX_DIMS). `bytes_written` (may be NULL) receives the output size.
+ *  The dims are written as given; for the output's actual dims, see wg_response_add_nn_output_actual. */
 static inline wg_nn_errno wg_response_add_nn_output(wg_response *r, wg_nn_ctx ctx, uint32_t index,
                                                     const char *name, uint32_t dtype, uint32_t ndim,
                                                     const uint32_t *dims, uint32_t size_hint,
@@ -636,6 +653,31 @@ static inline wg_nn_errno wg_response_add_nn_output(wg_response *r, wg_nn_ctx ct
         dst = wg_response_resize_last(r, size);
         if (!dst) return WG_NN_TOO_LARGE; /* r->failed is set: the response is lost anyway */
     }
+}
+
+/** get_output(ctx, index) into a new response tensor {name, dtype} with the output's actual dims, asked of the
+ *  host with wg_nn_get_output_dims: no dim is left WG_DYNAMIC_DIM, however many the model leaves open (a
+ *  transformer's [batch, sequence, hidden]). The data area is sized from those dims and `dtype` (the output's
+ *  element type), so one get_output call fills it. Returns the errno as wg_response_add_nn_output does (the
+ *  tensor is removed again on failure); an output of more than WG_MAX_DIMS dims is WG_NN_TOO_LARGE with
+ *  r->failed set. `bytes_written` (may be NULL) receives the output size. */
+static inline wg_nn_errno wg_response_add_nn_output_actual(wg_response *r, wg_nn_ctx ctx, uint32_t index,
+                                                           const char *name, uint32_t dtype,
+                                                           uint32_t *bytes_written) {
+    uint32_t dims[WG_MAX_DIMS], ndim = 0;
+    wg_nn_errno e = wg_nn_get_output_dims(ctx, index, dims, WG_MAX_DIMS, &ndim);
+    if (e == WG_NN_TOO_LARGE) {
+        wg_response_fail_(r, "a model output has more than 8 dims");
+        return e;
+    }
+    if (e != WG_NN_SUCCESS) return e;
+    if (ndim > WG_MAX_DIMS) return WG_NN_RUNTIME_ERROR; /* success with more dims than room: host bug */
+    uint64_t numel = wg_dims_numel(ndim, dims), size = wg_dtype_size(dtype);
+    /* The exact size when it is known and fits; else (BYTES, or 1 GiB or more) 0: get_output's doubling finds
+     * out from the default start. An empty output gets 8 bytes, since a hint of 0 means "the default". */
+    uint32_t hint = 0;
+    if (size && numel <= WG_MAX_RESULT_LEN / size) hint = numel ? (uint32_t)(numel * size) : 8u;
+    return wg_response_add_nn_output(r, ctx, index, name, dtype, ndim, dims, hint, bytes_written);
 }
 
 /** Finish the response: status 0 with the buffer, or status 2 if a reserve/add/resize failed on the way. */
