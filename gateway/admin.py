@@ -3,9 +3,10 @@
 ``PATCH /admin/v1/functions/{name}/pool`` changes a function's pool settings (partially) without a new
 version; every worker applies them on its next request.
 
-A push is two steps, as with an OCI registry: upload each blob by its sha256 (``PUT /admin/v1/blobs/{digest}``,
-skipped when ``HEAD`` says the gateway has it), then ``PUT /admin/v1/functions/{name}`` with the digests. The
-second step validates everything and commits atomically, or changes nothing.
+A push is two steps, as with an OCI registry: upload each blob (module, models, data files) by its sha256
+(``PUT /admin/v1/blobs/{digest}``, skipped when ``HEAD`` says the gateway has it), then
+``PUT /admin/v1/functions/{name}`` with the digests. The second step validates everything and commits
+atomically, or changes nothing.
 """
 
 from __future__ import annotations
@@ -43,11 +44,21 @@ def _no_constant(name: str) -> Any:
     raise InvalidRequest(f"{name} is not a JSON number")
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object, refusing a key given twice (an alias pushed twice would otherwise lose one silently)."""
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise InvalidRequest(f"key {key[:80]!r} appears twice in one object")
+        seen.add(key)
+    return dict(pairs)
+
+
 async def json_object(request: Request, expected: str) -> dict[str, Any]:
     """The request body as a JSON object; InvalidRequest with ``expected`` when it is anything else."""
     body = await read_body(request, MAX_PUSH_DOC)
     try:
-        doc = json.loads(body, parse_float=_finite, parse_constant=_no_constant)
+        doc = json.loads(body, parse_float=_finite, parse_constant=_no_constant, object_pairs_hook=_unique_keys)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: JSONDecodeError, huge ints
         raise InvalidRequest(f"body is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
@@ -95,7 +106,7 @@ async def get_blob(request: Request) -> Response:
 async def put_blob(request: Request) -> Response:
     state = state_of(request)
     digest = check_digest(request.path_params["digest"])
-    limit = max(state.settings.max_module_bytes, state.settings.max_push_model_bytes)
+    limit = state.settings.max_blob_bytes
     created = await state.store.receive_upload(digest, request.stream(), limit)
     return JSONResponse({"digest": f"sha256:{digest}"}, status_code=201 if created else 200)
 
@@ -104,12 +115,15 @@ async def put_function(request: Request) -> Response:
     state = state_of(request)
     name = check_name(request.path_params["name"])
     doc = await json_object(
-        request, 'push body must be {"module": "sha256:..." | null, "models": {"alias": "sha256:..."}}'
+        request,
+        'push body must be {"module": "sha256:..." | null, "models": {"alias": "sha256:..."}, '
+        '"files": {"alias": "sha256:..."}}',
     )
     module = doc.get("module")
     if module is not None and not isinstance(module, str):
         raise InvalidRequest("'module' must be a digest string or null")
     models = doc.get("models") or {}
+    files = doc.get("files") or {}
     pool = doc.get("pool") or {}
     if not isinstance(pool, dict):
         raise InvalidRequest("'pool' must be an object of pool settings")
@@ -120,7 +134,7 @@ async def put_function(request: Request) -> Response:
     token = doc.get("inference_token")
     if token is not None and (not isinstance(token, str) or (token and not token.isprintable())):
         raise InvalidRequest("'inference_token' must be a printable string ('' removes the function's token)")
-    push = functools.partial(state.publisher.push, name, module, models, pool, routing, token)
+    push = functools.partial(state.publisher.push, name, module, models, pool, routing, token, files)
     manifest = await anyio.to_thread.run_sync(push)
     return JSONResponse(describe(state, manifest), status_code=201)
 

@@ -65,9 +65,7 @@ def create_app(settings: Settings, role: Role = "gateway") -> Starlette:
         warmer = Warmer()
         source = None
         if role == "runner" and settings.runner_source_url:
-            source = GatewaySource(
-                settings.runner_source_url, store, settings.max_push_model_bytes, settings.admin_token
-            )
+            source = GatewaySource(settings.runner_source_url, store, settings.max_blob_bytes, settings.admin_token)
         registry = FunctionRegistry(store, host, settings, warmer=warmer, observer=metrics, source=source)
         publisher = Publisher(store, host, settings, registry)
         sync = None

@@ -77,6 +77,11 @@ class Settings:
     max_push_model_bytes: int = 512 * MiB
     #: How many functions the store may hold.
     max_functions: int = 1000
+    #: A function's data files (``wasm push --file``), at push: the largest one, all of one function's
+    #: together, and how many one function may have (0: none).
+    max_file_bytes: int = 64 * MiB
+    max_function_files_bytes: int = 256 * MiB
+    max_function_files: int = 64
     #: onnxruntime intra-op threads per session run. 1 suits many concurrent small requests.
     ort_intra_op_threads: int = 1
     #: Threads that run guests; bounds how many requests execute at once in this process.
@@ -181,6 +186,11 @@ class Settings:
     @property
     def cache_dir(self) -> Path:
         return self.data_dir / "cache"
+
+    @property
+    def max_blob_bytes(self) -> int:
+        """The largest blob of any kind a push may upload: a module, a model or a data file."""
+        return max(self.max_module_bytes, self.max_push_model_bytes, self.max_file_bytes)
 
     @property
     def runner_cpu_set(self) -> frozenset[int] | None:

@@ -326,6 +326,45 @@ def json_infer(url: str, name: str, inputs: list[dict[str, object]]) -> httpx.Re
     return httpx.post(f"{url}/v2/models/{name}/infer", json={"inputs": inputs}, timeout=60)
 
 
+# -- data files (guest_modules/read_file reads one by alias) ---------------------------------------------------
+
+
+def read_file_body(alias: str, binary: bool = False) -> dict[str, object]:
+    """A request to guest_modules/read_file for the file ``alias``; its contents in binary (exact bytes) or
+    JSON (as text)."""
+    body: dict[str, object] = {"inputs": [{"name": "alias", "shape": [1], "datatype": "BYTES", "data": [alias]}]}
+    if binary:
+        body["outputs"] = [{"name": "contents", "parameters": {"binary_data": True}}]
+    return body
+
+
+def file_contents(response: Any) -> bytes:
+    """The file read_file answered with (a JSON or a binary response, from httpx or AppClient)."""
+    assert response.status_code == 200, response.text
+    length = response.headers.get("inference-header-content-length")
+    if length is None:
+        text: str = response.json()["outputs"][0]["data"][0]
+        return text.encode()
+    raw = response.content[int(length) :]
+    size = int.from_bytes(raw[:4], "little")  # BYTES: a u32 length, then the bytes
+    assert len(raw) == 4 + size
+    return bytes(raw[4:])
+
+
+def materialise_files(root: str, rounds: int) -> set[str]:
+    """Run in another process (a pool's): make sure of the directory of the files of function ``fn`` in the
+    store at ``root``, ``rounds`` times; the paths it got."""
+    from gateway.store.local import LocalStore
+
+    store = LocalStore(Path(root))
+    manifest = store.get("fn")
+    return {str(store.files_dir(manifest)) for _ in range(rounds)}
+
+
+def read_file(url: str, name: str, alias: str, binary: bool = False, **headers: str) -> httpx.Response:
+    return httpx.post(f"{url}/v2/models/{name}/infer", json=read_file_body(alias, binary), headers=headers, timeout=120)
+
+
 # -- models, guests and requests ---------------------------------------------------------------------------------
 
 
@@ -666,11 +705,12 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 
 def assert_consistent(data: Path) -> list[str]:
-    """Every manifest parses and names blobs that exist with their digest; returns the function names."""
+    """Every manifest parses and names blobs (module, models, files) that exist with their digest; returns the
+    function names."""
     names = []
     for path in sorted((data / "functions").glob("*.json")):
         doc = json.loads(path.read_text())
-        for digest in [doc["module"], *doc["models"].values()]:
+        for digest in [doc["module"], *doc["models"].values(), *(doc.get("files") or {}).values()]:
             if digest:
                 blob = data / "blobs" / "sha256" / digest.removeprefix("sha256:")
                 assert blob.exists(), (path.name, digest)
@@ -1054,7 +1094,7 @@ DEADLINE_MS = 200
 #: The gateway settings the hostile fixtures are served with: a short deadline and a small memory limit.
 SETTINGS = {"WASMGATE_DEADLINE_MS": str(DEADLINE_MS), "WASMGATE_MEMORY_LIMIT_BYTES": str(16 * MiB)}
 #: WASI preview 1 errno values (wasi/api.h).
-EBADF, ENOENT, ENOTSOCK = 8, 44, 57
+EBADF, ENOENT, ENOTSOCK, EPERM = 8, 44, 57, 63
 #: The host's bounds-check message: "guest range [p, p+n) is outside its N-byte memory".
 OUTSIDE = "is outside its"
 

@@ -115,7 +115,7 @@ def test_refused_pushes_leave_the_store_unchanged(client: AppClient, digits: Dig
         ({"module": upload(client, bytes(wasmtime.wat2wasm("(module)"))), "models": {}}, "missing export"),
         ({"module": None, "models": {}}, "a push needs a module, a model, or an endpoint"),
         ({"module": None, "models": {"model": "sha256:" + "1" * 64}}, "never uploaded"),
-        ({"module": None, "models": {"../x": upload(client, digits.model)}}, "invalid function name"),
+        ({"module": None, "models": {"../x": upload(client, digits.model)}}, "invalid model alias"),
     ]
     for doc, message in cases:
         r = client.put("/admin/v1/functions/digits", json=doc)

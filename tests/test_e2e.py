@@ -198,6 +198,7 @@ def test_functions_survive_a_restart_and_cli_ls_rm(tmp_path: Path, digits: Digit
             "INPUTS",
             "OUTPUTS",
             "MODELS",
+            "FILES",
         ]
         assert lines[1].split()[:3] == ["digits", "1", "passthrough"]
         assert lines[2].split()[:3] == ["top3", "1", "custom"]

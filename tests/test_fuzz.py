@@ -554,20 +554,23 @@ def test_hostile_names_are_400_or_404_and_touch_no_file(gateway: Gateway, digits
             continue
         r = gateway.request("GET", f"/admin/v1/functions/{quote(name, safe='')}")
         assert "invalid function name" in assert_error_body(r, 400), name
-    # A model alias is a name too.
-    for alias in ("../x", "a/b", "..", "\x00", "a" * 129):
+    # A model alias is a name too, and so is a file alias (a file name on the host).
+    for alias in ("../x", "a/b", "..", "\x00", "a" * 129, ".hidden"):
         r = gateway.request(
             "PUT", "/admin/v1/functions/ok", json={"module": None, "models": {alias: push["models"]["model"]}}
         )
-        assert "invalid function name" in assert_error_body(r, 400), alias
+        assert "invalid model alias" in assert_error_body(r, 400), alias
+        r = gateway.request("PUT", "/admin/v1/functions/ok", json={**push, "files": {alias: push["models"]["model"]}})
+        assert "invalid file alias" in assert_error_body(r, 400), alias
     assert gateway.listing() == before
     assert store_snapshot(gateway.data_dir) == files
     assert sorted(p.name for p in root.iterdir()) == ["data"]
     for path in gateway.data_dir.rglob("*"):
         top = path.relative_to(gateway.data_dir).parts[0]
-        assert top in ("blobs", "uploads", "functions", "versions", "cache", ".lock"), path
+        assert top in ("blobs", "uploads", "functions", "versions", "files", "cache", ".lock"), path
         assert ".." not in path.name, path
         assert path.name.isprintable(), path
+    assert [p.name for p in (gateway.data_dir / "files").iterdir()] == [".tmp"]  # no function has files
     assert sorted(p.name for p in (gateway.data_dir / "functions").iterdir()) == ["digits.json", "scratch.json"]
     assert sorted(p.name for p in (gateway.data_dir / "versions").iterdir()) == ["digits", "scratch"]
 

@@ -114,11 +114,17 @@ NAMES = [
 ]
 
 
+HEX = "0123456789abcdef" * 4
+
+
 @pytest.mark.parametrize("name", NAMES, ids=[repr(n)[:24] for n in NAMES])
 def test_name_schema_admits_what_check_name_admits(name: str) -> None:
     assert admits(PARAMETERS["name"]["schema"], name) == code_admits(check_name, name)
     endpoint_model = SCHEMAS["PushRequest"]["properties"]["endpoint_model"]
     assert admits(endpoint_model, name) == code_admits(check_name, name)
+    push = SCHEMAS["PushRequest"]["properties"]
+    for key in ("models", "files"):  # aliases are names too
+        assert admits(push[key], {name: "sha256:" + HEX}) == code_admits(check_name, name)
 
 
 @settings(max_examples=300, derandomize=True, database=None)
@@ -136,7 +142,6 @@ def test_name_length_bound_is_check_names() -> None:
     assert not code_admits(check_name, "a" * (shortest - 1))
 
 
-HEX = "0123456789abcdef" * 4
 DIGESTS = ["sha256:" + HEX, HEX, "sha256:" + HEX.upper(), HEX[:-1], HEX + "0", "sha512:" + HEX, "sha256:", ""]
 
 
@@ -147,6 +152,7 @@ def test_digest_patterns_admit_what_check_digest_admits(digest: str) -> None:
     push = SCHEMAS["PushRequest"]["properties"]
     assert admits(push["module"], digest) == accepted
     assert admits(push["models"], {"model": digest}) == accepted
+    assert admits(push["files"], {"vocab": digest}) == accepted
 
 
 def test_shape_bound_is_the_codecs() -> None:

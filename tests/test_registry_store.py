@@ -21,12 +21,16 @@ from gateway.app import create_app
 from gateway.settings import Settings
 from gateway.store.oci import Credentials, Reference, RegistryClient
 from tests.oci_registry import Registry, htpasswd, self_signed
-from tests.support import AppClient, Digits, onnx_predict, wasm_command
+from tests.support import AppClient, Digits, file_contents, onnx_predict, read_file_body, wasm_command
 from wasm_host.errors import Unavailable, UpstreamError
 
 WASM = "application/vnd.wasm.content.layer.v1+wasm"
 MODEL = "application/vnd.wasmgate.model.onnx.v1"
+FILE = "application/vnd.wasmgate.file.v1"
 CONFIG = "application/vnd.wasmgate.function.config.v1+json"
+VOCAB = b"[PAD]\n[UNK]\nhello\nworld\n"
+VOCAB_2 = b"[PAD]\n[UNK]\nbonjour\nmonde\n"
+LABELS = b"zero\none\ntwo\n"
 
 
 def store_settings(registry: Registry, data_dir: Path, **more: Any) -> Settings:
@@ -191,6 +195,84 @@ def test_an_artifact_pushed_with_oras_is_served(
         r = push(app, "notes", None, {"model": digits.model})
         assert r.status_code == 201, r.text
         assert infer_digits(app, "notes", digits).status_code == 200
+
+
+def read(client: AppClient, name: str, alias: str) -> bytes:
+    return file_contents(client.post(f"/v2/models/{name}/infer", json=read_file_body(alias)))
+
+
+def test_files_are_layers_of_the_artifact_and_reach_every_gateway(
+    registry: Registry, app: AppClient, guests: dict[str, Path], tmp_path: Path
+) -> None:
+    (tmp_path / "vocab").write_bytes(VOCAB)
+    (tmp_path / "labels.txt").write_bytes(LABELS)
+    wasm = guests["read_file"].read_bytes()
+    files = ("--file", f"vocab={tmp_path / 'vocab'}", "--file", f"labels.txt={tmp_path / 'labels.txt'}")
+    r = cli("push", str(guests["read_file"]), *files, "--plain-http", "--registry", f"{registry.store}:reader")
+    assert r.returncode == 0, r.stderr
+
+    # Each file is a layer of its own media type, its alias annotated and its title the file name it has.
+    oras = oras_client(registry)
+    manifest = oras.get_manifest(f"{registry.host}/fns:reader")
+    layers = {layer["annotations"]["org.opencontainers.image.title"]: layer for layer in manifest["layers"]}
+    assert layers["vocab"]["mediaType"] == FILE
+    assert layers["vocab"]["annotations"]["io.wasmgate.file.alias"] == "vocab"
+    assert layers["vocab"]["digest"] == "sha256:" + hashlib.sha256(VOCAB).hexdigest()
+    assert layers["labels.txt"]["mediaType"] == FILE
+    oras.pull(target=f"{registry.host}/fns:reader", outdir=str(tmp_path / "pulled"))
+    assert (tmp_path / "pulled" / "labels.txt").read_bytes() == LABELS
+
+    # The gateway syncs it and serves the files; a new version with another vocabulary, pushed through it,
+    # reaches a second gateway, and a rollback there brings the first vocabulary back everywhere.
+    wait_for(lambda: app.get("/v2/models/reader").status_code == 200, "the gateway to sync reader")
+    assert read(app, "reader", "vocab") == VOCAB
+    assert read(app, "reader", "labels.txt") == LABELS
+    assert push(app, "reader", wasm, {}, files={"vocab": upload(app, VOCAB_2)}).json()["version"] == 2
+    assert read(app, "reader", "vocab") == VOCAB_2
+    with AppClient(create_app(store_settings(registry, tmp_path / "other"))) as other:
+        assert read(other, "reader", "vocab") == VOCAB_2
+        assert other.post("/admin/v1/functions/reader/rollback", json={"to": 1}).json()["version"] == 3
+        assert read(other, "reader", "labels.txt") == LABELS
+    wait_for(lambda: app.get("/admin/v1/functions/reader").json()["version"] == 3, "the first gateway to sync")
+    assert read(app, "reader", "vocab") == VOCAB
+    r = cli("ls", "--registry", registry.store, "--plain-http")
+    assert r.stdout.splitlines()[0].split()[5] == "FILES"
+    assert r.stdout.splitlines()[1].split()[5] == "labels.txt,vocab"
+
+    # Gone from the registry: gone from the cache, its files' directories with it.
+    assert cli("rm", "reader", "--registry", registry.store, "--plain-http").returncode == 0
+    wait_for(lambda: app.get("/v2/models/reader").status_code == 404, "the gateway to drop reader")
+    assert not (tmp_path / "gw" / "files" / "reader").exists()
+
+
+def test_an_artifact_pushed_with_oras_with_file_layers_is_served(
+    registry: Registry, guests: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    work = tmp_path / "oras"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    (work / "fn.wasm").write_bytes(guests["read_file"].read_bytes())
+    (work / "vocab.txt").write_bytes(VOCAB)
+    (work / "labels.list").write_bytes(LABELS)
+    for name in "abcd":
+        (work / name).write_bytes(name.encode())
+    # One alias from the file name (whole: the guest opens /files/vocab.txt), one annotated.
+    (work / "annotations.json").write_text(json.dumps({"labels.list": {"io.wasmgate.file.alias": "labels"}}))
+    oras = oras_client(registry)
+    oras.push(
+        target=f"{registry.host}/fns:reader",
+        files=[f"fn.wasm:{WASM}", f"vocab.txt:{FILE}", f"labels.list:{FILE}"],
+        annotation_file="annotations.json",
+    )
+    # More files than this gateway lets a function have: not served, whoever pushed it.
+    oras.push(target=f"{registry.host}/fns:crowded", files=[f"fn.wasm:{WASM}", *(f"{n}:{FILE}" for n in "abcd")])
+
+    with AppClient(create_app(store_settings(registry, tmp_path / "gw", max_function_files=3))) as app:
+        listed = {f["name"]: f for f in app.get("/admin/v1/functions").json()["functions"]}
+        assert sorted(listed) == ["reader"]
+        assert sorted(listed["reader"]["files"]) == ["labels", "vocab.txt"]
+        assert read(app, "reader", "vocab.txt") == VOCAB
+        assert read(app, "reader", "labels") == LABELS
 
 
 def test_a_corrupt_cached_blob_is_fetched_again_or_refused(registry: Registry, digits: Digits, tmp_path: Path) -> None:

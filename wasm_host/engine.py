@@ -27,11 +27,13 @@ from pathlib import Path
 
 import wasmtime
 
-from wasm_host.errors import InvalidFunction
+from wasm_host.errors import InvalidFunction, Unavailable
 
 log = logging.getLogger("wasmgate.engine")
 
 MiB = 1024 * 1024
+#: Where a function's data files appear to it: one read-only preopened directory (guest_modules/ABI.md, "Files").
+FILES_GUEST_PATH = "/files"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,13 +163,23 @@ class WasmEngine:
             Path(tmp).unlink(missing_ok=True)
             raise
 
-    def new_store(self) -> wasmtime.Store:
-        """A store with this engine's memory limit and an empty WASI context: no preopened directories,
-        no arguments, no environment, stdio discarded, and (WASI preview 1 has none without preopened
-        sockets) no network."""
+    def new_store(self, files: Path | None = None) -> wasmtime.Store:
+        """A store with this engine's memory limit and a WASI context with no arguments, no environment,
+        stdio discarded, and (WASI preview 1 has none without preopened sockets) no network.
+
+        Its only preopened directory is ``files``, when given: the function's data files, read-only, at
+        :data:`FILES_GUEST_PATH`. Without it there is none at all. ``files`` must hold nothing but that
+        function's files (a guest can read everything under it, and nothing above it). Raises Unavailable when
+        the directory cannot be opened (it was removed with its function meanwhile)."""
         store = wasmtime.Store(self.engine)
         store.set_limits(memory_size=self.limits.memory_limit_bytes, instances=1, tables=1, memories=1)
-        store.set_wasi(wasmtime.WasiConfig())
+        wasi = wasmtime.WasiConfig()
+        if files is not None:
+            try:
+                wasi.preopen_dir(str(files), FILES_GUEST_PATH, fs_mutable=False)
+            except wasmtime.WasmtimeError as exc:
+                raise Unavailable("the function's data files cannot be opened; it changed meanwhile", 1) from exc
+        store.set_wasi(wasi)
         return store
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import wasmtime
 
@@ -94,8 +95,9 @@ def _show(sig: tuple[tuple[str, ...], tuple[str, ...]]) -> str:
 
 
 class FunctionImage:
-    """A compiled, ABI-checked function, ready to instantiate many times: its ``InstancePre`` and the
-    models it may load by name."""
+    """A compiled, ABI-checked function, ready to instantiate many times: its ``InstancePre``, the models it
+    may load by name, and the directory of its data files that each instance sees read-only at ``/files``
+    (None: no files, and no preopened directory at all)."""
 
     def __init__(
         self,
@@ -105,6 +107,7 @@ class FunctionImage:
         pre: wasmtime.InstancePre,
         models: Mapping[str, ModelRef],
         func_exports: Mapping[str, FuncSig],
+        files: Path | None = None,
     ) -> None:
         #: Exported functions with i32/i64 parameters and at most one result: name -> (params, results).
         self.func_exports = dict(func_exports)
@@ -113,6 +116,7 @@ class FunctionImage:
         self.backend = backend
         self.pre = pre
         self.models = dict(models)
+        self.files = files
 
     def instantiate(self) -> GuestInstance:
         return GuestInstance(self)
@@ -126,7 +130,7 @@ class GuestInstance:
         self.healthy = True
         self.requests = 0
         self._nn_host = image.nn_host
-        self._store = image.engine.new_store()
+        self._store = image.engine.new_store(image.files)
         self.nn = NnState(image.backend, image.models, self.limits)
         self._arm()
         try:

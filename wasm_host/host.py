@@ -42,8 +42,12 @@ class Host:
     def close(self) -> None:
         self.engine.close()
 
-    def prepare(self, wasm: bytes, digest: str, models: Mapping[str, ModelRef]) -> FunctionImage:
-        """Compile (or load from the compile cache), check the ABI, and link. Raises InvalidFunction."""
+    def prepare(
+        self, wasm: bytes, digest: str, models: Mapping[str, ModelRef], files: Path | None = None
+    ) -> FunctionImage:
+        """Compile (or load from the compile cache), check the ABI, and link. ``files``: the directory of the
+        function's data files, which its instances see read-only at ``/files`` (None: none). Raises
+        InvalidFunction."""
         module = self.engine.compile(wasm, digest)
         # Reading a module's import and export types goes through many FFI calls; the answer for a digest
         # never changes, so a function coming back from zero does not pay for it again.
@@ -55,4 +59,4 @@ class Host:
         except wasmtime.WasmtimeError as exc:  # e.g. a WASI import that does not exist in preview 1
             first = str(exc).strip().splitlines()[0]
             raise InvalidFunction(f"module cannot be linked against WASI preview 1 and WASI-NN: {first}") from exc
-        return FunctionImage(self.engine, self.nn_host, self.backend, pre, models, exports)
+        return FunctionImage(self.engine, self.nn_host, self.backend, pre, models, exports, files)

@@ -63,15 +63,19 @@ class AdminClient:
         pool: Mapping[str, Any] | None = None,
         placement: Mapping[str, str | bool | None] | None = None,
         inference_token: str | None = None,
+        files: Mapping[str, bytes] | None = None,
     ) -> dict[str, Any]:
         """Upload what the gateway lacks, then push. ``placement``: ``tier``, ``endpoint``, ``endpoint_model``,
-        ``spill``, ``mask_cold_start`` (None values are left out: a re-push keeps the function's own)."""
+        ``spill``, ``mask_cold_start`` (None values are left out: a re-push keeps the function's own).
+        ``files``: the function's data files by alias (the code is the push's alone: none without them)."""
         doc = {
             "module": None if module is None else self.upload(module),
             "models": {alias: self.upload(data) for alias, data in models.items()},
             "pool": dict(pool or {}),
             **{k: v for k, v in (placement or {}).items() if v is not None},
         }
+        if files:
+            doc["files"] = {alias: self.upload(data) for alias, data in files.items()}
         if inference_token is not None:
             doc["inference_token"] = inference_token
         result: dict[str, Any] = self._call("PUT", f"/admin/v1/functions/{name}", json=doc).json()

@@ -16,8 +16,9 @@ from typing import Any
 from gateway.cli.client import AdminClient
 from gateway.cli.tables import function_rows, print_table, tier_label
 from gateway.settings import DEFAULT_URL, ClientSettings, Settings
+from gateway.store.manifest import check_name
 from gateway.store.oci import Reference
-from wasm_host.errors import ClientError, WasmgateError
+from wasm_host.errors import ClientError, InvalidRequest, WasmgateError
 
 WASM_MAGIC = b"\0asm"
 
@@ -70,6 +71,14 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="ALIAS=FILE",
         help="a model the function may load by ALIAS (repeatable; .wasm functions only)",
+    )
+    push.add_argument(
+        "--file",
+        action="append",
+        default=[],
+        dest="files",
+        metavar="ALIAS=PATH",
+        help="a read-only data file the function reads as /files/ALIAS (repeatable; .wasm functions only)",
     )
     push.add_argument(
         "--tier",
@@ -246,15 +255,16 @@ def cmd_push(args: argparse.Namespace) -> int:
     if name is None:
         print("error: name the function with --name", file=sys.stderr)
         return 2
-    models: dict[str, bytes] = {}
-    for item in args.model:
-        alias, sep, path = item.partition("=")
-        if not sep or not alias or not path:
-            print(f"error: --model takes ALIAS=FILE, got {item!r}", file=sys.stderr)
-            return 2
-        models[alias] = _read(Path(path))
-    if data is not None and data[:4] != WASM_MAGIC and models:
-        print("error: --model is for .wasm functions; a bare ONNX model is pushed alone", file=sys.stderr)
+    models = _aliased(args.model, "--model", "model alias")
+    files = _aliased(args.files, "--file", "file alias")
+    if models is None or files is None:
+        return 2
+    if data is not None and data[:4] != WASM_MAGIC and (models or files):
+        flag = "--model" if models else "--file"
+        print(f"error: {flag} is for .wasm functions; a bare ONNX model is pushed alone", file=sys.stderr)
+        return 2
+    if data is None and files:
+        print("error: --file needs a .wasm function to read the files", file=sys.stderr)
         return 2
     if args.registry:
         ref = Reference.parse(args.registry)
@@ -265,11 +275,12 @@ def cmd_push(args: argparse.Namespace) -> int:
         bare = {} if module is not None or data is None else {"model": data}
         from gateway.cli import registry
 
-        return registry.push(args, ref, ref.tag or name, module, models or bare, pool_settings_from(args), placement)
+        pool = pool_settings_from(args)
+        return registry.push(args, ref, ref.tag or name, module, models or bare, pool, placement, files)
     with AdminClient(args.gateway, args.token) as client:
         pool = pool_settings_from(args)
         if data is None or data[:4] == WASM_MAGIC:
-            result = client.push(name, data, models, pool, placement, args.inference_token)
+            result = client.push(name, data, models, pool, placement, args.inference_token, files)
         else:
             result = client.push(name, None, {"model": data}, pool, placement, args.inference_token)
     where = f"tier {tier_label(result)}" + (f" at {result['endpoint']}" if result.get("endpoint") else "")
@@ -318,6 +329,27 @@ def cmd_rm(args: argparse.Namespace) -> int:
         result = client.delete(args.name)
     print(f"deleted {result['deleted']} (was version {result['version']})")
     return 0
+
+
+def _aliased(items: Sequence[str], flag: str, what: str) -> dict[str, bytes] | None:
+    """``ALIAS=PATH`` items as alias -> the file's bytes; None (after saying why) for bad usage: a malformed
+    item, an alias that is not a name, or an alias given twice."""
+    read: dict[str, bytes] = {}
+    for item in items:
+        alias, sep, path = item.partition("=")
+        if not sep or not alias or not path:
+            print(f"error: {flag} takes ALIAS=PATH, got {item!r}", file=sys.stderr)
+            return None
+        try:
+            check_name(alias, what)
+        except InvalidRequest as exc:
+            print(f"error: {flag}: {exc}", file=sys.stderr)
+            return None
+        if alias in read:
+            print(f"error: {flag} {alias} is given twice; each {what} names one file", file=sys.stderr)
+            return None
+        read[alias] = _read(Path(path))
+    return read
 
 
 def _read(path: Path) -> bytes:

@@ -20,6 +20,7 @@ from gateway.cli.tables import print_table
 from gateway.functions.push import Publisher
 from gateway.settings import Settings
 from gateway.store import artifact
+from gateway.store.files import FileLimits
 from gateway.store.oci import Reference, RegistryClient
 from gateway.store.registry import RegistryStore, read_config, registry_credentials
 from wasm_host.errors import InvalidArtifact
@@ -49,17 +50,21 @@ def push(
     models: Mapping[str, bytes],
     pool: Mapping[str, Any],
     placement: Mapping[str, Any],
+    files: Mapping[str, bytes],
 ) -> int:
     settings = settings_of(args)
     with tempfile.TemporaryDirectory(prefix="wasmgate-push-") as tmp, client_of(ref, settings) as client:
-        store = RegistryStore(Path(tmp), client, settings.max_module_bytes, settings.max_push_model_bytes)
+        limits = FileLimits.of(settings)
+        store = RegistryStore(Path(tmp), client, settings.max_module_bytes, settings.max_push_model_bytes, limits)
         host = Host(settings.sandbox, store.root / "cache", settings.ort_intra_op_threads, [CPU]).start()
         try:
             publisher = Publisher(store, host, settings)
             module_digest = store.stage(module) if module is not None else None
             digests = {alias: store.stage(data) for alias, data in models.items()}
+            file_digests = {alias: store.stage(data) for alias, data in files.items()}
             routing = {k: v for k, v in placement.items() if v is not None}
-            manifest = publisher.push(name, module_digest, digests, pool, routing, args.inference_token)
+            token = args.inference_token
+            manifest = publisher.push(name, module_digest, digests, pool, routing, token, file_digests)
         finally:
             host.close()
     print(f"pushed {manifest.name} version {manifest.version} ({manifest.kind}, tier {manifest.tier})")
@@ -68,9 +73,9 @@ def push(
 
 
 def ls(args: argparse.Namespace, ref: Reference) -> int:
-    """Each function tag with its version, kind, tier, models and digest, read from the registry."""
+    """Each function tag with its version, kind, tier, models, files and digest, read from the registry."""
     with client_of(ref, settings_of(args)) as client:
-        rows = [("NAME", "VERSION", "KIND", "TIER", "MODELS", "DIGEST")]
+        rows = [("NAME", "VERSION", "KIND", "TIER", "MODELS", "FILES", "DIGEST")]
         for tag in sorted(client.tags()):
             digest = client.resolve(tag)
             if digest is None:
@@ -82,7 +87,9 @@ def ls(args: argparse.Namespace, ref: Reference) -> int:
             config = read_config(client, parts)
             kind = str(config.get("kind", "?"))
             models = ",".join(sorted(parts.models)) or "-"
-            rows.append((tag, str(config.get("version", 1)), kind, str(config.get("tier", "auto")), models, digest))
+            files = ",".join(sorted(parts.files)) or "-"
+            version, tier = str(config.get("version", 1)), str(config.get("tier", "auto"))
+            rows.append((tag, version, kind, tier, models, files, digest))
     print_table(rows)
     return 0
 

@@ -17,7 +17,7 @@ def function_rows(functions: Sequence[dict[str, Any]]) -> list[tuple[str, ...]]:
     """``wasm ls``: one row per function as the admin API lists it, under a header; a DIGEST column with a
     registry store, which pins each version to an OCI manifest."""
     rows: list[tuple[str, ...]] = [
-        ("NAME", "VERSION", "KIND", "TIER", "SIZE", "PARAMS", "FLOPS/ROW", "INPUTS", "OUTPUTS", "MODELS")
+        ("NAME", "VERSION", "KIND", "TIER", "SIZE", "PARAMS", "FLOPS/ROW", "INPUTS", "OUTPUTS", "MODELS", "FILES")
     ]
     pinned = any(f.get("digest") for f in functions)  # a registry store: which manifest each version is
     if pinned:
@@ -35,6 +35,7 @@ def function_rows(functions: Sequence[dict[str, Any]]) -> list[tuple[str, ...]]:
             specs(f["inputs"]),
             specs(f["outputs"]),
             ",".join(f["models"]) or "-",
+            ",".join(f.get("files") or {}) or "-",
         )
         rows.append(row + ((str(f.get("digest") or "-"),) if pinned else ()))
     return rows

@@ -1,8 +1,9 @@
 """Pushing functions: validating what is pushed, committing it as a new version, and rolling back.
 
 A push is validated completely before anything is committed: sizes, the ONNX models (types WASI-NN can carry,
-read from the graph: every input, and a bare model's outputs; then onnxruntime must load them), the module
-(compiled, checked against the ABI, linked, and instantiated once, which runs its ``_initialize`` and reads its
+read from the graph: every input, and a bare model's outputs; then onnxruntime must load them), the data files
+(their aliases and the file limits), the module (compiled, checked against the ABI, linked, and instantiated
+once with its files in place, which runs its ``_initialize`` and reads its
 ``signature``). Only then does the store commit it, so a refused push leaves the store as it was. Compilation
 happens here, at push, and lands in the compile cache: no request compiles.
 
@@ -20,6 +21,7 @@ import httpx
 
 from gateway.auth import digest
 from gateway.settings import Settings
+from gateway.store.files import FileLimits
 from gateway.store.local import LocalStore
 from gateway.store.manifest import TIERS, Manifest, check_digest, check_name
 from wasm_host.errors import InvalidFunction, InvalidRequest, NotFound, TooLarge
@@ -61,10 +63,13 @@ class Publisher:
         pool: Mapping[str, Any] | None = None,
         routing: Mapping[str, Any] | None = None,
         token: str | None = None,
+        files: Mapping[str, str] | None = None,
     ) -> Manifest:
-        """Validate and commit a function. ``module`` and ``models`` are digests of uploaded blobs;
-        ``module=None`` pushes a bare ONNX model behind the built-in passthrough guest. ``pool`` settings
-        apply over the function's current ones (or the defaults), so a re-push keeps its scaling.
+        """Validate and commit a function. ``module``, ``models`` and ``files`` are digests of uploaded blobs,
+        the last two by alias; ``module=None`` pushes a bare ONNX model behind the built-in passthrough guest.
+        The code (module, models, files) is the push's alone: a re-push without models or files has none.
+        ``pool`` settings apply over the function's current ones (or the defaults), so a re-push keeps its
+        scaling.
 
         ``routing`` may hold ``tier`` (``auto``, ``wasm`` or ``pod``), ``spill`` and ``mask_cold_start``
         (booleans), which a re-push keeps unless it names them, and ``endpoint`` (an existing OIP v2 server
@@ -91,14 +96,17 @@ class Publisher:
         if tier not in TIERS:
             raise InvalidRequest(f"tier {tier!r} is not one of {', '.join(TIERS)}")
         spill, mask_cold_start = (self._flag(routing, key, previous) for key in ("spill", "mask_cold_start"))
+        files = {} if files is None else files
         if module is None and not models:
             if endpoint is None:
                 raise InvalidFunction("a push needs a module, a model, or an endpoint that serves the function")
             if tier == "wasm":
                 raise InvalidFunction("a function served by an endpoint alone runs on the pod tier, not 'wasm'")
+            if files:
+                raise InvalidFunction("a function served by an endpoint alone has no code to read files")
             manifest = Manifest(check_name(name), 0, "external", "", {}, None, None)
         else:
-            manifest = self.validate(name, module, models)
+            manifest = self.validate(name, module, models, files)
         manifest = dataclasses.replace(
             manifest,
             pool=settings,
@@ -154,13 +162,15 @@ class Publisher:
         except (ValueError, TypeError) as exc:
             raise InvalidRequest(f"invalid pool settings: {exc}") from None
 
-    def validate(self, name: str, module: str | None, models: Mapping[str, str]) -> Manifest:
+    def validate(self, name: str, module: str | None, models: Mapping[str, str], files: Mapping[str, str]) -> Manifest:
+        """The manifest a push of this code would commit (without its version and settings), or the reason
+        it cannot be pushed: InvalidFunction, InvalidRequest, TooLarge naming the setting."""
         check_name(name)
-        if not isinstance(models, Mapping) or not all(
-            isinstance(a, str) and isinstance(d, str) for a, d in models.items()
-        ):
-            raise InvalidFunction("'models' must map aliases to digests")
-        digests = {check_name(alias): check_digest(d) for alias, d in models.items()}
+        digests = _aliased(models, "models", "model alias")
+        file_digests = _aliased(files, "files", "file alias")
+        if module is None and file_digests:
+            raise InvalidFunction("files are for .wasm functions: a bare ONNX model (the passthrough guest) reads none")
+        FileLimits.of(self.settings).check({a: self.store.staged_size(d) for a, d in file_digests.items()})
         checked = {alias: self._check_model(alias, d, bare=module is None) for alias, d in digests.items()}
         graphs = {alias: graph for alias, (graph, _) in checked.items()}
         figures = sum((f for _, f in checked.values()), ModelFigures())
@@ -181,15 +191,16 @@ class Publisher:
                 f"module of {len(wasm)} bytes exceeds {self.settings.max_module_bytes} (setting max_module_bytes)"
             )
         refs = {alias: ModelRef(d, self.store.upload_path(d)) for alias, d in digests.items()}
-        image = self.host.prepare(wasm, module_digest, refs)
-        try:
-            instance = image.instantiate()
-        except Exception as exc:
-            raise InvalidFunction(f"the function failed to start: {exc}") from exc
-        signature = instance.signature()
-        if signature is None:
-            return Manifest(name, 0, "custom", module_digest, digests, None, None, figures=figures)
-        return Manifest(name, 0, "custom", module_digest, digests, *signature, figures=figures)
+        # The files are in place while the function starts: its _initialize and signature may read them.
+        with self.store.staged_files(file_digests) as files_dir:
+            image = self.host.prepare(wasm, module_digest, refs, files_dir)
+            try:
+                instance = image.instantiate()
+            except Exception as exc:
+                raise InvalidFunction(f"the function failed to start: {exc}") from exc
+            signature = instance.signature()
+        base = Manifest(name, 0, "custom", module_digest, digests, None, None, figures=figures, files=file_digests)
+        return base if signature is None else dataclasses.replace(base, inputs=signature[0], outputs=signature[1])
 
     def _check_model(self, alias: str, digest: str, bare: bool) -> tuple[OnnxGraph, ModelFigures]:
         """The model's types checked against what WASI-NN carries (its inputs; a ``bare`` model's outputs too),
@@ -219,6 +230,13 @@ class Publisher:
         if self._passthrough is None:
             self._passthrough = passthrough_module()
         return self._passthrough
+
+
+def _aliased(doc: object, key: str, what: str) -> dict[str, str]:
+    """``doc`` (the push's ``models`` or ``files``) as alias -> sha256 hex, each alias a name (``what``)."""
+    if not isinstance(doc, Mapping) or not all(isinstance(a, str) and isinstance(d, str) for a, d in doc.items()):
+        raise InvalidFunction(f"'{key}' must map aliases to digests")
+    return {check_name(alias, what): check_digest(d) for alias, d in doc.items()}
 
 
 def check_endpoint(url: str | None) -> str | None:

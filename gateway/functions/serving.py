@@ -225,7 +225,8 @@ class FunctionRegistry:
         self.store.check_blobs(manifest)
         refs = {alias: ModelRef(d, self.store.blob_path(d)) for alias, d in manifest.models.items()}
         graphs = [self.host.backend.load_ref(ref) for ref in refs.values()]
-        image = self.host.prepare(self.store.read_blob(manifest.module), manifest.module, refs)
+        files = self.store.files_dir(manifest)  # the directory its guests read their files from, if any
+        image = self.host.prepare(self.store.read_blob(manifest.module), manifest.module, refs, files)
         pool = InstancePool(image, manifest.pool, self.warmer)
         # A function coming back from zero keeps its call-time history (one number), so a quick function's
         # first request runs where its earlier requests ran instead of paying a thread hop.

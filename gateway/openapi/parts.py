@@ -36,7 +36,9 @@ def empty(description: str) -> Schema:
 
 BAD_NAME = error("a function name that is not 1-128 letters, digits, '.', '_' or '-' starting and ending alphanumeric")
 UNKNOWN = error("unknown function or version, or no route for the path")
-TOO_LARGE = error("the body, a tensor, a module or a model is past its limit; the message names the setting")
+TOO_LARGE = error(
+    "the body, a tensor, a module, a model or a data file is past its limit; the message names the setting"
+)
 UNAUTHORIZED = error("a missing or wrong bearer token (when the gateway is configured with one)")
 #: What a change can meet with the registry store (settings ``store``): it cannot be reached, or it refuses.
 STORE_ERRORS = {

@@ -62,6 +62,16 @@ def model_figures() -> Schema:
     }
 
 
+def aliased(description: str) -> Schema:
+    """A push's ``models`` or ``files``: aliases (names, as ``check_name`` holds them) to uploaded digests."""
+    return {
+        "type": "object",
+        "propertyNames": {"pattern": NAME_PATTERN, "maxLength": NAME_MAX_LENGTH},
+        "additionalProperties": {"type": "string", "pattern": DIGEST_PATTERN},
+        "description": description,
+    }
+
+
 #: The push body's routing settings, one for each of ``ROUTING_KEYS`` (a key added there without a schema
 #: here stops the document from being built).
 ROUTING_SETTINGS: dict[str, Schema] = {
@@ -203,11 +213,12 @@ SCHEMAS: dict[str, Schema] = {
                 "pattern": DIGEST_PATTERN,
                 "description": "the uploaded module's digest; null pushes one bare ONNX model (alias 'model')",
             },
-            "models": {
-                "type": "object",
-                "additionalProperties": {"type": "string", "pattern": DIGEST_PATTERN},
-                "description": "alias (a name) -> uploaded model digest",
-            },
+            "models": aliased("alias (a name) -> uploaded model digest"),
+            "files": aliased(
+                "alias (a name) -> uploaded data file digest: read-only files the function reads as /files/ALIAS "
+                "(.wasm functions only; limits: settings max_file_bytes, max_function_files_bytes, "
+                "max_function_files)"
+            ),
             "pool": ref("PoolSettings"),
             **{key: ROUTING_SETTINGS[key] for key in ROUTING_KEYS},
             "inference_token": {
@@ -224,6 +235,11 @@ SCHEMAS: dict[str, Schema] = {
             "kind": {"type": "string", "enum": KINDS},
             "module": {"type": ["string", "null"]},
             "models": {"type": "object", "additionalProperties": {"type": "string"}},
+            "files": {
+                "type": "object",
+                "additionalProperties": {"type": "string"},
+                "description": "its data files: alias -> digest",
+            },
             "inputs": {"type": ["array", "null"], "items": ref("TensorSpec")},
             "outputs": {"type": ["array", "null"], "items": ref("TensorSpec")},
             "created": {"type": "number"},
@@ -247,7 +263,7 @@ SCHEMAS: dict[str, Schema] = {
                 "additionalProperties": {"type": "object", "additionalProperties": {"type": "number"}},
             },
         },
-        "required": ["name", "version", "kind", "module", "models", "pool", "tier", "home_tier"],
+        "required": ["name", "version", "kind", "module", "models", "files", "pool", "tier", "home_tier"],
     },
     "BlobStored": {"type": "object", "properties": {"digest": {"type": "string"}}, "required": ["digest"]},
     "FunctionList": {

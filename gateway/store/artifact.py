@@ -7,8 +7,10 @@ An image manifest v1.1 (``application/vnd.oci.image.manifest.v1+json``) whose
 - layers are the Wasm module, :data:`WASM_MEDIA_TYPE` (at most one; wasmgate always pushes it, the built-in
   passthrough guest included, so the artifact is self-contained), and one :data:`MODEL_MEDIA_TYPE` layer per
   ONNX model, its alias in the :data:`ALIAS_ANNOTATION` annotation (else the stem of its
-  ``org.opencontainers.image.title``, the file name OCI clients such as oras write and read). Layers of any
-  other media type are ignored;
+  ``org.opencontainers.image.title``, the file name OCI clients such as oras write and read), and one
+  :data:`FILE_MEDIA_TYPE` layer per data file, its alias in the :data:`FILE_ALIAS_ANNOTATION` annotation
+  (else the whole file name its title gives: ``vocab.txt`` is read by the guest as ``/files/vocab.txt``).
+  Layers of any other media type are ignored;
 - annotations carry ``org.opencontainers.image.created`` and, from the second version on,
   :data:`PREVIOUS_ANNOTATION`: the digest of the manifest this one replaced (the version chain rollback walks).
 
@@ -39,6 +41,8 @@ CONFIG_MEDIA_TYPE = "application/vnd.wasmgate.function.config.v1+json"
 WASM_MEDIA_TYPE = "application/vnd.wasm.content.layer.v1+wasm"
 MODEL_MEDIA_TYPE = "application/vnd.wasmgate.model.onnx.v1"
 ALIAS_ANNOTATION = "io.wasmgate.model.alias"
+FILE_MEDIA_TYPE = "application/vnd.wasmgate.file.v1"
+FILE_ALIAS_ANNOTATION = "io.wasmgate.file.alias"
 TITLE_ANNOTATION = "org.opencontainers.image.title"
 CREATED_ANNOTATION = "org.opencontainers.image.created"
 PREVIOUS_ANNOTATION = "io.wasmgate.previous"
@@ -66,17 +70,19 @@ SETTING_KEYS = ("tier", "endpoint", "endpoint_model", "spill", "mask_cold_start"
 
 @dataclasses.dataclass(frozen=True)
 class Artifact:
-    """What a function's manifest names: its config, module and models (sha256 hex digests), their sizes."""
+    """What a function's manifest names: its config, module, models and data files (sha256 hex digests),
+    their sizes."""
 
     config: str
     module: str | None
     models: dict[str, str]
     sizes: dict[str, int]
     previous: str | None = None
+    files: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def blobs(self) -> list[str]:
-        return [d for d in (self.module, *self.models.values()) if d]
+        return [d for d in (self.module, *self.models.values(), *self.files.values()) if d]
 
 
 def spec(manifest: Manifest) -> bytes:
@@ -94,6 +100,9 @@ def build(manifest: Manifest, config: bytes, sizes: Mapping[str, int], previous:
     for alias, digest in sorted(manifest.models.items()):
         annotations = {ALIAS_ANNOTATION: alias, TITLE_ANNOTATION: f"{alias}.onnx"}
         layers.append(_descriptor(MODEL_MEDIA_TYPE, digest, sizes[digest], annotations))
+    for alias, digest in sorted(manifest.files.items()):
+        annotations = {FILE_ALIAS_ANNOTATION: alias, TITLE_ANNOTATION: alias}
+        layers.append(_descriptor(FILE_MEDIA_TYPE, digest, sizes[digest], annotations))
     created = datetime.datetime.fromtimestamp(manifest.created or time.time(), datetime.UTC)
     annotations = {CREATED_ANNOTATION: created.strftime("%Y-%m-%dT%H:%M:%SZ")}
     if previous:
@@ -125,10 +134,11 @@ def parse(body: bytes) -> Artifact:
         config = _digest(doc["config"])
         module = None
         models: dict[str, str] = {}
+        files: dict[str, str] = {}
         sizes = {}
         for layer in doc.get("layers") or []:
             kind = layer.get("mediaType")
-            if kind not in (WASM_MEDIA_TYPE, MODEL_MEDIA_TYPE):
+            if kind not in (WASM_MEDIA_TYPE, MODEL_MEDIA_TYPE, FILE_MEDIA_TYPE):
                 continue  # a README, a signature...: not the function's
             digest = _digest(layer)
             sizes[digest] = int(layer["size"])
@@ -137,10 +147,13 @@ def parse(body: bytes) -> Artifact:
                     raise InvalidArtifact(f"it has more than one {WASM_MEDIA_TYPE} layer")
                 module = digest
                 continue
-            alias = _alias(layer.get("annotations") or {})
-            if alias in models:
-                raise InvalidArtifact(f"two model layers have the alias {alias!r}")
-            models[alias] = digest
+            annotations = layer.get("annotations") or {}
+            is_file = kind == FILE_MEDIA_TYPE
+            alias = _file_alias(annotations) if is_file else _alias(annotations)
+            named = files if is_file else models
+            if alias in named:
+                raise InvalidArtifact(f"two {'file' if is_file else 'model'} layers have the alias {alias!r}")
+            named[alias] = digest
         previous = (doc.get("annotations") or {}).get(PREVIOUS_ANNOTATION)
         if previous is not None:
             previous = "sha256:" + check_digest(previous)
@@ -148,7 +161,7 @@ def parse(body: bytes) -> Artifact:
         raise
     except (ValueError, KeyError, TypeError, AttributeError, InvalidRequest) as exc:
         raise InvalidArtifact(f"its manifest is malformed: {exc}") from None
-    return Artifact(config, module, models, sizes, previous)
+    return Artifact(config, module, models, sizes, previous, files)
 
 
 def function(name: str, digest: str, artifact: Artifact, config: bytes, derive: Derive) -> Manifest:
@@ -162,12 +175,15 @@ def function(name: str, digest: str, artifact: Artifact, config: bytes, derive: 
                 "name": name,
                 "module": f"sha256:{artifact.module}" if artifact.module else None,
                 "models": {alias: f"sha256:{d}" for alias, d in artifact.models.items()},
+                "files": {alias: f"sha256:{d}" for alias, d in artifact.files.items()},
             }
             manifest = Manifest.from_json({k: doc[k] for k in SPEC_KEYS if k in doc} | parts)
             if manifest.kind not in ("passthrough", "custom", "external") or manifest.tier not in TIERS:
                 raise ValueError(f"kind {manifest.kind!r} or tier {manifest.tier!r} is not known")
             if manifest.kind != "external" and not artifact.module:
                 raise InvalidArtifact(f"a {manifest.kind} function needs its {WASM_MEDIA_TYPE} layer")
+            if manifest.kind != "custom" and artifact.files:
+                raise InvalidArtifact(f"a {manifest.kind} function has no code of its own to read its file layers")
             return dataclasses.replace(manifest, digest=digest)
         settings = {k: doc[k] for k in SETTING_KEYS if k in doc}
         pool = PoolSettings.from_json(doc.get("pool") or {})
@@ -184,9 +200,12 @@ def function(name: str, digest: str, artifact: Artifact, config: bytes, derive: 
             raise InvalidArtifact(
                 f"it has neither a {WASM_MEDIA_TYPE} layer nor a {MODEL_MEDIA_TYPE} layer, nor an endpoint"
             )
+        if artifact.files:
+            raise InvalidArtifact(f"its {FILE_MEDIA_TYPE} layers need a {WASM_MEDIA_TYPE} layer to read them")
         manifest = Manifest(name, version, "external", "", {}, None, None, tier="pod")
     else:
-        manifest = derive(name, f"sha256:{artifact.module}" if artifact.module else None, artifact.models)
+        module = f"sha256:{artifact.module}" if artifact.module else None
+        manifest = derive(name, module, artifact.models, artifact.files)
     return dataclasses.replace(manifest, version=max(1, version), created=created, pool=pool, digest=digest, **settings)
 
 
@@ -207,7 +226,16 @@ def _alias(annotations: Mapping[str, Any]) -> str:
         alias = PurePosixPath(str(annotations[TITLE_ANNOTATION])).stem
     if not isinstance(alias, str):
         raise InvalidArtifact(f"a model layer has neither a {ALIAS_ANNOTATION} nor a {TITLE_ANNOTATION} annotation")
-    return check_name(alias)
+    return check_name(alias, "model alias")
+
+
+def _file_alias(annotations: Mapping[str, Any]) -> str:
+    alias = annotations.get(FILE_ALIAS_ANNOTATION)
+    if alias is None and annotations.get(TITLE_ANNOTATION):
+        alias = PurePosixPath(str(annotations[TITLE_ANNOTATION])).name
+    if not isinstance(alias, str):
+        raise InvalidArtifact(f"a file layer has neither a {FILE_ALIAS_ANNOTATION} nor a {TITLE_ANNOTATION} annotation")
+    return check_name(alias, "file alias")
 
 
 def _digest(descriptor: Mapping[str, Any]) -> str:

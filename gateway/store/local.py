@@ -2,10 +2,12 @@
 
 Layout under the data directory::
 
-    blobs/sha256/<hex>        immutable blobs (Wasm modules, ONNX models), named by their sha256
+    blobs/sha256/<hex>        immutable blobs (Wasm modules, ONNX models, data files), named by their sha256
     uploads/<hex>             blobs uploaded for a push that has not been committed yet
     functions/<name>.json     the current manifest of each function
     versions/<name>/<v>.json  every version each function has had (for rollback)
+    files/<name>/<set>/       the data files of a function as its guests see them: hard links to blobs
+                              (owned by gateway.store.files, which says when they are made and removed)
     cache/                    the engine's compile cache (owned by wasm_host.engine)
 
 Every write goes to a temporary file in the same directory, is fsynced, and is renamed into place, so a reader
@@ -27,10 +29,11 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
+from gateway.store.files import FileViews
 from gateway.store.manifest import Derive, Manifest, check_name
 from wasm_host.errors import InvalidRequest, NotFound, TooLarge, Unavailable
 from wasm_host.pool import PoolSettings
@@ -48,6 +51,7 @@ class LocalStore:
         for d in (self.blobs, self.uploads, self.functions, self.versions):
             d.mkdir(parents=True, exist_ok=True)
         self._lock_path = root / ".lock"
+        self.views = FileViews(root / "files", self.blob_path, self.upload_path)
 
     # -- blobs ---------------------------------------------------------------------------------------------
     def blob_path(self, digest: str) -> Path:
@@ -61,6 +65,13 @@ class LocalStore:
 
     def has_blob(self, digest: str) -> bool:
         return self.blob_path(digest).exists() or self.upload_path(digest).exists()
+
+    def staged_size(self, digest: str) -> int:
+        """The size of a blob in the store or in pending uploads. Raises InvalidRequest if neither has it."""
+        for path in (self.blob_path(digest), self.upload_path(digest)):
+            with contextlib.suppress(FileNotFoundError):
+                return path.stat().st_size
+        raise InvalidRequest(f"blob sha256:{digest} was never uploaded; upload it before pushing the function")
 
     def read_staged(self, digest: str) -> bytes:
         """A blob by digest, from the store or from pending uploads. Raises InvalidRequest if neither has it."""
@@ -112,7 +123,9 @@ class LocalStore:
         return digest
 
     def prune_uploads(self, older_than_s: float = UPLOAD_TTL_S) -> int:
-        """Remove uploads no push committed within ``older_than_s``. Returns how many were removed."""
+        """Remove uploads no push committed within ``older_than_s``, and what crashed pushes left of their
+        files' directories. Returns how many uploads were removed."""
+        self.views.prune(older_than_s)
         cutoff = time.time() - older_than_s
         removed = 0
         for path in self.uploads.iterdir():
@@ -175,8 +188,8 @@ class LocalStore:
         """Move the manifest's staged blobs into the store, record the version, then write the manifest: the
         one rename that commits. A crash before it leaves the previous version current (and a recorded
         version that never became current, which rollback may still name)."""
-        for digest in (manifest.module, *manifest.models.values()):
-            if digest and not self.blob_path(digest).exists():
+        for digest in manifest.blobs:
+            if not self.blob_path(digest).exists():
                 os.replace(self.upload_path(digest), self.blob_path(digest))
                 _fsync_dir(self.blobs)
         data = json.dumps(manifest.to_json(), indent=1).encode()
@@ -207,7 +220,8 @@ class LocalStore:
             return manifest
 
     def delete(self, name: str) -> Manifest:
-        """Remove the function and its history (its blobs stay: other functions may share them)."""
+        """Remove the function, its history and its files' directories (its blobs stay: other functions may
+        share them)."""
         with self._locked():
             manifest = self.get(name)
             self._remove(name)
@@ -217,6 +231,26 @@ class LocalStore:
         self._manifest_path(name).unlink()
         _fsync_dir(self.functions)
         shutil.rmtree(self.versions / check_name(name), ignore_errors=True)
+        self.views.remove(name)
+
+    # -- data files (gateway.store.files) ----------------------------------------------------------------------
+    def files_dir(self, manifest: Manifest) -> Path | None:
+        """The directory the function's guests see its data files in, made or repaired from the blobs (at
+        load); None for a function without files. Raises NotFound when the function is gone meanwhile."""
+        if not manifest.files:
+            return None
+        path = self._manifest_path(manifest.name)
+        return self.views.ensure(manifest.name, manifest.files, path.exists)
+
+    @contextlib.contextmanager
+    def staged_files(self, files: Mapping[str, str]) -> Iterator[Path | None]:
+        """A directory of the files (alias -> sha256 hex) of a push being validated, from the store or the
+        pending uploads, for as long as the block runs; None without files."""
+        if not files:
+            yield None
+            return
+        with self.views.staging(files) as directory:
+            yield directory
 
     # -- hooks for a store that is a cache of another (gateway.store.registry) -----------------------------
     def refresh(self, name: str, derive: Derive) -> None:
@@ -267,7 +301,10 @@ class _Upload:
     def write(self, chunk: bytes) -> None:
         self.size += len(chunk)
         if self.size > self.limit:
-            raise TooLarge(f"upload exceeds {self.limit} bytes (setting max_body_bytes)")
+            raise TooLarge(
+                f"upload exceeds {self.limit} bytes, the largest blob taken "
+                "(settings max_module_bytes, max_push_model_bytes, max_file_bytes)"
+            )
         self.sha256.update(chunk)
         self.fh.write(chunk)
 

@@ -21,13 +21,14 @@ Kind = Literal["passthrough", "custom", "external"]
 TIERS: tuple[TierSetting, ...] = get_args(TierSetting)
 
 
-def check_name(name: str) -> str:
-    """Function names are 1-128 characters of letters, digits, '.', '_' and '-', starting and ending with a
-    letter or digit, and without '..': safe as a file name and as a URL path segment."""
+def check_name(name: str, what: str = "function name") -> str:
+    """Function names (and the aliases of models and files, ``what`` says which) are 1-128 characters of
+    letters, digits, '.', '_' and '-', starting and ending with a letter or digit, and without '..': safe as a
+    file name and as a URL path segment."""
     if not NAME_RE.fullmatch(name) or ".." in name:
         shown = name if len(name) <= 64 else name[:64] + "..."
         raise InvalidRequest(
-            f"invalid function name {shown!r}: use 1-128 letters, digits, '.', '_' or '-', "
+            f"invalid {what} {shown!r}: use 1-128 letters, digits, '.', '_' or '-', "
             "starting and ending with a letter or digit"
         )
     return name
@@ -42,9 +43,10 @@ def check_digest(digest: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Manifest:
-    """What a function is: its module, the models it may load by alias, and its declared tensors; where it
-    runs (``tier``); and, for a function served by an existing OIP v2 server (kind ``external``), that
-    server's base URL and the model name it knows the function by."""
+    """What a function is: its module, the models it may load by alias, the data files it reads by alias
+    (guest_modules/ABI.md, "Files"), and its declared tensors; where it runs (``tier``); and, for a function
+    served by an existing OIP v2 server (kind ``external``), that server's base URL and the model name it knows
+    the function by."""
 
     name: str
     version: int
@@ -63,11 +65,17 @@ class Manifest:
     mask_cold_start: bool = True  # a pod-tier function may be served by the Wasm tier while pods start
     token_sha256: str = dataclasses.field(default="", repr=False)  # sha256 of its own inference token, if any
     digest: str = ""  # the registry store: the OCI manifest this version is ("sha256:..."); "" in the local store
+    files: dict[str, str] = dataclasses.field(default_factory=dict)  # alias -> sha256 hex of a data file
 
     @property
-    def code(self) -> tuple[str, tuple[tuple[str, str], ...]]:
-        """What the function runs: its module and models. Equal codes can share loaded state."""
-        return self.module, tuple(sorted(self.models.items()))
+    def code(self) -> tuple[str, tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
+        """What the function runs: its module, models and files. Equal codes can share loaded state."""
+        return self.module, tuple(sorted(self.models.items())), tuple(sorted(self.files.items()))
+
+    @property
+    def blobs(self) -> list[str]:
+        """The digests of every blob the function needs: its module, models and files."""
+        return [d for d in (self.module, *self.models.values(), *self.files.values()) if d]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -76,6 +84,7 @@ class Manifest:
             "kind": self.kind,
             "module": f"sha256:{self.module}" if self.module else None,
             "models": {alias: f"sha256:{d}" for alias, d in self.models.items()},
+            "files": {alias: f"sha256:{d}" for alias, d in self.files.items()},
             "inputs": None if self.inputs is None else [s.to_json() for s in self.inputs],
             "outputs": None if self.outputs is None else [s.to_json() for s in self.outputs],
             "created": self.created,
@@ -103,6 +112,8 @@ class Manifest:
             kind=kind,
             module="" if kind == "external" else check_digest(doc["module"]),
             models={alias: check_digest(d) for alias, d in doc["models"].items()},
+            # A file alias becomes a file name on the host (gateway.store.files): checked wherever it comes from.
+            files={check_name(a, "file alias"): check_digest(d) for a, d in (doc.get("files") or {}).items()},
             inputs=specs("inputs"),
             outputs=specs("outputs"),
             created=float(doc.get("created", 0.0)),
@@ -118,7 +129,7 @@ class Manifest:
         )
 
 
-#: Validates a function's code the way a push does (``FunctionRegistry.validate``): its name, module digest
-#: (None: a bare model behind the passthrough guest) and models by alias. Returns the manifest a push would
-#: commit, without its version and settings.
-Derive = Callable[[str, str | None, Mapping[str, str]], Manifest]
+#: Validates a function's code the way a push does (``Publisher.validate``): its name, module digest (None: a
+#: bare model behind the passthrough guest), models by alias and files by alias. Returns the manifest a push
+#: would commit, without its version and settings.
+Derive = Callable[[str, str | None, Mapping[str, str], Mapping[str, str]], Manifest]

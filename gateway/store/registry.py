@@ -44,6 +44,7 @@ from typing import Any
 
 from gateway.settings import Settings
 from gateway.store import artifact
+from gateway.store.files import FileLimits
 from gateway.store.local import LocalStore
 from gateway.store.manifest import NAME_RE, Derive, Manifest, check_name
 from gateway.store.oci import Credentials, Reference, RegistryClient, file_chunks
@@ -64,11 +65,14 @@ class SyncResult:
 
 
 class RegistryStore(LocalStore):
-    def __init__(self, root: Path, client: RegistryClient, max_module_bytes: int, max_model_bytes: int) -> None:
+    def __init__(
+        self, root: Path, client: RegistryClient, max_module_bytes: int, max_model_bytes: int, file_limits: FileLimits
+    ) -> None:
         super().__init__(root)
         self.client = client
         self.max_module_bytes = max_module_bytes
         self.max_model_bytes = max_model_bytes
+        self.file_limits = file_limits
         self._verified: dict[str, tuple[int, int, int]] = {}  # digest -> (inode, mtime, size) when it hashed right
         self._refused: dict[str, str] = {}  # name -> manifest digest that cannot be served (logged once)
 
@@ -164,9 +168,7 @@ class RegistryStore(LocalStore):
     def _publish(self, manifest: Manifest, previous: str | None) -> Manifest:
         """Upload what the registry lacks, tag the manifest, install it in the cache. Holds the lock."""
         sizes = {}
-        for digest in (manifest.module, *manifest.models.values()):
-            if not digest:
-                continue
+        for digest in manifest.blobs:
             path = self.blob_path(digest) if self.blob_path(digest).exists() else self.upload_path(digest)
             sizes[digest] = path.stat().st_size
             if not self.client.has_blob(f"sha256:{digest}"):
@@ -220,12 +222,19 @@ class RegistryStore(LocalStore):
         return artifact.function(name, digest, art, config, derive)
 
     def _fetch_blobs(self, art: artifact.Artifact) -> None:
+        # The files' limits hold for what another tool pushed too, before any of it is fetched.
+        self.file_limits.check({alias: art.sizes[digest] for alias, digest in art.files.items()})
+        files = set(art.files.values())
         for digest in art.blobs:
             if self.has_blob(digest):
                 continue
-            limit = self.max_module_bytes if digest == art.module else self.max_model_bytes
+            if digest == art.module:
+                limit, setting = self.max_module_bytes, "max_module_bytes"
+            elif digest in files and digest not in art.models.values():
+                limit, setting = self.file_limits.max_file_bytes, "max_file_bytes"
+            else:
+                limit, setting = self.max_model_bytes, "max_push_model_bytes"
             if art.sizes[digest] > limit:
-                setting = "max_module_bytes" if digest == art.module else "max_push_model_bytes"
                 raise TooLarge(f"blob sha256:{digest} of {art.sizes[digest]} bytes exceeds {limit} (setting {setting})")
             self._fetch_blob(digest, limit)
 
@@ -294,9 +303,7 @@ class RegistryStore(LocalStore):
         """Verify the function's cached blobs against their digests (each again only after its file changed);
         fetch a missing or corrupt one again from the registry. Raises Unavailable when one is bad and the
         registry cannot be reached: a corrupt blob is never used."""
-        for digest in (manifest.module, *manifest.models.values()):
-            if not digest:
-                continue
+        for digest in manifest.blobs:
             path = self.blob_path(digest)
             key = _file_key(path)
             if key is not None and self._verified.get(digest) == key:
@@ -306,7 +313,7 @@ class RegistryStore(LocalStore):
                 continue
             state = "missing" if key is None else "corrupt"
             log.warning("cached blob sha256:%s of %s is %s; fetching it again", digest, manifest.name, state)
-            limit = max(self.max_module_bytes, self.max_model_bytes)
+            limit = max(self.max_module_bytes, self.max_model_bytes, self.file_limits.max_file_bytes)
             with self._locked(), contextlib.suppress(FileNotFoundError):
                 if _file_key(path) == key:  # no other process replaced it meanwhile
                     path.unlink()
@@ -384,7 +391,9 @@ def registry_credentials(settings: Settings) -> Credentials:
 
 
 def registry_store(settings: Settings, client: RegistryClient) -> RegistryStore:
-    store = RegistryStore(settings.data_dir, client, settings.max_module_bytes, settings.max_push_model_bytes)
+    store = RegistryStore(
+        settings.data_dir, client, settings.max_module_bytes, settings.max_push_model_bytes, FileLimits.of(settings)
+    )
     local = [m.name for m in store.manifests() if not m.digest]
     if local:
         log.warning(

@@ -2,10 +2,11 @@
 
 On one machine a runner reads the gateway's own store. In a cluster it runs in another pod, and fetches a
 function from the gateway's admin API the first time it is asked for it, or asked for a newer version:
-the manifest (``GET /admin/v1/functions/{name}``), then every blob it lacks (``GET /admin/v1/blobs/{digest}``),
-each verified against its sha256 as it streams to disk, and then the manifest is installed exactly as the
-gateway has it, version included. A fetch that fails part-way installs nothing: blobs land in the store's
-upload area, and only the manifest's atomic write makes the function visible.
+the manifest (``GET /admin/v1/functions/{name}``), then every blob it lacks, data files included
+(``GET /admin/v1/blobs/{digest}``), each verified against its sha256 as it streams to disk, and then the
+manifest is installed exactly as the gateway has it, version included. A fetch that fails part-way installs
+nothing: blobs land in the store's upload area, and only the manifest's atomic write makes the function
+visible.
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ class GatewaySource:
                     raise NotFound(f"function {name!r} not found (the gateway has no such function)")
                 response.raise_for_status()
                 manifest = Manifest.from_json(response.json())
-                for digest in (manifest.module, *manifest.models.values()):
-                    if digest and not self.store.blob_path(digest).exists():
+                for digest in manifest.blobs:
+                    if not self.store.blob_path(digest).exists():
                         self._fetch_blob(digest)
             except httpx.HTTPError as exc:
                 raise Unavailable(f"cannot fetch {name!r} from the gateway at {self.base_url}: {exc}", 2) from exc

@@ -42,6 +42,8 @@
  *             wg_nn_set_input_tensor(ctx, index, tensor) (in place, no copy), wg_nn_errno_name(errno)
  *   exports   WG_SIGNATURE(json) defines `signature`; WASMGATE_MAIN defines `alloc` and `handle`
  *             (`_initialize` comes from the reactor start files, -mexec-model=reactor)
+ *   files     WG_FILES_DIR ("/files"): the function's data files, read with plain libc, e.g.
+ *             fopen(WG_FILES_DIR "/vocab", "rb") (ABI.md "Files")
  *
  * Limits: at most WG_MAX_TENSORS (64) inputs and 64 output specs per request and WG_MAX_DIMS (8) dims per
  * tensor (more: the request is refused with status 1 before wg_handle runs); status messages are cut to
@@ -686,6 +688,15 @@ static inline wg_result wg_response_finish(wg_response *r) {
     memcpy(r->buf, hdr, sizeof hdr);
     return wg_status(WG_STATUS_OK, r->buf, r->len);
 }
+
+/* ======================================================================================================
+ * Data files (ABI.md "Files")
+ * ====================================================================================================== */
+
+/** The read-only directory of the files pushed with the function (`wasm push --file ALIAS=PATH`), each named
+ *  by its alias: read them with standard WASI calls (fopen, open, read, opendir), in `_initialize` or in
+ *  wg_handle. Writes fail (EPERM), and nothing outside it is reachable. Absent for a function without files. */
+#define WG_FILES_DIR "/files"
 
 /* ======================================================================================================
  * The function the user writes, and the optional signature
