@@ -10,8 +10,8 @@
 - the model zoo: a ResNet-style CNN, gradient-boosted tree ensembles, an FP16 model (and the BERT-style
   encoder above), which a bare push serves, and scikit-learn's default classifier and a text pipeline, which it
   refuses; each built here, seeded, with no downloads, and onnxruntime's answers for them (:func:`onnx_answers`);
-- BERT text for guest_modules/text_embed/: a vocab built from a small corpus (:func:`write_bert_vocab`) and the
-  reference tokenizer (:func:`bert_tokenizer`);
+- BERT text for guest_modules/text_embed/: a vocab built from a small corpus (:func:`write_bert_vocab`), the
+  reference tokenizer (:func:`bert_tokenizer`) and the reference embeddings (:func:`reference_text_embeddings`);
 - the ``kubernetes`` client against ``tests.kube_emulator``;
 - the hostile guests' documented failures (guest_modules/hostile/), which tests/test_hostile.py checks one by
   one and bench/soak.py sends under load.
@@ -1016,6 +1016,43 @@ def bert_tokenizer(vocab: Path, max_length: int = 256) -> Any:
     tokenizer = BertWordPieceTokenizer(str(vocab), lowercase=True)
     tokenizer.enable_truncation(max_length)
     return tokenizer
+
+
+#: How far text_embed's embeddings may be from :func:`reference_text_embeddings`, element by element: float32 all
+#: the way in the guest's encoder and in onnxruntime here; the pooling sums in float64 in the guest.
+TEXT_EMBED_TOLERANCE = 1e-5
+
+
+def reference_text_embeddings(vocab: Path, model: bytes, sentences: list[str]) -> np.ndarray:
+    """What guest_modules/text_embed/ must answer for ``sentences`` with ``model`` as its encoder and ``vocab`` as
+    its vocab: sentence-transformers' recipe, step by step. Tokenize with :func:`bert_tokenizer` (truncating at
+    256, padding the batch to its longest), run the encoder in onnxruntime (only the inputs it has: a graph
+    without ``token_type_ids`` is fed two), mean-pool its ``last_hidden_state`` over the attention mask,
+    L2-normalise. float64 ``[len(sentences), hidden]``."""
+    import onnxruntime as ort
+
+    tokenizer = bert_tokenizer(vocab)
+    tokenizer.enable_padding(pad_id=tokenizer.token_to_id("[PAD]"), pad_token="[PAD]")
+    encodings = tokenizer.encode_batch(sentences)
+    feeds = {
+        "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+        "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+        "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
+    }
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    wanted = {i.name for i in session.get_inputs()}
+    (states,) = session.run(["last_hidden_state"], {k: v for k, v in feeds.items() if k in wanted})
+    mask = feeds["attention_mask"][..., None].astype(np.float64)
+    pooled = (states * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
+    norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+    result: np.ndarray = pooled / np.maximum(norms, 1e-12)
+    return result
+
+
+def bert_vocab_size(vocab: Path) -> int:
+    """The ids a vocab written by :func:`write_bert_vocab` gives: its line count (an encoder for it needs that
+    many rows of word embeddings)."""
+    return len(vocab.read_bytes().split(b"\n")) - 1
 
 
 # -- the kubernetes client against tests.kube_emulator ---------------------------------------------------------

@@ -1,12 +1,13 @@
 """The text_embed example (guest_modules/text_embed/) built to .wasm and run under the real host, against a Python
-reference: tokenizers' BertWordPieceTokenizer, then onnxruntime on the same encoder, then attention-mask mean
-pooling and L2 normalisation, as sentence-transformers computes all-MiniLM-L6-v2's embeddings. The encoder is a
-tiny BERT-shaped ONNX graph made here, so nothing is downloaded.
+reference (tests.support.reference_text_embeddings): tokenizers' BertWordPieceTokenizer, then onnxruntime on the
+same encoder, then attention-mask mean pooling and L2 normalisation, as sentence-transformers computes
+all-MiniLM-L6-v2's embeddings. The encoder is a tiny BERT-shaped ONNX graph made here, so nothing is downloaded.
 
-The function reads its vocab at /files/vocab, which `wasm push --file vocab=...` will provide once function files
-exist. Until then the host has no option for it, so the host tests below preopen the directory themselves on the
-store each instance is made with (:func:`host_with_files`); the rest is the host as it ships: its linker, its WASI
-and WASI-NN, onnxruntime. The errors a caller sees go through the gateway app in process.
+The function reads its vocab at /files/vocab. The host tests give it a files directory as the gateway does for a
+function pushed with ``--file vocab=...``: through ``Host.prepare(..., files=DIR)``, whose instances see DIR
+read-only at /files. The rest is the host as it ships too: its linker, its WASI and WASI-NN, onnxruntime. The
+errors a caller sees go through the gateway app in process; tests/test_text_embed_e2e.py pushes the function
+with its vocab to a real ``wasm serve`` and calls it with real clients.
 """
 
 from __future__ import annotations
@@ -19,11 +20,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-import wasmtime
 
 from gateway.app import create_app
 from gateway.settings import Settings
-from tests.support import AppClient, bert_tokenizer, push
+from tests.support import TEXT_EMBED_TOLERANCE, AppClient, bert_vocab_size, push, reference_text_embeddings
 from wasm_host.engine import SandboxLimits
 from wasm_host.errors import GuestFailure, InvalidRequest
 from wasm_host.guest import FunctionImage
@@ -32,8 +32,6 @@ from wasm_host.onnx_backend import ModelRef
 from wasm_host.tensors import Tensor, TensorSpec, join_bytes
 
 HIDDEN = 16
-#: float32 all the way in the guest's encoder and in onnxruntime here; the pooling sums in float64 in the guest.
-TOLERANCE = 1e-5
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
@@ -96,28 +94,6 @@ def tiny_encoder(vocab_size: int, token_types: bool = True, seed: int = 0, type_
     return bytes(model.SerializeToString())
 
 
-def reference_embeddings(vocab: Path, model: bytes, sentences: list[str]) -> np.ndarray:
-    """sentence-transformers' recipe, step by step: tokenize (truncating at 256, padding the batch to its
-    longest), run the encoder, mean-pool its output 0 over the attention mask, L2-normalise."""
-    import onnxruntime as ort
-
-    tokenizer = bert_tokenizer(vocab)
-    tokenizer.enable_padding(pad_id=tokenizer.token_to_id("[PAD]"), pad_token="[PAD]")
-    encodings = tokenizer.encode_batch(sentences)
-    feeds = {
-        "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-        "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
-        "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
-    }
-    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
-    wanted = {i.name for i in session.get_inputs()}
-    (states,) = session.run(["last_hidden_state"], {k: v for k, v in feeds.items() if k in wanted})
-    mask = feeds["attention_mask"][..., None].astype(np.float64)
-    pooled = (states * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
-    norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-    return pooled / np.maximum(norms, 1e-12)
-
-
 def text_tensor(sentences: list[str]) -> Tensor:
     data = [s.encode() for s in sentences]
     return Tensor("text", "BYTES", (len(data),), join_bytes(data))
@@ -128,41 +104,33 @@ OUTPUTS = [TensorSpec("embedding", "FP32", (-1, -1))]
 
 @pytest.fixture
 def files(tmp_path: Path) -> Path:
-    """The function's files directory, mounted read-only at /files."""
+    """The function's files directory, which its instances see read-only at /files."""
     d = tmp_path / "files"
     d.mkdir()
     return d
 
 
 @pytest.fixture
-def host_with_files(tmp_path: Path, files: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Host]:
-    """A host whose instances see ``files`` read-only at /files, as a function pushed with ``--file`` will."""
+def text_host(tmp_path: Path) -> Iterator[Host]:
+    """A host with a deadline that a first request (the vocab read, the encoder loaded) never reaches."""
     host = Host(SandboxLimits(deadline_ms=10_000), tmp_path / "cache").start()
-    plain = host.engine.new_store
-
-    def new_store_with_files() -> wasmtime.Store:
-        store = plain()
-        wasi = wasmtime.WasiConfig()
-        wasi.preopen_dir(str(files), "/files", fs_mutable=False)
-        store.set_wasi(wasi)
-        return store
-
-    monkeypatch.setattr(host.engine, "new_store", new_store_with_files)
     yield host
     host.close()
 
 
-def prepare(host: Host, wasm: Path, model: bytes, tmp_path: Path) -> FunctionImage:
+def prepare(host: Host, wasm: Path, model: bytes, tmp_path: Path, files: Path) -> FunctionImage:
+    """The function with ``model`` as its encoder and ``files`` as its files directory, as the gateway prepares a
+    function pushed with ``--model encoder=... --file ...``."""
     path = tmp_path / "encoder.onnx"
     path.write_bytes(model)
     refs = {"encoder": ModelRef(hashlib.sha256(model).hexdigest(), path)}
     raw = wasm.read_bytes()
-    return host.prepare(raw, hashlib.sha256(raw).hexdigest(), refs)
+    return host.prepare(raw, hashlib.sha256(raw).hexdigest(), refs, files=files)
 
 
 @pytest.mark.parametrize("token_types", [True, False], ids=["three-inputs", "two-inputs"])
 def test_embeddings_equal_tokenizers_then_onnxruntime_then_mean_pooling(
-    host_with_files: Host,
+    text_host: Host,
     files: Path,
     bert_vocab: Path,
     guests: dict[str, Path],
@@ -170,20 +138,19 @@ def test_embeddings_equal_tokenizers_then_onnxruntime_then_mean_pooling(
     token_types: bool,
 ) -> None:
     (files / "vocab").write_bytes(bert_vocab.read_bytes())
-    lines = len(bert_vocab.read_bytes().split(b"\n")) - 1
-    model = tiny_encoder(lines, token_types)
-    inst = prepare(host_with_files, guests["text_embed"], model, tmp_path).instantiate()
+    model = tiny_encoder(bert_vocab_size(bert_vocab), token_types)
+    inst = prepare(text_host, guests["text_embed"], model, tmp_path, files).instantiate()
     signature = inst.signature()
     assert signature is not None
     assert [(s.name, s.datatype, s.shape) for s in signature[0]] == [("text", "BYTES", (-1,))]
     assert [(s.name, s.datatype, s.shape) for s in signature[1]] == [("embedding", "FP32", (-1, -1))]
 
-    want = reference_embeddings(bert_vocab, model, SENTENCES)
+    want = reference_text_embeddings(bert_vocab, model, SENTENCES)
     for batch in (SENTENCES, SENTENCES[:1], SENTENCES[1:2], SENTENCES[::-1]):  # one instance, reused
         (got,) = inst.handle([text_tensor(batch)], OUTPUTS)
         assert (got.name, got.datatype, got.shape) == ("embedding", "FP32", (len(batch), HIDDEN))
-        expected = want if batch is SENTENCES else reference_embeddings(bert_vocab, model, batch)
-        np.testing.assert_allclose(got.to_numpy(), expected, rtol=0, atol=TOLERANCE)
+        expected = want if batch is SENTENCES else reference_text_embeddings(bert_vocab, model, batch)
+        np.testing.assert_allclose(got.to_numpy(), expected, rtol=0, atol=TEXT_EMBED_TOLERANCE)
     assert inst.healthy
     np.testing.assert_allclose(np.linalg.norm(want, axis=1), 1.0, atol=1e-6)
     # The sentence cut at 256 tokens is not the one before it, nor any other.
@@ -191,10 +158,10 @@ def test_embeddings_equal_tokenizers_then_onnxruntime_then_mean_pooling(
 
 
 def test_the_vocab_is_read_once_per_instance_and_its_absence_is_a_failure_naming_the_fix(
-    host_with_files: Host, files: Path, bert_vocab: Path, guests: dict[str, Path], tmp_path: Path
+    text_host: Host, files: Path, bert_vocab: Path, guests: dict[str, Path], tmp_path: Path
 ) -> None:
-    model = tiny_encoder(len(bert_vocab.read_bytes().split(b"\n")) - 1)
-    image = prepare(host_with_files, guests["text_embed"], model, tmp_path)
+    model = tiny_encoder(bert_vocab_size(bert_vocab))
+    image = prepare(text_host, guests["text_embed"], model, tmp_path, files)
     (files / "vocab").write_bytes(bert_vocab.read_bytes())
     first = image.instantiate()
     (before,) = first.handle([text_tensor(["read once"])], OUTPUTS)
@@ -218,13 +185,13 @@ def test_the_vocab_is_read_once_per_instance_and_its_absence_is_a_failure_naming
 
 
 def test_an_encoder_whose_third_input_is_not_int64_token_type_ids_fails_saying_so(
-    host_with_files: Host, files: Path, bert_vocab: Path, guests: dict[str, Path], tmp_path: Path
+    text_host: Host, files: Path, bert_vocab: Path, guests: dict[str, Path], tmp_path: Path
 ) -> None:
     from onnx import TensorProto
 
     (files / "vocab").write_bytes(bert_vocab.read_bytes())
-    model = tiny_encoder(len(bert_vocab.read_bytes().split(b"\n")) - 1, type_dtype=TensorProto.INT32)
-    inst = prepare(host_with_files, guests["text_embed"], model, tmp_path).instantiate()
+    model = tiny_encoder(bert_vocab_size(bert_vocab), type_dtype=TensorProto.INT32)
+    inst = prepare(text_host, guests["text_embed"], model, tmp_path, files).instantiate()
     with pytest.raises(GuestFailure) as failed:
         inst.handle([text_tensor(["hello"])], OUTPUTS)
     assert "wasi-nn compute failed: unsupported_operation (6): the encoder has an input beyond" in str(failed.value)
@@ -232,9 +199,9 @@ def test_an_encoder_whose_third_input_is_not_int64_token_type_ids_fails_saying_s
 
 
 def test_too_many_rows_are_refused_before_anything_is_loaded(
-    host_with_files: Host, guests: dict[str, Path], tmp_path: Path
+    text_host: Host, files: Path, guests: dict[str, Path], tmp_path: Path
 ) -> None:
-    inst = prepare(host_with_files, guests["text_embed"], tiny_encoder(8), tmp_path).instantiate()
+    inst = prepare(text_host, guests["text_embed"], tiny_encoder(8), tmp_path, files).instantiate()
     with pytest.raises(InvalidRequest, match=r'input "text" has more than 65536 rows'):
         inst.handle([text_tensor([""] * 65537)], OUTPUTS)
     assert inst.healthy  # the caller's mistake: the instance is kept
@@ -245,11 +212,11 @@ def test_too_many_rows_are_refused_before_anything_is_loaded(
 
 @pytest.fixture
 def client(tmp_path: Path, bert_vocab: Path, guests: dict[str, Path]) -> Iterator[AppClient]:
-    """The gateway app in process with ``emb`` pushed as the README says, but without ``--file vocab=...``,
-    which needs function files: its instances have no /files."""
+    """The gateway app in process with ``emb`` pushed as the README says but without its vocab (no
+    ``--file vocab=...``), the mistake the first test below makes on purpose: its instances have no /files."""
     settings = Settings.from_env({}, data_dir=tmp_path / "data", deadline_ms=10_000)
     with AppClient(create_app(settings)) as c:
-        model = tiny_encoder(len(bert_vocab.read_bytes().split(b"\n")) - 1)
+        model = tiny_encoder(bert_vocab_size(bert_vocab))
         push(c, "emb", guests["text_embed"].read_bytes(), {"encoder": model})
         yield c
 
