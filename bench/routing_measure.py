@@ -15,12 +15,12 @@ from collections.abc import Mapping, Sequence
 import httpx
 import numpy as np
 
+from bench.plain_server import NUMPY
 from bench.pod_cold_start import TIMEOUT_S
 from bench.routing_sim import ServiceTimes
 from bench.routing_workload import BIG_ROWS, Kind, Model, Trace, bucket
 
 HEADER_LENGTH = "inference-header-content-length"
-NUMPY = {"FP32": "<f4", "INT64": "<i8"}
 
 
 # -- the requests ----------------------------------------------------------------------------------------------

@@ -11,7 +11,8 @@
   encoder above), which a bare push serves, and scikit-learn's default classifier and a text pipeline, which it
   refuses; each built here, seeded, with no downloads, and onnxruntime's answers for them (:func:`onnx_answers`);
 - BERT text for guest_modules/text_embed/: a vocab built from a small corpus (:func:`write_bert_vocab`), the
-  reference tokenizer (:func:`bert_tokenizer`) and the reference embeddings (:func:`reference_text_embeddings`);
+  reference tokenizer (:func:`bert_tokenizer`), the reference embeddings (:func:`reference_text_embeddings`),
+  and the function's own tokenizer compiled natively (:class:`NativeTokenizer`);
 - the ``kubernetes`` client against ``tests.kube_emulator``;
 - the hostile guests' documented failures (guest_modules/hostile/), which tests/test_hostile.py checks one by
   one and bench/soak.py sends under load.
@@ -1053,6 +1054,83 @@ def bert_vocab_size(vocab: Path) -> int:
     """The ids a vocab written by :func:`write_bert_vocab` gives: its line count (an encoder for it needs that
     many rows of word embeddings)."""
     return len(vocab.read_bytes().split(b"\n")) - 1
+
+
+#: guest_modules/text_embed/: the text function's C sources, its tokenizer among them.
+TEXT_EMBED_SOURCE = Path(__file__).resolve().parent.parent / "guest_modules" / "text_embed"
+
+
+class NativeTokenizer:
+    """The text function's tokenizer (guest_modules/text_embed/tokenizer.c) compiled natively as a shared library
+    and called through ctypes: what tests/test_text_embed_tokenizer.py holds to ``tokenizers`` id for id, and
+    what bench/text_embed.py times outside the sandbox."""
+
+    def __init__(self, path: Path) -> None:
+        import ctypes
+
+        lib = ctypes.CDLL(str(path))
+        lib.tk_vocab_load.argtypes = [
+            ctypes.c_char_p,
+            ctypes.c_size_t,
+            ctypes.POINTER(ctypes.c_void_p),
+            ctypes.POINTER(ctypes.c_uint32),
+        ]
+        lib.tk_vocab_free.argtypes = [ctypes.c_void_p]
+        lib.tk_vocab_id.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
+        lib.tk_vocab_id.restype = ctypes.c_int32
+        lib.tk_encode.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_char_p,
+            ctypes.c_size_t,
+            ctypes.POINTER(ctypes.c_int32),
+            ctypes.c_uint32,
+        ]
+        lib.tk_encode.restype = ctypes.c_int32
+        lib.tk_utf8_invalid_at.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+        lib.tk_utf8_invalid_at.restype = ctypes.c_int64
+        self.lib = lib
+
+    @classmethod
+    def build(cls, out_dir: Path) -> NativeTokenizer | None:
+        """tokenizer.c compiled with this machine's C compiler (gcc, cc or clang, ``-O2``) into ``out_dir``; None
+        when there is no compiler."""
+        import shutil
+
+        cc = shutil.which("gcc") or shutil.which("cc") or shutil.which("clang-14") or shutil.which("clang")
+        if cc is None:
+            return None
+        lib = out_dir / "libtokenizer.so"
+        source = TEXT_EMBED_SOURCE / "tokenizer.c"
+        subprocess.run([cc, "-std=c11", "-O2", "-Wall", "-Wextra", "-shared", "-fPIC", str(source), "-o", str(lib)],
+                       check=True)  # fmt: skip
+        return cls(lib)
+
+    def load(self, data: bytes) -> tuple[int, int, Any]:
+        """(error code, line of a UTF-8 error, vocab handle: a ``ctypes.c_void_p``)."""
+        import ctypes
+
+        vocab, line = ctypes.c_void_p(), ctypes.c_uint32()
+        code = self.lib.tk_vocab_load(data, len(data), ctypes.byref(vocab), ctypes.byref(line))
+        return code, line.value, vocab
+
+    def free(self, vocab: Any) -> None:
+        self.lib.tk_vocab_free(vocab)
+
+    def token_id(self, vocab: Any, token: str) -> int:
+        raw = token.encode()
+        return int(self.lib.tk_vocab_id(vocab, raw, len(raw)))
+
+    def encode(self, vocab: Any, text: str, max_ids: int = 256) -> list[int]:
+        import ctypes
+
+        raw = text.encode()
+        ids = (ctypes.c_int32 * max_ids)()
+        n = self.lib.tk_encode(vocab, raw, len(raw), ids, max_ids)
+        assert n >= 2, n
+        return list(ids[:n])
+
+    def invalid_at(self, data: bytes) -> int:
+        return int(self.lib.tk_utf8_invalid_at(data, len(data)))
 
 
 # -- the kubernetes client against tests.kube_emulator ---------------------------------------------------------

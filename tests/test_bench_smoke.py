@@ -71,3 +71,23 @@ def test_routing_trace_bench_runs_quick() -> None:
     assert out.count("wasmgate best p99: ") == 4
     assert out.count("replica-seconds <= always pod: ") == 4
     assert "traces where wasmgate's p99 is the best of the three: " in out
+
+
+@pytest.mark.e2e
+def test_zoo_bench_runs_quick(guests: dict[str, Path]) -> None:
+    """Every zoo model through onnxruntime, the plain server and both of wasmgate's tiers, a few requests each;
+    the bench checks every answer against onnxruntime itself. Only that the tables print is checked here."""
+    out = run_quick("zoo", 120)
+    for model in ("encoder", "cnn-1", "cnn-8", "gbt-classifier", "gbt-regressor", "fp16-dense"):
+        assert sum(line.startswith(f"| {model} |") for line in out.splitlines()) == 2, out
+    assert "| model | input | onnxruntime in process | plain server | wasmgate Wasm tier | wasmgate pod tier |" in out
+
+
+@pytest.mark.e2e
+def test_text_embed_bench_runs_quick(guests: dict[str, Path]) -> None:
+    """The text function against the ids function on one gateway, a few requests each, and the tokenizer natively;
+    the bench checks that both answer the reference embeddings itself."""
+    out = run_quick("text_embed", 120)
+    assert "| text in (tokenized in the guest) |" in out
+    assert "| ids in (tokenized beforehand) |" in out
+    assert "| text - ids |" in out

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import random
-import shutil
-import subprocess
 import sys
 import unicodedata
 from collections.abc import Iterator
@@ -22,74 +20,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.support import BERT_CORPUS, bert_tokenizer
-
-SOURCE = Path(__file__).resolve().parent.parent / "guest_modules" / "text_embed"
+from tests.support import BERT_CORPUS, TEXT_EMBED_SOURCE, NativeTokenizer, bert_tokenizer
 
 OK, ERR_UTF8, ERR_NO_UNK, ERR_NO_CLS, ERR_NO_SEP = 0, 2, 4, 5, 6
 
 
-class NativeTokenizer:
-    """tokenizer.c as a shared library."""
-
-    def __init__(self, path: Path) -> None:
-        lib = ctypes.CDLL(str(path))
-        lib.tk_vocab_load.argtypes = [
-            ctypes.c_char_p,
-            ctypes.c_size_t,
-            ctypes.POINTER(ctypes.c_void_p),
-            ctypes.POINTER(ctypes.c_uint32),
-        ]
-        lib.tk_vocab_free.argtypes = [ctypes.c_void_p]
-        lib.tk_vocab_id.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
-        lib.tk_vocab_id.restype = ctypes.c_int32
-        lib.tk_encode.argtypes = [
-            ctypes.c_void_p,
-            ctypes.c_char_p,
-            ctypes.c_size_t,
-            ctypes.POINTER(ctypes.c_int32),
-            ctypes.c_uint32,
-        ]
-        lib.tk_encode.restype = ctypes.c_int32
-        lib.tk_utf8_invalid_at.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
-        lib.tk_utf8_invalid_at.restype = ctypes.c_int64
-        self.lib = lib
-
-    def load(self, data: bytes) -> tuple[int, int, ctypes.c_void_p]:
-        """(error code, line of a UTF-8 error, vocab handle)."""
-        vocab, line = ctypes.c_void_p(), ctypes.c_uint32()
-        code = self.lib.tk_vocab_load(data, len(data), ctypes.byref(vocab), ctypes.byref(line))
-        return code, line.value, vocab
-
-    def free(self, vocab: ctypes.c_void_p) -> None:
-        self.lib.tk_vocab_free(vocab)
-
-    def token_id(self, vocab: ctypes.c_void_p, token: str) -> int:
-        raw = token.encode()
-        return int(self.lib.tk_vocab_id(vocab, raw, len(raw)))
-
-    def encode(self, vocab: ctypes.c_void_p, text: str, max_ids: int = 256) -> list[int]:
-        raw = text.encode()
-        ids = (ctypes.c_int32 * max_ids)()
-        n = self.lib.tk_encode(vocab, raw, len(raw), ids, max_ids)
-        assert n >= 2, n
-        return list(ids[:n])
-
-    def invalid_at(self, data: bytes) -> int:
-        return int(self.lib.tk_utf8_invalid_at(data, len(data)))
-
-
 @pytest.fixture(scope="module")
 def native(tmp_path_factory: pytest.TempPathFactory) -> NativeTokenizer:
-    cc = shutil.which("gcc") or shutil.which("cc") or shutil.which("clang-14") or shutil.which("clang")
-    if cc is None:
+    tokenizer = NativeTokenizer.build(tmp_path_factory.mktemp("tokenizer"))
+    if tokenizer is None:
         pytest.skip("no native C compiler (gcc, cc or clang) to build tokenizer.c with")
-    lib = tmp_path_factory.mktemp("tokenizer") / "libtokenizer.so"
-    subprocess.run(
-        [cc, "-std=c11", "-O2", "-Wall", "-Wextra", "-shared", "-fPIC", str(SOURCE / "tokenizer.c"), "-o", str(lib)],
-        check=True,
-    )
-    return NativeTokenizer(lib)
+    return tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -299,12 +240,12 @@ def test_invalid_utf8_is_found_where_python_finds_it(native: NativeTokenizer, da
 
 
 def test_the_committed_unicode_tables_are_what_the_generator_writes() -> None:
-    header = (SOURCE / "unicode_tables.h").read_text()
+    header = (TEXT_EMBED_SOURCE / "unicode_tables.h").read_text()
     if f'#define TK_UNICODE_VERSION "{unicodedata.unidata_version}"' not in header:
         pytest.skip(f"the tables are for another Unicode version than this Python's {unicodedata.unidata_version}")
-    sys.path.insert(0, str(SOURCE))
+    sys.path.insert(0, str(TEXT_EMBED_SOURCE))
     try:
         import gen_unicode  # guest_modules/text_embed/gen_unicode.py
     finally:
-        sys.path.remove(str(SOURCE))
+        sys.path.remove(str(TEXT_EMBED_SOURCE))
     assert gen_unicode.generate() == header
