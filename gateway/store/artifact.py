@@ -28,7 +28,7 @@ import datetime
 import hashlib
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -221,21 +221,24 @@ def config_doc(config: bytes) -> dict[str, Any]:
 
 
 def _alias(annotations: Mapping[str, Any]) -> str:
-    alias = annotations.get(ALIAS_ANNOTATION)
-    if alias is None and annotations.get(TITLE_ANNOTATION):
-        alias = PurePosixPath(str(annotations[TITLE_ANNOTATION])).stem
-    if not isinstance(alias, str):
-        raise InvalidArtifact(f"a model layer has neither a {ALIAS_ANNOTATION} nor a {TITLE_ANNOTATION} annotation")
-    return check_name(alias, "model alias")
+    """A model layer's alias: its alias annotation, else its title's stem (``digits.onnx`` -> ``digits``)."""
+    return _layer_alias(annotations, ALIAS_ANNOTATION, "model", lambda title: title.stem)
 
 
 def _file_alias(annotations: Mapping[str, Any]) -> str:
-    alias = annotations.get(FILE_ALIAS_ANNOTATION)
+    """A file layer's alias: its alias annotation, else its whole title (``vocab.txt`` stays ``vocab.txt``)."""
+    return _layer_alias(annotations, FILE_ALIAS_ANNOTATION, "file", lambda title: title.name)
+
+
+def _layer_alias(
+    annotations: Mapping[str, Any], annotation: str, kind: str, from_title: Callable[[PurePosixPath], str]
+) -> str:
+    alias = annotations.get(annotation)
     if alias is None and annotations.get(TITLE_ANNOTATION):
-        alias = PurePosixPath(str(annotations[TITLE_ANNOTATION])).name
+        alias = from_title(PurePosixPath(str(annotations[TITLE_ANNOTATION])))
     if not isinstance(alias, str):
-        raise InvalidArtifact(f"a file layer has neither a {FILE_ALIAS_ANNOTATION} nor a {TITLE_ANNOTATION} annotation")
-    return check_name(alias, "file alias")
+        raise InvalidArtifact(f"a {kind} layer has neither a {annotation} nor a {TITLE_ANNOTATION} annotation")
+    return check_name(alias, f"{kind} alias")
 
 
 def _digest(descriptor: Mapping[str, Any]) -> str:

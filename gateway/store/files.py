@@ -111,7 +111,7 @@ class FileViews:
         says, under the lock, whether the function still exists. Raises NotFound when it does not, Unavailable
         when a blob is missing or the disk refuses."""
         directory = self.root / check_name(name) / set_id(files)
-        with self._locked():
+        with flocked(self._lock_path):
             if not exists():
                 raise NotFound(f"function {name!r} not found")
             try:
@@ -168,7 +168,7 @@ class FileViews:
 
     def remove(self, name: str) -> None:
         """Remove every directory of ``name``'s files (after its manifest is gone)."""
-        with self._locked():
+        with flocked(self._lock_path):
             shutil.rmtree(self.root / check_name(name), ignore_errors=True)
 
     def prune(self, older_than_s: float) -> int:
@@ -182,14 +182,17 @@ class FileViews:
                     removed += 1
         return removed
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        with open(self._lock_path, "a+b") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+@contextlib.contextmanager
+def flocked(lock_path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``lock_path`` (created if absent) for the block: how the processes that share a
+    data directory take turns writing to it."""
+    with open(lock_path, "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -33,7 +32,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
-from gateway.store.files import FileViews
+from gateway.store.files import FileViews, flocked
 from gateway.store.manifest import Derive, Manifest, check_name
 from wasm_host.errors import InvalidRequest, NotFound, TooLarge, Unavailable
 from wasm_host.pool import PoolSettings
@@ -164,7 +163,7 @@ class LocalStore:
     def commit(self, manifest: Manifest, max_functions: int) -> Manifest:
         """Make ``manifest`` the function's current version: move its staged blobs into the store, then
         write the manifest atomically. Returns it with its version and time set."""
-        with self._locked():
+        with flocked(self._lock_path):
             path = self._manifest_path(manifest.name)
             previous = None
             with contextlib.suppress(FileNotFoundError):
@@ -180,7 +179,7 @@ class LocalStore:
     def install(self, manifest: Manifest) -> Manifest:
         """Make ``manifest`` current exactly as given, version included (a runner mirroring the gateway's
         store). Its blobs must be uploaded or stored already."""
-        with self._locked():
+        with flocked(self._lock_path):
             self._place(manifest)
             return manifest
 
@@ -214,7 +213,7 @@ class LocalStore:
 
     def set_pool(self, name: str, pool: PoolSettings) -> Manifest:
         """Change a function's pool settings. The version (which counts pushes of code) stays."""
-        with self._locked():
+        with flocked(self._lock_path):
             manifest = dataclasses.replace(self.get(name), pool=pool)
             _atomic_write(self._manifest_path(name), json.dumps(manifest.to_json(), indent=1).encode())
             return manifest
@@ -222,7 +221,7 @@ class LocalStore:
     def delete(self, name: str) -> Manifest:
         """Remove the function, its history and its files' directories (its blobs stay: other functions may
         share them)."""
-        with self._locked():
+        with flocked(self._lock_path):
             manifest = self.get(name)
             self._remove(name)
             return manifest
@@ -261,15 +260,6 @@ class LocalStore:
     def check_blobs(self, manifest: Manifest) -> None:
         """Make sure the function's blobs are intact before they are used. The local store trusts its own
         disk: every blob was verified against its digest when it was written, and written atomically."""
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        with open(self._lock_path, "a+b") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 #: errno values that mean the disk (or this process's share of it) is full.

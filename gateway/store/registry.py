@@ -44,7 +44,7 @@ from typing import Any
 
 from gateway.settings import Settings
 from gateway.store import artifact
-from gateway.store.files import FileLimits
+from gateway.store.files import FileLimits, flocked
 from gateway.store.local import LocalStore
 from gateway.store.manifest import NAME_RE, Derive, Manifest, check_name
 from gateway.store.oci import Credentials, Reference, RegistryClient, file_chunks
@@ -102,7 +102,7 @@ class RegistryStore(LocalStore):
 
     def commit(self, manifest: Manifest, max_functions: int) -> Manifest:
         """Push a validated function to the registry as the next version of its tag, then install it."""
-        with self._locked():
+        with flocked(self._lock_path):
             current = self.client.resolve(manifest.name)
             if current is None:
                 functions = [t for t in self.client.tags() if _function_tag(t)]
@@ -114,7 +114,7 @@ class RegistryStore(LocalStore):
 
     def set_pool(self, name: str, pool: PoolSettings) -> Manifest:
         """A new manifest for the same version with other pool settings (the version counts code)."""
-        with self._locked():
+        with flocked(self._lock_path):
             cached = self.get(name)
             current = self.client.resolve(name)
             if current is None:
@@ -127,7 +127,7 @@ class RegistryStore(LocalStore):
     def delete(self, name: str) -> Manifest:
         """Delete the function's manifest from the registry (by digest: every tag naming the same manifest
         goes with it), then from the cache."""
-        with self._locked():
+        with flocked(self._lock_path):
             current = self.client.resolve(check_name(name))
             try:
                 cached: Manifest | None = self.get(name)
@@ -286,14 +286,14 @@ class RegistryStore(LocalStore):
 
     def _install_if(self, name: str, expected: str | None, manifest: Manifest) -> bool:
         """Install ``manifest`` unless the cache's copy changed since it read ``expected``."""
-        with self._locked():
+        with flocked(self._lock_path):
             if self._cached_digest(name) != expected:
                 return False
             self._place(manifest)
             return True
 
     def _remove_if(self, name: str, expected: str) -> bool:
-        with self._locked():
+        with flocked(self._lock_path):
             if self._cached_digest(name) != expected:
                 return False
             self._remove(name)
@@ -314,7 +314,7 @@ class RegistryStore(LocalStore):
             state = "missing" if key is None else "corrupt"
             log.warning("cached blob sha256:%s of %s is %s; fetching it again", digest, manifest.name, state)
             limit = max(self.max_module_bytes, self.max_model_bytes, self.file_limits.max_file_bytes)
-            with self._locked(), contextlib.suppress(FileNotFoundError):
+            with flocked(self._lock_path), contextlib.suppress(FileNotFoundError):
                 if _file_key(path) == key:  # no other process replaced it meanwhile
                     path.unlink()
             try:
@@ -325,7 +325,7 @@ class RegistryStore(LocalStore):
                     f"failed: {exc}",
                     5,
                 ) from exc
-            with self._locked(), contextlib.suppress(FileNotFoundError):  # gone: another process placed it
+            with flocked(self._lock_path), contextlib.suppress(FileNotFoundError):  # gone: another process placed it
                 os.replace(self.upload_path(digest), path)
             key = _file_key(path)
             if key is not None:
