@@ -12,7 +12,6 @@ atomically, or changes nothing.
 from __future__ import annotations
 
 import functools
-import json
 import math
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -24,7 +23,7 @@ from starlette.routing import Route
 
 from gateway.auth import check_admin
 from gateway.functions.push import ROUTING_KEYS
-from gateway.requests import read_body
+from gateway.requests import json_object, read_body
 from gateway.state import AppState, state_of
 from gateway.store.manifest import Manifest, check_digest, check_name
 from wasm_host.errors import InvalidRequest, NotFound
@@ -54,16 +53,12 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return dict(pairs)
 
 
-async def json_object(request: Request, expected: str) -> dict[str, Any]:
+async def body_object(request: Request, expected: str) -> dict[str, Any]:
     """The request body as a JSON object; InvalidRequest with ``expected`` when it is anything else."""
     body = await read_body(request, MAX_PUSH_DOC)
-    try:
-        doc = json.loads(body, parse_float=_finite, parse_constant=_no_constant, object_pairs_hook=_unique_keys)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: JSONDecodeError, huge ints
-        raise InvalidRequest(f"body is not valid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise InvalidRequest(expected)
-    return doc
+    return json_object(
+        body, "body", expected, parse_float=_finite, parse_constant=_no_constant, object_pairs_hook=_unique_keys
+    )
 
 
 def describe(state: AppState, manifest: Manifest) -> dict[str, Any]:
@@ -114,7 +109,7 @@ async def put_blob(request: Request) -> Response:
 async def put_function(request: Request) -> Response:
     state = state_of(request)
     name = check_name(request.path_params["name"])
-    doc = await json_object(
+    doc = await body_object(
         request,
         'push body must be {"module": "sha256:..." | null, "models": {"alias": "sha256:..."}, '
         '"files": {"alias": "sha256:..."}}',
@@ -142,7 +137,7 @@ async def put_function(request: Request) -> Response:
 async def patch_pool(request: Request) -> Response:
     state = state_of(request)
     name = check_name(request.path_params["name"])
-    doc = await json_object(request, 'body must be an object of pool settings, e.g. {"min_warm": 1}')
+    doc = await body_object(request, 'body must be an object of pool settings, e.g. {"min_warm": 1}')
     manifest = await anyio.to_thread.run_sync(state.publisher.set_pool, name, doc)
     return JSONResponse(describe(state, manifest))
 
@@ -151,7 +146,7 @@ async def rollback(request: Request) -> Response:
     """Make an earlier version current again, as a new version: ``{"to": V}`` (default: the one before)."""
     state = state_of(request)
     name = check_name(request.path_params["name"])
-    doc = await json_object(request, 'body must be an object, e.g. {"to": 3} or {}')
+    doc = await body_object(request, 'body must be an object, e.g. {"to": 3} or {}')
     to = doc.get("to")
     if to is not None and (not isinstance(to, int) or isinstance(to, bool)):
         raise InvalidRequest("'to' must be a version number")

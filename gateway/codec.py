@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from gateway.requests import json_object
 from wasm_host.errors import InvalidRequest, TooLarge
 from wasm_host.tensors import DTYPES, Tensor, TensorSpec, expected_nbytes, join_bytes, split_bytes
 
@@ -87,13 +88,7 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
 
 
 def _head_doc(head: bytes, what: str = "request", tensors: str = "inputs") -> dict[str, Any]:
-    try:
-        doc = json.loads(head)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: JSONDecodeError, huge ints
-        raise InvalidRequest(f"{what} body is not valid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise InvalidRequest(f"{what} body must be a JSON object with an {tensors!r} list")
-    return doc
+    return json_object(head, f"{what} body", f"{what} body must be a JSON object with an {tensors!r} list")
 
 
 def _parameters(doc: Mapping[str, Any]) -> dict[str, Any]:

@@ -45,7 +45,7 @@ from gateway.auth import check_inference, may_infer
 from gateway.codec import HEADER_LENGTH, parse_response
 from gateway.dispatch import DEADLINE_HEADER, HINT_HEADER, Dispatcher
 from gateway.http_errors import error_for_status
-from gateway.requests import read_body
+from gateway.requests import json_object, read_body
 from gateway.state import state_of
 from gateway.store.manifest import Manifest
 from wasm_host.errors import GuestFailure, InvalidRequest, WasmgateError
@@ -118,13 +118,7 @@ async def list_models(request: Request) -> Response:
 
 def _document(body: bytes) -> dict[str, Any]:
     example = 'send a JSON object such as {"model": "NAME", "input": "some text"}'
-    try:
-        doc = json.loads(body)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: JSONDecodeError, huge ints
-        raise InvalidRequest(f"the body is not valid JSON ({exc}): {example}") from None
-    if not isinstance(doc, dict):
-        raise InvalidRequest(f"the body must be a JSON object: {example}")
-    return doc
+    return json_object(body, "the body", f"the body must be a JSON object: {example}", example)
 
 
 def _model(doc: Mapping[str, Any]) -> str:

@@ -1,6 +1,9 @@
-"""Reading a request body up to its limit."""
+"""Reading a request body up to its limit, and a body (or a binary request's header) as a JSON object."""
 
 from __future__ import annotations
+
+import json
+from typing import Any
 
 from starlette.requests import Request
 
@@ -23,3 +26,16 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise TooLarge(f"request body exceeds {limit} bytes (setting max_body_bytes)")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def json_object(body: bytes, what: str, expected: str, hint: str = "", **options: Any) -> dict[str, Any]:
+    """``body`` parsed as a JSON object (``options`` go to ``json.loads``). InvalidRequest ``"<what> is not valid
+    JSON: <why>"`` (then ``; <hint>``) when it does not parse: bad UTF-8 or syntax, an integer too long, nesting too
+    deep, or what an option refuses; and ``expected`` when it parses to anything but an object."""
+    try:
+        doc = json.loads(body, **options)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: JSONDecodeError, huge ints
+        raise InvalidRequest(f"{what} is not valid JSON: {exc}" + (f"; {hint}" if hint else "")) from None
+    if not isinstance(doc, dict):
+        raise InvalidRequest(expected)
+    return doc
