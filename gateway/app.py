@@ -30,6 +30,7 @@ from gateway.store.registry import RegistryStore, registry_client, registry_stor
 from gateway.store.source import GatewaySource
 from gateway.store.sync import RegistrySync
 from gateway.wiring import has_accelerators, make_pod_tier, thresholds
+from router.deadlines import Deadlines
 from router.latency import ServiceTimes
 from router.wasm_tier import WasmTier
 from wasm_host.host import Host
@@ -59,7 +60,9 @@ def create_app(settings: Settings, role: Role = "gateway") -> Starlette:
         store = LocalStore(settings.data_dir) if client is None else registry_store(settings, client)
         if role == "gateway":
             store.prune_uploads()
-        host = Host(settings.sandbox, settings.cache_dir, settings.ort_intra_op_threads, providers).start()
+        # A runner's sandbox holds guests to the pod tier's deadline; everything else in its limits is the same.
+        sandbox = settings.sandbox if role == "gateway" else settings.runner_sandbox
+        host = Host(sandbox, settings.cache_dir, settings.ort_intra_op_threads, providers).start()
         metrics = Metrics(settings.metrics_multiproc_dir)
         metrics.providers(providers)
         warmer = Warmer()
@@ -74,7 +77,8 @@ def create_app(settings: Settings, role: Role = "gateway") -> Starlette:
             # Start from what the registry holds when it answers; from the cache alone when it does not.
             await anyio.to_thread.run_sync(lambda: sync.once(report=sync.lead()))
         times = ServiceTimes(settings.spill_batch_rows)
-        wasm = WasmTier(settings.worker_threads, settings.inline_below_ms, registry, times)
+        deadlines = Deadlines.wasm(sandbox.deadline_ms) if role == "gateway" else Deadlines.pod(sandbox.deadline_ms)
+        wasm = WasmTier(settings.worker_threads, settings.inline_below_ms, deadlines, registry, times)
         pods, activator, dispatcher = None, None, None
         if role == "gateway":
             pods, activator = make_pod_tier(settings, metrics, times)

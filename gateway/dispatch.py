@@ -6,8 +6,10 @@ as it was sent, one that came in by another protocol (``gateway.openai_api``) tr
 
 Every response says where it ran and why: ``x-wasmgate-tier`` (``wasm`` or ``pod``), ``x-wasmgate-replica``
 (this gateway process for the Wasm tier, the replica's id or the endpoint for the pod tier) and
-``x-wasmgate-reason`` (the policy's reason, or ``retry``). ``wasmgate_route_decisions_total`` counts the
-decisions by function, tier and reason.
+``x-wasmgate-reason`` (the policy's reason, or ``retry``). Error answers of a placed request carry them too
+(the replica where one took or refused it; a request held for a replica that never came has none); a request
+refused before it was placed (a malformed body, no tier that can take it) ran nowhere and carries none.
+``wasmgate_route_decisions_total`` counts the decisions by function, tier and reason.
 
 Callers steer with two headers: ``x-wasmgate-tier: wasm|pod`` (also accepted as ``"tier"`` in the request's
 OIP ``parameters``) keeps only that tier, and ``x-wasmgate-deadline-ms: N`` drops a tier that could not answer
@@ -143,7 +145,15 @@ class Dispatcher:
             else:  # the Wasm tier may run it: parse it all now (validation included), once
                 parsed = parse_request(body, header_length, self.max_tensor_bytes)
                 head = parsed.head
-            job = Job(manifest.name, manifest.version, head.batch, manifest.endpoint, manifest.endpoint_model, fn)
+            job = Job(
+                manifest.name,
+                manifest.version,
+                head.batch,
+                manifest.endpoint,
+                manifest.endpoint_model,
+                fn,
+                manifest.pool.pod_deadline_ms,
+            )
             decision = self._decide(headers, manifest, job, head)
         except WasmgateError as exc:
             self.refused(manifest, started, exc)
@@ -164,7 +174,9 @@ class Dispatcher:
                 return await self._attempt(job, call, retry, "retry", started, exclude)
             except NotTaken as second:
                 message = f"{first.cause}; the retry on the {retry} tier failed too: {second.cause}"
-                raise Unavailable(message, 1) from None
+                failed = Unavailable(message, 1)
+                failed.replica, failed.headers = second.cause.replica, second.cause.headers
+                raise failed from None
 
     def refused(self, manifest: Manifest, started: float, exc: WasmgateError) -> None:
         """Count a request of ``manifest``'s function refused before it could be placed (``started``: when it
@@ -206,21 +218,27 @@ class Dispatcher:
             status, cold = outcome.status, outcome.cold
         except NotTaken as exc:
             status = status_of(exc.cause)
+            exc.cause.headers = routing_headers(tier, exc.cause.replica, reason)
             raise
         except WasmgateError as exc:
             status = status_of(exc)
+            exc.headers = routing_headers(tier, exc.replica, reason)
             raise
         finally:
             self.metrics.observe_request(job.name, tier, status, time.perf_counter() - started, cold)
-        headers = {
-            **outcome.headers,
-            "x-wasmgate-tier": tier,
-            "x-wasmgate-replica": outcome.replica,
-            "x-wasmgate-reason": reason,
-        }
+        headers = {**outcome.headers, **routing_headers(tier, outcome.replica, reason)}
         if cold:
             headers["x-wasmgate-cold-start"] = "true"
         return Response(outcome.body, status_code=outcome.status, headers=headers)
+
+
+def routing_headers(tier: Tier, replica: str | None, reason: Placement) -> dict[str, str]:
+    """The headers that say where a request ran and why: on every answer of a placed request, errors too.
+    ``replica`` is None when no replica took it (held for one that never came)."""
+    headers: dict[str, str] = {"x-wasmgate-tier": tier, "x-wasmgate-reason": reason}
+    if replica:
+        headers["x-wasmgate-replica"] = replica
+    return headers
 
 
 def _hint(headers: Mapping[str, str], parameters: Mapping[str, object]) -> Tier | None:

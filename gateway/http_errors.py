@@ -116,11 +116,11 @@ async def handle_wasmgate_error(request: Request, exc: Exception) -> Response:
         status,
         exc,
     )
-    headers = None
+    headers = dict(exc.headers or {})  # where it ran, for an error that ended a placed request
     if isinstance(exc, Unavailable) and exc.retry_after is not None:
-        headers = {"retry-after": str(max(1, round(exc.retry_after)))}
+        headers["retry-after"] = str(max(1, round(exc.retry_after)))
     if isinstance(exc, Unauthorized):
-        headers = {"www-authenticate": "Bearer"}
+        headers["www-authenticate"] = "Bearer"
     return error_response(request.url.path, status, str(exc), headers, row)
 
 

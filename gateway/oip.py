@@ -120,6 +120,7 @@ async def infer_here(request: Request, state: AppState) -> Response:
         status, cold = outcome.status, outcome.cold
     except WasmgateError as exc:
         status = status_of(exc)
+        exc.headers = {"x-wasmgate-tier": tier}  # as its answers say, errors too
         raise
     finally:
         state.metrics.observe_request(fn.name, tier, status, time.perf_counter() - started, cold)

@@ -92,8 +92,10 @@ async def embeddings(request: Request) -> Response:
         raise
     answer = await dispatcher.run(body, headers, manifest, fn, started)
     raw = answer.body if isinstance(answer.body, bytes) else bytes(answer.body)
-    if answer.status_code != 200:  # a replica's error: answered again, in the caller's shape
-        raise error_for_status(answer.status_code, _message(raw))
+    if answer.status_code != 200:  # a replica's error: answered again, in the caller's shape, from where it ran
+        failed = error_for_status(answer.status_code, _message(raw))
+        failed.headers = {k: v for k, v in answer.headers.items() if k.startswith("x-wasmgate-")}
+        raise failed
     out = _embedding_output(manifest, embedding.name, raw, answer.headers, len(wanted.texts), dispatcher)
     if wanted.dimensions is not None:
         _check_dimensions(manifest, wanted.dimensions, out.shape[1])

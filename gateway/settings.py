@@ -33,6 +33,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
 BOOLEANS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
 
 
+#: Seconds a derived ``pod_request_timeout_s`` adds to ``runner_deadline_ms``: a runner may load (or fetch)
+#: the function before its deadline starts, and the answer has to travel back.
+POD_TIMEOUT_MARGIN_S = 30.0
+
 #: Where the ``wasm`` CLI finds the gateway unless told (``--gateway``, ``WASMGATE_URL``).
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -147,9 +151,18 @@ class Settings:
     #: Requests held while no replica is ready (scaling from zero), and how long each may wait (then 503).
     pod_max_held: int = 256
     pod_hold_timeout_s: float = 120.0
-    #: Forwarding: seconds to connect to a replica, and for the whole of one forwarded request.
+    #: A runner's deadline per request, in milliseconds: what its sandbox allows one call into a guest, in
+    #: place of ``deadline_ms`` (the Wasm tier's). Large batches are what the pod tier is for, so it is sized
+    #: for them; a function's own ``pod_deadline_ms`` overrides it. The local scaler's runners read it from
+    #: here; a Kubernetes runner Deployment sets ``WASMGATE_RUNNER_DEADLINE_MS`` itself (deploy/).
+    runner_deadline_ms: int = 60_000
+    #: Forwarding: seconds to connect to a replica, and for the whole of one forwarded request. 0 (the
+    #: default): ``runner_deadline_ms`` plus :data:`POD_TIMEOUT_MARGIN_S` (for a runner that loads or fetches
+    #: the function first, which its deadline does not count). A value set must exceed ``runner_deadline_ms``,
+    #: so that the gateway never gives up on a request its runner would still finish. A function whose
+    #: ``pod_deadline_ms`` is past ``runner_deadline_ms`` is waited for that much longer.
     pod_connect_timeout_s: float = 2.0
-    pod_request_timeout_s: float = 60.0
+    pod_request_timeout_s: float = 0.0
     #: Kubernetes scaler: the runner Deployment and the Service whose EndpointSlices list its ready pods,
     #: their namespace (empty: the pod's own, else ``default``), the Service port's name, and a kubeconfig
     #: path (empty: in-cluster config, else ``~/.kube/config``).
@@ -174,14 +187,32 @@ class Settings:
     sandbox: SandboxLimits = dataclasses.field(default_factory=SandboxLimits)
 
     def __post_init__(self) -> None:
-        """Refuse choice fields outside their choices and a ``runner_cpus`` list that does not parse, naming
-        the variable, whether the settings came from the environment, flags or code."""
+        """Refuse choice fields outside their choices, a ``runner_cpus`` list that does not parse, and a
+        ``pod_request_timeout_s`` that would give up before the runners' deadline, naming the variable, whether
+        the settings came from the environment, flags or code."""
         for f in dataclasses.fields(self):
             choices = CHOICES.get(f.type) if isinstance(f.type, str) else None
             value = getattr(self, f.name)
             if choices is not None and value not in choices:
                 raise ValueError(f"{ENV_PREFIX}{f.name.upper()}={value!r}: use one of {', '.join(choices)}")
         parse_cpus(self.runner_cpus)  # a bad list fails here, at start
+        if self.pod_request_timeout_s and self.pod_request_timeout_s * 1000 <= self.runner_deadline_ms:
+            raise ValueError(
+                f"{ENV_PREFIX}POD_REQUEST_TIMEOUT_S={self.pod_request_timeout_s:g} gives up on forwarded requests "
+                f"before the runners' deadline ({ENV_PREFIX}RUNNER_DEADLINE_MS={self.runner_deadline_ms}): raise "
+                "it past that, or leave it 0 to derive it"
+            )
+
+    @property
+    def pod_timeout_s(self) -> float:
+        """Seconds the gateway waits for a forwarded request (``pod_request_timeout_s``, or derived from
+        ``runner_deadline_ms`` when it is 0)."""
+        return self.pod_request_timeout_s or self.runner_deadline_ms / 1000 + POD_TIMEOUT_MARGIN_S
+
+    @property
+    def runner_sandbox(self) -> SandboxLimits:
+        """A runner's sandbox limits: the gateway's, with the runners' deadline (``runner_deadline_ms``)."""
+        return dataclasses.replace(self.sandbox, deadline_ms=self.runner_deadline_ms)
 
     @property
     def cache_dir(self) -> Path:

@@ -104,5 +104,5 @@ def make_pod_tier(
         if scaler is None
         else Activator(scaler, policy, settings.pod_max_held, settings.pod_hold_timeout_s, observer)
     )
-    forwarder = Forwarder(settings.pod_connect_timeout_s, settings.pod_request_timeout_s)
+    forwarder = Forwarder(settings.pod_connect_timeout_s, settings.pod_timeout_s, settings.runner_deadline_ms)
     return PodTier(forwarder, activator, times), activator

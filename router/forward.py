@@ -12,7 +12,8 @@ Failures are told apart by whether a retry could run the request twice:
   keep-alive connection). Retrying it on another replica is safe in the sense the gateway promises: no
   response was ever produced.
 - :class:`~wasm_host.errors.DeadlineExceeded`: the replica took the request and did not answer within
-  ``pod_request_timeout_s``. Never retried: it may still be running.
+  ``pod_request_timeout_s`` (extended for a function whose own pod-tier deadline is longer than the runners';
+  see :meth:`Forwarder.timeout_s`). Never retried: it may still be running.
 - :class:`~wasm_host.errors.Unavailable`: the response began and then broke off. Never retried.
 """
 
@@ -43,8 +44,18 @@ class Forwarded:
 
 
 class Forwarder:
-    def __init__(self, connect_timeout_s: float, request_timeout_s: float, max_connections: int = 256) -> None:
+    def __init__(
+        self,
+        connect_timeout_s: float,
+        request_timeout_s: float,
+        runner_deadline_ms: int = 0,
+        max_connections: int = 256,
+    ) -> None:
+        """``request_timeout_s`` covers a request held to the runners' own deadline, ``runner_deadline_ms``
+        (settings ``pod_request_timeout_s`` and ``runner_deadline_ms``)."""
+        self.connect_timeout_s = connect_timeout_s
         self.request_timeout_s = request_timeout_s
+        self.runner_deadline_ms = runner_deadline_ms
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(request_timeout_s, connect=connect_timeout_s),
@@ -58,16 +69,26 @@ class Forwarder:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> Forwarded:
-        """POST ``body`` to ``url``; raises ReplicaUnreachable or DeadlineExceeded as the module says."""
+    def timeout_s(self, deadline_ms: int = 0) -> float:
+        """Seconds to wait for the answer to a request of a function whose pod-tier deadline is
+        ``deadline_ms`` (0: the runners'): ``request_timeout_s``, plus however much longer than the runners'
+        that function's deadline is, so the gateway never gives up on a request its runner still runs."""
+        return self.request_timeout_s + max(0, deadline_ms - self.runner_deadline_ms) / 1000
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str], deadline_ms: int = 0) -> Forwarded:
+        """POST ``body`` to ``url``, waiting :meth:`timeout_s` for the answer; raises ReplicaUnreachable or
+        DeadlineExceeded as the module says."""
         sent = {k: v for k in FORWARDED_REQUEST_HEADERS if (v := headers.get(k)) is not None}
-        request = self._client.build_request("POST", url, content=body, headers=sent)
+        timeout = self.timeout_s(deadline_ms)
+        request = self._client.build_request(
+            "POST", url, content=body, headers=sent, timeout=httpx.Timeout(timeout, connect=self.connect_timeout_s)
+        )
         try:
             response = await self._client.send(request, stream=True)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise ReplicaUnreachable(f"cannot connect to {_origin(url)}: {_reason(exc)}") from exc
         except httpx.TimeoutException as exc:
-            raise self._deadline(url) from exc
+            raise self._deadline(url, timeout) from exc
         except httpx.TransportError as exc:
             # Closed or reset before the response began: a draining replica closing a keep-alive connection,
             # or a replica that died. Nothing was answered.
@@ -76,7 +97,7 @@ class Forwarder:
         try:
             content = await response.aread()
         except httpx.TimeoutException as exc:
-            raise self._deadline(url) from exc
+            raise self._deadline(url, timeout) from exc
         except httpx.TransportError as exc:
             raise Unavailable(f"{_origin(url)} failed in the middle of its response: {_reason(exc)}") from exc
         finally:
@@ -84,9 +105,10 @@ class Forwarder:
         kept = {k: v for k in FORWARDED_RESPONSE_HEADERS if (v := response.headers.get(k)) is not None}
         return Forwarded(response.status_code, content, kept)
 
-    def _deadline(self, url: str) -> DeadlineExceeded:
+    def _deadline(self, url: str, timeout_s: float) -> DeadlineExceeded:
         return DeadlineExceeded(
-            f"{_origin(url)} did not answer within {self.request_timeout_s:g} s (setting pod_request_timeout_s)"
+            f"{_origin(url)} did not answer within {timeout_s:g} s; raise it with WASMGATE_POD_REQUEST_TIMEOUT_S "
+            "(setting pod_request_timeout_s, which must exceed the runners' runner_deadline_ms)"
         )
 
 

@@ -93,7 +93,9 @@ class PodTier:
         target = Target(job.name, job.version, job.endpoint, job.endpoint_model)
         expected = self.times.expected_ms(job.name, job.version, job.rows)
         try:
-            served = await self.infer(target, call.body, call.headers, exclude, not retry, expected)
+            served = await self.infer(
+                target, call.body, call.headers, exclude, not retry, expected, job.pod_deadline_ms
+            )
         except ReplicaUnreachable as exc:
             raise NotTaken(exc, exc.replica) from exc
         response = served.response
@@ -130,21 +132,26 @@ class PodTier:
         exclude: Collection[str] = (),
         hold: bool = True,
         expected_ms: float = 0.0,
+        deadline_ms: int = 0,
     ) -> Served:
         """One attempt on one replica (or on the registered endpoint). Raises ReplicaUnreachable, naming the
         replica, when it did not take the request: the caller may retry elsewhere, once. ``exclude`` and
         ``hold`` are for that retry: skip the replica that failed, and do not wait for one to start.
         ``expected_ms`` is what the router expects the request to take, counted in the replica's backlog
-        while it runs (``Activator.backlog_ms``)."""
+        while it runs (``Activator.backlog_ms``). ``deadline_ms`` is the function's own pod-tier deadline, which
+        the forward waits for (``Forwarder.timeout_s``)."""
         if target.endpoint is not None:
             url = f"{target.endpoint}/v2/models/{target.endpoint_model or target.name}/infer"
             started = time.perf_counter()
             try:
-                response = await self.forwarder.post(url, body, headers)
+                response = await self.forwarder.post(url, body, headers, deadline_ms)
             except ReplicaUnreachable as exc:
                 raise ReplicaUnreachable(
                     f"the endpoint registered for {target.name!r} is unreachable: {exc}", 5, replica=target.endpoint
                 ) from exc
+            except WasmgateError as exc:  # it took the request: a timeout, or an answer that broke off
+                exc.replica = target.endpoint
+                raise
             _check_taken(response, target.endpoint)
             # alone: an endpoint's load is not seen from here, and its answers are the only figures there are
             return Served(response, target.endpoint, False, _ms_since(started), True)
@@ -157,10 +164,13 @@ class PodTier:
         async with self.activator.acquire(target.name, exclude, hold, expected_ms) as lease:
             started = time.perf_counter()
             try:
-                response = await self.forwarder.post(lease.replica.url + path, body, headers)
+                response = await self.forwarder.post(lease.replica.url + path, body, headers, deadline_ms)
             except ReplicaUnreachable as exc:
                 self.activator.failed(lease.replica)
                 raise ReplicaUnreachable(str(exc), 1, replica=lease.replica.id) from exc
+            except WasmgateError as exc:  # it took the request: a timeout, or an answer that broke off
+                exc.replica = lease.replica.id
+                raise
             _check_taken(response, lease.replica.id)
             self.activator.served(target.name, lease.replica)
             return Served(response, lease.replica.id, lease.held, _ms_since(started), lease.alone)

@@ -54,8 +54,9 @@ class Servable(Protocol):
 @dataclasses.dataclass(slots=True)
 class Job:
     """One request of one function, as every tier sees it: which function and version, how many rows, the
-    function's registered endpoint if it has one, and the function as this process has it loaded (None: not
-    loaded here; the Wasm tier loads it if it runs the request)."""
+    function's registered endpoint if it has one, the function as this process has it loaded (None: not
+    loaded here; the Wasm tier loads it if it runs the request), and its own pod-tier deadline (pool setting
+    ``pod_deadline_ms``, 0: the runners'), which the pod tier waits for."""
 
     name: str
     version: int
@@ -63,6 +64,7 @@ class Job:
     endpoint: str | None = None
     endpoint_model: str | None = None
     loaded: Servable | None = None
+    pod_deadline_ms: int = 0
 
 
 class Call(Protocol):

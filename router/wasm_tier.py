@@ -22,10 +22,11 @@ from typing import Protocol
 import anyio
 import anyio.to_thread
 
+from router.deadlines import Deadlines
 from router.latency import ServiceTimes, ewma
 from router.policy import Tier, WasmState
 from router.tier import Call, Job, NotTaken, Outcome, Servable
-from wasm_host.errors import Unavailable
+from wasm_host.errors import DeadlineExceeded, Unavailable, WasmgateError
 from wasm_host.pool import InstancePool
 from wasm_host.tensors import Tensor, TensorSpec
 
@@ -41,12 +42,19 @@ class WasmTier:
     name: Tier = "wasm"
 
     def __init__(
-        self, threads: int, inline_below_ms: float, loader: Loader | None = None, times: ServiceTimes | None = None
+        self,
+        threads: int,
+        inline_below_ms: float,
+        deadlines: Deadlines,
+        loader: Loader | None = None,
+        times: ServiceTimes | None = None,
     ) -> None:
-        """``loader`` loads a function the request's :class:`Job` does not carry loaded; ``times`` learns the
+        """``deadlines``: the rule of the tier this process runs guests for (a runner's is the pod tier's).
+        ``loader`` loads a function the request's :class:`Job` does not carry loaded; ``times`` learns the
         tier's service times (both only for :meth:`run`, which the gateway uses; a runner calls
         :meth:`serve`)."""
         self._limiter = anyio.CapacityLimiter(threads)
+        self.deadlines = deadlines
         self.inline_below_ms = inline_below_ms
         self.loader = loader
         self.times = times
@@ -71,7 +79,11 @@ class WasmTier:
         try:
             outcome, service_ms = await self.serve(fn, call)
         except Unavailable as exc:  # admission refused it (TooManyRequests among them)
+            exc.replica = self.replica
             raise NotTaken(exc) from exc
+        except WasmgateError as exc:  # it ran here and failed
+            exc.replica = self.replica
+            raise
         if self.times is not None:
             self.times.observe(job.name, job.version, self.name, job.rows, service_ms)
         return outcome
@@ -97,11 +109,16 @@ class WasmTier:
             async with fn.admission.slot():
                 started = time.perf_counter()
                 pool, outputs = fn.pool, fn.outputs or []
+                deadline_ms = self.deadlines.for_pool(pool.settings)
                 if runs_inline(pool.typical_ms, self.inline_below_ms):
-                    produced = _run(pool, inputs, outputs)
+                    produced = _run(pool, inputs, outputs, deadline_ms)
                 else:
-                    produced = await anyio.to_thread.run_sync(_run, pool, inputs, outputs, limiter=self._limiter)
+                    produced = await anyio.to_thread.run_sync(
+                        _run, pool, inputs, outputs, deadline_ms, limiter=self._limiter
+                    )
                 service_ms = (time.perf_counter() - started) * 1000
+        except DeadlineExceeded as exc:
+            raise self.deadlines.explain(fn.name, exc) from exc
         finally:
             fn.last_used = time.monotonic()
         body, headers = call.encode(fn.name, fn.version, produced)
@@ -113,10 +130,10 @@ def runs_inline(typical_ms: float | None, inline_below_ms: float) -> bool:
     return typical_ms is not None and typical_ms < inline_below_ms
 
 
-def _run(pool: InstancePool, inputs: Sequence[Tensor], outputs: Sequence[TensorSpec]) -> list[Tensor]:
+def _run(pool: InstancePool, inputs: Sequence[Tensor], outputs: Sequence[TensorSpec], deadline_ms: int) -> list[Tensor]:
     started = time.perf_counter()
     try:
         with pool.instance() as instance:
-            return instance.handle(inputs, outputs, pool.settings.deadline_ms or None)
+            return instance.handle(inputs, outputs, deadline_ms)
     finally:  # failures count too: a guest that ran into its deadline must not look quick
         pool.typical_ms = ewma(pool.typical_ms, (time.perf_counter() - started) * 1000)

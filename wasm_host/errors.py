@@ -31,7 +31,14 @@ from __future__ import annotations
 
 
 class WasmgateError(Exception):
-    """Base of every error wasmgate raises on purpose. ``str(err)`` is safe to show to the caller."""
+    """Base of every error wasmgate raises on purpose. ``str(err)`` is safe to show to the caller.
+
+    An error that ends a request is answered like a success about where it ran: on its way out, the tier that
+    ran (or refused) the request sets ``replica`` (the process, where one is known), and the dispatch sets
+    ``headers``, the routing headers its answer carries, which the HTTP edge adds."""
+
+    replica: str | None = None
+    headers: dict[str, str] | None = None
 
 
 class InvalidRequest(WasmgateError):

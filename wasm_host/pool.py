@@ -52,12 +52,24 @@ class PoolSettings:
     isolation: Isolation = "reuse"
     #: ``reuse`` only: requests an instance serves before it is replaced.
     recycle_after: int = 10_000
-    #: This function's deadline per request, in milliseconds; 0: the sandbox's (setting ``deadline_ms``).
+    #: This function's deadline per request on the Wasm tier, in milliseconds; 0: the sandbox's (setting
+    #: ``deadline_ms``).
     deadline_ms: int = 0
+    #: This function's deadline per request on the pod tier (in a runner), in milliseconds; 0: the runners'
+    #: (setting ``runner_deadline_ms``). The gateway waits for a replica's answer that much longer too.
+    pod_deadline_ms: int = 0
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("min_warm", "max_instances", "concurrency", "max_queue", "recycle_after", "deadline_ms"):
+        for name in (
+            "min_warm",
+            "max_instances",
+            "concurrency",
+            "max_queue",
+            "recycle_after",
+            "deadline_ms",
+            "pod_deadline_ms",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 problems.append(f"{name} must be a non-negative integer")

@@ -168,7 +168,8 @@ POOL_FLAGS = {
     "max_queue": (int, "requests that may wait for a slot (more: 429)"),
     "queue_timeout": (float, "seconds a request may wait for a slot (longer: 503)"),
     "recycle_after": (int, "requests a reused instance serves before it is replaced"),
-    "deadline_ms": (int, "this function's deadline per request in ms (0: the gateway's deadline_ms)"),
+    "deadline_ms": (int, "its deadline per request in ms on the Wasm tier (0: the gateway's deadline_ms)"),
+    "pod_deadline_ms": (int, "its deadline per request in ms on the pod tier (0: the runners' runner_deadline_ms)"),
 }
 POOL_KEYS = {"idle_timeout": "idle_timeout_s", "queue_timeout": "queue_timeout_s"}
 

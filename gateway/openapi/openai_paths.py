@@ -13,7 +13,7 @@ from gateway.openapi.derived import (
     Schema,
 )
 from gateway.openapi.parts import json_content, param, ref
-from gateway.openapi.paths import INFER_HEADERS
+from gateway.openapi.paths import INFER_HEADERS, routed
 
 TEXT: Schema = {"type": "string", "minLength": 1}
 
@@ -142,18 +142,29 @@ def openai_paths() -> dict[str, Schema]:
                         "headers": routing,
                         "content": json_content(ref("EmbeddingsResponse")),
                     },
-                    "400": openai_error(
-                        "a body that is not the JSON the schema describes, token arrays, dimensions other than "
-                        "the function's, a function whose signature is not one BYTES input and one FP32 [N, D] "
-                        "output, a bad routing header, or a function that rejected its input"
+                    "400": routed(
+                        openai_error(
+                            "a body that is not the JSON the schema describes, token arrays, dimensions other than "
+                            "the function's, a function whose signature is not one BYTES input and one FP32 [N, D] "
+                            "output, a bad routing header, or a function that rejected its input"
+                        )
                     ),
                     "401": openai_error("a missing or wrong bearer key (when the function or gateway has a token)"),
                     "404": openai_error("no function of that name (code model_not_found), or no route"),
                     "413": openai_error("the body or the text tensor is past its limit; the message names the setting"),
-                    "429": openai_error("the function's slots and wait queue, or the pod tier's, are full", True),
-                    "500": openai_error("the function trapped, reported a failure, or answered no FP32 [N, D]"),
-                    "503": openai_error("no tier can serve it now, or a wait for a slot or a replica timed out", True),
-                    "504": openai_error("the function ran past its deadline, or a replica past pod_request_timeout_s"),
+                    "429": routed(
+                        openai_error("the function's slots and wait queue, or the pod tier's, are full", True)
+                    ),
+                    "500": routed(openai_error("the function trapped, reported a failure, or answered no FP32 [N, D]")),
+                    "503": routed(
+                        openai_error("no tier can serve it now, or a wait for a slot or a replica timed out", True)
+                    ),
+                    "504": routed(
+                        openai_error(
+                            "the function ran past its tier's deadline (the message names the setting), or a "
+                            "replica past pod_request_timeout_s"
+                        )
+                    ),
                 },
             }
         },

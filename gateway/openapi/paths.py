@@ -25,6 +25,19 @@ INFER_HEADERS: dict[str, Schema] = {
     },
 }
 
+#: The routing headers as an error answer of a placed request carries them (gateway.dispatch): none required,
+#: since a request refused before it was placed ran nowhere, and one held for a replica has no replica.
+ROUTED_ERROR_HEADERS: dict[str, Schema] = {
+    k: {**v, "required": False}
+    for k, v in INFER_HEADERS.items()
+    if k in ("x-wasmgate-tier", "x-wasmgate-replica", "x-wasmgate-reason")
+}
+
+
+def routed(response: Schema) -> Schema:
+    """An error response of an inference operation, with the routing headers it carries once placed."""
+    return {**response, "headers": {**response.get("headers", {}), **ROUTED_ERROR_HEADERS}}
+
 
 def server_paths() -> dict[str, Schema]:
     """Health, server metadata, ``/metrics`` and ``/openapi.json``."""
@@ -128,22 +141,31 @@ def model_paths(prefix: str, versioned: bool) -> dict[str, Schema]:
                             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
                         },
                     },
-                    "400": error(
-                        "malformed JSON or binary body (Inference-Header-Content-Length or binary_data_size "
-                        "disagreeing with the body), wrong shape or datatype, unknown output, a bad routing "
-                        "header, a bad name, or a function that rejected its input"
+                    "400": routed(
+                        error(
+                            "malformed JSON or binary body (Inference-Header-Content-Length or binary_data_size "
+                            "disagreeing with the body), wrong shape or datatype, unknown output, a bad routing "
+                            "header, a bad name, or a function that rejected its input"
+                        )
                     ),
                     "413": TOO_LARGE,
-                    "429": error(
-                        "the function's slots and wait queue, or the pod tier's held requests, are full", True
+                    "429": routed(
+                        error("the function's slots and wait queue, or the pod tier's held requests, are full", True)
                     ),
-                    "500": error("the function trapped or reported a failure; the gateway keeps serving"),
-                    "503": error(
-                        "no tier can serve it now (hint, deadline, no pod tier), a wait for a slot or a replica "
-                        "timed out, or a registered endpoint is unreachable",
-                        True,
+                    "500": routed(error("the function trapped or reported a failure; the gateway keeps serving")),
+                    "503": routed(
+                        error(
+                            "no tier can serve it now (hint, deadline, no pod tier), a wait for a slot or a replica "
+                            "timed out, or a registered endpoint is unreachable",
+                            True,
+                        )
                     ),
-                    "504": error("the function ran past its deadline, or a replica past pod_request_timeout_s"),
+                    "504": routed(
+                        error(
+                            "the function ran past its tier's deadline (the message names the setting), or a "
+                            "replica past pod_request_timeout_s"
+                        )
+                    ),
                 },
             },
         },

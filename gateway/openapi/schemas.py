@@ -29,7 +29,10 @@ from wasm_host.pool import PoolSettings
 #: The least value of a pool setting that ``PoolSettings`` accepts, where it is more than 0 (every count and
 #: time must be non-negative).
 POOL_MINIMUMS = {"max_instances": 1, "concurrency": 1, "recycle_after": 1}
-POOL_NOTES = {"deadline_ms": "0: the gateway's deadline_ms"}
+POOL_NOTES = {
+    "deadline_ms": "on the Wasm tier; 0: the gateway's deadline_ms",
+    "pod_deadline_ms": "on the pod tier; 0: the runners' runner_deadline_ms",
+}
 
 
 def pool_settings() -> Schema:
