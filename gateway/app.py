@@ -143,13 +143,15 @@ def create_app(settings: Settings, role: Role = "gateway") -> Starlette:
 
 
 async def _reaper(state: AppState) -> None:
-    """Scale idle functions down, and sample the pools into the metrics, every ``reap_interval_s``."""
+    """Scale idle functions down, warm those whose ``min_warm`` was raised, and sample the pools into the
+    metrics, every ``reap_interval_s``: pool settings changed through any worker apply within one interval."""
     while True:
         await anyio.sleep(state.settings.reap_interval_s)
         try:
             for name in await anyio.to_thread.run_sync(state.registry.reap):
                 state.metrics.scale_to_zero.labels(name).inc()
                 log.info("scaled %s to zero", name)
+            await anyio.to_thread.run_sync(state.registry.prewarm_changed)
             # With several workers a scrape reaches one of them; the others' gauges come from this sample.
             state.metrics.sample(state.registry.pools())
         except Exception:  # the reaper must outlive any one bad function

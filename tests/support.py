@@ -509,6 +509,42 @@ COUNTER = r"""
 """
 
 
+# handle() spins for as long as the request asks: its first input is INT32 [N] (named in at most 8 bytes, e.g.
+# "n"), whose first element k makes it count k * 1000 iterations of a loop, then answer INT64 "count" holding
+# the count. One loop iteration is a global's read and write, which no compiler pass removes: the run time grows
+# with k on any machine, so a test picks k to run far past one deadline and far short of another.
+SPINNER = r"""
+(module
+  (memory (export "memory") 1)
+  (global $n (mut i64) (i64.const 0))
+  (data (i32.const 1024)
+    "\57\47\54\31" "\01\00\00\00" "\00\00\00\00" "\00\00\00\00"
+    "\05\00\00\00" "\05\00\00\00" "\01\00\00\00" "\08\00\00\00"
+    "\01\00\00\00\00\00\00\00"
+    "count\00\00\00")
+  (func (export "alloc") (param i32) (result i32) (i32.const 4096))
+  (func (export "handle") (param $p i32) (param $len i32) (result i64)
+    (local $left i64)
+    ;; the request's first input data starts at 16 + 16 + 8 (dims [N]) + 8 (its name) = 48
+    (local.set $left (i64.mul (i64.extend_i32_u (i32.load (i32.add (local.get $p) (i32.const 48))))
+                              (i64.const 1000)))
+    (global.set $n (i64.const 0))
+    (block $done
+      (loop $spin
+        (br_if $done (i64.eqz (local.get $left)))
+        (global.set $n (i64.add (global.get $n) (i64.const 1)))
+        (local.set $left (i64.sub (local.get $left) (i64.const 1)))
+        (br $spin)))
+    (i64.store (i32.const 1072) (global.get $n))
+    (i64.or (i64.shl (i64.const 56) (i64.const 32)) (i64.const 1024))))
+"""
+
+
+def spin_body(thousands: int, rows: int = 1) -> dict[str, object]:
+    """A request that makes :data:`SPINNER` count ``thousands`` * 1000 iterations, ``rows`` rows long."""
+    return {"inputs": [{"name": "n", "shape": [rows], "datatype": "INT32", "data": [thousands] * rows}]}
+
+
 #: The toy text embedder's signature: ``text`` BYTES [N] in, ``embedding`` FP32 [N, 4] out.
 EMBEDDER_SIGNATURE: dict[str, list[dict[str, object]]] = {
     "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],

@@ -371,6 +371,7 @@ def test_binary_tensors_pass_through_a_slow_replica_times_out_and_a_stopping_run
         env={
             "WASMGATE_POD_SCALER": "none",
             "WASMGATE_POD_REQUEST_TIMEOUT_S": "0.3",
+            "WASMGATE_RUNNER_DEADLINE_MS": "200",  # the timeout must exceed it (the runner here has its own)
             "WASMGATE_MAX_TENSOR_BYTES": str(64 << 20),
             "WASMGATE_DEADLINE_MS": slow_ms,
         },

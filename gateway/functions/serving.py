@@ -119,6 +119,7 @@ class FunctionRegistry:
         self._loaded: dict[str, LoadedFunction] = {}
         self._manifests: dict[str, tuple[tuple[int, int], Manifest]] = {}  # name -> (file stamp, manifest)
         self._history: dict[str, float] = {}  # name -> typical call time, kept across scale to zero
+        self._manifests_seen = store.manifests_stamp()  # what prewarm_changed compares with
         self._lock = threading.Lock()
 
     def get(self, name: str) -> LoadedFunction:
@@ -256,13 +257,22 @@ class FunctionRegistry:
     def reap(self, now: float | None = None) -> list[str]:
         """Scale idle functions down: to ``min_warm`` ready instances, or, with ``min_warm`` 0, unload them
         entirely (instances and onnxruntime sessions; the compile cache and the store stay). Returns the names
-        unloaded."""
+        unloaded.
+
+        It first follows each loaded function's manifest (one stat() each when nothing changed), so pool
+        settings changed through any worker apply here without waiting for a request: a lowered
+        ``idle_timeout_s`` unloads an idle function in this same pass, a raised ``min_warm`` fills its pool.
+        A function deleted or pushed anew meanwhile is unloaded once idle (its next request loads the new
+        code)."""
         now = time.monotonic() if now is None else now
         unloaded = []
         with self._lock:
             for name, fn in list(self._loaded.items()):
                 idle = now - fn.last_used
                 if fn.admission.in_flight or fn.admission.waiting or fn.pool.busy:
+                    continue
+                if not self._follow_locked(fn):
+                    self._unload_locked(name)
                     continue
                 if idle < fn.manifest.pool.idle_timeout_s:
                     continue
@@ -275,9 +285,37 @@ class FunctionRegistry:
             gc.collect()  # instances and sessions can sit in reference cycles; release their memory now
         return unloaded
 
-    def prewarm(self) -> None:
-        """Load every function with ``min_warm`` > 0, so its instances are ready before its first request."""
+    def _follow_locked(self, fn: LoadedFunction) -> bool:
+        """Apply ``fn``'s current manifest if it changed: new pool settings in place (same code). False when
+        the function is gone or its code changed: this copy is stale."""
+        stamp = self.store.stamp(fn.name)
+        if stamp is not None and stamp == fn.stamp:
+            return True
+        try:
+            manifest = self.store.get(fn.name)
+        except NotFound:
+            return False
+        if manifest.code != fn.manifest.code:
+            return False
+        fn.retune(manifest, stamp)
+        fn.pool.refill_soon()  # e.g. min_warm was raised
+        return True
+
+    def prewarm_changed(self) -> None:
+        """:meth:`prewarm` again when the store's manifests changed since the last look (one stat() of the
+        store otherwise): a function not loaded here whose ``min_warm`` was raised, through any worker, is
+        loaded and filled now rather than at its first request."""
+        stamp = self.store.manifests_stamp()
+        if stamp != self._manifests_seen:
+            self._manifests_seen = stamp
+            self.prewarm(only_absent=True)
+
+    def prewarm(self, only_absent: bool = False) -> None:
+        """Load every function with ``min_warm`` > 0 (``only_absent``: those not loaded here), so its instances
+        are ready before its first request."""
         for manifest in self.store.manifests():
+            if only_absent and manifest.name in self._loaded:
+                continue
             if manifest.pool.min_warm > 0:
                 try:
                     self.get(manifest.name)

@@ -153,6 +153,12 @@ class LocalStore:
             return None
         return st.st_ino, st.st_mtime_ns
 
+    def manifests_stamp(self) -> tuple[int, int]:
+        """A cheap change marker for the set of manifests: every write of one (a push, a delete, a settings
+        change: each renames a file into the directory) changes the directory's mtime."""
+        st = self.functions.stat()
+        return st.st_ino, st.st_mtime_ns
+
     def manifests(self) -> list[Manifest]:
         out = []
         for path in self.functions.glob("*.json"):
