@@ -69,7 +69,17 @@ def create_app(settings: Settings, role: Role = "gateway") -> Starlette:
         source = None
         if role == "runner" and settings.runner_source_url:
             source = GatewaySource(settings.runner_source_url, store, settings.max_blob_bytes, settings.admin_token)
-        registry = FunctionRegistry(store, host, settings, warmer=warmer, observer=metrics, source=source)
+        budget = settings.model_memory_budget_mb if role == "runner" else settings.wasm_model_memory_budget_mb
+        registry = FunctionRegistry(
+            store,
+            host,
+            settings,
+            warmer=warmer,
+            observer=metrics,
+            source=source,
+            memory_budget_mb=budget,
+            lent_idle_s=settings.wasm_lent_idle_timeout_s,
+        )
         publisher = Publisher(store, host, settings, registry)
         sync = None
         if isinstance(store, RegistryStore):
@@ -92,6 +102,10 @@ def create_app(settings: Settings, role: Role = "gateway") -> Starlette:
                 settings.max_body_bytes,
                 settings.sandbox.max_tensor_bytes,
             )
+            # In the gateway, a function whose home is the pod tier is only lent to this process: the reaper
+            # lets it go soon after its requests stop coming here.
+            home = dispatcher.home_tier
+            registry.at_home = lambda manifest: home(manifest) == "wasm"
         state = AppState(settings, store, host, registry, publisher, wasm, metrics, role, dispatcher)
         app.state.wasmgate = state
         await anyio.to_thread.run_sync(registry.prewarm)

@@ -86,9 +86,16 @@ class Metrics:
         )
         self.evictions = Counter(
             "wasmgate_evictions",
-            "Functions unloaded to keep loaded models within model_memory_budget_mb (runners), by function.",
+            "Functions unloaded to keep loaded models within the model memory budget (wasm_model_memory_budget_mb "
+            "in the gateway, model_memory_budget_mb in runners), by function.",
             ["function"],
             registry=r,
+        )
+        self.model_bytes = Gauge(
+            "wasmgate_model_bytes_loaded",
+            "ONNX bytes of the models of the functions this process holds loaded: what the model memory budget counts.",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.execution_provider = Gauge(
             "wasmgate_execution_provider",
@@ -237,6 +244,9 @@ class Metrics:
 
     def evicted(self, function: str) -> None:
         self.evictions.labels(function).inc()
+
+    def models_loaded(self, size: int) -> None:
+        self.model_bytes.set(size)
 
     def providers(self, providers: list[str]) -> None:
         for rank, provider in enumerate(providers):

@@ -109,6 +109,18 @@ class Settings:
     #: A runner keeps models loaded until their ONNX bytes together pass this many MiB; then it unloads the
     #: least recently used functions that are idle. 0: no budget.
     model_memory_budget_mb: int = 0
+    #: The same budget for the gateway's own Wasm tier, per worker process: before a load would take the
+    #: ONNX bytes of the functions it holds past this many MiB, the least recently used idle functions are
+    #: unloaded (``wasmgate_evictions_total``; ``wasmgate_model_bytes_loaded`` shows what is counted). A
+    #: session holds about its model's bytes plus its runs' activations: leave room for those under the
+    #: process's memory limit. A function with requests in flight is never unloaded, so the budget may be
+    #: passed while only busy ones remain. 0: no budget.
+    wasm_model_memory_budget_mb: int = 1024
+    #: A pod-home function loaded in the gateway only to run some of its requests here (masking the pod tier's
+    #: cold start, a fallback, a hint) is unloaded after this many seconds without one (its own idle timeout
+    #: if shorter), whatever its ``min_warm``: its requests go to the pods, and it should not hold the
+    #: gateway's memory meanwhile.
+    wasm_lent_idle_timeout_s: float = 30.0
     # -- routing (router.policy) ----------------------------------------------------------------------------
     #: ``auto`` tiering with accelerators in the cluster: a model past any of these runs on the pod tier.
     tier_pod_bytes: int = 64 * MiB

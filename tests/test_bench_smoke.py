@@ -90,3 +90,13 @@ def test_text_embed_bench_runs_quick(guests: dict[str, Path]) -> None:
     out = run_quick("text_embed", 120)
     for where in ("over HTTP", "in process", "a new instance's first request"):
         assert f"| text - ids ({where}) |" in out, out
+
+
+@pytest.mark.e2e
+def test_memory_bench_runs_quick() -> None:
+    """One zoo model through push, warm, big batches and scale to zero on both tiers of a real gateway, RSS
+    read at each step; then the in-process latency table. Only that the tables print is checked here."""
+    out = run_quick("memory", 120)
+    assert "| fp16-dense |" in out, out
+    assert out.count("| fp16-dense |") == 2  # the gateway's table and the runner's
+    assert "| onnxruntime defaults (wasmgate's) |" in out

@@ -24,6 +24,7 @@ from gateway.settings import Settings
 from gateway.store.files import FileLimits
 from gateway.store.local import LocalStore
 from gateway.store.manifest import TIERS, Manifest, check_digest, check_name
+from wasm_host import heap
 from wasm_host.errors import InvalidFunction, InvalidRequest, NotFound, TooLarge
 from wasm_host.figures import ModelFigures, measure
 from wasm_host.host import Host
@@ -164,7 +165,17 @@ class Publisher:
 
     def validate(self, name: str, module: str | None, models: Mapping[str, str], files: Mapping[str, str]) -> Manifest:
         """The manifest a push of this code would commit (without its version and settings), or the reason
-        it cannot be pushed: InvalidFunction, InvalidRequest, TooLarge naming the setting."""
+        it cannot be pushed: InvalidFunction, InvalidRequest, TooLarge naming the setting.
+
+        Leaves nothing loaded: the sessions and the instance made to check the code are dropped, and their
+        memory given back to the OS (:func:`wasm_host.heap.release`), so a push costs no memory until the
+        function's first request loads it."""
+        try:
+            return self._validate(name, module, models, files)
+        finally:
+            heap.release()
+
+    def _validate(self, name: str, module: str | None, models: Mapping[str, str], files: Mapping[str, str]) -> Manifest:
         check_name(name)
         digests = _aliased(models, "models", "model alias")
         file_digests = _aliased(files, "files", "file alias")

@@ -7,16 +7,18 @@ on the next request.
 
 from __future__ import annotations
 
-import gc
+import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from gateway.settings import Settings
 from gateway.store.local import LocalStore
 from gateway.store.manifest import Manifest
 from router.admission import Admission, AdmissionObserver
+from wasm_host import heap
 from wasm_host.engine import MiB
 from wasm_host.errors import NotFound, Unavailable
 from wasm_host.host import Host
@@ -44,7 +46,7 @@ class LoadedFunction:
         self.stamp = stamp
         self.admission = _admission(manifest, observer)
         self.observer = observer
-        self.model_bytes = 0  # size of its ONNX models on disk: what the runner's memory budget counts
+        self.model_bytes = 0  # size of its ONNX models on disk: what the model memory budget counts
         self.last_used = time.monotonic()
         self.cold = True  # until the first request has been served: that request reports the cold start
 
@@ -86,6 +88,8 @@ class FunctionObserver(AdmissionObserver, Protocol):
 
     def evicted(self, function: str) -> None: ...
 
+    def models_loaded(self, size: int) -> None: ...
+
 
 def _admission(manifest: Manifest, observer: AdmissionObserver | None) -> Admission:
     p = manifest.pool
@@ -99,6 +103,17 @@ class FunctionRegistry:
     read, onnxruntime sessions, first instance), and unloaded by :meth:`reap` after ``idle_timeout_s`` without
     requests unless ``min_warm`` keeps instances ready. Each lookup compares the manifest's file stamp, so a
     push, delete or settings change made by another worker is seen on the next request.
+
+    Memory: the models of the loaded functions are kept within ``memory_budget_mb`` (counted as their ONNX
+    files' bytes; 0: no budget) by unloading least recently used idle functions before a load would pass it.
+    Whatever is unloaded (by the budget, the reaper, or a new version) has its memory given back to the OS
+    (:func:`wasm_host.heap.release`).
+
+    ``at_home`` says whether this process is where a function lives (the gateway: its home tier is the Wasm
+    tier; None: every function, as in a runner). A function that is not at home was loaded only because a
+    request was run here anyway (masking its pod tier's cold start, or a fallback): the reaper unloads it after
+    ``lent_idle_s`` without a request here (or its own idle timeout, if shorter), whatever its ``min_warm``,
+    so that it does not stay loaded while its requests go to the pods; :meth:`prewarm` does not load it.
     """
 
     def __init__(
@@ -109,8 +124,14 @@ class FunctionRegistry:
         warmer: Warmer | None = None,
         observer: FunctionObserver | None = None,
         source: FunctionSource | None = None,
+        memory_budget_mb: int = 0,
+        at_home: Callable[[Manifest], bool] | None = None,
+        lent_idle_s: float = 5.0,
     ) -> None:
         self.observer = observer
+        self.memory_budget = memory_budget_mb * MiB
+        self.at_home = at_home
+        self.lent_idle_s = lent_idle_s
         self.source = source
         self.store = store
         self.host = host
@@ -143,30 +164,48 @@ class FunctionRegistry:
                 fn.retune(manifest, stamp)
                 fn.pool.refill_soon()  # e.g. min_warm was raised
                 return fn
-            self._unload_locked(name)
+            unloaded = self._unload_locked(name)
+            unloaded += self._make_room(self._models_size(manifest))
+            if unloaded:
+                heap.release()  # before the load: its memory may then reuse what the unloaded ones held
             fn = self._load(manifest, stamp)
             self._loaded[name] = fn
-            self._keep_to_budget(fn)
+            self._report_size()
             return fn
 
-    def _keep_to_budget(self, keep: LoadedFunction) -> None:
-        """Unload least recently used idle functions until the loaded models fit ``model_memory_budget_mb``.
-        A function with requests in flight is never unloaded; when only those remain the budget is exceeded
-        for a while, rather than failing requests."""
-        budget = self.settings.model_memory_budget_mb * MiB
+    def _models_size(self, manifest: Manifest) -> int:
+        """What the budget counts for ``manifest``: its ONNX files' bytes (a proxy: a session holds about its
+        weights, plus the activations of the runs in flight, which no file size tells)."""
+        size = 0
+        for d in manifest.models.values():
+            with contextlib.suppress(OSError):  # a missing blob fails the load itself, with its own message
+                size += self.store.blob_path(d).stat().st_size
+        return size
+
+    def _make_room(self, incoming: int) -> int:
+        """Unload least recently used idle functions until the loaded models and ``incoming`` bytes fit the
+        budget. A function with requests in flight is never unloaded; when only those remain the budget is
+        exceeded for a while, rather than failing requests. Returns how many were unloaded."""
+        budget = self.memory_budget
         if budget <= 0:
-            return
-        total = sum(fn.model_bytes for fn in self._loaded.values())
+            return 0
+        total = incoming + sum(fn.model_bytes for fn in self._loaded.values())
+        unloaded = 0
         for fn in sorted(self._loaded.values(), key=lambda f: f.last_used):
             if total <= budget:
                 break
-            if fn is keep or fn.admission.in_flight or fn.admission.waiting or fn.pool.busy:
+            if fn.admission.in_flight or fn.admission.waiting or fn.pool.busy:
                 continue
             log.info("unloading %s (least recently used) to keep models within %d MiB", fn.name, budget // MiB)
             total -= fn.model_bytes
-            self._unload_locked(fn.name)
+            unloaded += self._unload_locked(fn.name)
             if self.observer is not None:
                 self.observer.evicted(fn.name)
+        return unloaded
+
+    def _report_size(self) -> None:
+        if self.observer is not None:
+            self.observer.models_loaded(sum(fn.model_bytes for fn in self._loaded.values()))
 
     def get_version(self, name: str, version: int | None) -> LoadedFunction:
         """:meth:`get`, for a runner that was sent ``version`` (None: the current one): a store that lacks
@@ -241,23 +280,30 @@ class FunctionRegistry:
         """Unload the function; with ``new_code`` (a push committed another version) also forget its call-time
         history, since the new code's speed is unknown."""
         with self._lock:
-            self._unload_locked(name)
+            unloaded = self._unload_locked(name)
             if new_code:
                 self._history.pop(name, None)
+            self._report_size()
+        if unloaded:
+            heap.release()
 
-    def _unload_locked(self, name: str) -> None:
+    def _unload_locked(self, name: str) -> int:
+        """Unload ``name`` if loaded: 1 if it was, else 0. The caller gives the memory back."""
         fn = self._loaded.pop(name, None)
-        if fn is not None:
-            if fn.pool.typical_ms is not None:
-                self._history[name] = fn.pool.typical_ms
-            fn.pool.close()
-            if self.observer is not None:
-                self.observer.forget_pool(name)
+        if fn is None:
+            return 0
+        if fn.pool.typical_ms is not None:
+            self._history[name] = fn.pool.typical_ms
+        fn.pool.close()
+        if self.observer is not None:
+            self.observer.forget_pool(name)
+        return 1
 
     def reap(self, now: float | None = None) -> list[str]:
         """Scale idle functions down: to ``min_warm`` ready instances, or, with ``min_warm`` 0, unload them
-        entirely (instances and onnxruntime sessions; the compile cache and the store stay). Returns the names
-        unloaded.
+        entirely (instances and onnxruntime sessions, their memory given back to the OS; the compile cache and
+        the store stay). A function not at home here goes after ``lent_idle_s`` (see the class docstring).
+        Returns the names unloaded.
 
         It first follows each loaded function's manifest (one stat() each when nothing changed), so pool
         settings changed through any worker apply here without waiting for a request: a lowered
@@ -266,23 +312,30 @@ class FunctionRegistry:
         code)."""
         now = time.monotonic() if now is None else now
         unloaded = []
+        stale = False
         with self._lock:
             for name, fn in list(self._loaded.items()):
                 idle = now - fn.last_used
                 if fn.admission.in_flight or fn.admission.waiting or fn.pool.busy:
                     continue
                 if not self._follow_locked(fn):
-                    self._unload_locked(name)
+                    self._unload_locked(name)  # stale, not scaled to zero: not among the names returned
+                    stale = True
                     continue
-                if idle < fn.manifest.pool.idle_timeout_s:
+                timeout, min_warm = fn.manifest.pool.idle_timeout_s, fn.manifest.pool.min_warm
+                if self.at_home is not None and not self.at_home(fn.manifest):
+                    timeout, min_warm = min(timeout, self.lent_idle_s), 0
+                if idle < timeout:
                     continue
-                if fn.manifest.pool.min_warm == 0:
+                if min_warm == 0:
                     self._unload_locked(name)
                     unloaded.append(name)
                 else:
-                    fn.pool.shrink(fn.manifest.pool.min_warm)
-        if unloaded:
-            gc.collect()  # instances and sessions can sit in reference cycles; release their memory now
+                    fn.pool.shrink(min_warm)
+            if unloaded or stale:
+                self._report_size()
+        if unloaded or stale:
+            heap.release()
         return unloaded
 
     def _follow_locked(self, fn: LoadedFunction) -> bool:
@@ -311,12 +364,12 @@ class FunctionRegistry:
             self.prewarm(only_absent=True)
 
     def prewarm(self, only_absent: bool = False) -> None:
-        """Load every function with ``min_warm`` > 0 (``only_absent``: those not loaded here), so its instances
-        are ready before its first request."""
+        """Load every function at home here with ``min_warm`` > 0 (``only_absent``: those not loaded here), so
+        its instances are ready before its first request."""
         for manifest in self.store.manifests():
             if only_absent and manifest.name in self._loaded:
                 continue
-            if manifest.pool.min_warm > 0:
+            if manifest.pool.min_warm > 0 and (self.at_home is None or self.at_home(manifest)):
                 try:
                     self.get(manifest.name)
                 except Exception as exc:  # a function that fails to load reports it on its own requests
