@@ -5,13 +5,16 @@ Wasm-pinned function priced past the fit by its own shapes is refused (413) rath
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import jsonschema
 import numpy as np
 import pytest
 
+from gateway.openapi import DOCUMENT
 from tests.support import Gateway, cnn_model, encoder_inputs, encoder_model, onnx_answers
 
 pytestmark = pytest.mark.e2e
@@ -39,6 +42,14 @@ def infer(gw: Gateway, name: str, inputs: dict[str, np.ndarray]) -> httpx.Respon
     return httpx.post(f"{gw.url}/v2/models/{name}/infer", json={"inputs": doc}, timeout=60)
 
 
+def admin_push(gw: Gateway, name: str, model: bytes, **routing: str) -> httpx.Response:
+    """A bare model pushed through the admin API (what ``wasm push`` sends, without starting the CLI)."""
+    digest = "sha256:" + hashlib.sha256(model).hexdigest()
+    assert httpx.put(f"{gw.url}/admin/v1/blobs/{digest}", content=model, timeout=60).status_code in (200, 201)
+    doc = {"module": None, "models": {"model": digest}, **routing}
+    return httpx.put(f"{gw.url}/admin/v1/functions/{name}", json=doc, timeout=60)
+
+
 def test_pinned_pushes_the_gateway_cannot_serve_are_refused_naming_the_figure_and_setting(
     gateway: Gateway, tmp_path: Path
 ) -> None:
@@ -57,23 +68,18 @@ def test_pinned_pushes_the_gateway_cannot_serve_are_refused_naming_the_figure_an
     # Nothing was stored by either; the same model pinned where it can run is taken.
     for name in ("cnn", "encoder"):
         assert httpx.get(f"{gateway.url}/admin/v1/functions/{name}", timeout=10).status_code == 404
-    pushed = gateway.cli("push", str(encoder), "--name", "cnn", "--tier", "wasm")
-    assert pushed.returncode == 0, pushed.stderr
+    assert admin_push(gateway, "cnn", encoder.read_bytes(), tier="wasm").status_code == 201
     # A re-push keeps its pinned tier, and is held to it: the CNN does not fit where "cnn" is pinned.
-    again = gateway.cli("push", str(cnn))
-    assert again.returncode != 0
-    assert "wasm_fit_flops_per_row" in again.stderr
+    again = admin_push(gateway, "cnn", cnn.read_bytes())
+    assert again.status_code == 400
+    assert "wasm_fit_flops_per_row" in again.json()["error"]
     # Unpinned, the CNN is placed by its figures (here: the sandbox is all there is, so it runs there).
-    assert gateway.cli("push", str(cnn), "--tier", "auto").returncode == 0
+    assert admin_push(gateway, "cnn", cnn.read_bytes(), tier="auto").status_code == 201
 
 
-def test_a_request_is_priced_by_its_shapes_and_past_the_fit_a_wasm_pinned_one_is_refused(
-    gateway: Gateway, tmp_path: Path
-) -> None:
+def test_a_request_is_priced_by_its_shapes_and_past_the_fit_a_wasm_pinned_one_is_refused(gateway: Gateway) -> None:
     model = encoder_model()
-    path = tmp_path / "encoder.onnx"
-    path.write_bytes(model)
-    assert gateway.cli("push", str(path), "--name", "pinned", "--tier", "wasm").returncode == 0
+    assert admin_push(gateway, "pinned", model, tier="wasm").status_code == 201
     short = encoder_inputs(batch=3, sequence=7)
     served = infer(gateway, "pinned", short)
     assert served.status_code == 200, served.text
@@ -91,12 +97,8 @@ def test_a_request_is_priced_by_its_shapes_and_past_the_fit_a_wasm_pinned_one_is
     assert "wasm_fit_flops_per_row" in error
 
 
-def test_ls_and_the_admin_api_show_the_cost_per_unit_of_each_dynamic_dimension(
-    gateway: Gateway, tmp_path: Path
-) -> None:
-    path = tmp_path / "encoder.onnx"
-    path.write_bytes(encoder_model())
-    assert gateway.cli("push", str(path), "--name", "listed").returncode == 0
+def test_ls_and_the_admin_api_show_the_cost_per_unit_of_each_dynamic_dimension(gateway: Gateway) -> None:
+    assert admin_push(gateway, "listed", encoder_model()).status_code == 201
     doc = httpx.get(f"{gateway.url}/admin/v1/functions/listed", timeout=10).json()
     figures = doc["figures"]
     assert figures["flops_per_row"] == 1170  # every dimension at 1, as manifests have always carried it
@@ -105,6 +107,8 @@ def test_ls_and_the_admin_api_show_the_cost_per_unit_of_each_dynamic_dimension(
     ]
     assert figures["terms"] == [{"flops": 560.0, "per": []}, {"flops": 610.0, "per": ["sequence"]}]
     assert doc["cost"] == {"flops_per_row": "560 + 610*sequence", "reference_size": 64, "at_reference": 39_600}
+    manifest = DOCUMENT["components"]["schemas"]["Manifest"]
+    jsonschema.Draft202012Validator({**manifest, "components": DOCUMENT["components"]}).validate(doc)
     header, *rows = gateway.cli("ls").stdout.splitlines()
     (row,) = [r for r in rows if r.startswith("listed ")]
     assert "FLOPS/ROW" in header
