@@ -7,6 +7,7 @@ from __future__ import annotations
 import onnx
 import pytest
 
+from gateway.store.manifest import Manifest
 from router.policy import request_flops
 from tests.support import cnn_model, encoder_model
 from wasm_host.figures import REFERENCE_SIZE, Dim, ModelFigures, Term, measure
@@ -97,3 +98,8 @@ def test_figures_round_trip_and_figures_written_before_terms_still_load() -> Non
     assert old.flops_at({"seq": 512}) == old.reference_flops == 19_800_000
     assert old.formula() == "19.8M"
     assert Term.from_json({"flops": 2.5, "per": ["h", "w"]}) == Term(2.5, ("h", "w"))
+    # A whole manifest as stores wrote it before: its figures load, and price every request alike.
+    doc = {"name": "old", "version": 3, "kind": "passthrough", "module": "a" * 64, "models": {"model": "b" * 64}}
+    manifest = Manifest.from_json({**doc, "inputs": None, "outputs": None, "figures": {"flops_per_row": 7}})
+    assert manifest.figures == ModelFigures(flops_per_row=7)
+    assert Manifest.from_json(manifest.to_json()) == manifest
