@@ -190,21 +190,22 @@ def measure(model: bytes, proto: onnx.ModelProto | None = None) -> ModelFigures:
             raise ValueError(f"not an ONNX model: {exc}") from exc
     params = sum(math.prod(init.dims) for init in proto.graph.initializer)
     params += sum(_attribute_params(node) for node in proto.graph.node)
-    skeleton = _skeleton(proto)
-    dims = _dynamic_dims(skeleton)[:MAX_DIMS]
-    flops_per_row = _flops(skeleton, {})
+    skeleton, weights = _skeleton(proto)
+    dims = _dynamic_dims(skeleton, weights)[:MAX_DIMS]
+    flops_per_row = _flops(skeleton, weights, {})
     terms: tuple[Term, ...] = ()
     if dims:
         points = [
             dict(zip((d.name for d in dims), p, strict=True)) for p in itertools.product(SAMPLES, repeat=len(dims))
         ]
-        terms = _fit([d.name for d in dims], points, [_flops(skeleton, p, dims) for p in points])
+        terms = _fit([d.name for d in dims], points, [_flops(skeleton, weights, p, dims) for p in points])
     return ModelFigures(len(model), params, flops_per_row, tuple(dims), terms)
 
 
-def _skeleton(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of ``proto`` whose large initializers are graph inputs of the same type and shape, without data:
-    all shape inference needs of them, at a fraction of the copy."""
+def _skeleton(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, frozenset[str]]:
+    """A copy of ``proto`` whose large initializers are graph inputs of the same type and shape, without data
+    (all shape inference needs of them, at a fraction of the copy), and those inputs' names: fixed shapes,
+    never a dynamic dimension."""
     import onnx
     from onnx import helper
 
@@ -219,23 +220,21 @@ def _skeleton(proto: onnx.ModelProto) -> onnx.ModelProto:
     inputs = [i for i in g.input if i.name not in names]
     weights = [helper.make_tensor_value_info(i.name, i.data_type, list(i.dims)) for i in stripped]
     copy.graph.CopyFrom(helper.make_graph(list(g.node), g.name, [*inputs, *weights], list(g.output), kept))
-    # Marks the inputs that were weights: their shapes are fixed, and never a dynamic dimension.
-    copy.graph.doc_string = "\n".join(sorted(names))
-    return copy
+    return copy, frozenset(names)
 
 
-def _data_inputs(graph: Any) -> list[Any]:
-    weights = set(graph.doc_string.split("\n")) if graph.doc_string else set()
+def _data_inputs(graph: Any, weights: frozenset[str]) -> list[Any]:
+    """The graph's inputs a request gives (not its weights, nor inputs with an initializer as their default)."""
     initialized = {i.name for i in graph.initializer}
     return [i for i in graph.input if i.name not in weights and i.name not in initialized]
 
 
-def _dynamic_dims(skeleton: onnx.ModelProto) -> list[Dim]:
+def _dynamic_dims(skeleton: onnx.ModelProto, weights: frozenset[str]) -> list[Dim]:
     """The graph's dynamic dimensions other than the batch (the first axis of each input), in input order."""
     places: dict[str, list[tuple[str, int]]] = {}
     unnamed: dict[tuple[int, int, tuple[int, ...]], str] = {}
     batch_names = set()
-    inputs = _data_inputs(skeleton.graph)
+    inputs = _data_inputs(skeleton.graph, weights)
     for info in inputs:
         dims = info.type.tensor_type.shape.dim
         if dims and dims[0].dim_param:
@@ -253,7 +252,9 @@ def _dynamic_dims(skeleton: onnx.ModelProto) -> list[Dim]:
     return [Dim(name, tuple(at)) for name, at in places.items()]
 
 
-def _flops(skeleton: onnx.ModelProto, sizes: Mapping[str, int], dims: Iterable[Dim] = ()) -> int:
+def _flops(
+    skeleton: onnx.ModelProto, weights: frozenset[str], sizes: Mapping[str, int], dims: Iterable[Dim] = ()
+) -> int:
     """The FLOPs of one row with ``dims`` bound to ``sizes`` (every other symbolic dimension at 1)."""
     import onnx
     import onnx.shape_inference
@@ -261,7 +262,7 @@ def _flops(skeleton: onnx.ModelProto, sizes: Mapping[str, int], dims: Iterable[D
     bound = onnx.ModelProto()
     bound.CopyFrom(skeleton)
     by_place = {p: sizes[d.name] for d in dims for p in d.at}
-    for info in _data_inputs(bound.graph):
+    for info in _data_inputs(bound.graph, weights):
         for axis, d in enumerate(info.type.tensor_type.shape.dim):
             if (info.name, axis) in by_place:
                 d.dim_value = by_place[(info.name, axis)]
