@@ -27,6 +27,7 @@ from gateway.requests import json_object, read_body
 from gateway.state import AppState, state_of
 from gateway.store.manifest import Manifest, check_digest, check_name
 from wasm_host.errors import InvalidRequest, NotFound
+from wasm_host.figures import REFERENCE_SIZE
 
 MAX_PUSH_DOC = 64 * 1024
 
@@ -63,14 +64,21 @@ async def body_object(request: Request, expected: str) -> dict[str, Any]:
 
 def describe(state: AppState, manifest: Manifest) -> dict[str, Any]:
     """A manifest as the admin API shows it: plus ``home_tier``, where the router places the function when
-    nothing argues otherwise (its ``tier``, or for ``auto`` its figures, on this gateway's settings), whether
-    it has an inference token of its own (never the token, nor its digest), and ``service_ms``, the service
-    times the router compares (router.latency), as this gateway process has measured them."""
+    nothing argues otherwise (its ``tier``, or for ``auto`` its figures at their reference size, on this
+    gateway's settings), ``cost``, the figures' FLOPs per row as a person reads them and at the reference size,
+    whether it has an inference token of its own (never the token, nor its digest), and ``service_ms``, the
+    service times the router compares (router.latency), as this gateway process has measured them."""
     doc = manifest.to_json()
     doc["requires_token"] = bool(doc.pop("token_sha256"))
     dispatcher = state.gateway
     service = dispatcher.times.report(manifest.name, manifest.version)
-    return {**doc, "home_tier": dispatcher.home_tier(manifest), "service_ms": service}
+    figures = manifest.figures
+    cost = {
+        "flops_per_row": figures.formula(),
+        "reference_size": REFERENCE_SIZE,
+        "at_reference": figures.reference_flops,
+    }
+    return {**doc, "home_tier": dispatcher.home_tier(manifest), "cost": cost, "service_ms": service}
 
 
 def admin_only(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:

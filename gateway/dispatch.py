@@ -47,6 +47,7 @@ from router.latency import ServiceTimes
 from router.policy import (
     Decision,
     NoRoute,
+    OverFit,
     Placement,
     PodState,
     RouteInputs,
@@ -55,9 +56,10 @@ from router.policy import (
     WasmState,
     decide,
     home_tier,
+    request_flops,
 )
 from router.tier import Job, NotTaken, TierBackend
-from wasm_host.errors import InvalidRequest, Unavailable, WasmgateError
+from wasm_host.errors import InvalidRequest, TooLarge, Unavailable, WasmgateError
 from wasm_host.tensors import Tensor, TensorSpec
 
 HINT_HEADER = "x-wasmgate-tier"
@@ -154,7 +156,7 @@ class Dispatcher:
                 fn,
                 manifest.pool.pod_deadline_ms,
             )
-            decision = self._decide(headers, manifest, job, head)
+            decision = self._decide(headers, manifest, job, head, parsed)
         except WasmgateError as exc:
             self.refused(manifest, started, exc)
             raise
@@ -184,7 +186,14 @@ class Dispatcher:
         elapsed = time.perf_counter() - started
         self.metrics.observe_request(manifest.name, self.home_tier(manifest), status_of(exc), elapsed, False)
 
-    def _decide(self, headers: Mapping[str, str], manifest: Manifest, job: Job, head: RequestHead) -> Decision:
+    def _decide(
+        self, headers: Mapping[str, str], manifest: Manifest, job: Job, head: RequestHead, parsed: InferRequest | None
+    ) -> Decision:
+        figures = manifest.figures
+        # Priced from the request's own shapes where the cost depends on them (a sequence, an image's size).
+        flops = None
+        if parsed is not None and figures.dims:
+            flops = request_flops(figures, {t.name: t.shape for t in parsed.inputs})
         inputs = RouteInputs(
             tier=manifest.tier,
             figures=manifest.figures,
@@ -199,9 +208,12 @@ class Dispatcher:
             pod=self.pod.state(job),
             thresholds=self.thresholds,
             other_size=self.times.other_size(job.name, job.version, job.rows),
+            flops_per_row=flops,
         )
         try:
             decision = decide(inputs)
+        except OverFit as exc:
+            raise TooLarge(f"{manifest.name!r}: {exc}") from None
         except NoRoute as exc:
             raise Unavailable(f"{manifest.name!r}: {exc}") from None
         if decision.scale_pod:

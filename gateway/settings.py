@@ -122,12 +122,15 @@ class Settings:
     #: gateway's memory meanwhile.
     wasm_lent_idle_timeout_s: float = 30.0
     # -- routing (router.policy) ----------------------------------------------------------------------------
-    #: ``auto`` tiering with accelerators in the cluster: a model past any of these runs on the pod tier.
+    #: ``auto`` tiering with accelerators in the cluster: a request past any of these (its FLOPs priced from its
+    #: shapes, router.policy) runs on the pod tier.
     tier_pod_bytes: int = 64 * MiB
     tier_pod_params: int = 16_000_000
     tier_pod_flops_per_row: int = 100_000_000
-    #: The largest model the Wasm tier takes (by bytes and by FLOPs per row): with no accelerators, ``auto``
-    #: keeps a model in the Wasm tier up to here; past it, a model never runs in the sandbox.
+    #: The largest model the Wasm tier takes (by bytes and by FLOPs per row, a request priced from its shapes):
+    #: with no accelerators, ``auto`` keeps a request in the Wasm tier up to here; past it, a request never runs
+    #: in the sandbox (refused with 413 for a function pinned there), and ``--tier wasm`` is refused at push
+    #: for a model past it at its smallest shape.
     wasm_fit_bytes: int = 256 * MiB
     wasm_fit_flops_per_row: int = 2_000_000_000
     #: A Wasm-tier function's request with at least this many rows spills to a ready pod replica.

@@ -5,14 +5,30 @@ Candidates are the local Wasm pool (``wasm``) and the pod tier (``pod``: its run
 among them is :func:`router.pod_policy.pick_replica`, or the OIP v2 server registered as the function's
 endpoint).
 
-**Home tier.** A function pushed with ``--tier wasm`` or ``--tier pod`` lives there; with ``auto`` (the
-default) its model figures decide (:func:`home_tier`): with accelerators in the cluster, a model past any of
-the ``tier_pod_*`` thresholds goes to the pod tier; with none at all (an edge or CPU-only cluster) the pod
-tier is CPU runners too, so a model stays in the Wasm tier as long as it fits the sandbox (``wasm_fit_*``),
-and only larger ones go to CPU runners.
+**Cost.** A request is priced in FLOPs per row from its model's figures and its own shapes
+(:func:`request_flops`: a 512-token request to a transformer costs some 20 times a 32-token one); where no
+request is at hand (``wasm ls``, the admin API), and for a dimension a request does not give, the figures'
+reference size is taken (``wasm_host.figures.REFERENCE_SIZE``). "Fits the sandbox" and "large" below are of
+this price, and of the model's bytes.
 
-**Filter.** ``wasm`` is out for a function with no code here (served by an endpoint), or one too large for
-the sandbox; ``pod`` is out when there is no pod tier. A caller's hint (``x-wasmgate-tier`` header, or
+**Home tier.** A function pushed with ``--tier wasm`` or ``--tier pod`` lives there; with ``auto`` (the
+default) its model figures decide (:func:`home_tier`), per request: with accelerators in the cluster, a
+request past any of the ``tier_pod_*`` thresholds goes to the pod tier; with none at all (an edge or CPU-only
+cluster) the pod tier is CPU runners too, so a request stays in the Wasm tier as long as it fits the sandbox
+(``wasm_fit_*``), and only larger ones go to CPU runners.
+
+**Pinned means pinned.** A pinned function's request goes to another tier only when the caller asks for it
+(a hint, or a deadline its tier cannot meet, below), by spill-over (``spill``) or by cold-start masking
+(``mask_cold_start``), each of which the function can forbid; never because it does not fit. A request to a
+function pinned to ``wasm`` (or hinted there) that is priced past the sandbox's fit is refused
+(:class:`OverFit`, answered 413 naming the figure and the setting) rather than served in the sandbox: the fit
+is the sandbox's limit whoever placed the function, and a push of a model past it at its smallest shape is
+refused the same way, so what reaches this rule is a request larger than the model's smallest (a long
+sequence, say). A request to a function pinned to ``pod`` with no pod tier is refused (503 naming setting
+``pod_scaler``); a push of either is refused (``gateway.functions.push``).
+
+**Filter.** ``wasm`` is out for a function with no code here (served by an endpoint), or a request too large
+for the sandbox; ``pod`` is out when there is no pod tier. A caller's hint (``x-wasmgate-tier`` header, or
 ``"tier"`` in the request's OIP ``parameters``) keeps only the tier it names. A deadline
 (``x-wasmgate-deadline-ms``) drops a tier that cannot answer in time by its recent figures: a pod tier that
 must first scale from zero, say. Nothing left is a 503 naming why.
@@ -54,9 +70,10 @@ its first backend fails before producing a response.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
-from wasm_host.figures import ModelFigures
+from wasm_host.figures import ModelFigures, si
 
 Tier = Literal["wasm", "pod"]
 TierSetting = Literal["auto", "wasm", "pod"]
@@ -126,6 +143,8 @@ class RouteInputs:
     thresholds: Thresholds = dataclasses.field(default_factory=Thresholds)
     #: The function's figures on (wasm, pod) for the other size class of request (None: not measured).
     other_size: tuple[float | None, float | None] = (None, None)
+    #: The request's price (:func:`request_flops`); None: the figures at their reference size.
+    flops_per_row: int | None = None
 
 
 @dataclasses.dataclass(slots=True)
@@ -141,41 +160,99 @@ class NoRoute(Exception):  # a result of the policy, not an error of it
     """No candidate is left; the message says why (the gateway answers 503 with it)."""
 
 
-def fits_sandbox(figures: ModelFigures, t: Thresholds) -> bool:
-    return figures.bytes <= t.fit_bytes and figures.flops_per_row <= t.fit_flops_per_row
+class OverFit(NoRoute):
+    """The request may only run in the sandbox, and is priced past its fit; the message names the figure and
+    the setting (the gateway answers 413 with it)."""
 
 
-def is_large(figures: ModelFigures, t: Thresholds) -> bool:
-    return figures.bytes > t.pod_bytes or figures.params > t.pod_params or figures.flops_per_row > t.pod_flops_per_row
+def request_flops(figures: ModelFigures, shapes: Mapping[str, Sequence[int]]) -> int:
+    """A request's FLOPs per row: ``figures`` priced at the sizes its input ``shapes`` (by input name) give
+    each dynamic dimension, at the first (input, axis) of the dimension that the request has; the figures'
+    reference size for one it does not have (see ``wasm_host.figures``)."""
+    if not figures.dims:
+        return figures.flops_per_row
+    sizes: dict[str, int] = {}
+    for dim in figures.dims:
+        for name, axis in dim.at:
+            shape = shapes.get(name)
+            if shape is not None and axis < len(shape):
+                sizes[dim.name] = int(shape[axis])
+                break
+    return figures.flops_at(sizes)
 
 
-def home_tier(tier: TierSetting, figures: ModelFigures, has_code: bool, accelerators: bool, t: Thresholds) -> Tier:
-    """Where a function lives when nothing argues otherwise."""
+def fits_sandbox(figures: ModelFigures, t: Thresholds, flops_per_row: int | None = None) -> bool:
+    """Whether the model, and a request priced ``flops_per_row`` (None: at the reference size), fit the
+    sandbox (settings ``wasm_fit_*``)."""
+    return _over_fit(figures, t, flops_per_row) is None
+
+
+def _over_fit(figures: ModelFigures, t: Thresholds, flops_per_row: int | None) -> str | None:
+    """Why the model or the request does not fit the sandbox, naming the figure and the setting; None if it does."""
+    flops = figures.reference_flops if flops_per_row is None else flops_per_row
+    if figures.bytes > t.fit_bytes:
+        fit = si(t.fit_bytes, "B")
+        return f"the model's {si(figures.bytes, 'B')} is past the sandbox's {fit} (setting wasm_fit_bytes)"
+    if flops > t.fit_flops_per_row:
+        return (
+            f"this request's {si(flops)} FLOPs per row ({figures.formula()}) is past the sandbox's "
+            f"{si(t.fit_flops_per_row)} (setting wasm_fit_flops_per_row)"
+        )
+    return None
+
+
+def is_large(figures: ModelFigures, t: Thresholds, flops_per_row: int | None = None) -> bool:
+    """Whether the model, or a request priced ``flops_per_row`` (None: at the reference size), is past any of
+    the ``tier_pod_*`` thresholds."""
+    flops = figures.reference_flops if flops_per_row is None else flops_per_row
+    return figures.bytes > t.pod_bytes or figures.params > t.pod_params or flops > t.pod_flops_per_row
+
+
+def home_tier(
+    tier: TierSetting,
+    figures: ModelFigures,
+    has_code: bool,
+    accelerators: bool,
+    t: Thresholds,
+    flops_per_row: int | None = None,
+) -> Tier:
+    """Where a function, or its request priced ``flops_per_row`` (None: at the reference size), lives when
+    nothing argues otherwise."""
     if tier != "auto":
         return tier
     if not has_code:
         return "pod"
     if accelerators:
-        return "pod" if is_large(figures, t) else "wasm"
-    return "wasm" if fits_sandbox(figures, t) else "pod"
+        return "pod" if is_large(figures, t, flops_per_row) else "wasm"
+    return "wasm" if fits_sandbox(figures, t, flops_per_row) else "pod"
 
 
 def decide(r: RouteInputs) -> Decision:
     """Filter, score, pick (see the module docstring). Raises NoRoute."""
     t = r.thresholds
-    home = home_tier(r.tier, r.figures, r.has_code, r.accelerators, t)
+    home = home_tier(r.tier, r.figures, r.has_code, r.accelerators, t, r.flops_per_row)
     candidates: list[Tier] = []
     dropped: list[str] = []
+    over_fit = _over_fit(r.figures, t, r.flops_per_row) if r.has_code else None
     if not r.has_code:
         dropped.append("wasm: the function is served by its endpoint only")
-    elif not fits_sandbox(r.figures, t):
-        dropped.append("wasm: the model is too large for the sandbox (settings wasm_fit_*)")
+    elif over_fit is not None:
+        dropped.append(f"wasm: {over_fit}")
     else:
         candidates.append("wasm")
     if r.pod.available:
         candidates.append("pod")
     else:
         dropped.append("pod: there is no pod tier (setting pod_scaler is 'none') and no endpoint")
+    wanted = r.hint or (r.tier if r.tier != "auto" else None)  # pinned, or asked for: no other tier will do
+    if wanted == "wasm" and over_fit is not None:
+        pinned = "the caller asked for the wasm tier" if r.hint else "the function is pinned to the wasm tier"
+        raise OverFit(f"{pinned}, and {over_fit}")
+    if wanted == "pod" and not r.pod.available and r.hint is None:
+        raise NoRoute(
+            "the function is pinned to the pod tier, and there is none (setting pod_scaler is 'none', and the "
+            "function has no endpoint)"
+        )
     if r.hint is not None:
         for tier in [c for c in candidates if c != r.hint]:
             candidates.remove(tier)

@@ -766,11 +766,13 @@ def assert_consistent(data: Path) -> list[str]:
 CNN_INPUT, CNN_OUTPUT = "images", "logits"
 
 
-def cnn_model(channels: int = 4, classes: int = 10, seed: int = 0) -> bytes:
+def cnn_model(
+    channels: int = 4, classes: int = 10, seed: int = 0, size: tuple[int | str, int | str] = (224, 224)
+) -> bytes:
     """A tiny ONNX CNN shaped like a ResNet, made with ``onnx.helper``: ImageNet's input, a few channels.
 
-    - Input ``images``: FP32 ``[batch, 3, 224, 224]``, the batch dynamic. Output ``logits``: FP32
-      ``[batch, classes]``.
+    - Input ``images``: FP32 ``[batch, 3, 224, 224]``, the batch dynamic; ``size`` names other height and width,
+      names (``dim_param``) for dynamic ones. Output ``logits``: FP32 ``[batch, classes]``.
     - The stem: Conv 3x3 stride 2 (3 -> ``channels``), BatchNormalization, Relu, MaxPool 3x3 stride 2, to 56x56.
     - One residual block: Conv 3x3 with a bias (a BatchNormalization folded in, as exporters do), Relu, Conv
       3x3 with a bias, Add the block's input, Relu.
@@ -824,7 +826,7 @@ def cnn_model(channels: int = 4, classes: int = 10, seed: int = 0) -> bytes:
     graph = helper.make_graph(
         nodes,
         "cnn",
-        [helper.make_tensor_value_info(CNN_INPUT, fp32, ["batch", 3, 224, 224])],
+        [helper.make_tensor_value_info(CNN_INPUT, fp32, ["batch", 3, *size])],
         [helper.make_tensor_value_info(CNN_OUTPUT, fp32, ["batch", classes])],
         inits,
     )

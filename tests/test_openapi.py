@@ -22,8 +22,9 @@ from gateway.openapi.derived import field_schema, literal_values
 from gateway.state import Role
 from gateway.store.manifest import Kind, check_digest, check_name
 from router.policy import Reason, Retry, Tier, TierSetting
+from tests.support import cnn_model
 from wasm_host.errors import InvalidRequest
-from wasm_host.figures import ModelFigures
+from wasm_host.figures import ModelFigures, measure
 from wasm_host.pool import PoolSettings
 from wasm_host.tensors import DTYPES
 
@@ -204,6 +205,13 @@ def test_manifest_figures_are_model_figures_fields() -> None:
     figures = SCHEMAS["Manifest"]["properties"]["figures"]
     assert figures["properties"].keys() == ModelFigures().to_json().keys()
     assert admits(figures, ModelFigures(bytes=1, params=2, flops_per_row=3).to_json())
+    # The figures of a model with dynamic dimensions, as a push measures them, and none the schema refuses.
+    measured = measure(cnn_model(size=("height", "width"))).to_json()
+    assert measured["dims"]
+    assert measured["terms"]
+    assert admits(figures, measured)
+    assert not admits(figures, {**measured, "terms": [{"flops": "93", "per": ["height"]}]})
+    assert not admits(figures, {**measured, "dims": [{"name": "height", "at": [{"input": "images"}]}]})
 
 
 def test_an_annotation_without_a_schema_stops_the_build() -> None:

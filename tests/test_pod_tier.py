@@ -266,12 +266,16 @@ def test_an_existing_oip_server_registered_as_the_pod_tier(
         assert down.status_code == 503
         assert "unreachable" in down.json()["error"]
         assert "retry-after" in down.headers
-        # A pod-tier function on a gateway without a pod tier runs in the sandbox, where it fits; asked for
+        # Pinned to the pod tier on a gateway without one, a function is refused at push, naming the setting,
+        # rather than served elsewhere. Placed by the router, it runs in the sandbox, where it fits; asked for
         # the pod tier alone, the 503 says how to fix it.
-        assert gw.cli("push", str(path), "--name", "local-pod", "--tier", "pod").returncode == 0
+        pinned = gw.cli("push", str(path), "--name", "local-pod", "--tier", "pod")
+        assert pinned.returncode != 0
+        assert "setting pod_scaler" in pinned.stderr
+        assert gw.cli("push", str(path), "--name", "local-pod").returncode == 0
         fallback = httpx.post(f"{gw.url}/v2/models/local-pod/infer", json=body, timeout=60)
         assert fallback.status_code == 200
-        assert (fallback.headers["x-wasmgate-tier"], fallback.headers["x-wasmgate-reason"]) == ("wasm", "fallback")
+        assert (fallback.headers["x-wasmgate-tier"], fallback.headers["x-wasmgate-reason"]) == ("wasm", "home")
         nope = httpx.post(f"{gw.url}/v2/models/local-pod/infer", json=body, headers={"x-wasmgate-tier": "pod"})
         assert nope.status_code == 503
         assert "pod_scaler" in nope.json()["error"]

@@ -10,6 +10,7 @@ import pytest
 from gateway.cli.demo import dense_model, train_digits
 from router.policy import (
     NoRoute,
+    OverFit,
     PodState,
     RouteInputs,
     Thresholds,
@@ -17,8 +18,9 @@ from router.policy import (
     decide,
     fits_sandbox,
     home_tier,
+    request_flops,
 )
-from wasm_host.figures import ModelFigures, measure
+from wasm_host.figures import Dim, ModelFigures, Term, measure
 
 T = Thresholds(pod_bytes=1000, pod_params=10_000, pod_flops_per_row=100_000, fit_bytes=5000, fit_flops_per_row=10**6)
 SMALL = ModelFigures(bytes=100, params=50, flops_per_row=1_000)
@@ -115,7 +117,7 @@ def test_hints_filter_and_an_empty_filter_names_why() -> None:
     assert decide(inputs(figures=LARGE, hint="wasm", pod=WARM_POD)).tier == "wasm"
     with pytest.raises(NoRoute, match="no pod tier"):
         decide(inputs(hint="pod", pod=PodState(available=False)))
-    with pytest.raises(NoRoute, match="too large for the sandbox"):
+    with pytest.raises(OverFit, match=r"asked for the wasm tier.*setting wasm_fit_bytes"):
         decide(inputs(figures=HUGE, hint="wasm", pod=WARM_POD))
     with pytest.raises(NoRoute, match="served by its endpoint only"):
         decide(inputs(has_code=False, hint="wasm", pod=WARM_POD))
@@ -238,3 +240,43 @@ def test_requests_served_in_the_sandbox_keep_the_pod_tier_up_only_where_it_pays(
     assert not decide(dataclasses.replace(wasm_home, other_size=(70.0, None))).scale_pod
     assert not decide(inputs(pod=COLD_POD)).scale_pod  # a small model at home
     assert not decide(inputs(figures=LARGE, pod=COLD_POD, hint="wasm")).scale_pod  # the caller chose
+
+
+#: A sequence model: 1000 FLOPs a row plus 1000 a token (input ``ids``, axis 1).
+SEQUENCE = ModelFigures(100, 50, 2000, (Dim("seq", (("ids", 1),)),), (Term(1000.0), Term(1000.0, ("seq",))))
+
+
+def priced(tokens: int, **changes: object) -> RouteInputs:
+    return inputs(figures=SEQUENCE, flops_per_row=request_flops(SEQUENCE, {"ids": (1, tokens)}), **changes)
+
+
+def test_a_short_and_a_long_request_to_one_model_are_priced_to_different_tiers() -> None:
+    # With accelerators: 10 tokens (11k FLOPs a row) are small, 500 (501k) past tier_pod_flops_per_row.
+    assert decide(priced(10, pod=WARM_POD)).tier == "wasm"
+    assert (decide(priced(500, pod=WARM_POD)).tier, decide(priced(500, pod=WARM_POD)).reason) == ("pod", "home")
+    # Without: 500 tokens fit the sandbox (under 1M), 5000 (5M) do not, and never run there, not even on retry.
+    assert decide(priced(500, accelerators=False, pod=WARM_POD)).tier == "wasm"
+    edge = decide(priced(5000, accelerators=False, pod=WARM_POD))
+    assert (edge.tier, edge.reason, edge.fallback) == ("pod", "home", None)
+    # Where no request is at hand (wasm ls, the admin API), the reference size of 64 tokens (65k): small.
+    assert home_tier("auto", SEQUENCE, True, True, T) == "wasm"
+    assert home_tier("auto", SEQUENCE, True, True, T, flops_per_row=501_000) == "pod"
+
+
+def test_a_request_past_the_fit_of_a_function_pinned_to_wasm_is_refused_naming_the_setting() -> None:
+    # Never served on the pods instead, warm as they are; a 413 names the price and the setting.
+    with pytest.raises(OverFit, match=r"pinned to the wasm tier.*5M FLOPs per row.*wasm_fit_flops_per_row"):
+        decide(priced(5000, tier="wasm", pod=WARM_POD))
+    with pytest.raises(OverFit, match="wasm_fit_flops_per_row"):
+        decide(priced(5000, tier="wasm", pod=PodState(available=False)))
+    # A request that fits is served in the sandbox, and the caller may still ask for the pods.
+    assert decide(priced(500, tier="wasm", pod=WARM_POD)).reason == "home"
+    hinted = decide(priced(5000, tier="wasm", pod=WARM_POD, hint="pod"))
+    assert (hinted.tier, hinted.reason) == ("pod", "hint")
+
+
+def test_a_function_pinned_to_pod_with_no_pod_tier_is_refused_not_served_in_the_sandbox() -> None:
+    with pytest.raises(NoRoute, match=r"pinned to the pod tier.*setting pod_scaler"):
+        decide(inputs(tier="pod", pod=PodState(available=False)))
+    # Auto placement still falls back to the sandbox: nothing was pinned.
+    assert decide(inputs(figures=LARGE, pod=PodState(available=False))).reason == "fallback"

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from wasm_host.figures import si
+
 
 def print_table(rows: Sequence[tuple[str, ...]]) -> None:
     """Rows as left-aligned columns two spaces apart, the first row a header."""
@@ -15,7 +17,8 @@ def print_table(rows: Sequence[tuple[str, ...]]) -> None:
 
 def function_rows(functions: Sequence[dict[str, Any]]) -> list[tuple[str, ...]]:
     """``wasm ls``: one row per function as the admin API lists it, under a header; a DIGEST column with a
-    registry store, which pins each version to an OCI manifest."""
+    registry store, which pins each version to an OCI manifest. FLOPS/ROW is the cost as the admin API
+    writes it: a formula in the model's dynamic dimensions (``21.3M*seq + 9.43k*seq^2``), or one figure."""
     rows: list[tuple[str, ...]] = [
         ("NAME", "VERSION", "KIND", "TIER", "SIZE", "PARAMS", "FLOPS/ROW", "INPUTS", "OUTPUTS", "MODELS", "FILES")
     ]
@@ -31,7 +34,7 @@ def function_rows(functions: Sequence[dict[str, Any]]) -> list[tuple[str, ...]]:
             tier_label(f),
             si(figures.get("bytes", 0), "B"),
             si(figures.get("params", 0)),
-            si(figures.get("flops_per_row", 0)),
+            (f.get("cost") or {}).get("flops_per_row") or si(figures.get("flops_per_row", 0)),
             specs(f["inputs"]),
             specs(f["outputs"]),
             ",".join(f["models"]) or "-",
@@ -44,16 +47,6 @@ def function_rows(functions: Sequence[dict[str, Any]]) -> list[tuple[str, ...]]:
 def tier_label(f: dict[str, Any]) -> str:
     """``wasm`` or ``pod`` when pinned; ``auto:wasm`` when the router chose by the figures."""
     return f"auto:{f['home_tier']}" if f.get("tier") == "auto" else str(f.get("tier"))
-
-
-def si(value: int, unit: str = "") -> str:
-    """A figure in three significant digits: 9.49M, 660, 4.74G."""
-    if not value:
-        return "-"
-    for scale, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if value >= scale:
-            return f"{value / scale:.3g}{prefix}{unit}"
-    return f"{value}{unit}"
 
 
 def specs(specs: list[dict[str, object]] | None) -> str:

@@ -24,9 +24,11 @@ from gateway.settings import Settings
 from gateway.store.files import FileLimits
 from gateway.store.local import LocalStore
 from gateway.store.manifest import TIERS, Manifest, check_digest, check_name
+from gateway.wiring import thresholds
+from router.policy import fits_sandbox
 from wasm_host import heap
 from wasm_host.errors import InvalidFunction, InvalidRequest, NotFound, TooLarge
-from wasm_host.figures import ModelFigures, measure
+from wasm_host.figures import ModelFigures, measure, si
 from wasm_host.host import Host
 from wasm_host.model_types import check_carried, graph_edges, parse_model
 from wasm_host.onnx_backend import ModelRef, OnnxGraph
@@ -118,7 +120,36 @@ class Publisher:
             mask_cold_start=mask_cold_start,
             token_sha256=(previous.token_sha256 if previous else "") if token is None else token and digest(token),
         )
+        self._check_pinned(manifest)
         return self._commit(manifest)
+
+    def _check_pinned(self, manifest: Manifest) -> None:
+        """Refuse a tier the function could not be served on, rather than serve it elsewhere (router.policy,
+        "Pinned means pinned"): ``wasm`` for a model past the sandbox's fit at its smallest shape (every
+        dynamic dimension at 1), ``pod`` with no pod tier. A re-push that keeps its pinned tier is held to it."""
+        if manifest.tier == "wasm":
+            t = thresholds(self.settings)
+            figures = manifest.figures
+            if not fits_sandbox(figures, t, figures.flops_per_row):
+                if figures.bytes > t.fit_bytes:
+                    figure = (
+                        f"its models' {si(figures.bytes, 'B')} are past {si(t.fit_bytes, 'B')} (setting wasm_fit_bytes)"
+                    )
+                else:
+                    figure = (
+                        f"its models cost {si(figures.flops_per_row)} FLOPs per row at their smallest shape, past "
+                        f"{si(t.fit_flops_per_row)} (setting wasm_fit_flops_per_row)"
+                    )
+                raise InvalidRequest(
+                    f"{manifest.name!r} cannot be pinned to the wasm tier: {figure}; push it with tier auto or "
+                    "pod, or raise the setting"
+                )
+        if manifest.tier == "pod" and self.settings.pod_scaler == "none" and manifest.endpoint is None:
+            raise InvalidRequest(
+                f"{manifest.name!r} cannot be pinned to the pod tier: this gateway has none (setting pod_scaler "
+                "is 'none') and the push names no endpoint; push it with tier auto or wasm, set pod_scaler, or "
+                "give an endpoint"
+            )
 
     def _commit(self, manifest: Manifest) -> Manifest:
         """Commit a new version, and drop what this process holds of the old one."""

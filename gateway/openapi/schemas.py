@@ -55,13 +55,54 @@ def pool_settings() -> Schema:
     }
 
 
+#: ``ModelFigures``' fields that are not scalars: the dynamic dimensions and the terms of the cost, as their
+#: ``to_json`` writes them (wasm_host.figures).
+FIGURE_LISTS: dict[str, Schema] = {
+    "dims": {
+        "type": "array",
+        "description": "the dynamic dimensions other than the batch, and where a request gives each one's size",
+        "items": {
+            "type": "object",
+            "properties": {
+                "name": {"type": "string"},
+                "at": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {"input": {"type": "string"}, "axis": {"type": "integer", "minimum": 0}},
+                        "required": ["input", "axis"],
+                    },
+                },
+            },
+            "required": ["name", "at"],
+        },
+    },
+    "terms": {
+        "type": "array",
+        "description": "FLOPs per row = the sum of each term's flops times the product of the sizes of its "
+        "'per' dimensions (a name twice: its square); none: flops_per_row whatever the request",
+        "items": {
+            "type": "object",
+            "properties": {"flops": {"type": "number"}, "per": {"type": "array", "items": {"type": "string"}}},
+            "required": ["flops", "per"],
+        },
+    },
+}
+
+
 def model_figures() -> Schema:
-    """A manifest's ``figures``: the ``ModelFigures`` fields."""
+    """A manifest's ``figures``: the ``ModelFigures`` fields (a field that is neither a scalar nor in
+    :data:`FIGURE_LISTS` stops the document from being built)."""
     hints = get_type_hints(ModelFigures)
     fields = dataclasses.fields(ModelFigures)
     return {
         "type": "object",
-        "properties": {f.name: field_schema(hints[f.name], f"ModelFigures.{f.name}") for f in fields},
+        "properties": {
+            f.name: FIGURE_LISTS[f.name]
+            if f.name in FIGURE_LISTS
+            else field_schema(hints[f.name], f"ModelFigures.{f.name}")
+            for f in fields
+        },
     }
 
 
@@ -259,6 +300,17 @@ SCHEMAS: dict[str, Schema] = {
                 "description": "with the registry store: the OCI manifest this version is (sha256:...); else null",
             },
             "home_tier": {"type": "string", "enum": TIERS},
+            "cost": {
+                "type": "object",
+                "description": "the figures' FLOPs per row as a person reads them, e.g. '21.3M*seq + 9.43k*seq^2', "
+                "and their value with every dynamic dimension at the reference size (the router's home_tier)",
+                "properties": {
+                    "flops_per_row": {"type": "string"},
+                    "reference_size": {"type": "integer"},
+                    "at_reference": {"type": "integer"},
+                },
+                "required": ["flops_per_row", "reference_size", "at_reference"],
+            },
             "service_ms": {
                 "type": "object",
                 "description": "what this gateway has measured of the current version, by tier and size of request "
