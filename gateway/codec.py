@@ -88,7 +88,22 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
 
 
 def _head_doc(head: bytes, what: str = "request", tensors: str = "inputs") -> dict[str, Any]:
-    return json_object(head, f"{what} body", f"{what} body must be a JSON object with an {tensors!r} list")
+    return json_object(
+        head,
+        f"{what} body",
+        f"{what} body must be a JSON object with an {tensors!r} list",
+        parse_constant=_refuse_constant,
+    )
+
+
+#: Where a JSON body's NaN or Infinity is refused, what to do instead.
+NON_FINITE_HINT = "JSON has no NaN or Infinity: send non-finite values in a binary tensor"
+
+
+def _refuse_constant(token: str) -> object:
+    """``json.loads``'s hook for the ``NaN``, ``Infinity`` and ``-Infinity`` tokens Python's parser accepts and
+    strict JSON does not: refused, so that a body means the same to every parser."""
+    raise ValueError(f"{token} is not a JSON number; {NON_FINITE_HINT}")
 
 
 def _parameters(doc: Mapping[str, Any]) -> dict[str, Any]:
@@ -225,12 +240,13 @@ def _json_data(where: str, datatype: str, dims: Sequence[int], numel: int, data:
     if not ok:
         want = {"BOOL": "true/false"}.get(datatype, "integers" if datatype[0] in "IU" else "numbers")
         raise InvalidRequest(f"{where}: {datatype} data must be {want}")
+    if kind == "f" and not np.isfinite(arr).all():  # 1e999 parses to infinity; the tokens are refused earlier
+        raise InvalidRequest(f"{where}: a number is too large to be finite; {NON_FINITE_HINT}")
     if datatype in ("FP16", "FP32", "BF16") and arr.size:
         # A finite number past the type's largest would turn into infinity: refused, as an integer out of range
         # is. (BF16 is converted through FP32, whose range it shares.)
-        finite = arr[np.isfinite(arr)]
         largest = float(np.finfo(np.float16 if datatype == "FP16" else np.float32).max)
-        if finite.size and float(np.abs(finite.astype(np.float64)).max()) > largest:
+        if float(np.abs(arr.astype(np.float64)).max()) > largest:
             raise InvalidRequest(f"{where}: a value is out of range for {datatype}")
     if datatype == "BF16":
         bits = np.asarray(arr, dtype="<f4").reshape(-1).view("<u4")
@@ -347,4 +363,10 @@ def _to_json_data(tensor: Tensor) -> list[Any]:
     arr = np.frombuffer(tensor.data, dtype=DTYPES[tensor.datatype].numpy)
     if tensor.datatype == "BF16":
         arr = (arr.astype("<u4") << 16).view("<f4")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        # Strict JSON has no NaN or Infinity: such a value is written as null, as KServe's server writes it, and
+        # the exact value travels in a binary output.
+        values = arr.astype(object)
+        values[~np.isfinite(arr)] = None
+        return values.tolist()  # type: ignore[no-any-return]
     return arr.tolist()  # type: ignore[no-any-return]
