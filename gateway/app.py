@@ -87,6 +87,7 @@ def create_app(settings: Settings, role: Role = "gateway") -> Starlette:
                 accelerated,
                 settings.max_body_bytes,
                 settings.sandbox.max_tensor_bytes,
+                settings.max_response_bytes,
             )
         state = AppState(settings, store, host, registry, publisher, wasm, metrics, role, dispatcher)
         app.state.wasmgate = state

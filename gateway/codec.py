@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from gateway.requests import json_object
-from wasm_host.errors import InvalidRequest, TooLarge
+from wasm_host.errors import GuestFailure, InvalidRequest, TooLarge
 from wasm_host.tensors import DTYPES, Tensor, TensorSpec, expected_nbytes, join_bytes, split_bytes
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -327,6 +327,55 @@ def select_outputs(produced: Sequence[Tensor], request: InferRequest) -> list[tu
     if unknown:
         raise InvalidRequest(f"unknown output(s) {unknown}; this function produces {list(by_name)}")
     return [(by_name[o.name], default if o.binary is None else o.binary) for o in request.outputs]
+
+
+#: The most bytes one element of each datatype takes in a JSON response: the longest number Python writes for
+#: it (a float as the double it widens to), and its comma. A BYTES element is counted from its length.
+JSON_ELEMENT_BYTES = {
+    "BOOL": 6,
+    "UINT8": 4,
+    "UINT16": 6,
+    "UINT32": 11,
+    "UINT64": 21,
+    "INT8": 5,
+    "INT16": 7,
+    "INT32": 12,
+    "INT64": 21,
+    "FP16": 25,
+    "FP32": 25,
+    "FP64": 25,
+    "BF16": 25,
+}
+#: A BYTES element in JSON: each byte at most a ``\uXXXX`` escape, plus its quotes and comma.
+JSON_BYTES_PER_BYTE, JSON_STRING_OVERHEAD = 6, 3
+
+
+def response_bytes(outputs: Sequence[tuple[Tensor, bool]]) -> int:
+    """At most how many bytes the tensors of a response take encoded (each with whether it goes in binary):
+    counted from their sizes alone, before anything is encoded. The JSON head's names and shapes are not
+    counted; they are bounded by the function's signature."""
+    total = 0
+    for tensor, binary in outputs:
+        if binary:
+            total += len(tensor.data)
+        elif tensor.datatype == "BYTES":
+            total += JSON_BYTES_PER_BYTE * len(tensor.data) + JSON_STRING_OVERHEAD * tensor.numel
+        else:
+            total += JSON_ELEMENT_BYTES[tensor.datatype] * tensor.numel
+    return total
+
+
+def check_response_size(name: str, outputs: Sequence[tuple[Tensor, bool]], limit: int) -> None:
+    """Refuse a response past ``limit`` bytes (setting ``max_response_bytes``) before it is encoded: a function
+    answering a huge tensor must not make the gateway build its JSON text. Raises GuestFailure."""
+    size = response_bytes(outputs)
+    if size > limit:
+        as_json = [t.name for t, binary in outputs if not binary]
+        hint = f"; ask for {', '.join(as_json)} in binary, which JSON text does not inflate" if as_json else ""
+        raise GuestFailure(
+            f"{name!r} answered a response of up to {size} bytes, over the limit of {limit} "
+            f"(setting max_response_bytes){hint}"
+        )
 
 
 def encode_response(
