@@ -1259,6 +1259,11 @@ TRAPS = [
     _trap("abi_oob", 3, 500, "the function returned a result outside its memory"),
     # A well-bounded but malformed response broke the ABI: the instance is discarded too.
     _trap("abi_oob", 4, 500, "the function returned a malformed response: bad magic"),
+    _trap(
+        "sleeper", 1, 504, f"past its deadline ({DEADLINE_MS} ms) in handle, in poll_oneoff, asked to sleep 30000 ms"
+    ),
+    _trap("sleeper", 2, 500, "the function exited in handle: proc_exit(3)"),
+    _trap("sleeper", 3, 500, "the function trapped in handle: failed to call `get-random-bytes`: requested len"),
     # An answer too large to send is refused before it is encoded; the answer itself was sound: the instance stays.
     Misbehaviour(
         "huge_response",

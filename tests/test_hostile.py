@@ -58,6 +58,10 @@ pytestmark = pytest.mark.e2e
 #: Fixtures `wasm push` must refuse, with the fragment its message must carry.
 REFUSED = {
     "init_loop": f"the function failed to start: the function ran past its deadline ({DEADLINE_MS} ms) in _initialize",
+    "init_sleep": (
+        f"the function failed to start: the function ran past its deadline ({DEADLINE_MS} ms) in _initialize, "
+        "in poll_oneoff, asked to sleep 20000 ms"
+    ),
     "bad_import": "import env.open_socket is not allowed",
 }
 #: Repeats of every hostile request in the leak check, after the warm-up rounds.

@@ -15,6 +15,9 @@ import numpy as np
 import pytest
 import wasmtime
 
+from gateway.functions.push import Publisher
+from gateway.settings import Settings
+from gateway.store.local import LocalStore
 from tests.support import prepare_wat
 from wasm_host.abi import DYNAMIC_DIM, MAGIC
 from wasm_host.errors import DeadlineExceeded, GuestFailure, GuestTrap, InvalidFunction, InvalidRequest
@@ -232,3 +235,38 @@ def test_no_filesystem_or_environment(host: Host) -> None:
     inst = prepare_wat(host, wat).instantiate()
     assert inst.call("try_open") == 8  # EBADF: there is no preopened directory
     assert inst.call("env_count") == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        ("(loop $l (br $l)) (i32.const 0)", "the function's signature() failed: the function ran past its deadline"),
+        ("(unreachable)", "the function's signature() failed: the function trapped in signature: unreachable"),
+    ],
+    ids=["loops", "traps"],
+)
+def test_a_signature_that_fails_is_a_refused_push(host: Host, tmp_path: Path, body: str, why: str) -> None:
+    """A push runs ``signature`` under the deadline; its trap or timeout is the pushed code's fault: 400."""
+    wat = guest("(i64.const 0)", f'(func (export "signature") (result i32) {body})')
+    wasm = bytes(wasmtime.wat2wasm(wat))
+    store = LocalStore(tmp_path / "data")
+    publisher = Publisher(store, host, Settings(data_dir=tmp_path / "data"))
+    digest = store.stage(wasm)
+    with pytest.raises(InvalidFunction, match=re.escape(why)):
+        publisher.validate("sig", digest, {}, {})
+
+
+def test_trap_messages_carry_their_cause(host: Host) -> None:
+    wat = """(module
+      (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+      (import "wasi_snapshot_preview1" "random_get" (func $random (param i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (func (export "alloc") (param i32) (result i32) (i32.const 1024))
+      (func (export "handle") (param i32 i32) (result i64) (i64.const 0))
+      (func (export "quit") (result i32) (call $exit (i32.const 3)) (i32.const 0))
+      (func (export "too_random") (result i32) (call $random (i32.const 0) (i32.const 100000000))))"""
+    image = prepare_wat(host, wat)
+    with pytest.raises(GuestTrap, match=re.escape("the function exited in quit: proc_exit(3)")):
+        image.instantiate().call("quit")
+    with pytest.raises(GuestTrap, match="trapped in too_random: failed to call `get-random-bytes`: requested len"):
+        image.instantiate().call("too_random")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -90,6 +91,29 @@ def check_abi(module: wasmtime.Module) -> dict[str, FuncSig]:
     return callable_exports
 
 
+#: An absolute host path in an engine's message ("/var/lib/wasmgate/..."): never shown to the caller.
+_HOST_PATH = re.compile(r"(?<![\w.])/[\w.\-]+(?:/[\w.\-]*)+")
+
+
+def trap_cause(exc: wasmtime.WasmtimeError | wasmtime.Trap) -> str:
+    """Why a call into a guest failed, for the caller: the trap's kind (``unreachable``, ``stack overflow``),
+    else the engine's own causes (a WASI call's error, say), innermost last, with host paths masked. wasmtime
+    puts the cause after a backtrace, under "Caused by:"; its first line says only where it happened."""
+    code = getattr(exc, "trap_code", None)
+    if isinstance(code, wasmtime.TrapCode):
+        return code.name.lower().replace("_", " ")
+    lines = str(exc).strip().splitlines()
+    if "Caused by:" in lines:
+        causes = [_CAUSE_NUMBER.sub("", line).strip() for line in lines[lines.index("Caused by:") + 1 :]]
+        text = ": ".join(c for c in causes if c)
+    else:
+        text = lines[0] if lines else ""
+    return _HOST_PATH.sub("<host path>", text)[:MAX_MESSAGE] or type(exc).__name__
+
+
+_CAUSE_NUMBER = re.compile(r"^\s*\d+:\s*")
+
+
 def _show(sig: tuple[tuple[str, ...], tuple[str, ...]]) -> str:
     return f"({', '.join(sig[0])}) -> ({', '.join(sig[1])})"
 
@@ -131,7 +155,7 @@ class GuestInstance:
         self.requests = 0
         self._nn_host = image.nn_host
         self._store = image.engine.new_store(image.files)
-        self.nn = NnState(image.backend, image.models, self.limits)
+        self.nn = NnState(image.backend, image.models, self.limits, image.nn_host.watchdog)
         self._arm()
         try:
             instance = image.pre.instantiate(self._store)
@@ -158,6 +182,7 @@ class GuestInstance:
         """Start a deadline: the guest calls made until the next ``_arm`` share it."""
         self._deadline_ms = self.limits.deadline_ms if deadline_ms is None else deadline_ms
         self._store.set_epoch_deadline(self.limits.deadline_ticks(self._deadline_ms))
+        self.nn.deadline.arm(self._deadline_ms)  # the same deadline for its host calls (wasm_host.waits)
 
     def _call(self, what: str, func: RawExport, *args: int) -> int:
         previous = self._nn_host.bind(self.nn)
@@ -172,15 +197,22 @@ class GuestInstance:
         """The error for a trap (or engine error) in ``what``; the instance is unusable from here on."""
         self.healthy = False
         text = str(exc).strip()
-        if isinstance(exc, wasmtime.Trap) and exc.trap_code == wasmtime.TrapCode.INTERRUPT:
-            return DeadlineExceeded(f"the function ran past its deadline ({self._deadline_ms} ms) in {what}")
+        if self.nn.deadline.expired or (
+            isinstance(exc, wasmtime.Trap) and exc.trap_code == wasmtime.TrapCode.INTERRUPT
+        ):
+            return self._past_deadline(what)
         log.info("guest trapped in %s: %s", what, text)
-        code = getattr(exc, "trap_code", None)
-        if isinstance(code, wasmtime.TrapCode):
-            reason = code.name.lower().replace("_", " ")
-        else:
-            reason = text.splitlines()[0] if text else type(exc).__name__
-        return GuestTrap(f"the function trapped in {what}: {reason}")
+        if isinstance(exc, wasmtime.ExitTrap):
+            return GuestTrap(f"the function exited in {what}: proc_exit({exc.code})")
+        return GuestTrap(f"the function trapped in {what}: {trap_cause(exc)}")
+
+    def _past_deadline(self, what: str) -> DeadlineExceeded:
+        self.healthy = False
+        where = self.nn.deadline.expired
+        return DeadlineExceeded(
+            f"the function ran past its deadline ({self._deadline_ms} ms) in {what}"
+            + (f", in {where}" if where else "")
+        )
 
     def call(self, export: str, *args: int) -> int:
         """Call any exported function (i32/i64 parameters, at most one result) under a fresh deadline, with
@@ -221,6 +253,8 @@ class GuestInstance:
             self.healthy = False
             raise GuestFailure(f"the function's alloc returned an invalid buffer: {exc}") from exc
         result = self._call("handle", self._handle, ptr, len(request))
+        if self.nn.deadline.expired:  # a host call stopped at the deadline; whatever the guest made of it
+            raise self._past_deadline("handle")
         status, out_ptr, out_len = unpack_result(result)
         try:
             body = self.memory.read(out_ptr, out_len)
