@@ -15,7 +15,7 @@ from pathlib import Path
 
 import wasmtime
 
-from wasm_host.abi import STATUS_INVALID, STATUS_OK, decode_response, encode_request, unpack_result
+from wasm_host.abi import STATUS_FAILED, STATUS_INVALID, STATUS_OK, decode_response, encode_request, unpack_result
 from wasm_host.engine import WasmEngine
 from wasm_host.errors import DeadlineExceeded, GuestFailure, GuestTrap, InvalidFunction, InvalidRequest
 from wasm_host.memory import GuestMemory, OutOfBounds
@@ -30,6 +30,8 @@ log = logging.getLogger("wasmgate.guest")
 WASI_MODULE = "wasi_snapshot_preview1"
 MAX_MESSAGE = 4096
 MAX_SIGNATURE = 64 * 1024
+#: What ``alloc`` must align a request buffer to (ABI.md): its tensors' data is read in place by the guest.
+REQUEST_ALIGN = 8
 #: What a refused import is told it may use instead.
 _ALLOWED_IMPORTS = f"only {WASI_MODULE}, the six {NN_MODULE} functions and " + ", ".join(
     f"{EXTENSION_MODULE}.{name}" for name in EXTENSION_SIGNATURES
@@ -112,6 +114,33 @@ def trap_cause(exc: wasmtime.WasmtimeError | wasmtime.Trap) -> str:
 
 
 _CAUSE_NUMBER = re.compile(r"^\s*\d+:\s*")
+
+
+def check_answer(produced: Sequence[Tensor], declared: Sequence[TensorSpec]) -> None:
+    """Hold a function's answer to its signature, so the metadata it serves cannot lie: every output declared
+    (by name), with the declared datatype, rank and fixed dimensions. No declared outputs (no ``signature``):
+    nothing to hold it to. Raises GuestFailure naming the first mismatch. A declared output may be absent
+    (a function may answer a subset); the caller's request for it is then refused as unknown."""
+    if not declared:
+        return
+    by_name = {spec.name: spec for spec in declared}
+    for tensor in produced:
+        spec = by_name.get(tensor.name)
+        if spec is None:
+            raise GuestFailure(
+                f"the function answered the undeclared output {tensor.name!r}; its signature declares "
+                f"{', '.join(map(repr, by_name))}"
+            )
+        if tensor.datatype != spec.datatype:
+            raise GuestFailure(
+                f"the function answered output {tensor.name!r} as {tensor.datatype}; its signature declares "
+                f"{spec.datatype}"
+            )
+        if not spec.matches(tensor.shape):
+            raise GuestFailure(
+                f"the function answered output {tensor.name!r} with shape {list(tensor.shape)}; its signature "
+                f"declares {list(spec.shape)}"
+            )
 
 
 def _show(sig: tuple[tuple[str, ...], tuple[str, ...]]) -> str:
@@ -247,6 +276,12 @@ class GuestInstance:
         ptr = self._call("alloc", self._alloc, len(request)) & 0xFFFFFFFF
         if ptr == 0:
             raise GuestFailure(f"the function could not allocate {len(request)} bytes for the request")
+        if ptr & (REQUEST_ALIGN - 1):
+            self.healthy = False  # its allocator broke the ABI: the next buffer would be no better
+            raise GuestFailure(
+                f"the function's alloc returned the misaligned buffer {ptr:#x}; the ABI requires {REQUEST_ALIGN}-byte"
+                " alignment"
+            )
         try:
             self.memory.write(ptr, request)
         except OutOfBounds as exc:
@@ -263,10 +298,15 @@ class GuestInstance:
             raise GuestFailure(f"the function returned a result outside its memory: {exc}") from exc
         if status == STATUS_OK:
             try:
-                return decode_response(body)
+                produced = decode_response(body)
+                check_answer(produced, outputs)
             except GuestFailure:
                 self.healthy = False  # it broke the ABI: nothing it holds can be trusted for the next request
                 raise
+            return produced
+        if status not in (STATUS_INVALID, STATUS_FAILED):
+            self.healthy = False
+            raise GuestFailure(f"the function returned the undefined status {status} (0, 1 and 2 are defined)")
         message = body[:MAX_MESSAGE].decode(errors="replace") or "no message"
         cause = self.nn.take_error()
         if cause:
