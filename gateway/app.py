@@ -101,6 +101,7 @@ def create_app(settings: Settings, role: Role = "gateway") -> Starlette:
                 accelerated,
                 settings.max_body_bytes,
                 settings.sandbox.max_tensor_bytes,
+                settings.max_response_bytes,
             )
             # In the gateway, a function whose home is the pod tier is only lent to this process: the reaper
             # lets it go soon after its requests stop coming here.

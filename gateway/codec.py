@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from gateway.requests import json_object
-from wasm_host.errors import InvalidRequest, TooLarge
+from wasm_host.errors import GuestFailure, InvalidRequest, TooLarge
 from wasm_host.tensors import DTYPES, Tensor, TensorSpec, expected_nbytes, join_bytes, split_bytes
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -88,7 +88,22 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
 
 
 def _head_doc(head: bytes, what: str = "request", tensors: str = "inputs") -> dict[str, Any]:
-    return json_object(head, f"{what} body", f"{what} body must be a JSON object with an {tensors!r} list")
+    return json_object(
+        head,
+        f"{what} body",
+        f"{what} body must be a JSON object with an {tensors!r} list",
+        parse_constant=_refuse_constant,
+    )
+
+
+#: Where a JSON body's NaN or Infinity is refused, what to do instead.
+NON_FINITE_HINT = "JSON has no NaN or Infinity: send non-finite values in a binary tensor"
+
+
+def _refuse_constant(token: str) -> object:
+    """``json.loads``'s hook for the ``NaN``, ``Infinity`` and ``-Infinity`` tokens Python's parser accepts and
+    strict JSON does not: refused, so that a body means the same to every parser."""
+    raise ValueError(f"{token} is not a JSON number; {NON_FINITE_HINT}")
 
 
 def _parameters(doc: Mapping[str, Any]) -> dict[str, Any]:
@@ -225,12 +240,13 @@ def _json_data(where: str, datatype: str, dims: Sequence[int], numel: int, data:
     if not ok:
         want = {"BOOL": "true/false"}.get(datatype, "integers" if datatype[0] in "IU" else "numbers")
         raise InvalidRequest(f"{where}: {datatype} data must be {want}")
+    if kind == "f" and not np.isfinite(arr).all():  # 1e999 parses to infinity; the tokens are refused earlier
+        raise InvalidRequest(f"{where}: a number is too large to be finite; {NON_FINITE_HINT}")
     if datatype in ("FP16", "FP32", "BF16") and arr.size:
         # A finite number past the type's largest would turn into infinity: refused, as an integer out of range
         # is. (BF16 is converted through FP32, whose range it shares.)
-        finite = arr[np.isfinite(arr)]
         largest = float(np.finfo(np.float16 if datatype == "FP16" else np.float32).max)
-        if finite.size and float(np.abs(finite.astype(np.float64)).max()) > largest:
+        if float(np.abs(arr.astype(np.float64)).max()) > largest:
             raise InvalidRequest(f"{where}: a value is out of range for {datatype}")
     if datatype == "BF16":
         bits = np.asarray(arr, dtype="<f4").reshape(-1).view("<u4")
@@ -313,6 +329,55 @@ def select_outputs(produced: Sequence[Tensor], request: InferRequest) -> list[tu
     return [(by_name[o.name], default if o.binary is None else o.binary) for o in request.outputs]
 
 
+#: The most bytes one element of each datatype takes in a JSON response: the longest number Python writes for
+#: it (a float as the double it widens to), and its comma. A BYTES element is counted from its length.
+JSON_ELEMENT_BYTES = {
+    "BOOL": 6,
+    "UINT8": 4,
+    "UINT16": 6,
+    "UINT32": 11,
+    "UINT64": 21,
+    "INT8": 5,
+    "INT16": 7,
+    "INT32": 12,
+    "INT64": 21,
+    "FP16": 25,
+    "FP32": 25,
+    "FP64": 25,
+    "BF16": 25,
+}
+#: A BYTES element in JSON: each byte at most a ``\uXXXX`` escape, plus its quotes and comma.
+JSON_BYTES_PER_BYTE, JSON_STRING_OVERHEAD = 6, 3
+
+
+def response_bytes(outputs: Sequence[tuple[Tensor, bool]]) -> int:
+    """At most how many bytes the tensors of a response take encoded (each with whether it goes in binary):
+    counted from their sizes alone, before anything is encoded. The JSON head's names and shapes are not
+    counted; they are bounded by the function's signature."""
+    total = 0
+    for tensor, binary in outputs:
+        if binary:
+            total += len(tensor.data)
+        elif tensor.datatype == "BYTES":
+            total += JSON_BYTES_PER_BYTE * len(tensor.data) + JSON_STRING_OVERHEAD * tensor.numel
+        else:
+            total += JSON_ELEMENT_BYTES[tensor.datatype] * tensor.numel
+    return total
+
+
+def check_response_size(name: str, outputs: Sequence[tuple[Tensor, bool]], limit: int) -> None:
+    """Refuse a response past ``limit`` bytes (setting ``max_response_bytes``) before it is encoded: a function
+    answering a huge tensor must not make the gateway build its JSON text. Raises GuestFailure."""
+    size = response_bytes(outputs)
+    if size > limit:
+        as_json = [t.name for t, binary in outputs if not binary]
+        hint = f"; ask for {', '.join(as_json)} in binary, which JSON text does not inflate" if as_json else ""
+        raise GuestFailure(
+            f"{name!r} answered a response of up to {size} bytes, over the limit of {limit} "
+            f"(setting max_response_bytes){hint}"
+        )
+
+
 def encode_response(
     model_name: str, model_version: str, request: InferRequest, outputs: Sequence[tuple[Tensor, bool]]
 ) -> tuple[bytes, Mapping[str, str]]:
@@ -347,4 +412,10 @@ def _to_json_data(tensor: Tensor) -> list[Any]:
     arr = np.frombuffer(tensor.data, dtype=DTYPES[tensor.datatype].numpy)
     if tensor.datatype == "BF16":
         arr = (arr.astype("<u4") << 16).view("<f4")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        # Strict JSON has no NaN or Infinity: such a value is written as null, as KServe's server writes it, and
+        # the exact value travels in a binary output.
+        values = arr.astype(object)
+        values[~np.isfinite(arr)] = None
+        return values.tolist()  # type: ignore[no-any-return]
     return arr.tolist()  # type: ignore[no-any-return]

@@ -33,6 +33,7 @@ from gateway.codec import (
     InferRequest,
     RequestHead,
     bind_inputs,
+    check_response_size,
     encode_response,
     parse_request,
     peek_request,
@@ -73,12 +74,15 @@ class HttpCall:
     to a replica, and its tensors, parsed once, for the sandbox (``parsed`` is None for a function served by
     its endpoint alone, whose body is never decoded here)."""
 
-    __slots__ = ("body", "headers", "parsed")
+    __slots__ = ("body", "headers", "max_response_bytes", "parsed")
 
-    def __init__(self, body: bytes, headers: Mapping[str, str], parsed: InferRequest | None) -> None:
+    def __init__(
+        self, body: bytes, headers: Mapping[str, str], parsed: InferRequest | None, max_response_bytes: int
+    ) -> None:
         self.body = body
         self.headers = headers
         self.parsed = parsed
+        self.max_response_bytes = max_response_bytes  # setting max_response_bytes
 
     def _request(self) -> InferRequest:
         assert self.parsed is not None, "the policy sends only functions with code, which were parsed, to run"
@@ -89,7 +93,9 @@ class HttpCall:
 
     def encode(self, name: str, version: int, outputs: Sequence[Tensor]) -> tuple[bytes, Mapping[str, str]]:
         request = self._request()
-        return encode_response(name, str(version), request, select_outputs(outputs, request))
+        selected = select_outputs(outputs, request)
+        check_response_size(name, selected, self.max_response_bytes)
+        return encode_response(name, str(version), request, selected)
 
 
 class Dispatcher:
@@ -105,6 +111,7 @@ class Dispatcher:
         accelerators: bool,
         max_body_bytes: int,
         max_tensor_bytes: int,
+        max_response_bytes: int,
     ) -> None:
         self.wasm = wasm
         self.pod = pod
@@ -115,6 +122,7 @@ class Dispatcher:
         self.accelerators = accelerators  # whether the pod tier has accelerators (setting accelerators, resolved)
         self.max_body_bytes = max_body_bytes
         self.max_tensor_bytes = max_tensor_bytes
+        self.max_response_bytes = max_response_bytes
 
     def home_tier(self, manifest: Manifest) -> Tier:
         """Where the router places ``manifest`` when nothing argues otherwise, on this gateway's settings."""
@@ -161,7 +169,7 @@ class Dispatcher:
             self.refused(manifest, started, exc)
             raise
         self.metrics.decided(manifest.name, decision.tier, decision.reason)
-        call = HttpCall(body, headers, parsed)
+        call = HttpCall(body, headers, parsed, self.max_response_bytes)
         try:
             return await self._attempt(job, call, decision.tier, decision.reason, started)
         except NotTaken as first:

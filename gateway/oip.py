@@ -116,7 +116,7 @@ async def infer_here(request: Request, state: AppState) -> Response:
     try:
         body = await read_body(request, state.settings.max_body_bytes)
         req = parse_request(body, request.headers.get(HEADER_LENGTH), state.settings.sandbox.max_tensor_bytes)
-        outcome, _ = await state.wasm.serve(fn, HttpCall(body, request.headers, req))
+        outcome, _ = await state.wasm.serve(fn, HttpCall(body, request.headers, req, state.settings.max_response_bytes))
         status, cold = outcome.status, outcome.cold
     except WasmgateError as exc:
         status = status_of(exc)

@@ -75,6 +75,10 @@ class Settings:
     log_level: LogLevel = "info"
     #: Largest request body accepted at the inference endpoint (and for one uploaded blob at push).
     max_body_bytes: int = 64 * MiB
+    #: Largest response body a function may answer with, checked before it is encoded: its binary outputs'
+    #: bytes, and for each output asked for as JSON the most its text could take (refused with 500 naming this
+    #: setting; a large output fits better in binary, which is not inflated).
+    max_response_bytes: int = 64 * MiB
     #: Largest Wasm module accepted at push.
     max_module_bytes: int = 32 * MiB
     #: Largest ONNX model accepted at push.

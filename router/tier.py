@@ -82,7 +82,8 @@ class Call(Protocol):
         Raises InvalidRequest naming what does not match."""
 
     def encode(self, name: str, version: int, outputs: Sequence[Tensor]) -> tuple[bytes, Mapping[str, str]]:
-        """The response body and its headers for ``outputs``, with the outputs and encodings asked for."""
+        """The response body and its headers for ``outputs``, with the outputs and encodings asked for.
+        Raises GuestFailure, before encoding anything, when the body would pass the response size limit."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

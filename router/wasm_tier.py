@@ -30,6 +30,10 @@ from wasm_host.errors import DeadlineExceeded, Unavailable, WasmgateError
 from wasm_host.pool import InstancePool
 from wasm_host.tensors import Tensor, TensorSpec
 
+#: Outputs of more tensor bytes than this are encoded on a worker thread: a megabyte of FP32 becomes several of
+#: JSON text, milliseconds of work that would hold every other request on the event loop.
+ENCODE_INLINE_BYTES = 256 * 1024
+
 
 class Loader(Protocol):
     """Loads a function this process does not hold yet (``gateway.functions.serving.FunctionRegistry``)."""
@@ -121,7 +125,11 @@ class WasmTier:
             raise self.deadlines.explain(fn.name, exc) from exc
         finally:
             fn.last_used = time.monotonic()
-        body, headers = call.encode(fn.name, fn.version, produced)
+        if sum(len(t.data) for t in produced) > ENCODE_INLINE_BYTES:
+            # JSON text of a large tensor takes long to build: off the event loop, so neighbours keep answering.
+            body, headers = await anyio.to_thread.run_sync(call.encode, fn.name, fn.version, produced)
+        else:
+            body, headers = call.encode(fn.name, fn.version, produced)
         return Outcome(200, body, headers, self.replica, cold), service_ms
 
 

@@ -1244,8 +1244,14 @@ def round_trips(client: kubernetes.client.ApiClient, raw: Any, model: str) -> No
 
 MiB = 1024 * 1024
 DEADLINE_MS = 200
-#: The gateway settings the hostile fixtures are served with: a short deadline and a small memory limit.
-SETTINGS = {"WASMGATE_DEADLINE_MS": str(DEADLINE_MS), "WASMGATE_MEMORY_LIMIT_BYTES": str(16 * MiB)}
+RESPONSE_LIMIT = 4 * MiB
+#: The gateway settings the hostile fixtures are served with: a short deadline, a small memory limit, and a
+#: response limit that huge_response's JSON answer passes and its binary answer does not.
+SETTINGS = {
+    "WASMGATE_DEADLINE_MS": str(DEADLINE_MS),
+    "WASMGATE_MEMORY_LIMIT_BYTES": str(16 * MiB),
+    "WASMGATE_MAX_RESPONSE_BYTES": str(RESPONSE_LIMIT),
+}
 #: WASI preview 1 errno values (wasi/api.h).
 EBADF, ENOENT, ENOTSOCK, EPERM = 8, 44, 57, 63
 #: The host's bounds-check message: "guest range [p, p+n) is outside its N-byte memory".
@@ -1291,6 +1297,19 @@ TRAPS = [
     _trap("abi_oob", 3, 500, "the function returned a result outside its memory"),
     # A well-bounded but malformed response broke the ABI: the instance is discarded too.
     _trap("abi_oob", 4, 500, "the function returned a malformed response: bad magic"),
+    _trap(
+        "sleeper", 1, 504, f"past its deadline ({DEADLINE_MS} ms) in handle, in poll_oneoff, asked to sleep 30000 ms"
+    ),
+    _trap("sleeper", 2, 500, "the function exited in handle: proc_exit(3)"),
+    _trap("sleeper", 3, 500, "the function trapped in handle: failed to call `get-random-bytes`: requested len"),
+    # An answer too large to send is refused before it is encoded; the answer itself was sound: the instance stays.
+    Misbehaviour(
+        "huge_response",
+        1,
+        500,
+        (f"over the limit of {RESPONSE_LIMIT} (setting max_response_bytes)", "ask for out in binary"),
+        discarded=False,
+    ),
     # The guest rejecting its input (status 1) is the caller's error, and the instance is kept.
     Misbehaviour("trap", 9, 400, ("the function rejected the request: unknown case 9",), discarded=False),
 ]

@@ -6,6 +6,7 @@ import contextlib
 import json
 import re
 import struct
+from typing import Any
 
 import numpy as np
 import pytest
@@ -239,3 +240,51 @@ json_values = st.recursive(
 def test_structured_junk_only_raises_invalid_request(doc: dict[str, object]) -> None:
     with contextlib.suppress(InvalidRequest, TooLarge):
         parse_request(json.dumps(doc).encode(), None, LIMIT)
+
+
+# -- non-finite numbers: refused in JSON requests, null in JSON responses, untouched in binary ----------------
+
+
+def strict_json(raw: bytes) -> object:
+    """Parse as a strict JSON parser does: no NaN or Infinity tokens."""
+
+    def refuse(token: str) -> object:
+        raise AssertionError(f"the body holds the non-JSON token {token}")
+
+    return json.loads(raw, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e999", "-1e999"])
+@pytest.mark.parametrize("datatype", ["FP16", "FP32", "FP64", "BF16"])
+def test_non_finite_json_input_is_refused_pointing_at_binary(value: str, datatype: str) -> None:
+    raw = b'{"inputs": [{"name": "x", "shape": [2], "datatype": "%s", "data": [1, %s]}]}' % (
+        datatype.encode(),
+        value.encode(),
+    )
+    with pytest.raises(InvalidRequest, match="send non-finite values in a binary tensor"):
+        parse_request(raw, None, LIMIT)
+
+
+def test_non_finite_binary_input_travels_untouched() -> None:
+    values = np.array([np.nan, np.inf, -np.inf, 1.0], np.float32)
+    head = body({"name": "x", "shape": [4], "datatype": "FP32", "parameters": {"binary_data_size": values.nbytes}})
+    req = parse_request(head + values.tobytes(), str(len(head)), LIMIT)
+    assert req.inputs[0].data == values.tobytes()
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_non_finite_json_output_is_null_and_exact_in_binary(dtype: type[np.floating[Any]]) -> None:
+    values = np.array([[np.nan, np.inf], [-np.inf, 0.5]], dtype)
+    y = Tensor.from_numpy("y", values)
+    as_json = parse_request(body({"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}), None, LIMIT)
+    payload, _ = encode_response("m", "1", as_json, select_outputs([y], as_json))
+    doc = strict_json(payload)
+    assert isinstance(doc, dict)
+    assert doc["outputs"][0]["data"] == [None, None, None, 0.5]
+    as_binary = parse_request(
+        body({"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}, parameters={"binary_data_output": True}),
+        None,
+        LIMIT,
+    )
+    payload, headers = encode_response("m", "1", as_binary, select_outputs([y], as_binary))
+    assert payload[int(headers[HEADER_LENGTH]) :] == values.tobytes()

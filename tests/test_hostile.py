@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from tests.support import (
@@ -57,6 +58,10 @@ pytestmark = pytest.mark.e2e
 #: Fixtures `wasm push` must refuse, with the fragment its message must carry.
 REFUSED = {
     "init_loop": f"the function failed to start: the function ran past its deadline ({DEADLINE_MS} ms) in _initialize",
+    "init_sleep": (
+        f"the function failed to start: the function ran past its deadline ({DEADLINE_MS} ms) in _initialize, "
+        "in poll_oneoff, asked to sleep 20000 ms"
+    ),
     "bad_import": "import env.open_socket is not allowed",
 }
 #: Repeats of every hostile request in the leak check, after the warm-up rounds.
@@ -185,6 +190,20 @@ def test_request_fails_with_the_documented_status_and_the_instance_is_handled(se
         assert served_count(served, m.function) == before + 2  # the same instance served all three
         assert metric(served, "wasmgate_instantiations_total", function=m.function) == made
     assert_healthy_was_never_disturbed(served)
+
+
+def test_a_huge_answer_asked_for_in_binary_is_served(served: Served) -> None:
+    """The answer refused as JSON text (its test case above) fits the response limit as a binary tensor."""
+    body = {
+        "inputs": [{"name": "case", "shape": [1], "datatype": "INT32", "data": [1]}],
+        "outputs": [{"name": "out", "parameters": {"binary_data": True}}],
+    }
+    r = served.http.post("/v2/models/huge-response/infer", json=body)
+    assert r.status_code == 200, r.text
+    head = int(r.headers["inference-header-content-length"])
+    values = np.frombuffer(r.content[head:], "<i4")
+    np.testing.assert_array_equal(values, np.arange(3 * MiB // 4, dtype="<i4"))
+    assert_healthy_serves(served)
 
 
 def test_alloc_returning_a_pointer_outside_memory(served: Served) -> None:

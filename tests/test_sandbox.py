@@ -15,11 +15,14 @@ import numpy as np
 import pytest
 import wasmtime
 
+from gateway.functions.push import Publisher
+from gateway.settings import Settings
+from gateway.store.local import LocalStore
 from tests.support import prepare_wat
 from wasm_host.abi import DYNAMIC_DIM, MAGIC
 from wasm_host.errors import DeadlineExceeded, GuestFailure, GuestTrap, InvalidFunction, InvalidRequest
 from wasm_host.host import Host
-from wasm_host.tensors import Tensor
+from wasm_host.tensors import Tensor, TensorSpec
 
 ABI = """
   (memory (export "memory") 1)
@@ -86,11 +89,26 @@ def test_result_pointer_outside_memory_is_a_guest_failure(host: Host) -> None:
 
 def test_alloc_returning_a_bad_pointer(host: Host) -> None:
     wat = """(module (memory (export "memory") 1)
-      (func (export "alloc") (param i32) (result i32) (i32.const 65530))
+      (func (export "alloc") (param i32) (result i32) (i32.const 65528))
       (func (export "handle") (param i32 i32) (result i64) (i64.const 0)))"""
     inst = prepare_wat(host, wat).instantiate()
     with pytest.raises(GuestFailure, match="invalid buffer"):
         inst.handle(X, [])
+
+
+def test_alloc_returning_a_misaligned_buffer(host: Host) -> None:
+    """The ABI asks ``alloc`` for 8-byte alignment: the guest reads tensors in place as ``int64_t*``."""
+    inst = prepare_wat(host, guest("(i64.const 0)").replace("(i32.const 1024)", "(i32.const 1028)")).instantiate()
+    with pytest.raises(GuestFailure, match="alloc returned the misaligned buffer 0x404; the ABI requires 8-byte"):
+        inst.handle(X, [])
+    assert not inst.healthy
+
+
+def test_an_undefined_status_is_a_guest_failure(host: Host) -> None:
+    inst = prepare_wat(host, guest("(i64.shl (i64.const 3) (i64.const 62))")).instantiate()
+    with pytest.raises(GuestFailure, match="the undefined status 3"):
+        inst.handle(X, [])
+    assert not inst.healthy
 
 
 def test_guest_reported_invalid_input_is_invalid_request(host: Host) -> None:
@@ -191,6 +209,29 @@ def test_a_response_with_dims_its_data_cannot_fill_is_malformed(host: Host, dims
     assert not inst.healthy
 
 
+@pytest.mark.parametrize(
+    ("declared", "why"),
+    [
+        (TensorSpec("y", "FP32", (-1, 3, 4)), None),
+        (TensorSpec("y", "FP32", (2, 12)), "output 'y' with shape [2, 3, 4]; its signature declares [2, 12]"),
+        (TensorSpec("y", "FP32", (2, 3, 5)), "output 'y' with shape [2, 3, 4]; its signature declares [2, 3, 5]"),
+        (TensorSpec("y", "INT64", (2, 3, 4)), "output 'y' as FP32; its signature declares INT64"),
+        (TensorSpec("z", "FP32", (2, 3, 4)), "the undeclared output 'y'; its signature declares 'z'"),
+    ],
+    ids=["matches", "rank", "fixed dim", "datatype", "name"],
+)
+def test_an_answer_is_held_to_the_signature(host: Host, declared: TensorSpec, why: str | None) -> None:
+    inst = prepare_wat(host, answering(response_with_dims(2, 3, 4))).instantiate()
+    if why is None:
+        (y,) = inst.handle(X, [declared])
+        assert y.shape == (2, 3, 4)
+        assert inst.healthy
+        return
+    with pytest.raises(GuestFailure, match=re.escape(f"the function answered {why}")):
+        inst.handle(X, [declared])
+    assert not inst.healthy
+
+
 def test_garbage_is_not_a_module(host: Host) -> None:
     with pytest.raises(InvalidFunction, match="not a valid WebAssembly module"):
         host.prepare(b"\0asm\x01\0\0\0garbage", "ab" * 32, {})
@@ -232,3 +273,38 @@ def test_no_filesystem_or_environment(host: Host) -> None:
     inst = prepare_wat(host, wat).instantiate()
     assert inst.call("try_open") == 8  # EBADF: there is no preopened directory
     assert inst.call("env_count") == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        ("(loop $l (br $l)) (i32.const 0)", "the function's signature() failed: the function ran past its deadline"),
+        ("(unreachable)", "the function's signature() failed: the function trapped in signature: unreachable"),
+    ],
+    ids=["loops", "traps"],
+)
+def test_a_signature_that_fails_is_a_refused_push(host: Host, tmp_path: Path, body: str, why: str) -> None:
+    """A push runs ``signature`` under the deadline; its trap or timeout is the pushed code's fault: 400."""
+    wat = guest("(i64.const 0)", f'(func (export "signature") (result i32) {body})')
+    wasm = bytes(wasmtime.wat2wasm(wat))
+    store = LocalStore(tmp_path / "data")
+    publisher = Publisher(store, host, Settings(data_dir=tmp_path / "data"))
+    digest = store.stage(wasm)
+    with pytest.raises(InvalidFunction, match=re.escape(why)):
+        publisher.validate("sig", digest, {}, {})
+
+
+def test_trap_messages_carry_their_cause(host: Host) -> None:
+    wat = """(module
+      (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+      (import "wasi_snapshot_preview1" "random_get" (func $random (param i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (func (export "alloc") (param i32) (result i32) (i32.const 1024))
+      (func (export "handle") (param i32 i32) (result i64) (i64.const 0))
+      (func (export "quit") (result i32) (call $exit (i32.const 3)) (i32.const 0))
+      (func (export "too_random") (result i32) (call $random (i32.const 0) (i32.const 100000000))))"""
+    image = prepare_wat(host, wat)
+    with pytest.raises(GuestTrap, match=re.escape("the function exited in quit: proc_exit(3)")):
+        image.instantiate().call("quit")
+    with pytest.raises(GuestTrap, match="trapped in too_random: failed to call `get-random-bytes`: requested len"):
+        image.instantiate().call("too_random")

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import wasmtime
 
-from wasm_host.abi import STATUS_INVALID, STATUS_OK, decode_response, encode_request, unpack_result
+from wasm_host.abi import STATUS_FAILED, STATUS_INVALID, STATUS_OK, decode_response, encode_request, unpack_result
 from wasm_host.engine import WasmEngine
 from wasm_host.errors import DeadlineExceeded, GuestFailure, GuestTrap, InvalidFunction, InvalidRequest
 from wasm_host.memory import GuestMemory, OutOfBounds
@@ -29,6 +30,8 @@ log = logging.getLogger("wasmgate.guest")
 WASI_MODULE = "wasi_snapshot_preview1"
 MAX_MESSAGE = 4096
 MAX_SIGNATURE = 64 * 1024
+#: What ``alloc`` must align a request buffer to (ABI.md): its tensors' data is read in place by the guest.
+REQUEST_ALIGN = 8
 #: What a refused import is told it may use instead.
 _ALLOWED_IMPORTS = f"only {WASI_MODULE}, the six {NN_MODULE} functions and " + ", ".join(
     f"{EXTENSION_MODULE}.{name}" for name in EXTENSION_SIGNATURES
@@ -90,6 +93,56 @@ def check_abi(module: wasmtime.Module) -> dict[str, FuncSig]:
     return callable_exports
 
 
+#: An absolute host path in an engine's message ("/var/lib/wasmgate/..."): never shown to the caller.
+_HOST_PATH = re.compile(r"(?<![\w.])/[\w.\-]+(?:/[\w.\-]*)+")
+
+
+def trap_cause(exc: wasmtime.WasmtimeError | wasmtime.Trap) -> str:
+    """Why a call into a guest failed, for the caller: the trap's kind (``unreachable``, ``stack overflow``),
+    else the engine's own causes (a WASI call's error, say), innermost last, with host paths masked. wasmtime
+    puts the cause after a backtrace, under "Caused by:"; its first line says only where it happened."""
+    code = getattr(exc, "trap_code", None)
+    if isinstance(code, wasmtime.TrapCode):
+        return code.name.lower().replace("_", " ")
+    lines = str(exc).strip().splitlines()
+    if "Caused by:" in lines:
+        causes = [_CAUSE_NUMBER.sub("", line).strip() for line in lines[lines.index("Caused by:") + 1 :]]
+        text = ": ".join(c for c in causes if c)
+    else:
+        text = lines[0] if lines else ""
+    return _HOST_PATH.sub("<host path>", text)[:MAX_MESSAGE] or type(exc).__name__
+
+
+_CAUSE_NUMBER = re.compile(r"^\s*\d+:\s*")
+
+
+def check_answer(produced: Sequence[Tensor], declared: Sequence[TensorSpec]) -> None:
+    """Hold a function's answer to its signature, so the metadata it serves cannot lie: every output declared
+    (by name), with the declared datatype, rank and fixed dimensions. No declared outputs (no ``signature``):
+    nothing to hold it to. Raises GuestFailure naming the first mismatch. A declared output may be absent
+    (a function may answer a subset); the caller's request for it is then refused as unknown."""
+    if not declared:
+        return
+    by_name = {spec.name: spec for spec in declared}
+    for tensor in produced:
+        spec = by_name.get(tensor.name)
+        if spec is None:
+            raise GuestFailure(
+                f"the function answered the undeclared output {tensor.name!r}; its signature declares "
+                f"{', '.join(map(repr, by_name))}"
+            )
+        if tensor.datatype != spec.datatype:
+            raise GuestFailure(
+                f"the function answered output {tensor.name!r} as {tensor.datatype}; its signature declares "
+                f"{spec.datatype}"
+            )
+        if not spec.matches(tensor.shape):
+            raise GuestFailure(
+                f"the function answered output {tensor.name!r} with shape {list(tensor.shape)}; its signature "
+                f"declares {list(spec.shape)}"
+            )
+
+
 def _show(sig: tuple[tuple[str, ...], tuple[str, ...]]) -> str:
     return f"({', '.join(sig[0])}) -> ({', '.join(sig[1])})"
 
@@ -131,7 +184,7 @@ class GuestInstance:
         self.requests = 0
         self._nn_host = image.nn_host
         self._store = image.engine.new_store(image.files)
-        self.nn = NnState(image.backend, image.models, self.limits)
+        self.nn = NnState(image.backend, image.models, self.limits, image.nn_host.watchdog)
         self._arm()
         try:
             instance = image.pre.instantiate(self._store)
@@ -158,6 +211,7 @@ class GuestInstance:
         """Start a deadline: the guest calls made until the next ``_arm`` share it."""
         self._deadline_ms = self.limits.deadline_ms if deadline_ms is None else deadline_ms
         self._store.set_epoch_deadline(self.limits.deadline_ticks(self._deadline_ms))
+        self.nn.deadline.arm(self._deadline_ms)  # the same deadline for its host calls (wasm_host.waits)
 
     def _call(self, what: str, func: RawExport, *args: int) -> int:
         previous = self._nn_host.bind(self.nn)
@@ -172,15 +226,22 @@ class GuestInstance:
         """The error for a trap (or engine error) in ``what``; the instance is unusable from here on."""
         self.healthy = False
         text = str(exc).strip()
-        if isinstance(exc, wasmtime.Trap) and exc.trap_code == wasmtime.TrapCode.INTERRUPT:
-            return DeadlineExceeded(f"the function ran past its deadline ({self._deadline_ms} ms) in {what}")
+        if self.nn.deadline.expired or (
+            isinstance(exc, wasmtime.Trap) and exc.trap_code == wasmtime.TrapCode.INTERRUPT
+        ):
+            return self._past_deadline(what)
         log.info("guest trapped in %s: %s", what, text)
-        code = getattr(exc, "trap_code", None)
-        if isinstance(code, wasmtime.TrapCode):
-            reason = code.name.lower().replace("_", " ")
-        else:
-            reason = text.splitlines()[0] if text else type(exc).__name__
-        return GuestTrap(f"the function trapped in {what}: {reason}")
+        if isinstance(exc, wasmtime.ExitTrap):
+            return GuestTrap(f"the function exited in {what}: proc_exit({exc.code})")
+        return GuestTrap(f"the function trapped in {what}: {trap_cause(exc)}")
+
+    def _past_deadline(self, what: str) -> DeadlineExceeded:
+        self.healthy = False
+        where = self.nn.deadline.expired
+        return DeadlineExceeded(
+            f"the function ran past its deadline ({self._deadline_ms} ms) in {what}"
+            + (f", in {where}" if where else "")
+        )
 
     def call(self, export: str, *args: int) -> int:
         """Call any exported function (i32/i64 parameters, at most one result) under a fresh deadline, with
@@ -215,12 +276,20 @@ class GuestInstance:
         ptr = self._call("alloc", self._alloc, len(request)) & 0xFFFFFFFF
         if ptr == 0:
             raise GuestFailure(f"the function could not allocate {len(request)} bytes for the request")
+        if ptr & (REQUEST_ALIGN - 1):
+            self.healthy = False  # its allocator broke the ABI: the next buffer would be no better
+            raise GuestFailure(
+                f"the function's alloc returned the misaligned buffer {ptr:#x}; the ABI requires {REQUEST_ALIGN}-byte"
+                " alignment"
+            )
         try:
             self.memory.write(ptr, request)
         except OutOfBounds as exc:
             self.healthy = False
             raise GuestFailure(f"the function's alloc returned an invalid buffer: {exc}") from exc
         result = self._call("handle", self._handle, ptr, len(request))
+        if self.nn.deadline.expired:  # a host call stopped at the deadline; whatever the guest made of it
+            raise self._past_deadline("handle")
         status, out_ptr, out_len = unpack_result(result)
         try:
             body = self.memory.read(out_ptr, out_len)
@@ -229,10 +298,15 @@ class GuestInstance:
             raise GuestFailure(f"the function returned a result outside its memory: {exc}") from exc
         if status == STATUS_OK:
             try:
-                return decode_response(body)
+                produced = decode_response(body)
+                check_answer(produced, outputs)
             except GuestFailure:
                 self.healthy = False  # it broke the ABI: nothing it holds can be trusted for the next request
                 raise
+            return produced
+        if status not in (STATUS_INVALID, STATUS_FAILED):
+            self.healthy = False
+            raise GuestFailure(f"the function returned the undefined status {status} (0, 1 and 2 are defined)")
         message = body[:MAX_MESSAGE].decode(errors="replace") or "no message"
         cause = self.nn.take_error()
         if cause:

@@ -16,6 +16,7 @@ from wasm_host.errors import InvalidFunction
 from wasm_host.guest import FuncSig, FunctionImage, check_abi
 from wasm_host.onnx_backend import ModelRef, OnnxBackend
 from wasm_host.providers import CPU
+from wasm_host.waits import PollHost
 from wasm_host.wasi_nn import WasiNnHost
 
 
@@ -28,6 +29,9 @@ class Host:
         self.nn_host = WasiNnHost()
         self.linker = wasmtime.Linker(self.engine.engine)
         self.linker.define_wasi()
+        # Over WASI's own: sleeps bounded by the deadline. Held: the linker calls into its callbacks.
+        self.poll_host = PollHost(self.nn_host.current)
+        self.poll_host.define(self.linker)
         self.nn_host.define(self.linker)
         self._checked: dict[str, dict[str, FuncSig]] = {}  # module digest -> its callable exports
 
@@ -41,6 +45,7 @@ class Host:
 
     def close(self) -> None:
         self.engine.close()
+        self.nn_host.watchdog.close()
 
     def prepare(
         self, wasm: bytes, digest: str, models: Mapping[str, ModelRef], files: Path | None = None

@@ -70,9 +70,9 @@ class OnnxGraph:
         self.outputs = [_io(x) for x in session.get_outputs()]
         self.input_names = [x.name for x in self.inputs]
 
-    def run(self, feeds: Sequence[np.ndarray]) -> list[object]:
+    def run(self, feeds: Sequence[np.ndarray], options: ort.RunOptions | None = None) -> list[object]:
         """Run with inputs in graph order; outputs in graph order (numpy arrays for tensor outputs)."""
-        return self.session.run(None, dict(zip(self.input_names, feeds, strict=True)))  # type: ignore[no-any-return]
+        return self.session.run(None, dict(zip(self.input_names, feeds, strict=True)), options)  # type: ignore[no-any-return]
 
 
 def _io(node: object) -> IOInfo:

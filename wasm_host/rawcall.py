@@ -94,6 +94,11 @@ class RawMemory:
 
 
 HostFn = Callable[..., int]
+#: What a host function returns to trap instead of returning to the guest (outside the range of any errno).
+TRAP = -(1 << 31)
+#: The message of such a trap; the caller knows its cause (wasm_host.waits.Deadline.expired).
+TRAP_MESSAGE = b"wasmgate: the host stopped the call"
+_TRAP_TEXT = ctypes.create_string_buffer(TRAP_MESSAGE)
 
 
 _FINALIZE = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(lambda _env: None)
@@ -110,7 +115,7 @@ class RawLinkerFuncs:
 
     def define(self, linker: wasmtime.Linker, module: str, name: str, arity: int, fn: HostFn) -> None:
         """Define ``module.name`` as ``(i32 x arity) -> i32``. ``fn`` must not raise: an exception here has
-        nowhere to go but a crash, so callers catch everything and return an errno."""
+        nowhere to go but a crash, so callers catch everything and return an errno, or :data:`TRAP` to trap."""
 
         # The values arrive as an address (not a POINTER to the union, whose every index would build a ctypes
         # object): i32 argument k sits at byte 16*k, and the i32 result goes in slot 0.
@@ -122,7 +127,11 @@ class RawLinkerFuncs:
         size = stride * arity
 
         def callback(_env: int, _caller: int, values: int, _n: int) -> int:
-            from_address(values).value = fn(*fmt.unpack(string_at(values, size)))
+            result = fn(*fmt.unpack(string_at(values, size)))
+            if result == TRAP:  # the trap's ownership passes to wasmtime with its address
+                trap = ffi.wasmtime_trap_new(_TRAP_TEXT, len(TRAP_MESSAGE))
+                return ctypes.cast(trap, ctypes.c_void_p).value or 0
+            from_address(values).value = result
             return 0
 
         own_cb = _CALLBACK(callback)

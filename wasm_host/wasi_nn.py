@@ -37,6 +37,7 @@ from wasm_host.engine import SandboxLimits
 from wasm_host.memory import U32, GuestMemory, OutOfBounds
 from wasm_host.onnx_backend import ModelRef, OnnxBackend, OnnxGraph
 from wasm_host.rawcall import RawLinkerFuncs
+from wasm_host.waits import Deadline, Watchdog
 
 log = logging.getLogger("wasmgate.wasi_nn")
 
@@ -116,10 +117,15 @@ class _Context:
 class NnState:
     """WASI-NN state of one guest instance: its memory, its handles, and the models it may load by name."""
 
-    def __init__(self, backend: OnnxBackend, models: Mapping[str, ModelRef], limits: SandboxLimits) -> None:
+    def __init__(
+        self, backend: OnnxBackend, models: Mapping[str, ModelRef], limits: SandboxLimits, watchdog: Watchdog
+    ) -> None:
         self.backend = backend
         self.models = models
         self.limits = limits
+        self.watchdog = watchdog
+        #: The instance's deadline, which its host calls (a run here, a sleep in poll_oneoff) are held to.
+        self.deadline = Deadline()
         self.graphs: list[OnnxGraph] = []
         self.contexts: list[_Context] = []
         self.last_error: str | None = None
@@ -148,6 +154,9 @@ class NnState:
 
     def read_u32s(self, ptr: int, count: int) -> tuple[int, ...]:
         return self._memory().read_u32s(ptr, count)
+
+    def write(self, ptr: int, data: bytes) -> None:
+        self._memory().write(ptr, data)
 
     def write_u32(self, ptr: int, value: int) -> None:
         self._memory().write_u32(ptr, value)
@@ -266,10 +275,14 @@ class NnState:
             if x is None:
                 missing = [c.graph.inputs[i].name for i, y in enumerate(c.inputs) if y is None]
                 raise _Failure(NnErrno.UNSUPPORTED_OPERATION, f"compute before set_input of {missing}")
-        try:
-            c.outputs = c.graph.run(c.inputs)  # type: ignore[arg-type]  # None excluded just above
-        except Exception as exc:
-            raise _Failure(NnErrno.RUNTIME_ERROR, f"onnxruntime: {str(exc).strip()[:500]}") from exc
+        with self.watchdog.watch(self.deadline) as options:
+            try:
+                c.outputs = c.graph.run(c.inputs, options)  # type: ignore[arg-type]  # None excluded just above
+            except Exception as exc:
+                if self.deadline.expired:
+                    self.deadline.expired = "wasi-nn compute (onnxruntime stopped)"
+                    raise _Failure(NnErrno.RUNTIME_ERROR, "onnxruntime was stopped at the deadline") from exc
+                raise _Failure(NnErrno.RUNTIME_ERROR, f"onnxruntime: {str(exc).strip()[:500]}") from exc
 
     def _output(self, call: str, ctx: int, index: int) -> np.ndarray:
         """Output ``index`` of a computed context, as a numeric tensor (what both output imports read)."""
@@ -335,6 +348,12 @@ class WasiNnHost:
     def __init__(self) -> None:
         self._local = threading.local()
         self._funcs = RawLinkerFuncs()
+        self.watchdog = Watchdog()  # stops runs at their deadline; every instance's runs share it
+
+    def current(self) -> NnState | None:
+        """The state bound to this thread (:meth:`bind`), or None outside a call into a guest."""
+        state: NnState | None = getattr(self._local, "state", None)
+        return state
 
     def bind(self, state: NnState | None) -> NnState | None:
         """Route this thread's WASI-NN calls to ``state`` (None: to nothing) while a call into its guest runs.

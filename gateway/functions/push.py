@@ -27,7 +27,7 @@ from gateway.store.manifest import TIERS, Manifest, check_digest, check_name
 from gateway.wiring import thresholds
 from router.policy import fits_sandbox
 from wasm_host import heap
-from wasm_host.errors import InvalidFunction, InvalidRequest, NotFound, TooLarge
+from wasm_host.errors import GuestFailure, InvalidFunction, InvalidRequest, NotFound, TooLarge
 from wasm_host.figures import ModelFigures, measure, si
 from wasm_host.host import Host
 from wasm_host.model_types import check_carried, graph_edges, parse_model
@@ -240,7 +240,10 @@ class Publisher:
                 instance = image.instantiate()
             except Exception as exc:
                 raise InvalidFunction(f"the function failed to start: {exc}") from exc
-            signature = instance.signature()
+            try:
+                signature = instance.signature()
+            except GuestFailure as exc:  # a trap or a deadline in it is the pushed code's fault: a refusal
+                raise InvalidFunction(f"the function's signature() failed: {exc}") from exc
         base = Manifest(name, 0, "custom", module_digest, digests, None, None, figures=figures, files=file_digests)
         return base if signature is None else dataclasses.replace(base, inputs=signature[0], outputs=signature[1])
 
