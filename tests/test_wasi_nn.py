@@ -319,3 +319,67 @@ def test_get_output_dims_with_too_few_slots_is_too_large_and_gives_the_rank_only
     assert probe.call("get_output_dims", ctx, 1, DIMS_OUT_AT, 0, NDIM_AT) == NnErrno.TOO_LARGE
     assert u32(probe, NDIM_AT) == 2
     assert output_dims(probe, ctx, 0, dims_max=3) == (2, 5, 16)
+
+
+# -- host memory a guest makes the host hold: counted before the work (setting max_nn_memory_bytes) ------------
+
+
+def test_the_graph_cap_is_checked_before_any_model_is_read(probe: GuestInstance) -> None:
+    for _ in range(16):
+        load_digits_graph(probe)
+    probe.memory.write(DATA_AT, b"not a model")  # would be a runtime_error, had it been read and built
+    probe.memory.write(TENSOR_AT, struct.pack("<II", DATA_AT, 11))
+    assert probe.call("load", TENSOR_AT, 1, 1, 0, OUT_AT) == NnErrno.TOO_LARGE
+    probe.memory.write(NAME_AT, b"nope")
+    assert probe.call("load_by_name", NAME_AT, 4, OUT_AT) == NnErrno.TOO_LARGE  # not not_found: nothing looked up
+    assert "at most 16 graphs" in (probe.nn.take_error() or "")
+
+
+def budgeted(host: Host, limit: int, digits: Digits) -> tuple[Host, GuestInstance, GuestInstance]:
+    """A host whose functions may make it hold ``limit`` bytes through WASI-NN, and two instances of one
+    function (one image: they share its model budget)."""
+    from wasm_host.engine import SandboxLimits
+
+    small = Host(SandboxLimits(deadline_ms=200, max_nn_memory_bytes=limit), host.engine.cache_dir.parent).start()
+    image = prepare_wat(small, PROBE, {"digits": ModelRef(digits.digest, digits.path)})
+    return small, image.instantiate(), image.instantiate()
+
+
+def load_bytes(inst: GuestInstance, model: bytes) -> int:
+    inst.memory.write(DATA_AT, model)
+    inst.memory.write(TENSOR_AT, struct.pack("<II", DATA_AT, len(model)))
+    return inst.call("load", TENSOR_AT, 1, 1, 0, OUT_AT)
+
+
+def test_models_loaded_from_guest_memory_count_against_the_functions_budget(
+    host: Host, digits: Digits, encoder: Encoder
+) -> None:
+    small, first, second = budgeted(host, len(digits.model) + len(encoder.model) // 2, digits)
+    try:
+        assert load_bytes(first, digits.model) == NnErrno.SUCCESS
+        assert load_bytes(second, digits.model) == NnErrno.SUCCESS  # the same model: counted once
+        sessions = small.backend.cached()
+        assert load_bytes(second, encoder.model) == NnErrno.TOO_LARGE
+        assert "setting max_nn_memory_bytes" in (second.nn.take_error() or "")
+        assert small.backend.cached() == sessions  # refused before its session was built
+    finally:
+        small.close()
+
+
+def test_tensors_held_in_contexts_count_against_the_instances_budget(host: Host, digits: Digits) -> None:
+    small, inst, _ = budgeted(host, 4096, digits)
+    try:
+        ctx = new_context(inst)
+        put_tensor(inst, [8, 64], 1, np.zeros((8, 64), np.float32).tobytes())  # 2048 bytes: fits
+        assert inst.call("set_input", ctx, 0, TENSOR_AT) == NnErrno.SUCCESS
+        other = new_context(inst)
+        put_tensor(inst, [12, 64], 1, np.zeros((12, 64), np.float32).tobytes())  # 3072 more: over 4096
+        assert inst.call("set_input", other, 0, TENSOR_AT) == NnErrno.TOO_LARGE
+        assert "setting max_nn_memory_bytes" in (inst.nn.take_error() or "")
+        put_tensor(inst, [2, 64], 1, np.zeros((2, 64), np.float32).tobytes())  # replacing frees the old one
+        assert inst.call("set_input", ctx, 0, TENSOR_AT) == NnErrno.SUCCESS
+        assert inst.call("set_input", other, 0, TENSOR_AT) == NnErrno.SUCCESS
+        assert inst.call("compute", ctx) == NnErrno.SUCCESS  # its outputs fit beside the inputs
+        assert inst.nn.held_bytes == 2 * 512 + sum(o.nbytes for o in inst.nn.contexts[ctx].outputs or [])
+    finally:
+        small.close()

@@ -20,6 +20,9 @@ import dataclasses
 import hashlib
 import logging
 import os
+import resource
+import subprocess
+import sys
 import tempfile
 import threading
 from importlib.metadata import version
@@ -27,11 +30,18 @@ from pathlib import Path
 
 import wasmtime
 
-from wasm_host.errors import InvalidFunction, Unavailable
+from wasm_host.errors import InvalidFunction, TooLarge, Unavailable
+from wasm_host.wasm_sections import Malformed, code_shape
 
 log = logging.getLogger("wasmgate.engine")
 
 MiB = 1024 * 1024
+#: Modules up to this size compile in the gateway's own process; larger ones in a bounded child process. Below
+#: it, with the function limits, a compile costs at most about a second and tens of megabytes, which a child's
+#: start-up (a Python interpreter with wasmtime, about a quarter of a second) would cost again.
+IN_PROCESS_COMPILE_BYTES = 256 * 1024
+#: The child's exit status for a module wasmtime refuses (its reason on stderr).
+_INVALID_MODULE = 3
 #: Where a function's data files appear to it: one read-only preopened directory (guest_modules/ABI.md, "Files").
 FILES_GUEST_PATH = "/files"
 
@@ -52,6 +62,19 @@ class SandboxLimits:
     max_tensor_bytes: int = 64 * MiB
     #: Largest model a guest may hand to ``load`` as bytes.
     max_model_bytes: int = 256 * MiB
+    #: Host memory a function's guests may make the host hold through WASI-NN, outside their own memory
+    #: limit: the models they load from their own memory (each distinct model once, for all the function's
+    #: instances, while the function is loaded), and, per instance, the tensors held in its execution
+    #: contexts. Checked before a session is built or a tensor copied (``too_large``).
+    max_nn_memory_bytes: int = 512 * MiB
+    #: A module's code, read before it compiles (refused with 413 past either): how many functions it may
+    #: define, and the largest one function's body may be. Compile time and memory grow with both.
+    max_module_functions: int = 100_000
+    max_function_body_bytes: int = 1 * MiB
+    #: Modules larger than :data:`IN_PROCESS_COMPILE_BYTES` compile in a child process, which may take this
+    #: long and this much address space (Python and wasmtime included) before the push is refused with 413.
+    compile_timeout_s: float = 60.0
+    compile_memory_bytes: int = 2048 * MiB
 
     def deadline_ticks(self, deadline_ms: int | None = None) -> int:
         """Ticks to allow for ``deadline_ms`` (default: this config's), rounded up, plus one for the tick in
@@ -82,6 +105,7 @@ class WasmEngine:
         self.engine = wasmtime.Engine(config)
         # The artifact format depends on the wasmtime version and on codegen settings; both go in the key.
         tag = hashlib.sha256(f"epoch=1;stack={limits.max_wasm_stack_bytes};opt=speed;move=0".encode()).hexdigest()[:12]
+        self.cache_root = cache_dir
         self.cache_dir = cache_dir / f"wasmtime-{version('wasmtime')}-{tag}"
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
@@ -120,12 +144,57 @@ class WasmEngine:
         cached = self.load_cached(digest)
         if cached is not None:
             return cached
+        self._check_shape(wasm)
+        if len(wasm) > IN_PROCESS_COMPILE_BYTES:
+            self._compile_in_child(wasm, digest)
+            cached = self.load_cached(digest)
+            if cached is None:
+                raise Unavailable("the compiled module could not be read back from the compile cache", 1)
+            return cached
         try:
             module = wasmtime.Module(self.engine, wasm)
         except wasmtime.WasmtimeError as exc:
             raise InvalidFunction(f"not a valid WebAssembly module: {_first_line(exc)}") from exc
         self._store_cached(digest, bytes(module.serialize()))
         return module
+
+    def _check_shape(self, wasm: bytes) -> None:
+        """Refuse, before compiling, a module with more functions or a larger function than the limits allow."""
+        try:
+            shape = code_shape(wasm)
+        except Malformed as exc:
+            raise InvalidFunction(f"not a valid WebAssembly module: {exc}") from exc
+        if shape.functions > self.limits.max_module_functions:
+            raise TooLarge(
+                f"the module defines {shape.functions} functions, more than {self.limits.max_module_functions} "
+                "(setting max_module_functions)"
+            )
+        if shape.largest_body > self.limits.max_function_body_bytes:
+            raise TooLarge(
+                f"the module has a function of {shape.largest_body} bytes, more than "
+                f"{self.limits.max_function_body_bytes} (setting max_function_body_bytes)"
+            )
+
+    def _compile_in_child(self, wasm: bytes, digest: str) -> None:
+        """Compile in a child process under ``compile_timeout_s`` and ``compile_memory_bytes``, which writes the
+        artifact into the compile cache: whatever the compiler spends, the gateway's own memory stays as it
+        was. Raises TooLarge past either bound, InvalidFunction for a module wasmtime refuses."""
+        limits = self.limits
+        memory = limits.compile_memory_bytes
+        command = [sys.executable, "-m", "wasm_host.engine", str(self.cache_root), digest]
+        command += [str(limits.max_wasm_stack_bytes), str(memory)]
+        try:
+            done = subprocess.run(command, input=wasm, capture_output=True, timeout=limits.compile_timeout_s)
+        except subprocess.TimeoutExpired:
+            raise TooLarge(
+                f"the module took longer than {limits.compile_timeout_s:g} s to compile (setting compile_timeout_s)"
+            ) from None
+        if done.returncode == _INVALID_MODULE:
+            reason = done.stderr.decode(errors="replace").strip() or "refused by wasmtime"
+            raise InvalidFunction(f"not a valid WebAssembly module: {reason}")
+        if done.returncode != 0:  # out of address space, or killed: past the memory bound
+            log.info("compile child exited %d: %s", done.returncode, done.stderr[-500:].decode(errors="replace"))
+            raise TooLarge(f"the module needed more than {memory // MiB} MiB to compile (setting compile_memory_bytes)")
 
     def load_cached(self, digest: str) -> wasmtime.Module | None:
         """The cached compiled module for ``digest``, or None when absent or corrupted (then it is removed)."""
@@ -186,3 +255,22 @@ class WasmEngine:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _compile_child(cache_root: str, digest: str, stack_bytes: str, memory_bytes: str) -> int:
+    """The child of :meth:`WasmEngine._compile_in_child`: compile the module on stdin with the engine
+    configuration of the parent and write the artifact into its compile cache, within ``memory_bytes`` of
+    address space (an allocation past it aborts the child). Returns the exit status."""
+    resource.setrlimit(resource.RLIMIT_AS, (int(memory_bytes), int(memory_bytes)))
+    engine = WasmEngine(SandboxLimits(max_wasm_stack_bytes=int(stack_bytes)), Path(cache_root))
+    try:
+        module = wasmtime.Module(engine.engine, sys.stdin.buffer.read())
+    except wasmtime.WasmtimeError as exc:
+        print(_first_line(exc), file=sys.stderr)
+        return _INVALID_MODULE
+    engine._store_cached(digest, bytes(module.serialize()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_compile_child(*sys.argv[1:]))

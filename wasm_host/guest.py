@@ -22,7 +22,7 @@ from wasm_host.memory import GuestMemory, OutOfBounds
 from wasm_host.onnx_backend import ModelRef, OnnxBackend
 from wasm_host.rawcall import RawExport
 from wasm_host.tensors import Tensor, TensorSpec
-from wasm_host.wasi_nn import EXTENSION_MODULE, EXTENSION_SIGNATURES, IMPORTS, NnState, WasiNnHost
+from wasm_host.wasi_nn import EXTENSION_MODULE, EXTENSION_SIGNATURES, IMPORTS, NnBudget, NnState, WasiNnHost
 from wasm_host.wasi_nn import MODULE as NN_MODULE
 
 log = logging.getLogger("wasmgate.guest")
@@ -170,6 +170,8 @@ class FunctionImage:
         self.pre = pre
         self.models = dict(models)
         self.files = files
+        #: What the function's guests load through WASI-NN from their own memory, for all its instances.
+        self.nn_budget = NnBudget(engine.limits.max_nn_memory_bytes)
 
     def instantiate(self) -> GuestInstance:
         return GuestInstance(self)
@@ -184,7 +186,7 @@ class GuestInstance:
         self.requests = 0
         self._nn_host = image.nn_host
         self._store = image.engine.new_store(image.files)
-        self.nn = NnState(image.backend, image.models, self.limits, image.nn_host.watchdog)
+        self.nn = NnState(image.backend, image.models, self.limits, image.nn_host.watchdog, image.nn_budget)
         self._arm()
         try:
             instance = image.pre.instantiate(self._store)

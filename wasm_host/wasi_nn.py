@@ -106,24 +106,57 @@ class _Failure(Exception):
 
 
 class _Context:
-    __slots__ = ("graph", "inputs", "outputs")
+    __slots__ = ("graph", "inputs", "out_bytes", "outputs")
 
     def __init__(self, graph: OnnxGraph) -> None:
         self.graph = graph
         self.inputs: list[np.ndarray | None] = [None] * len(graph.inputs)
         self.outputs: list[object] | None = None
+        self.out_bytes = 0  # what ``outputs`` hold, counted against the instance's budget
+
+
+class NnBudget:
+    """What one function's guests make the host hold through WASI-NN (setting ``max_nn_memory_bytes``): the
+    models they loaded from their own memory, by digest, counted once for all its instances while the function
+    is loaded. (Models pushed with the function, loaded by name, are the gateway's to count.)"""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._models: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def admit_model(self, digest: str, nbytes: int) -> None:
+        """Count a model before its session is built. Raises _Failure(TOO_LARGE) past the budget."""
+        with self._lock:
+            if digest in self._models:
+                return
+            held = sum(self._models.values())
+            if held + nbytes > self.limit:
+                raise _Failure(
+                    NnErrno.TOO_LARGE,
+                    f"a model of {nbytes} bytes beside the {held} bytes of models this function loaded already "
+                    f"would pass its {self.limit}-byte budget (setting max_nn_memory_bytes)",
+                )
+            self._models[digest] = nbytes
 
 
 class NnState:
     """WASI-NN state of one guest instance: its memory, its handles, and the models it may load by name."""
 
     def __init__(
-        self, backend: OnnxBackend, models: Mapping[str, ModelRef], limits: SandboxLimits, watchdog: Watchdog
+        self,
+        backend: OnnxBackend,
+        models: Mapping[str, ModelRef],
+        limits: SandboxLimits,
+        watchdog: Watchdog,
+        budget: NnBudget | None = None,
     ) -> None:
         self.backend = backend
         self.models = models
         self.limits = limits
         self.watchdog = watchdog
+        self.budget = budget or NnBudget(limits.max_nn_memory_bytes)
+        self.held_bytes = 0  # the tensors this instance's contexts hold (inputs set, outputs computed)
         #: The instance's deadline, which its host calls (a run here, a sleep in poll_oneoff) are held to.
         self.deadline = Deadline()
         self.graphs: list[OnnxGraph] = []
@@ -174,9 +207,23 @@ class NnState:
             raise _Failure(NnErrno.INVALID_ARGUMENT, f"no execution context with handle {handle}")
         return self.contexts[handle]
 
-    def _add_graph(self, graph: OnnxGraph, out_ptr: int) -> None:
+    def _check_graph_room(self) -> None:
+        """Before any work towards another graph: the per-instance cap."""
         if len(self.graphs) >= MAX_GRAPHS:
             raise _Failure(NnErrno.TOO_LARGE, f"an instance may load at most {MAX_GRAPHS} graphs")
+
+    def _charge(self, delta: int) -> None:
+        """Count ``delta`` more bytes of tensors held by this instance, before they are copied or kept."""
+        if self.held_bytes + delta > self.budget.limit:
+            raise _Failure(
+                NnErrno.TOO_LARGE,
+                f"{delta} more bytes of tensors beside the {self.held_bytes} this instance holds would pass its "
+                f"{self.budget.limit}-byte budget (setting max_nn_memory_bytes)",
+            )
+        self.held_bytes += delta
+
+    def _add_graph(self, graph: OnnxGraph, out_ptr: int) -> None:
+        self._check_graph_room()
         self.graphs.append(graph)
         self.write_u32(out_ptr, len(self.graphs) - 1)
 
@@ -191,6 +238,7 @@ class NnState:
         if builders_len & U32 != 1:
             raise _Failure(NnErrno.INVALID_ARGUMENT, "an ONNX graph takes exactly one builder (the model bytes)")
         self._span(graph_out, 4)
+        self._check_graph_room()
         model_ptr, model_len = self.read_u32s(builders_ptr, 2)
         if model_len > self.limits.max_model_bytes:
             raise _Failure(
@@ -198,8 +246,10 @@ class NnState:
                 f"model of {model_len} bytes exceeds the {self.limits.max_model_bytes}-byte limit",
             )
         model = self.read(model_ptr, model_len)
+        digest = hashlib.sha256(model).hexdigest()
+        self.budget.admit_model(digest, model_len)
         try:
-            graph = self.backend.load(model, hashlib.sha256(model).hexdigest())
+            graph = self.backend.load(model, digest)
         except Exception as exc:
             raise _Failure(NnErrno.RUNTIME_ERROR, str(exc)) from exc
         self._add_graph(graph, graph_out)
@@ -209,6 +259,7 @@ class NnState:
         if name_len > MAX_NAME:
             raise _Failure(NnErrno.INVALID_ARGUMENT, f"model name longer than {MAX_NAME} bytes")
         self._span(graph_out, 4)
+        self._check_graph_room()
         try:
             name = self.read(name_ptr, name_len).decode()
         except UnicodeDecodeError as exc:
@@ -266,8 +317,10 @@ class NnState:
                 NnErrno.INVALID_ARGUMENT,
                 f"input {index}: data_len {data_len} but dims {list(dims)} need {nbytes}",
             )
+        old = c.inputs[index]
+        self._charge(data_len - (old.nbytes if old is not None else 0) - c.out_bytes)
         c.inputs[index] = np.frombuffer(self.read(data_ptr, data_len), dtype=np_dtype).reshape(dims)
-        c.outputs = None
+        c.outputs, c.out_bytes = None, 0
 
     def compute(self, ctx: int) -> None:
         c = self._context(ctx)
@@ -277,12 +330,18 @@ class NnState:
                 raise _Failure(NnErrno.UNSUPPORTED_OPERATION, f"compute before set_input of {missing}")
         with self.watchdog.watch(self.deadline) as options:
             try:
-                c.outputs = c.graph.run(c.inputs, options)  # type: ignore[arg-type]  # None excluded just above
+                outputs = c.graph.run(c.inputs, options)  # type: ignore[arg-type]  # None excluded just above
             except Exception as exc:
                 if self.deadline.expired:
                     self.deadline.expired = "wasi-nn compute (onnxruntime stopped)"
                     raise _Failure(NnErrno.RUNTIME_ERROR, "onnxruntime was stopped at the deadline") from exc
                 raise _Failure(NnErrno.RUNTIME_ERROR, f"onnxruntime: {str(exc).strip()[:500]}") from exc
+        # The outputs' size is known only now: counted before they are kept, and dropped if they do not fit.
+        out_bytes = sum(o.nbytes for o in outputs if isinstance(o, np.ndarray))
+        previous, c.outputs, c.out_bytes = c.out_bytes, None, 0
+        self.held_bytes -= previous
+        self._charge(out_bytes)
+        c.outputs, c.out_bytes = outputs, out_bytes
 
     def _output(self, call: str, ctx: int, index: int) -> np.ndarray:
         """Output ``index`` of a computed context, as a numeric tensor (what both output imports read)."""
