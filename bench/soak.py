@@ -71,7 +71,7 @@ from bench.http_load import BENCH, WASM
 from bench.pod_cold_start import clean_env, spawned_server
 from gateway.cli.client import AdminClient
 from gateway.cli.demo import dense_model, train_digits
-from tests.support import EBADF, ENOENT, ENOTSOCK, NN_MISUSE, SETTINGS, TRAPS, Misbehaviour
+from tests.support import BAD_ALLOC, EBADF, ENOENT, ENOTSOCK, NN_MISUSE, REFUSED, SETTINGS, TRAPS, Misbehaviour
 
 MiB = 1024 * 1024
 JSON = {"content-type": "application/json"}
@@ -234,8 +234,9 @@ def hostile_kinds() -> list[Kind]:
 
     kinds = [from_test(m) for m in TRAPS]
     kinds += [from_test(m) for m in NN_MISUSE if m.case in NN_CASES]
-    alloc = error_with("the function's alloc returned an invalid buffer", "is outside its")
-    kinds.append(Kind("hostile", "alloc-oob-0", "alloc-oob", (case(0),), 500, alloc))
+    for fixture, fragments in BAD_ALLOC.items():
+        function = fixture.replace("_", "-")
+        kinds.append(Kind("hostile", f"{function}-0", function, (case(0),), 500, error_with(*fragments)))
     denied = [ENOENT, ENOENT, ENOENT, EBADF, EBADF, 0, 0, 0, EBADF, ENOTSOCK, ENOTSOCK]
     kinds.append(Kind("hostile", "escape-1", "escape", (case(1),), 200, values(denied)))
     for function in ("infinite-loop", "memory-bomb", "trap", "nn-abuse"):
@@ -295,7 +296,7 @@ def soak_gateway(tmp: Path, digits: bytes, dense: bytes) -> Iterator[tuple[str, 
                 admin.push("digits-top3", guests["digits_topk"].read_bytes(), {"digits": digits})
                 admin.push("dense", None, {"model": dense})
                 for fixture, path in hostile.items():
-                    if fixture in ("init_loop", "bad_import"):  # refused at push; tests/test_hostile.py covers them
+                    if fixture in REFUSED:  # refused at push; tests/test_hostile.py covers them
                         continue
                     models = {"digits": digits} if fixture == "nn_abuse" else {}
                     admin.push(fixture.replace("_", "-"), path.read_bytes(), models)

@@ -1245,12 +1245,32 @@ def round_trips(client: kubernetes.client.ApiClient, raw: Any, model: str) -> No
 MiB = 1024 * 1024
 DEADLINE_MS = 200
 RESPONSE_LIMIT = 4 * MiB
+#: Fixtures `wasm push` must refuse, with the fragment its message must carry (the settings below make the
+#: module limits small enough for fixtures that compile in seconds).
+REFUSED = {
+    "init_loop": f"the function failed to start: the function ran past its deadline ({DEADLINE_MS} ms) in _initialize",
+    "init_sleep": (
+        f"the function failed to start: the function ran past its deadline ({DEADLINE_MS} ms) in _initialize, "
+        "in poll_oneoff, asked to sleep 20000 ms"
+    ),
+    "bad_import": "import env.open_socket is not allowed",
+    "bad_signature": "the function's signature() failed: the function trapped in signature: unreachable",
+    "many_functions": "functions, more than 2000 (setting max_module_functions)",
+    "big_function": "bytes, more than 32768 (setting max_function_body_bytes)",
+}
+#: Fixtures whose every request fails before it reaches ``handle``, with the fragments of their message.
+BAD_ALLOC = {
+    "alloc_oob": ("the function's alloc returned an invalid buffer", "is outside its"),
+    "alloc_misaligned": ("the function's alloc returned the misaligned buffer", "requires 8-byte alignment"),
+}
 #: The gateway settings the hostile fixtures are served with: a short deadline, a small memory limit, and a
 #: response limit that huge_response's JSON answer passes and its binary answer does not.
 SETTINGS = {
     "WASMGATE_DEADLINE_MS": str(DEADLINE_MS),
     "WASMGATE_MEMORY_LIMIT_BYTES": str(16 * MiB),
     "WASMGATE_MAX_RESPONSE_BYTES": str(RESPONSE_LIMIT),
+    "WASMGATE_MAX_MODULE_FUNCTIONS": "2000",
+    "WASMGATE_MAX_FUNCTION_BODY_BYTES": "32768",
 }
 #: WASI preview 1 errno values (wasi/api.h).
 EBADF, ENOENT, ENOTSOCK, EPERM = 8, 44, 57, 63
@@ -1297,6 +1317,11 @@ TRAPS = [
     _trap("abi_oob", 3, 500, "the function returned a result outside its memory"),
     # A well-bounded but malformed response broke the ABI: the instance is discarded too.
     _trap("abi_oob", 4, 500, "the function returned a malformed response: bad magic"),
+    # Answers the function's own signature says it cannot give: the metadata must not lie.
+    _trap("abi_oob", 5, 500, "the function returned the undefined status 3"),
+    _trap("abi_oob", 6, 500, "the function answered output 'out' as FP32; its signature declares INT32"),
+    _trap("abi_oob", 7, 500, "the function answered output 'out' with shape [1, 1]; its signature declares [-1]"),
+    _trap("abi_oob", 8, 500, "the function answered the undeclared output 'secret'; its signature declares 'out'"),
     _trap(
         "sleeper", 1, 504, f"past its deadline ({DEADLINE_MS} ms) in handle, in poll_oneoff, asked to sleep 30000 ms"
     ),
