@@ -488,10 +488,9 @@ def prepare_wat(host: Host, wat: str, models: dict[str, ModelRef] | None = None)
     return host.prepare(bytes(wasm), hashlib.sha256(wasm).hexdigest(), models or {})
 
 
-# handle() bumps a global counter and answers one INT64 tensor "count" holding it; with input value 1.0 it
-# traps instead. The response is a fixed WGT1 buffer at 1024 whose data word is patched.
-COUNTER = r"""
-(module
+# What COUNTER and SPINNER share: a memory, the global $n, a fixed WGT1 response at 1024 of one INT64 tensor
+# "count" [1] whose data word (at 1072) handle() patches with $n, and an alloc that answers 4096.
+COUNT_ANSWER = r"""
   (memory (export "memory") 1)
   (global $n (mut i64) (i64.const 0))
   (data (i32.const 1024)
@@ -500,30 +499,31 @@ COUNTER = r"""
     "\01\00\00\00\00\00\00\00"
     "count\00\00\00")
   (func (export "alloc") (param i32) (result i32) (i32.const 4096))
-  (func (export "handle") (param $p i32) (param $len i32) (result i64)
+"""
+
+# handle() bumps a global counter and answers one INT64 tensor "count" holding it; with input value 1.0 it
+# traps instead. The response is a fixed WGT1 buffer at 1024 whose data word is patched.
+COUNTER = (
+    "(module"
+    + COUNT_ANSWER
+    + r"""  (func (export "handle") (param $p i32) (param $len i32) (result i64)
     ;; the request's first input data starts at 16 + 16 + 8 (dims [1]) + 8 (name "x") = 48
     (if (f32.eq (f32.load (i32.add (local.get $p) (i32.const 48))) (f32.const 1)) (then unreachable))
     (global.set $n (i64.add (global.get $n) (i64.const 1)))
     (i64.store (i32.const 1072) (global.get $n))
     (i64.or (i64.shl (i64.const 56) (i64.const 32)) (i64.const 1024))))
 """
+)
 
 
 # handle() spins for as long as the request asks: its first input is INT32 [N] (named in at most 8 bytes, e.g.
 # "n"), whose first element k makes it count k * 1000 iterations of a loop, then answer INT64 "count" holding
 # the count. One loop iteration is a global's read and write, which no compiler pass removes: the run time grows
 # with k on any machine, so a test picks k to run far past one deadline and far short of another.
-SPINNER = r"""
-(module
-  (memory (export "memory") 1)
-  (global $n (mut i64) (i64.const 0))
-  (data (i32.const 1024)
-    "\57\47\54\31" "\01\00\00\00" "\00\00\00\00" "\00\00\00\00"
-    "\05\00\00\00" "\05\00\00\00" "\01\00\00\00" "\08\00\00\00"
-    "\01\00\00\00\00\00\00\00"
-    "count\00\00\00")
-  (func (export "alloc") (param i32) (result i32) (i32.const 4096))
-  (func (export "handle") (param $p i32) (param $len i32) (result i64)
+SPINNER = (
+    "(module"
+    + COUNT_ANSWER
+    + r"""  (func (export "handle") (param $p i32) (param $len i32) (result i64)
     (local $left i64)
     ;; the request's first input data starts at 16 + 16 + 8 (dims [N]) + 8 (its name) = 48
     (local.set $left (i64.mul (i64.extend_i32_u (i32.load (i32.add (local.get $p) (i32.const 48))))
@@ -538,6 +538,7 @@ SPINNER = r"""
     (i64.store (i32.const 1072) (global.get $n))
     (i64.or (i64.shl (i64.const 56) (i64.const 32)) (i64.const 1024))))
 """
+)
 
 
 def spin_body(thousands: int, rows: int = 1) -> dict[str, object]:
