@@ -90,7 +90,7 @@ def create_app(settings: Settings, role: Role = "gateway") -> Starlette:
             )
         state = AppState(settings, store, host, registry, publisher, wasm, metrics, role, dispatcher)
         app.state.wasmgate = state
-        await anyio.to_thread.run_sync(registry.prewarm)
+        await anyio.to_thread.run_sync(lambda: registry.prewarm(pod_tier=role == "runner"))
         # Everything made so far lives as long as the process: keep it out of every later collection, so a
         # full collection (which can land in any request) walks only what requests allocate.
         gc.freeze()

@@ -41,6 +41,8 @@ class LoadedFunctions(Protocol):
 
     def forget(self, name: str, new_code: bool = False) -> None: ...
 
+    def warm(self, name: str) -> bool: ...
+
 
 class Publisher:
     """Validates and commits pushes, pool changes and rollbacks to ``store``. ``loaded``, when given, drops
@@ -124,6 +126,10 @@ class Publisher:
         committed = self.store.commit(manifest, self.settings.max_functions)
         if self.loaded is not None:
             self.loaded.forget(manifest.name, new_code=True)
+            # A function asked to keep instances ready has them when its push returns, not at its first
+            # request (what start-up does for every such function, see FunctionRegistry.prewarm).
+            if committed.pool.min_warm > 0 and committed.tier != "pod":
+                self.loaded.warm(committed.name)
         return committed
 
     def rollback(self, name: str, to: int | None = None) -> Manifest:
@@ -173,6 +179,9 @@ class Publisher:
         FileLimits.of(self.settings).check({a: self.store.staged_size(d) for a, d in file_digests.items()})
         checked = {alias: self._check_model(alias, d, bare=module is None) for alias, d in digests.items()}
         graphs = {alias: graph for alias, (graph, _) in checked.items()}
+        for d in digests.values():  # saved now, so that the first request after the push loads it quickly
+            blob = self.store.blob_path(d)
+            self.host.backend.optimize(ModelRef(d, blob if blob.exists() else self.store.upload_path(d)))
         figures = sum((f for _, f in checked.values()), ModelFigures())
         if module is None:
             if len(graphs) != 1:

@@ -275,11 +275,29 @@ class FunctionRegistry:
             gc.collect()  # instances and sessions can sit in reference cycles; release their memory now
         return unloaded
 
-    def prewarm(self) -> None:
-        """Load every function with ``min_warm`` > 0, so its instances are ready before its first request."""
+    def prewarm(self, pod_tier: bool = False) -> None:
+        """Load every function with ``min_warm`` > 0, so its instances are ready before its first request.
+
+        With ``pod_tier`` (a runner starting) also every function pinned to the pod tier (``tier`` pod, with
+        code to run): a runner is started because requests for such functions are held at the gateway, so it
+        loads them before it reports ready rather than on the first forwarded request. The memory budget
+        (``model_memory_budget_mb``) still applies as they load, least recently loaded first out."""
         for manifest in self.store.manifests():
-            if manifest.pool.min_warm > 0:
-                try:
-                    self.get(manifest.name)
-                except Exception as exc:  # a function that fails to load reports it on its own requests
-                    log.warning("prewarming %s failed: %s", manifest.name, exc)
+            pinned = pod_tier and manifest.tier == "pod" and manifest.kind != "external"
+            if not (manifest.pool.min_warm > 0 or pinned):
+                continue
+            if self.warm(manifest.name) and pinned:
+                log.info("preloaded %s for the pod tier", manifest.name)
+
+    def warm(self, name: str) -> bool:
+        """Load the function now (blocking), with its first instances made, so that its next request is
+        served warm. Returns whether it loaded; a failure is logged, not raised (a function that fails to
+        load reports it on its own requests)."""
+        try:
+            fn = self.get(name)
+            fn.pool.refill()  # its min_warm instances, here rather than on the warmer thread
+            fn.cold = False  # its first request finds it loaded: that is no cold start
+        except Exception as exc:
+            log.warning("prewarming %s failed: %s", name, exc)
+            return False
+        return True
