@@ -7,11 +7,15 @@ import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
+import httpx
 import numpy as np
 import pytest
 
 from gateway.app import create_app
 from gateway.settings import Settings
+from gateway.wiring import runner_command
+from router.scalers.local import LocalProcessScaler
 from tests.support import (
     CNN_INPUT,
     AppClient,
@@ -175,3 +179,33 @@ def test_a_runner_preloads_the_pod_tier_functions_before_it_reports_ready(settin
 async def _loaded_names(client: AppClient) -> list[str]:
     state = client._client._transport.app.state.wasmgate  # type: ignore[attr-defined]
     return [fn.name for fn in state.registry.loaded()]
+
+
+def test_a_runner_started_for_held_requests_loads_their_function_before_it_reports_ready(
+    settings: Settings, capfd: pytest.CaptureFixture[str]
+) -> None:
+    with AppClient(create_app(settings)) as gateway:
+        push_cnn(gateway, "anywhere")  # not pinned to the pod tier: only being named makes a runner load it
+        push_cnn(gateway, "other")
+    scaler = LocalProcessScaler(runner_command(), settings.runner_env(), stop_grace_s=5)
+
+    async def scenario() -> httpx.Response:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(scaler.run, lambda: None)
+            await scaler.scale(1, ["anywhere"])  # what the activator asks with a request of it held
+            with anyio.fail_after(120):  # only a runner that never starts takes this long
+                while not scaler.ready():
+                    await anyio.sleep(0.02)
+            url = scaler.ready()[0].url
+            async with httpx.AsyncClient(trust_env=False, timeout=60) as client:
+                answer = await client.post(f"{url}/v2/models/anywhere/infer", json=cnn_body())
+            tg.cancel_scope.cancel()
+        await scaler.aclose()
+        return answer
+
+    answer = anyio.run(scenario)
+    log = capfd.readouterr().err  # the runner's, which writes to the stderr it inherits
+    assert "preloaded anywhere for its held requests" in log
+    assert "preloaded other" not in log
+    assert answer.status_code == 200, answer.text
+    assert "x-wasmgate-cold-start" not in answer.headers  # its model was loaded before it reported ready

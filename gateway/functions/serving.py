@@ -11,6 +11,7 @@ import gc
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from typing import Protocol
 
 from gateway.settings import Settings
@@ -275,19 +276,29 @@ class FunctionRegistry:
             gc.collect()  # instances and sessions can sit in reference cycles; release their memory now
         return unloaded
 
-    def prewarm(self, pod_tier: bool = False) -> None:
+    def prewarm(self, pod_tier: bool = False, named: Sequence[str] = ()) -> None:
         """Load every function with ``min_warm`` > 0, so its instances are ready before its first request.
 
         With ``pod_tier`` (a runner starting) also every function pinned to the pod tier (``tier`` pod, with
         code to run): a runner is started because requests for such functions are held at the gateway, so it
-        loads them before it reports ready rather than on the first forwarded request. The memory budget
-        (``model_memory_budget_mb``) still applies as they load, least recently loaded first out."""
-        for manifest in self.store.manifests():
+        loads them before it reports ready rather than on the first forwarded request. ``named`` functions
+        (those whose held requests a runner was started for, whatever their tier) load too, last and in
+        reverse order, so that under the memory budget (``model_memory_budget_mb``, least recently used out
+        first) the first named is the last to go. A name not in the store is logged and skipped."""
+        manifests = {m.name: m for m in self.store.manifests()}
+        wanted = list(dict.fromkeys(named))
+        for manifest in manifests.values():
             pinned = pod_tier and manifest.tier == "pod" and manifest.kind != "external"
-            if not (manifest.pool.min_warm > 0 or pinned):
+            if manifest.name in wanted or not (manifest.pool.min_warm > 0 or pinned):
                 continue
             if self.warm(manifest.name) and pinned:
                 log.info("preloaded %s for the pod tier", manifest.name)
+        for name in reversed(wanted):
+            held = manifests.get(name)
+            if held is None or held.kind == "external":
+                log.warning("not preloading %s: it is not a function this process can serve", name)
+            elif self.warm(name):
+                log.info("preloaded %s for its held requests", name)
 
     def warm(self, name: str) -> bool:
         """Load the function now (blocking), with its first instances made, so that its next request is
