@@ -209,3 +209,27 @@ def test_a_runner_started_for_held_requests_loads_their_function_before_it_repor
     assert "preloaded other" not in log
     assert answer.status_code == 200, answer.text
     assert "x-wasmgate-cold-start" not in answer.headers  # its model was loaded before it reported ready
+
+
+def test_a_deleted_functions_saved_graphs_go_once_no_function_uses_their_model(
+    client: AppClient, settings: Settings
+) -> None:
+    shared = push_cnn(client, "one")
+    assert push_cnn(client, "two") == shared
+    digest = upload(client, cnn_model(seed=1)).removeprefix("sha256:")
+    r = client.put("/admin/v1/functions/own", json={"module": None, "models": {"model": f"sha256:{digest}"}})
+    assert r.status_code == 201, r.text
+    saved = settings.cache_dir / "onnx"
+
+    def graphs(d: str) -> int:
+        return len(list(saved.glob(f"{d}-*")))
+
+    assert graphs(shared) == graphs(digest) == 2  # the graph and its data
+    assert client.delete("/admin/v1/functions/own").status_code == 200
+    assert graphs(digest) == 0
+    assert client.delete("/admin/v1/functions/one").status_code == 200
+    assert graphs(shared) == 2  # "two" still uses it
+    r = client.post("/v2/models/two/infer", json=cnn_body())
+    assert r.status_code == 200, r.text
+    assert client.delete("/admin/v1/functions/two").status_code == 200
+    assert graphs(shared) == 0

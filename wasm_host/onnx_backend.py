@@ -138,6 +138,12 @@ class OnnxBackend:
         saved graph is there."""
         return self.optimized is not None and self.optimized.save(ref.path, ref.digest, self._session)
 
+    def drop_optimized(self, digest: str) -> None:
+        """Remove the saved optimized graphs of this model (when no function uses it any more). A session
+        created from one is not affected: its data is mapped or read already."""
+        if self.optimized is not None:
+            self.optimized.drop(digest)
+
     def cached(self) -> int:
         """How many graphs are alive in the cache."""
         return len(self._graphs)

@@ -17,7 +17,9 @@ Layout under the cache directory (``<cache_dir>/onnx``)::
 providers, optimization level), so an upgrade or another provider list never reads a graph written for
 something else. Both files are written under temporary names and renamed into place, data first, so a reader
 sees a complete pair or no graph. A saved copy that fails to load (truncated, corrupt, from a broken disk) is
-removed and written again: the saved copy is a cache, never a reason for a load to fail.
+removed and written again: the saved copy is a cache, never a reason for a load to fail. The saved graphs of a
+model go when the last function using it is deleted (:meth:`OptimizedModels.drop`); those of a model only an
+older version uses stay, at most one per model blob the store keeps (one per key).
 """
 
 from __future__ import annotations
@@ -109,6 +111,13 @@ class OptimizedModels:
             log.warning("the saved optimized graph of model %s did not load (%s); writing it again", digest[:12], exc)
             self.discard(digest)
             return None
+
+    def drop(self, digest: str) -> None:
+        """Remove every saved graph of the model, whichever onnxruntime version or providers wrote it (the
+        model is no longer used); never raises."""
+        for path in self.root.glob(f"{digest}-*.onnx*"):
+            with contextlib.suppress(OSError):
+                path.unlink()
 
     def discard(self, digest: str) -> None:
         """Remove the saved graph, if any; never raises (a cache that cannot be written holds nothing)."""

@@ -45,7 +45,7 @@ class LoadedFunctions(Protocol):
 
 
 class Publisher:
-    """Validates and commits pushes, pool changes and rollbacks to ``store``. ``loaded``, when given, drops
+    """Validates and commits pushes, pool changes, rollbacks and deletions to ``store``. ``loaded``, when given, drops
     what this process holds of a function's old version once a new one is committed."""
 
     def __init__(
@@ -131,6 +131,19 @@ class Publisher:
             if committed.pool.min_warm > 0 and committed.tier != "pod":
                 self.loaded.warm(committed.name)
         return committed
+
+    def delete(self, name: str) -> Manifest:
+        """Remove the function, its history included, and what this process holds of it. The blobs stay
+        (other functions may share them), but the saved optimized graphs of its models go when no function's
+        current version uses those models any more: they are as large as the models, and a rollback or a push
+        that needs one again writes it at its first load. Raises NotFound."""
+        manifest = self.store.delete(name)
+        if self.loaded is not None:
+            self.loaded.forget(manifest.name)
+        in_use = {model for other in self.store.manifests() for model in other.models.values()}
+        for model in sorted(set(manifest.models.values()) - in_use):
+            self.host.backend.drop_optimized(model)
+        return manifest
 
     def rollback(self, name: str, to: int | None = None) -> Manifest:
         """Make an earlier version current again, as a new version (versions only ever grow, so a runner that
