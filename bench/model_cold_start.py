@@ -11,6 +11,24 @@ saved graph: the bytes are read, parsed and optimized); ``optimized`` creates th
 at push. Reported: p50 and p99 of cold minus warm in ms, and the ratio of the p50s. In-process and
 single-threaded (one intra-op thread, as the gateway runs), on a machine other work shares: figures are
 indicative, the ratio is what to compare.
+
+With ``--http`` it then measures the same models through a real ``wasm serve`` (on loopback, JSON requests of
+one row: 16 tokens for MiniLM, one 224x224 image for ResNet), interleaving the models in every round:
+
+1. Wasm tier, back from zero. A gateway with a 50 ms reaper; each model pushed at ``--tier wasm`` with
+   ``--idle-timeout 0.3`` (and the sandbox's fit raised, so a pinned model is served where it is pinned).
+   Each trial waits until the reaper has scaled the function to zero, then times one request (it must carry
+   ``x-wasmgate-cold-start: true``) and a warm one right after: p50/p99 of cold minus warm, the target being
+   100 ms for the 91 MB-class transformer, and of the warm request, the baseline of the ratio.
+2. First request after a push: the model pushed under a new name (``wasm push`` returns once the push is
+   committed, its optimized graph saved), then one request timed; the push is timed too.
+3. Pod tier from zero to its first answer: one gateway per model, pushed at ``--tier pod`` without cold-start
+   masking, runners scaling to zero after 1 s; each trial waits for zero (no runner among the gateway's
+   children), then times one request, which holds at the gateway while the local scaler starts a runner that
+   loads the model before it reports ready. The target is 1.5 s for the ResNet-class model. Baseline in the
+   same run, interleaved: KServe's process cold start (``bench/kserve_server.py``, spawn to its first answer to
+   the same request, polled every 5 ms) on the same model, when ``--kserve-python`` has ``kserve``;
+   single-input models only (its server feeds one input), so ResNet alone.
 """
 
 from __future__ import annotations
@@ -60,11 +78,16 @@ def models(tmp: Path) -> list[tuple[str, bytes, dict[str, np.ndarray]]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=15)
+    parser.add_argument("--http", action="store_true", help="also measure through a real wasm serve")
+    parser.add_argument("--http-trials", type=int, default=9, help="Wasm-tier trials per model (default 9)")
+    parser.add_argument("--pod-trials", type=int, default=3, help="pod-tier trials per model (default 3)")
+    parser.add_argument("--kserve-python", help="a Python with kserve, for KServe's process cold start")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="wasmgate-model-cold-"))
     print("cold minus warm, model work of a function back from zero (ms, in-process, one intra-op thread):")
     print(f"  {'model':9s} {'MB':>5s}  {'original p50':>12s} {'p99':>7s}  {'optimized p50':>13s} {'p99':>7s}  ratio")
-    for name, model, feeds in models(tmp):
+    found = models(tmp)
+    for name, model, feeds in found:
         path = tmp / f"{name}.onnx"
         path.write_bytes(model)
         ref = ModelRef(hashlib.sha256(model).hexdigest(), path)
@@ -86,6 +109,10 @@ def main() -> None:
             f"{pct(p, 99):7.1f}  {pct(o, 50) / pct(p, 50):.2f}x  (saving at push: {saving:.0f} ms)",
             flush=True,
         )
+    if args.http:
+        from bench.gateway_cold_start import run_all
+
+        run_all(found, tmp, args.http_trials, args.pod_trials, args.kserve_python)
 
 
 if __name__ == "__main__":
