@@ -182,8 +182,7 @@ async def get_function(request: Request) -> Response:
 
 async def delete_function(request: Request) -> Response:
     state = state_of(request)
-    manifest = await anyio.to_thread.run_sync(state.store.delete, request.path_params["name"])
-    state.registry.forget(manifest.name)
+    manifest = await anyio.to_thread.run_sync(state.publisher.delete, request.path_params["name"])
     return JSONResponse({"deleted": manifest.name, "version": manifest.version})
 
 

@@ -8,16 +8,19 @@ import contextlib
 import gc
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.to_thread
 import onnxruntime as ort
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway import admin, oip, openai_api, openapi
+from gateway import admin, oip, openai_api
 from gateway.dispatch import Dispatcher
 from gateway.functions.push import Publisher
 from gateway.functions.serving import FunctionRegistry
@@ -26,9 +29,7 @@ from gateway.metrics import Metrics
 from gateway.settings import Settings
 from gateway.state import AppState, Role
 from gateway.store.local import LocalStore
-from gateway.store.registry import RegistryStore, registry_client, registry_store
 from gateway.store.source import GatewaySource
-from gateway.store.sync import RegistrySync
 from gateway.wiring import has_accelerators, make_pod_tier, thresholds
 from router.deadlines import Deadlines
 from router.latency import ServiceTimes
@@ -37,27 +38,46 @@ from wasm_host.host import Host
 from wasm_host.pool import Warmer
 from wasm_host.providers import CPU, choose_providers
 
+if TYPE_CHECKING:  # imported when a registry store is used, see create_app
+    from gateway.store.registry import RegistryStore
+
 log = logging.getLogger("wasmgate")
 
 
-def create_app(settings: Settings, role: Role = "gateway") -> Starlette:
+def create_app(settings: Settings, role: Role = "gateway", preload: Sequence[str] = ()) -> Starlette:
     """The app of a gateway, or (``role="runner"``) of a pod-tier runner: the same OIP v2 endpoints on the same
-    engine, without the admin API or a pod tier of its own, and with the node's execution providers."""
+    engine, without the admin API or a pod tier of its own, and with the node's execution providers.
+
+    Before it reports ready, the app loads every function with ``min_warm`` > 0; a runner also loads the
+    functions pinned to the pod tier and those named in ``preload`` (the functions whose held requests it was
+    started for, passed by the local scaler), first named first."""
     # Bad settings fail here, at start, with the setting's name: not in the lifespan, not at the first request.
     accelerated = False
+    if role == "gateway" and settings.store:
+        # Imported only for a registry store: OCI and TLS code a runner, or a gateway on a local store, never
+        # runs, and whose import a runner's start would pay for.
+        from gateway.store.registry import registry_client
+
+        client = registry_client(settings)  # a bad store URL fails here
+    else:
+        client = None
     if role == "gateway":
-        client = registry_client(settings) if settings.store else None  # a bad store URL fails here
         providers = [CPU]  # the gateway's own tier is the CPU tier
         accelerated = has_accelerators(settings, ort.get_available_providers())
     else:
         # A runner reads the store as a local one: the gateway's cache on this machine, or what it fetches
         # from the gateway (runner_source_url).
-        client = None
         providers = choose_providers(settings.execution_providers, ort.get_available_providers())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        store = LocalStore(settings.data_dir) if client is None else registry_store(settings, client)
+        remote: RegistryStore | None = None
+        if client is None:
+            store = LocalStore(settings.data_dir)
+        else:
+            from gateway.store.registry import registry_store  # see the import of registry_client above
+
+            store = remote = registry_store(settings, client)
         if role == "gateway":
             store.prune_uploads()
         # A runner's sandbox holds guests to the pod tier's deadline; everything else in its limits is the same.
@@ -82,8 +102,10 @@ def create_app(settings: Settings, role: Role = "gateway") -> Starlette:
         )
         publisher = Publisher(store, host, settings, registry)
         sync = None
-        if isinstance(store, RegistryStore):
-            sync = RegistrySync(store, publisher.validate, metrics, settings.registry_sync_interval_s)
+        if remote is not None:
+            from gateway.store.sync import RegistrySync
+
+            sync = RegistrySync(remote, publisher.validate, metrics, settings.registry_sync_interval_s)
             # Start from what the registry holds when it answers; from the cache alone when it does not.
             await anyio.to_thread.run_sync(lambda: sync.once(report=sync.lead()))
         times = ServiceTimes(settings.spill_batch_rows)
@@ -109,7 +131,7 @@ def create_app(settings: Settings, role: Role = "gateway") -> Starlette:
             registry.at_home = lambda manifest: home(manifest) == "wasm"
         state = AppState(settings, store, host, registry, publisher, wasm, metrics, role, dispatcher)
         app.state.wasmgate = state
-        await anyio.to_thread.run_sync(registry.prewarm)
+        await anyio.to_thread.run_sync(lambda: registry.prewarm(pod_tier=role == "runner", named=preload))
         # Everything made so far lives as long as the process: keep it out of every later collection, so a
         # full collection (which can land in any request) walks only what requests allocate.
         gc.freeze()
@@ -148,7 +170,7 @@ def create_app(settings: Settings, role: Role = "gateway") -> Starlette:
     else:  # a runner serves OIP v2 alone: the gateway has translated any other protocol into it
         routes = [*oip.ROUTES, *oip.RUNNER_ROUTES]
     # The document describes every endpoint module, so it is served from here, above them all.
-    routes.append(Route("/openapi.json", openapi.openapi_json))
+    routes.append(Route("/openapi.json", _openapi_json))
     return Starlette(
         routes=routes,
         exception_handlers=EXCEPTION_HANDLERS,
@@ -171,3 +193,10 @@ async def _reaper(state: AppState) -> None:
             state.metrics.sample(state.registry.pools())
         except Exception:  # the reaper must outlive any one bad function
             log.exception("reaping idle functions failed")
+
+
+async def _openapi_json(request: Request) -> Response:
+    # The document's builder is imported at its first request, not at start: every runner starts without it.
+    from gateway import openapi
+
+    return await openapi.openapi_json(request)

@@ -17,6 +17,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import uvicorn
@@ -36,8 +37,8 @@ def configure_logging(settings: Settings) -> None:
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
-def uvicorn_server(settings: Settings, role: Role = "gateway") -> uvicorn.Server:
-    return uvicorn.Server(uvicorn.Config(create_app(settings, role), **_uvicorn_options(settings)))
+def uvicorn_server(settings: Settings, role: Role = "gateway", preload: Sequence[str] = ()) -> uvicorn.Server:
+    return uvicorn.Server(uvicorn.Config(create_app(settings, role, preload), **_uvicorn_options(settings)))
 
 
 def _uvicorn_options(settings: Settings) -> dict[str, Any]:
@@ -67,13 +68,16 @@ def tune_interpreter(settings: Settings) -> None:
     sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
 
 
-def serve_runner(settings: Settings, fd: int | None = None, parent_pid: int | None = None) -> None:
+def serve_runner(
+    settings: Settings, fd: int | None = None, parent_pid: int | None = None, preload: Sequence[str] = ()
+) -> None:
     """Run a pod-tier runner: one process, on the listening socket ``fd`` when given (the local scaler binds
     it), else on ``host:port``. With ``parent_pid`` the runner stops itself, as on SIGTERM, once it is no
-    longer that process's child, so a killed gateway leaves no runners behind."""
+    longer that process's child, so a killed gateway leaves no runners behind. ``preload`` names functions
+    to load before it reports ready, besides those pinned to the pod tier (see ``create_app``)."""
     configure_logging(settings)
     tune_interpreter(settings)
-    server = uvicorn_server(settings, "runner")
+    server = uvicorn_server(settings, "runner", preload)
     if parent_pid is not None:
         _watch_parent(server, parent_pid)
     sockets = [socket.socket(fileno=fd)] if fd is not None else None

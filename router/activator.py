@@ -142,8 +142,11 @@ class Activator:
         want, demand = self.scaling.decide(sum(self.in_flight.values()) + len(self._held), current, now)
         if want != current:
             log.info("scaling the pod tier from %d to %d replicas (demand %d)", current, want, demand)
+            # The functions of the held requests, first held first, so that new replicas load them before
+            # they report ready (only on the way up: replicas that are stopping load nothing).
+            held = list(dict.fromkeys(h.function for h in self._held)) if want > current else []
             try:
-                await self.scaler.scale(want)
+                await self.scaler.scale(want, held)
                 self._last_scale_error = None
                 if current == 0 and not self.scaler.ready():
                     self._scaling_from_zero_at = now

@@ -11,7 +11,7 @@ EndpointSlices).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Protocol
 
 
@@ -30,11 +30,14 @@ class Scaler(Protocol):
         another thread) whenever the ready set may have changed. Must survive transient failures of what it
         watches: log, back off, retry."""
 
-    async def scale(self, replicas: int) -> None:
+    async def scale(self, replicas: int, functions: Collection[str] = ()) -> None:
         """Ask for ``replicas`` replicas (0: scale to zero). Returns once the request is made, not once they
-        are ready; readiness arrives through ``on_change``. Raises ``wasm_host.errors.Unavailable`` when the
-        request cannot be made (the API server refused or is unreachable). A scaler that several gateways
-        share (``router.scalers.shares``) takes ``replicas`` as this gateway's share, and runs their sum."""
+        are ready; readiness arrives through ``on_change``. ``functions`` names the functions whose requests
+        are held for these replicas, first held first: a scaler that starts the replicas itself has them
+        loaded before the replicas report ready; one that cannot pass them on ignores them.
+        Raises ``wasm_host.errors.Unavailable`` when the request cannot be made (the API server refused or is
+        unreachable). A scaler that several gateways share (``router.scalers.shares``) takes ``replicas`` as
+        this gateway's share, and runs their sum."""
 
     def ready(self) -> Sequence[Replica]:
         """The replicas ready to serve now. Cheap: called on every pod-tier request."""

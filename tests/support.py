@@ -836,6 +836,81 @@ def cnn_model(
     return bytes(model.SerializeToString())
 
 
+def resnet18_model(classes: int = 1000, seed: int = 0) -> bytes:
+    """A ResNet-18-class ONNX model (about 47 MB) made with ``onnx.helper``: ResNet-18's layer structure with
+    random weights, for cold-start and memory figures of a real-sized vision model.
+
+    - Input ``images`` (as :func:`cnn_model`): FP32 ``[batch, 3, 224, 224]``, the batch dynamic. Output
+      ``logits``: FP32 ``[batch, classes]``.
+    - The stem: Conv 7x7 stride 2 (3 -> 64), BatchNormalization, Relu, MaxPool 3x3 stride 2.
+    - Four stages of two basic blocks each (64, 128, 256, 512 channels; the first block of stages 2-4 has stride
+      2 and a 1x1 Conv + BatchNormalization shortcut): Conv 3x3, BatchNormalization, Relu, Conv 3x3,
+      BatchNormalization, Add the shortcut, Relu. BatchNormalization stays unfolded, as in a training-mode
+      export, so onnxruntime's graph optimizations have real work to do at session creation.
+    - The head: GlobalAveragePool, Flatten, Gemm (512 -> ``classes``).
+
+    11.7 M parameters with the default 1000 classes, as torchvision's resnet18. The weights are random, from
+    ``seed``, scaled by fan-in so activations stay finite through the 18 layers.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    inits: list[onnx.TensorProto] = []
+    nodes: list[onnx.NodeProto] = []
+
+    def conv_bn(x: str, name: str, cin: int, cout: int, kernel: int, stride: int, relu: bool) -> str:
+        w = (rng.standard_normal((cout, cin, kernel, kernel)) / np.sqrt(cin * kernel * kernel)).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"{name}_w"))
+        for part, values in (
+            ("scale", 1 + 0.05 * rng.standard_normal(cout)),
+            ("bias", 0.05 * rng.standard_normal(cout)),
+            ("mean", 0.05 * rng.standard_normal(cout)),
+            ("var", 1 + 0.05 * rng.random(cout)),
+        ):
+            inits.append(numpy_helper.from_array(values.astype(np.float32), f"{name}_bn_{part}"))
+        pad = kernel // 2
+        conv = {"kernel_shape": [kernel, kernel], "pads": [pad] * 4, "strides": [stride, stride]}
+        nodes.append(helper.make_node("Conv", [x, f"{name}_w"], [f"{name}_conv"], **conv))
+        bn_inputs = [f"{name}_conv", *(f"{name}_bn_{p}" for p in ("scale", "bias", "mean", "var"))]
+        nodes.append(helper.make_node("BatchNormalization", bn_inputs, [f"{name}_bn"]))
+        if not relu:
+            return f"{name}_bn"
+        nodes.append(helper.make_node("Relu", [f"{name}_bn"], [f"{name}_relu"]))
+        return f"{name}_relu"
+
+    x = conv_bn(CNN_INPUT, "stem", 3, 64, 7, 2, relu=True)
+    nodes.append(helper.make_node("MaxPool", [x], ["pool"], kernel_shape=[3, 3], pads=[1] * 4, strides=[2, 2]))
+    x, cin = "pool", 64
+    for stage, cout in enumerate((64, 128, 256, 512), start=1):
+        for block in range(2):
+            name = f"s{stage}b{block}"
+            stride = 2 if stage > 1 and block == 0 else 1
+            y = conv_bn(x, f"{name}c1", cin, cout, 3, stride, relu=True)
+            y = conv_bn(y, f"{name}c2", cout, cout, 3, 1, relu=False)
+            shortcut = conv_bn(x, f"{name}down", cin, cout, 1, stride, relu=False) if stride != 1 else x
+            nodes.append(helper.make_node("Add", [y, shortcut], [f"{name}_sum"]))
+            nodes.append(helper.make_node("Relu", [f"{name}_sum"], [f"{name}_out"]))
+            x, cin = f"{name}_out", cout
+    fc = (rng.standard_normal((classes, 512)) / np.sqrt(512)).astype(np.float32)
+    inits.append(numpy_helper.from_array(fc, "fc_w"))
+    inits.append(numpy_helper.from_array((0.01 * rng.standard_normal(classes)).astype(np.float32), "fc_b"))
+    nodes.append(helper.make_node("GlobalAveragePool", [x], ["gap"]))
+    nodes.append(helper.make_node("Flatten", ["gap"], ["features"]))
+    nodes.append(helper.make_node("Gemm", ["features", "fc_w", "fc_b"], [CNN_OUTPUT], transB=1))
+    fp32 = onnx.TensorProto.FLOAT
+    graph = helper.make_graph(
+        nodes,
+        "resnet18",
+        [helper.make_tensor_value_info(CNN_INPUT, fp32, ["batch", 3, 224, 224])],
+        [helper.make_tensor_value_info(CNN_OUTPUT, fp32, ["batch", classes])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    return bytes(model.SerializeToString())
+
+
 def cnn_inputs(batch: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Inputs for :func:`cnn_model`: normalised images, random from ``seed``."""
     rng = np.random.default_rng(seed)

@@ -7,7 +7,7 @@ hand: the activator is the thing under test here, and the scalers are tested aga
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import anyio
 import pytest
@@ -56,6 +56,7 @@ class ScriptedScaler:
 
     def __init__(self) -> None:
         self.asked: list[int] = []
+        self.preload: list[list[str]] = []  # the functions passed with each scale request
         self._ready: list[Replica] = []
         self._on_change: Callable[[], None] = lambda: None
 
@@ -63,8 +64,9 @@ class ScriptedScaler:
         self._on_change = on_change
         await anyio.sleep_forever()
 
-    async def scale(self, replicas: int) -> None:
+    async def scale(self, replicas: int, functions: Collection[str] = ()) -> None:
         self.asked.append(replicas)
+        self.preload.append(list(functions))
 
     def ready(self) -> Sequence[Replica]:
         return tuple(self._ready)
@@ -110,6 +112,32 @@ def test_held_requests_scale_from_zero_and_are_released_in_arrival_order() -> No
                 scaler.set_ready(R1)
             assert order == [0, 1, 2, 3, 4]
             assert activator.held == 0
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)
+
+
+def test_a_scale_up_names_the_functions_of_the_held_requests_first_held_first() -> None:
+    async def main() -> None:
+        scaler = ScriptedScaler()
+        activator = Activator(scaler, ScalePolicy(max_replicas=3, target_in_flight=1), 10, 30, tick_s=0.01)
+
+        async def request(function: str) -> None:
+            async with activator.acquire(function):
+                pass
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(activator.run)
+            async with anyio.create_task_group() as requests:
+                requests.start_soon(request, "a")
+                await wait_for(lambda: scaler.asked == [1])
+                requests.start_soon(request, "b")
+                requests.start_soon(request, "a")
+                await wait_for(lambda: scaler.wanted() == 3)
+                # Each runner started is told what waits for it: the new ones may be the first ready.
+                assert scaler.preload[0] == ["a"]
+                assert scaler.preload[-1] == ["a", "b"]
+                scaler.set_ready(R1)
             tg.cancel_scope.cancel()
 
     anyio.run(main)

@@ -25,7 +25,8 @@ class Host:
         self, limits: SandboxLimits, cache_dir: Path, intra_op_threads: int = 1, providers: Sequence[str] = (CPU,)
     ) -> None:
         self.engine = WasmEngine(limits, cache_dir)
-        self.backend = OnnxBackend(intra_op_threads, providers)
+        # Optimized graphs are saved beside the compile cache: both are derived from blobs, keyed by digest.
+        self.backend = OnnxBackend(intra_op_threads, providers, cache_dir / "onnx")
         self.nn_host = WasiNnHost()
         self.linker = wasmtime.Linker(self.engine.engine)
         self.linker.define_wasi()

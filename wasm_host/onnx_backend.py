@@ -12,13 +12,14 @@ import functools
 import hashlib
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 from wasm_host.errors import InvalidFunction
+from wasm_host.optimized import OptimizedModels
 from wasm_host.providers import CPU
 from wasm_host.tensors import DYNAMIC, ONNX_TYPES, TensorSpec
 
@@ -85,10 +86,14 @@ def _io(node: object) -> IOInfo:
 class OnnxBackend:
     """Creates and caches sessions. Safe to use from several threads; one session runs concurrently."""
 
-    def __init__(self, intra_op_threads: int = 1, providers: Sequence[str] = (CPU,)) -> None:
+    def __init__(
+        self, intra_op_threads: int = 1, providers: Sequence[str] = (CPU,), optimized_dir: Path | None = None
+    ) -> None:
         self._intra_op_threads = intra_op_threads
         #: Execution providers sessions are created with, best first (see wasm_host.providers).
         self.providers = list(providers)
+        #: Saved optimized graphs that :meth:`load_ref` creates sessions from (None: always the original).
+        self.optimized = None if optimized_dir is None else OptimizedModels(optimized_dir, self.providers)
         self._graphs: weakref.WeakValueDictionary[str, OnnxGraph] = weakref.WeakValueDictionary()
         self._lock = threading.Lock()
 
@@ -109,8 +114,35 @@ class OnnxBackend:
             return graph
 
     def load_ref(self, ref: ModelRef) -> OnnxGraph:
+        """The graph of a stored model, from the cache when it is loaded already; else created from its saved
+        optimized graph (:mod:`wasm_host.optimized`), which is written first when it is missing or damaged.
+        The original model serves whenever no optimized graph can be saved or loaded."""
         graph = self._graphs.get(ref.digest)
-        return graph if graph is not None else self.load(ref.path.read_bytes(), ref.digest)
+        if graph is not None:
+            return graph
+        if self.optimized is None:
+            return self.load(ref.path.read_bytes(), ref.digest)
+        with self._lock:
+            graph = self._graphs.get(ref.digest)
+            if graph is None:
+                session = self.optimized.open(ref.digest, self._session)
+                if session is None and self.optimize(ref):
+                    session = self.optimized.open(ref.digest, self._session)
+                graph = OnnxGraph(ref.digest, session or self._session(ref.path.read_bytes()))
+                self._graphs[ref.digest] = graph
+            return graph
+
+    def optimize(self, ref: ModelRef) -> bool:
+        """Save the model's optimized graph, if this backend keeps them and it is not saved yet (at push, so
+        that the first request after it does not pay for the optimizers). Never raises; returns whether a
+        saved graph is there."""
+        return self.optimized is not None and self.optimized.save(ref.path, ref.digest, self._session)
+
+    def drop_optimized(self, digest: str) -> None:
+        """Remove the saved optimized graphs of this model (when no function uses it any more). A session
+        created from one is not affected: its data is mapped or read already."""
+        if self.optimized is not None:
+            self.optimized.drop(digest)
 
     def cached(self) -> int:
         """How many graphs are alive in the cache."""
@@ -125,12 +157,18 @@ class OnnxBackend:
                 seen.setdefault(provider, None)
         return list(seen)
 
-    def _session(self, model: bytes) -> ort.InferenceSession:
+    def _session(
+        self, model: bytes | str, tune: Callable[[ort.SessionOptions], None] | None = None
+    ) -> ort.InferenceSession:
+        """A session for a model's bytes or file; ``tune`` adjusts the options last (wasm_host.optimized's
+        saving and loading)."""
         options = ort.SessionOptions()
         # Many requests run at once on a gateway: one thread per run keeps them from fighting over cores.
         options.intra_op_num_threads = self._intra_op_threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        if tune is not None:
+            tune(options)
         try:
             return ort.InferenceSession(model, options, providers=self.providers)
         except Exception as exc:  # onnxruntime raises several unrelated exception types for bad models

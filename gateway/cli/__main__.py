@@ -1,9 +1,9 @@
-"""``python -m gateway.cli``: the ``wasm`` command, as the local scaler starts runners."""
+"""``python -m gateway.cli``: the ``wasm`` command, as the local scaler starts runners. Logging is set up by
+the command itself, as with the ``wasm`` script (``serve`` and ``runner`` at the level of setting
+``log_level``)."""
 
-import logging
 import sys
 
 from gateway.cli.main import main
 
-logging.basicConfig()
 sys.exit(main())

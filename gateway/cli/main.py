@@ -54,6 +54,13 @@ def _parser() -> argparse.ArgumentParser:
     runner.add_argument("--source-url", help="gateway URL to fetch functions from (default: the data dir only)")
     runner.add_argument("--fd", type=int, help=argparse.SUPPRESS)  # a listening socket from the local scaler
     runner.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)  # exit when no longer its child
+    runner.add_argument(
+        "--preload",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="load this function before reporting ready (repeatable; the pod tier's pinned ones always are)",
+    )
     runner.set_defaults(func=cmd_runner)
 
     demo = sub.add_parser("demo", help="run the gateway with demo functions pushed (needs the dev extra)")
@@ -223,7 +230,7 @@ def cmd_runner(args: argparse.Namespace) -> int:
         model_memory_budget_mb=args.memory_budget_mb,
         runner_source_url=args.source_url,
     )
-    serve_runner(settings, args.fd, args.parent_pid)
+    serve_runner(settings, args.fd, args.parent_pid, args.preload)
     return 0
 
 

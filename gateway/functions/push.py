@@ -44,9 +44,11 @@ class LoadedFunctions(Protocol):
 
     def forget(self, name: str, new_code: bool = False) -> None: ...
 
+    def warm(self, name: str) -> bool: ...
+
 
 class Publisher:
-    """Validates and commits pushes, pool changes and rollbacks to ``store``. ``loaded``, when given, drops
+    """Validates and commits pushes, pool changes, rollbacks and deletions to ``store``. ``loaded``, when given, drops
     what this process holds of a function's old version once a new one is committed."""
 
     def __init__(
@@ -156,7 +158,24 @@ class Publisher:
         committed = self.store.commit(manifest, self.settings.max_functions)
         if self.loaded is not None:
             self.loaded.forget(manifest.name, new_code=True)
+            # A function asked to keep instances ready has them when its push returns, not at its first
+            # request (what start-up does for every such function, see FunctionRegistry.prewarm).
+            if committed.pool.min_warm > 0 and committed.tier != "pod":
+                self.loaded.warm(committed.name)
         return committed
+
+    def delete(self, name: str) -> Manifest:
+        """Remove the function, its history included, and what this process holds of it. The blobs stay
+        (other functions may share them), but the saved optimized graphs of its models go when no function's
+        current version uses those models any more: they are as large as the models, and a rollback or a push
+        that needs one again writes it at its first load. Raises NotFound."""
+        manifest = self.store.delete(name)
+        if self.loaded is not None:
+            self.loaded.forget(manifest.name)
+        in_use = {model for other in self.store.manifests() for model in other.models.values()}
+        for model in sorted(set(manifest.models.values()) - in_use):
+            self.host.backend.drop_optimized(model)
+        return manifest
 
     def rollback(self, name: str, to: int | None = None) -> Manifest:
         """Make an earlier version current again, as a new version (versions only ever grow, so a runner that
@@ -215,6 +234,9 @@ class Publisher:
         FileLimits.of(self.settings).check({a: self.store.staged_size(d) for a, d in file_digests.items()})
         checked = {alias: self._check_model(alias, d, bare=module is None) for alias, d in digests.items()}
         graphs = {alias: graph for alias, (graph, _) in checked.items()}
+        for d in digests.values():  # saved now, so that the first request after the push loads it quickly
+            blob = self.store.blob_path(d)
+            self.host.backend.optimize(ModelRef(d, blob if blob.exists() else self.store.upload_path(d)))
         figures = sum((f for _, f in checked.values()), ModelFigures())
         if module is None:
             if len(graphs) != 1:

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from gateway.settings import Settings
@@ -363,14 +363,43 @@ class FunctionRegistry:
             self._manifests_seen = stamp
             self.prewarm(only_absent=True)
 
-    def prewarm(self, only_absent: bool = False) -> None:
+    def prewarm(self, pod_tier: bool = False, named: Sequence[str] = (), only_absent: bool = False) -> None:
         """Load every function at home here with ``min_warm`` > 0 (``only_absent``: those not loaded here), so
-        its instances are ready before its first request."""
-        for manifest in self.store.manifests():
+        its instances are ready before its first request.
+
+        With ``pod_tier`` (a runner starting) also every function pinned to the pod tier (``tier`` pod, with
+        code to run): a runner is started because requests for such functions are held at the gateway, so it
+        loads them before it reports ready rather than on the first forwarded request. ``named`` functions
+        (those whose held requests a runner was started for, whatever their tier) load too, last and in
+        reverse order, so that under the memory budget (``model_memory_budget_mb``, least recently used out
+        first) the first named is the last to go. A name not in the store is logged and skipped."""
+        manifests = {m.name: m for m in self.store.manifests()}
+        wanted = list(dict.fromkeys(named))
+        for manifest in manifests.values():
             if only_absent and manifest.name in self._loaded:
                 continue
-            if manifest.pool.min_warm > 0 and (self.at_home is None or self.at_home(manifest)):
-                try:
-                    self.get(manifest.name)
-                except Exception as exc:  # a function that fails to load reports it on its own requests
-                    log.warning("prewarming %s failed: %s", manifest.name, exc)
+            pinned = pod_tier and manifest.tier == "pod" and manifest.kind != "external"
+            at_home = self.at_home is None or self.at_home(manifest)
+            if manifest.name in wanted or not ((manifest.pool.min_warm > 0 and at_home) or pinned):
+                continue
+            if self.warm(manifest.name) and pinned:
+                log.info("preloaded %s for the pod tier", manifest.name)
+        for name in reversed(wanted):
+            held = manifests.get(name)
+            if held is None or held.kind == "external":
+                log.warning("not preloading %s: it is not a function this process can serve", name)
+            elif self.warm(name):
+                log.info("preloaded %s for its held requests", name)
+
+    def warm(self, name: str) -> bool:
+        """Load the function now (blocking), with its first instances made, so that its next request is
+        served warm. Returns whether it loaded; a failure is logged, not raised (a function that fails to
+        load reports it on its own requests)."""
+        try:
+            fn = self.get(name)
+            fn.pool.refill()  # its min_warm instances, here rather than on the warmer thread
+            fn.cold = False  # its first request finds it loaded: that is no cold start
+        except Exception as exc:
+            log.warning("prewarming %s failed: %s", name, exc)
+            return False
+        return True

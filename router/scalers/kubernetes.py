@@ -25,7 +25,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, TypeVar
 
 import anyio
@@ -149,8 +149,10 @@ class KubernetesScaler:
         write, when a share under this id is still live there); 0 before that."""
         return self._share if self.gateway_id else self._wanted
 
-    async def scale(self, replicas: int) -> None:
-        """Patch the Deployment's scale subresource to ``replicas``.
+    async def scale(self, replicas: int, functions: Collection[str] = ()) -> None:
+        """Patch the Deployment's scale subresource to ``replicas``. ``functions`` is not used: a Deployment's
+        pods all start from one template, so they preload the functions pinned to the pod tier (every runner
+        does) and load any other at its first request.
 
         The patch is sent even when ``replicas`` equals :meth:`wanted`: the cached value may be stale
         (someone else scaled the Deployment), and a patch that changes nothing is a no-op on the server (no

@@ -6,10 +6,13 @@ ephemeral loopback port, and hands the socket to the child, so a port can never 
 and using it, and the replica's address is known before the process has started.
 
 A replica counts as ready once its ``/v2/health/ready`` answers 200 (polled every ``start_poll_s`` while it
-starts, then every ``health_interval_s``); a replica whose process exits, or that stops answering its health
+starts, 10 ms: a refused connection on loopback costs microseconds, and held requests wait for the poll that
+sees it ready; then every ``health_interval_s``); a replica whose process exits, or that stops answering its health
 check, is dropped and, while the wanted count says so, replaced. Scaling down takes a replica out of the
 ready set first, then sends SIGTERM so it drains its in-flight requests, and SIGKILL after ``stop_grace_s``.
-Runners are started with ``--parent-pid``: they exit if the gateway dies without stopping them. With ``cpus``
+Runners are started with ``--parent-pid``: they exit if the gateway dies without stopping them. A runner
+started for held requests is told their functions (``--preload``) and loads them before it reports ready, so
+the first forwarded request finds its model loaded. With ``cpus``
 (setting ``runner_cpus``), each runner is pinned to those CPUs as soon as it is spawned, in the first moments
 of its interpreter's start-up and before it has started a thread (threads inherit the mask).
 """
@@ -24,7 +27,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 import anyio
 import httpx
@@ -50,13 +53,14 @@ class LocalProcessScaler:
         command: Sequence[str],
         env: Mapping[str, str],
         host: str = "127.0.0.1",
-        start_poll_s: float = 0.05,
+        start_poll_s: float = 0.01,
         health_interval_s: float = 1.0,
         start_timeout_s: float = 120.0,
         stop_grace_s: float = 30.0,
         cpus: frozenset[int] | None = None,
     ) -> None:
-        """``command`` starts one runner; the scaler appends ``--fd N --parent-pid PID``."""
+        """``command`` starts one runner; the scaler appends ``--fd N --parent-pid PID`` and a ``--preload
+        NAME`` for each function whose held requests the runner is started for."""
         self.command = list(command)
         self.cpus = cpus
         self.env = dict(env)
@@ -81,9 +85,9 @@ class LocalProcessScaler:
     def wanted(self) -> int:
         return self._wanted
 
-    async def scale(self, replicas: int) -> None:
+    async def scale(self, replicas: int, functions: Collection[str] = ()) -> None:
         self._wanted = replicas
-        self._reconcile()
+        self._reconcile(functions)
         self._wake.set()
 
     async def run(self, on_change: Callable[[], None]) -> None:
@@ -113,10 +117,11 @@ class LocalProcessScaler:
                 popen.wait()
 
     # -- internals -----------------------------------------------------------------------------------------
-    def _reconcile(self) -> None:
-        """Start or stop processes until as many are running as wanted."""
+    def _reconcile(self, functions: Collection[str] = ()) -> None:
+        """Start or stop processes until as many are running as wanted; those started load ``functions``
+        before they report ready."""
         while len(self._procs) < self._wanted:
-            self._start()
+            self._start(functions)
         if len(self._procs) > self._wanted:
             # Stop those not yet ready first (they serve nothing), then the newest.
             order = sorted(self._procs.values(), key=lambda p: (p.ready, p.started), reverse=False)
@@ -124,14 +129,15 @@ class LocalProcessScaler:
                 self._stop(proc)
             self._publish()
 
-    def _start(self) -> None:
+    def _start(self, functions: Collection[str] = ()) -> None:
         sock = tcp_listener(self.host, 0)
         try:
             port = sock.getsockname()[1]
             fd = sock.fileno()
             name = f"runner-{next(self._names)}"
+            preload = [arg for function in functions for arg in ("--preload", function)]
             popen = subprocess.Popen(
-                [*self.command, "--fd", str(fd), "--parent-pid", str(os.getpid())],
+                [*self.command, "--fd", str(fd), "--parent-pid", str(os.getpid()), *preload],
                 env=self.env,
                 pass_fds=(fd,),
                 stdin=subprocess.DEVNULL,
