@@ -113,7 +113,7 @@ def test_a_pod_home_function_run_in_the_gateway_is_let_go_soon_whatever_its_min_
         state = state_of(app)
         put(client, "lent", dense_model(LAYERS), pool=pool)
         put(client, "home", dense_model(LAYERS, seed=1), pool=pool, tier="wasm")
-        assert loaded(state) == set()  # neither is prewarmed by a push
+        assert loaded(state) == {"home"}  # a push prewarms (min_warm) only what lives in the gateway
         lent = client.post("/v2/models/lent/infer", json=ROW)
         assert lent.status_code == 200
         assert lent.headers["x-wasmgate-tier"] == "wasm"

@@ -46,6 +46,8 @@ class LoadedFunctions(Protocol):
 
     def warm(self, name: str) -> bool: ...
 
+    def lives_here(self, manifest: Manifest) -> bool: ...
+
 
 class Publisher:
     """Validates and commits pushes, pool changes, rollbacks and deletions to ``store``. ``loaded``, when given, drops
@@ -160,7 +162,7 @@ class Publisher:
             self.loaded.forget(manifest.name, new_code=True)
             # A function asked to keep instances ready has them when its push returns, not at its first
             # request (what start-up does for every such function, see FunctionRegistry.prewarm).
-            if committed.pool.min_warm > 0 and committed.tier != "pod":
+            if committed.pool.min_warm > 0 and self.loaded.lives_here(committed):
                 self.loaded.warm(committed.name)
         return committed
 

@@ -323,7 +323,7 @@ class FunctionRegistry:
                     stale = True
                     continue
                 timeout, min_warm = fn.manifest.pool.idle_timeout_s, fn.manifest.pool.min_warm
-                if self.at_home is not None and not self.at_home(fn.manifest):
+                if not self.lives_here(fn.manifest):
                     timeout, min_warm = min(timeout, self.lent_idle_s), 0
                 if idle < timeout:
                     continue
@@ -379,8 +379,7 @@ class FunctionRegistry:
             if only_absent and manifest.name in self._loaded:
                 continue
             pinned = pod_tier and manifest.tier == "pod" and manifest.kind != "external"
-            at_home = self.at_home is None or self.at_home(manifest)
-            if manifest.name in wanted or not ((manifest.pool.min_warm > 0 and at_home) or pinned):
+            if manifest.name in wanted or not ((manifest.pool.min_warm > 0 and self.lives_here(manifest)) or pinned):
                 continue
             if self.warm(manifest.name) and pinned:
                 log.info("preloaded %s for the pod tier", manifest.name)
@@ -390,6 +389,11 @@ class FunctionRegistry:
                 log.warning("not preloading %s: it is not a function this process can serve", name)
             elif self.warm(name):
                 log.info("preloaded %s for its held requests", name)
+
+    def lives_here(self, manifest: Manifest) -> bool:
+        """Whether ``manifest``'s function lives in this process (``at_home``; a runner: every function), so
+        that keeping its instances ready here is worth the memory."""
+        return self.at_home is None or self.at_home(manifest)
 
     def warm(self, name: str) -> bool:
         """Load the function now (blocking), with its first instances made, so that its next request is
