@@ -23,7 +23,7 @@ load with either is refused with 400.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import anyio.to_thread
 from starlette.requests import Request
@@ -38,6 +38,8 @@ from gateway.store.manifest import Manifest, check_name
 from wasm_host.errors import InvalidRequest
 from wasm_host.tensors import DTYPES, DYNAMIC, TensorSpec
 
+#: A function's state in the repository index (Triton's names for the two it can be in here).
+State = Literal["READY", "UNAVAILABLE"]
 #: Triton's data types by OIP datatype: ``TYPE_`` and the name, except that Triton calls BYTES a string.
 TRITON_TYPES = {name: "TYPE_STRING" if name == "BYTES" else f"TYPE_{name}" for name in DTYPES}
 #: The backend Triton would name for each kind of function (its ``platform`` is the metadata's).
@@ -107,13 +109,15 @@ async def get_config(request: Request) -> Response:
 def entry(state: AppState, manifest: Manifest) -> dict[str, str]:
     """One function in the repository index: READY when it serves without a load (see the module docstring)."""
     doc = {"name": manifest.name, "version": str(manifest.version)}
+    ready: State = "READY"
+    unavailable: State = "UNAVAILABLE"
     if manifest.kind == "external" or state.registry.get_loaded(manifest.name) is not None:
-        return {**doc, "state": "READY"}
+        return {**doc, "state": ready}
     if not state.registry.lives_here(manifest):
         reason = "its home is the pod tier: a runner loads it for its requests"
     else:
         reason = "at zero: its next request loads it (a cold start); load keeps it ready"
-    return {**doc, "state": "UNAVAILABLE", "reason": reason}
+    return {**doc, "state": unavailable, "reason": reason}
 
 
 async def _body(request: Request, example: str, fields: set[str]) -> dict[str, Any]:
