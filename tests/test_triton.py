@@ -5,9 +5,12 @@ a real ``wasm serve`` driven by ``tritonclient.http`` and KServe's ``InferenceRE
 from __future__ import annotations
 
 import asyncio
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
+import httpx
 import numpy as np
 import pytest
 
@@ -96,6 +99,19 @@ def test_health_answers_with_the_bodies_kserve_reads_and_metadata_lists_the_exte
         assert (ready.status_code, ready.json()) == (200, {"ready": True})
         extensions = client.get("/v2").json()["extensions"]
         assert extensions == ["binary_tensor_data", "model_configuration", "model_repository"]
+
+
+def test_a_gateway_not_yet_ready_answers_503_ready_false_with_retry_after(tmp_path: Path) -> None:
+    app = create_app(Settings.from_env({}, data_dir=tmp_path / "data"))
+    app.state.wasmgate = types.SimpleNamespace(ready=False)  # as the lifespan leaves it before start-up ends
+
+    async def get() -> httpx.Response:
+        # No lifespan: the app as it answers while starting (or draining).
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            return await client.get("/v2/health/ready")
+
+    r = anyio.run(get)
+    assert (r.status_code, r.json(), r.headers["retry-after"]) == (503, {"ready": False}, "1")
 
 
 def test_load_and_unload_need_the_admin_token_and_the_index_lists_what_the_callers_token_opens(
