@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway import admin, oip, openai_api
+from gateway import admin, oip, openai_api, triton_api
 from gateway.dispatch import Dispatcher
 from gateway.functions.push import Publisher
 from gateway.functions.serving import FunctionRegistry
@@ -166,7 +166,7 @@ def create_app(settings: Settings, role: Role = "gateway", preload: Sequence[str
             host.close()
 
     if role == "gateway":
-        routes = [*oip.ROUTES, *openai_api.ROUTES, *admin.ROUTES]
+        routes = [*oip.ROUTES, *triton_api.ROUTES, *openai_api.ROUTES, *admin.ROUTES]
     else:  # a runner serves OIP v2 alone: the gateway has translated any other protocol into it
         routes = [*oip.ROUTES, *oip.RUNNER_ROUTES]
     # The document describes every endpoint module, so it is served from here, above them all.

@@ -20,7 +20,10 @@ from gateway.state import AppState, state_of
 from gateway.store.manifest import Manifest
 from wasm_host.errors import InvalidRequest, NotFound, WasmgateError
 
+#: What ``GET /v2`` lists: Triton's binary tensors everywhere; its model configuration and repository
+#: extensions (gateway.triton_api) in a gateway, not in a runner, which serves what its gateway sends it.
 EXTENSIONS = ["binary_tensor_data"]
+GATEWAY_EXTENSIONS = [*EXTENSIONS, "model_configuration", "model_repository"]
 PLATFORMS = {"passthrough": "onnxruntime_onnx", "custom": "wasmgate_wasm", "external": "wasmgate_endpoint"}
 
 
@@ -47,11 +50,17 @@ def check_version(request: Request, manifest: Manifest) -> None:
 
 
 async def live(request: Request) -> Response:
-    return Response(status_code=200)
+    """200 ``{"live": true}``: the body KServe's client reads; Triton's reads the status alone."""
+    return JSONResponse({"live": True})
 
 
 async def ready(request: Request) -> Response:
-    return Response(status_code=200 if state_of(request).ready else 503)
+    """200 ``{"ready": true}`` once the app has started; while it starts or drains, 503 ``{"ready": false}``
+    (as KServe's own server answers; OIP asks for an error status, and any client or probe reads one as not
+    ready), with ``Retry-After``."""
+    if state_of(request).ready:
+        return JSONResponse({"ready": True})
+    return JSONResponse({"ready": False}, status_code=503, headers={"Retry-After": "1"})
 
 
 async def server_metadata(request: Request) -> Response:
@@ -62,7 +71,7 @@ async def server_metadata(request: Request) -> Response:
         {
             "name": "wasmgate" if state.role == "gateway" else "wasmgate-runner",
             "version": version("wasmgate"),
-            "extensions": EXTENSIONS,
+            "extensions": GATEWAY_EXTENSIONS if state.role == "gateway" else EXTENSIONS,
             "role": state.role,
             "execution_providers": state.host.backend.providers,
             "execution_providers_in_use": state.host.backend.providers_in_use(),
@@ -86,8 +95,8 @@ async def model_metadata(request: Request) -> Response:
 async def model_ready(request: Request) -> Response:
     """Ready when the function exists. A Wasm-tier function loads on demand in milliseconds and a pod-tier
     one is held while replicas start, so neither makes a caller wait for an explicit load."""
-    await lookup(state_of(request), request)
-    return Response(status_code=200)
+    m = await lookup(state_of(request), request)
+    return JSONResponse({"name": m.name, "ready": True})
 
 
 async def infer(request: Request) -> Response:

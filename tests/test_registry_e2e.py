@@ -97,7 +97,7 @@ def test_two_gateways_on_one_registry_push_infer_and_delete(
     raw = np.rint(digits.x_test[:5] * 16).astype(np.uint8)
     r = a.cli(
         "push", str(guests["digits_topk"]), "--model", f"digits={digits.path}",
-        "--registry", f"{registry.store}:top3", "--plain-http",
+        "--registry", f"{registry.store}:top3", "--registry-plain-http",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     body = [{"name": "images", "shape": list(raw.shape), "datatype": "UINT8", "data": raw.ravel().tolist()}]

@@ -94,7 +94,7 @@ def test_a_pushed_function_is_an_oci_artifact_a_standard_client_reads(
         str(guests["digits_topk"]),
         "--model",
         f"digits={digits.path}",
-        "--plain-http",
+        "--registry-plain-http",
         "--registry",
         f"{registry.store}:top3",
     )
@@ -137,7 +137,7 @@ def test_a_pushed_function_is_an_oci_artifact_a_standard_client_reads(
 
     # The gateway serves what the CLI pushed once it has synced, and `wasm ls --registry` lists both.
     wait_for(lambda: app.get("/v2/models/top3").status_code == 200, "the gateway to sync top3")
-    r = cli("ls", "--registry", registry.store, "--plain-http")
+    r = cli("ls", "--registry", registry.store, "--registry-plain-http")
     assert r.returncode == 0, r.stderr
     rows = [line.split() for line in r.stdout.splitlines()[1:]]
     assert [row[:3] for row in rows] == [["digits", "1", "passthrough"], ["top3", "1", "custom"]]
@@ -208,7 +208,7 @@ def test_files_are_layers_of_the_artifact_and_reach_every_gateway(
     (tmp_path / "labels.txt").write_bytes(LABELS)
     wasm = guests["read_file"].read_bytes()
     files = ("--file", f"vocab={tmp_path / 'vocab'}", "--file", f"labels.txt={tmp_path / 'labels.txt'}")
-    r = cli("push", str(guests["read_file"]), *files, "--plain-http", "--registry", f"{registry.store}:reader")
+    r = cli("push", str(guests["read_file"]), *files, "--registry-plain-http", "--registry", f"{registry.store}:reader")
     assert r.returncode == 0, r.stderr
 
     # Each file is a layer of its own media type, its alias annotated and its title the file name it has.
@@ -235,12 +235,12 @@ def test_files_are_layers_of_the_artifact_and_reach_every_gateway(
         assert read(other, "reader", "labels.txt") == LABELS
     wait_for(lambda: app.get("/admin/v1/functions/reader").json()["version"] == 3, "the first gateway to sync")
     assert read(app, "reader", "vocab") == VOCAB
-    r = cli("ls", "--registry", registry.store, "--plain-http")
+    r = cli("ls", "--registry", registry.store, "--registry-plain-http")
     assert r.stdout.splitlines()[0].split()[5] == "FILES"
     assert r.stdout.splitlines()[1].split()[5] == "labels.txt,vocab"
 
     # Gone from the registry: gone from the cache, its files' directories with it.
-    assert cli("rm", "reader", "--registry", registry.store, "--plain-http").returncode == 0
+    assert cli("rm", "reader", "--registry", registry.store, "--registry-plain-http").returncode == 0
     wait_for(lambda: app.get("/v2/models/reader").status_code == 404, "the gateway to drop reader")
     assert not (tmp_path / "gw" / "files" / "reader").exists()
 
@@ -350,7 +350,9 @@ def test_tls_with_a_private_ca_and_plain_http_only_when_allowed(
         ref = Reference.parse(secure.store)
         with RegistryClient(ref, Credentials(ca_file=str(cert))) as client:
             client.ping()
-        r = cli("push", str(digits.path), "--name", "digits", "--registry", secure.store, "--ca-file", str(cert))
+        r = cli(
+            "push", str(digits.path), "--name", "digits", "--registry", secure.store, "--registry-ca-file", str(cert)
+        )
         assert r.returncode == 0, r.stderr
         with RegistryClient(ref, Credentials()) as client, pytest.raises(Unavailable, match="registry_ca_file"):
             client.ping()  # a certificate nobody said to trust
@@ -374,7 +376,7 @@ def test_registry_credentials_and_a_clear_error_for_wrong_ones(tmp_path: Path, d
     secured.start()
     try:
         base = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-        push_cmd = ("push", str(digits.path), "--name", "digits", "--registry", secured.store, "--plain-http")
+        push_cmd = ("push", str(digits.path), "--name", "digits", "--registry", secured.store, "--registry-plain-http")
         good = base | {"WASMGATE_REGISTRY_USERNAME": "pusher", "WASMGATE_REGISTRY_PASSWORD": "s3cret"}
         r = cli(*push_cmd, env=good)
         assert r.returncode == 0, r.stderr

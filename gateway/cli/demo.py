@@ -56,6 +56,76 @@ def dense_model(sizes: tuple[int, ...] = (256, 1024, 1024, 1024, 10), seed: int 
     return bytes(model.SerializeToString())
 
 
+#: The inputs of :func:`encoder_model`, in graph order: INT64 ``[batch, sequence]`` each.
+ENCODER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+#: Its outputs, in graph order: FP32 ``[batch, sequence, hidden]`` and ``[batch, hidden]``.
+ENCODER_OUTPUTS = ("last_hidden_state", "pooler_output")
+
+
+def encoder_model(vocab: int = 64, hidden: int = 16, seed: int = 0) -> bytes:
+    """A tiny ONNX model shaped like a BERT encoder, made with ``onnx.helper``: a transformer's names, types and
+    dynamic shapes in a few kilobytes, for tests (and a model zoo) that need them without a real transformer.
+
+    - Inputs ``input_ids``, ``attention_mask``, ``token_type_ids``: INT64 ``[batch, sequence]``, both dims
+      dynamic (``dim_param``). Token ids must be below ``vocab``, token types 0 or 1.
+    - Outputs ``last_hidden_state``: FP32 ``[batch, sequence, hidden]``, and ``pooler_output``: FP32
+      ``[batch, hidden]``: two outputs with more than one dynamic dim or with a dynamic dim before a fixed one.
+
+    The math: word plus token-type embeddings (Gather), masked positions zeroed (Mul by the cast mask), then a
+    dense layer with tanh (MatMul, Add, Tanh); the pooler is a dense layer with tanh over each row's first token,
+    as BERT's is. The weights are random, from ``seed``.
+    """
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+
+    def weights(name: str, *shape: int) -> onnx.TensorProto:
+        return numpy_helper.from_array((rng.standard_normal(shape) / np.sqrt(shape[-1])).astype(np.float32), name)
+
+    inits = [
+        weights("word_embeddings", vocab, hidden),
+        weights("token_type_embeddings", 2, hidden),
+        weights("encoder_w", hidden, hidden),
+        weights("encoder_b", hidden),
+        weights("pooler_w", hidden, hidden),
+        weights("pooler_b", hidden),
+        numpy_helper.from_array(np.array([2], np.int64), "last_axis"),
+        numpy_helper.from_array(np.array(0, np.int64), "first_token"),
+    ]
+    node = helper.make_node
+    nodes = [
+        node("Gather", ["word_embeddings", "input_ids"], ["words"]),
+        node("Gather", ["token_type_embeddings", "token_type_ids"], ["types"]),
+        node("Add", ["words", "types"], ["embedded"]),
+        node("Cast", ["attention_mask"], ["mask"], to=onnx.TensorProto.FLOAT),
+        node("Unsqueeze", ["mask", "last_axis"], ["mask3"]),
+        node("Mul", ["embedded", "mask3"], ["masked"]),
+        node("MatMul", ["masked", "encoder_w"], ["encoded"]),
+        node("Add", ["encoded", "encoder_b"], ["encoded_b"]),
+        node("Tanh", ["encoded_b"], ["last_hidden_state"]),
+        node("Gather", ["last_hidden_state", "first_token"], ["first"], axis=1),
+        node("MatMul", ["first", "pooler_w"], ["pooled"]),
+        node("Add", ["pooled", "pooler_b"], ["pooled_b"]),
+        node("Tanh", ["pooled_b"], ["pooler_output"]),
+    ]
+    int64, fp32 = onnx.TensorProto.INT64, onnx.TensorProto.FLOAT
+    graph = helper.make_graph(
+        nodes,
+        "encoder",
+        [helper.make_tensor_value_info(name, int64, ["batch", "sequence"]) for name in ENCODER_INPUTS],
+        [
+            helper.make_tensor_value_info("last_hidden_state", fp32, ["batch", "sequence", hidden]),
+            helper.make_tensor_value_info("pooler_output", fp32, ["batch", hidden]),
+        ],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    return bytes(model.SerializeToString())
+
+
 def train_digits() -> tuple[bytes, Any, Any]:
     """(ONNX bytes, X_test as float32 scaled to 0-1, y_test) for a classifier of sklearn's digits.
 

@@ -67,6 +67,12 @@ def _parser() -> argparse.ArgumentParser:
     _serve_flags(demo)
     demo.set_defaults(func=cmd_demo)
 
+    example = sub.add_parser(
+        "example", help="write the README tour's models, example functions, data files and requests into DIR"
+    )
+    example.add_argument("dir", type=Path, help="where to write them (made if absent)")
+    example.set_defaults(func=cmd_example)
+
     push = sub.add_parser("push", help="push an ONNX model, or a Wasm function with its models")
     push.add_argument(
         "file", type=Path, nargs="?", help="a .onnx model (served as is) or a .wasm function; optional with --endpoint"
@@ -142,14 +148,49 @@ def _parser() -> argparse.ArgumentParser:
 def registry_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("registry (instead of a gateway)")
     g.add_argument("--registry", metavar="oci://HOST[:PORT]/REPO[:TAG]", help="work on this registry directly")
-    g.add_argument("--username", help="registry user (default $WASMGATE_REGISTRY_USERNAME)")
+    # The same names as wasm serve's registry flags; the earlier short spellings still work, with a warning.
+    g.add_argument(
+        "--registry-username",
+        "--username",
+        dest="username",
+        action=Renamed,
+        help="registry user (default $WASMGATE_REGISTRY_USERNAME; --username is deprecated)",
+    )
     g.add_argument(
         "--password-stdin", action="store_true", help="read the registry password from stdin (default: its env)"
     )
-    g.add_argument("--ca-file", help="PEM certificates to trust for the registry's TLS")
     g.add_argument(
-        "--plain-http", action="store_true", default=None, help="talk plain HTTP to the registry (trusted networks)"
+        "--registry-ca-file",
+        "--ca-file",
+        dest="ca_file",
+        action=Renamed,
+        help="PEM certificates to trust for the registry's TLS (--ca-file is deprecated)",
     )
+    g.add_argument(
+        "--registry-plain-http",
+        "--plain-http",
+        dest="plain_http",
+        action=Renamed,
+        nargs=0,
+        const=True,
+        help="talk plain HTTP to the registry, trusted networks only (--plain-http is deprecated)",
+    )
+
+
+class Renamed(argparse.Action):
+    """An option whose last spelling is deprecated: given that way it still works, and warns with the name to
+    use. ``nargs=0`` with ``const`` makes it a flag."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        if option_string == self.option_strings[-1]:
+            print(f"warning: {option_string} is deprecated; use {self.option_strings[0]}", file=sys.stderr)
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
 
 
 def _serve_flags(p: argparse.ArgumentParser, workers: bool = True) -> None:
@@ -247,6 +288,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(settings_from(args))
 
 
+def cmd_example(args: argparse.Namespace) -> int:
+    from gateway.cli.example import write_examples
+
+    written = write_examples(args.dir)
+    print(f"wrote {len(written)} files to {args.dir}: {' '.join(p.name for p in written)}")
+    return 0
+
+
 def cmd_push(args: argparse.Namespace) -> int:
     if args.file is None and args.endpoint is None:
         print("error: push takes a .onnx or .wasm file, or --endpoint for a function served elsewhere", file=sys.stderr)
@@ -293,7 +342,8 @@ def cmd_push(args: argparse.Namespace) -> int:
             result = client.push(name, None, {"model": data}, pool, placement, args.inference_token)
     where = f"tier {tier_label(result)}" + (f" at {result['endpoint']}" if result.get("endpoint") else "")
     print(f"pushed {result['name']} version {result['version']} ({result['kind']}, {where})")
-    print(f"  infer: curl -X POST {args.gateway.rstrip('/')}/v2/models/{result['name']}/infer -d @request.json")
+    url = f"{args.gateway.rstrip('/')}/v2/models/{result['name']}"
+    print(f"  inputs: curl -s {url}    infer: POST an OIP v2 request to {url}/infer")
     return 0
 
 

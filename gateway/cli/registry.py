@@ -2,9 +2,11 @@
 
 A push builds and validates the function in this process exactly as a gateway would (the same
 ``Publisher.push``, on a registry store over a temporary cache), then pushes it to the registry; the
-gateways on that registry serve it after their next sync. Credentials come from ``--username`` and
-``--password-stdin``, else ``WASMGATE_REGISTRY_USERNAME`` and ``WASMGATE_REGISTRY_PASSWORD``; ``--ca-file`` and
-``--plain-http`` (else ``WASMGATE_REGISTRY_CA_FILE``, ``WASMGATE_REGISTRY_PLAIN_HTTP``) as for ``wasm serve``.
+gateways on that registry serve it after their next sync. Credentials come from ``--registry-username`` and
+``--password-stdin``, else ``WASMGATE_REGISTRY_USERNAME`` and ``WASMGATE_REGISTRY_PASSWORD``;
+``--registry-ca-file`` and ``--registry-plain-http`` (else ``WASMGATE_REGISTRY_CA_FILE``,
+``WASMGATE_REGISTRY_PLAIN_HTTP``) as for ``wasm serve``, whose flags they are named after (the earlier
+``--username``, ``--ca-file`` and ``--plain-http`` still work, with a warning).
 """
 
 from __future__ import annotations

@@ -279,13 +279,22 @@ class FunctionRegistry:
     def forget(self, name: str, new_code: bool = False) -> None:
         """Unload the function; with ``new_code`` (a push committed another version) also forget its call-time
         history, since the new code's speed is unknown."""
+        self.unload(name)
+        if new_code:
+            with self._lock:
+                self._history.pop(name, None)
+
+    def unload(self, name: str) -> bool:
+        """Scale the function to zero in this process now, as the reaper does once it is idle: its instances
+        and sessions go and their memory goes back to the OS; the store and the compile cache stay, and its next
+        request loads it again. Requests already running keep the instances they hold. Returns whether it was
+        loaded."""
         with self._lock:
             unloaded = self._unload_locked(name)
-            if new_code:
-                self._history.pop(name, None)
             self._report_size()
         if unloaded:
             heap.release()
+        return bool(unloaded)
 
     def _unload_locked(self, name: str) -> int:
         """Unload ``name`` if loaded: 1 if it was, else 0. The caller gives the memory back."""
@@ -400,10 +409,16 @@ class FunctionRegistry:
         served warm. Returns whether it loaded; a failure is logged, not raised (a function that fails to
         load reports it on its own requests)."""
         try:
-            fn = self.get(name)
-            fn.pool.refill()  # its min_warm instances, here rather than on the warmer thread
-            fn.cold = False  # its first request finds it loaded: that is no cold start
+            self.load(name)
         except Exception as exc:
             log.warning("prewarming %s failed: %s", name, exc)
             return False
         return True
+
+    def load(self, name: str) -> LoadedFunction:
+        """:meth:`warm`, raising what stopped the load (NotFound, Unavailable for a function with no code to run,
+        or the load's own failure)."""
+        fn = self.get(name)
+        fn.pool.refill()  # its min_warm instances, here rather than on the warmer thread
+        fn.cold = False  # its first request finds it loaded: that is no cold start
+        return fn

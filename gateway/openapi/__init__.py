@@ -11,7 +11,8 @@ signature, a blob's hash, ``binary_data_size`` against the body) and answers 400
 
 Its enums and patterns are the code's own (:mod:`gateway.openapi.derived`), so it cannot drift from what the
 gateway accepts and answers. The parts: :mod:`~gateway.openapi.schemas` (components),
-:mod:`~gateway.openapi.paths` (OIP v2 and operational paths), :mod:`~gateway.openapi.openai_paths` (the
+:mod:`~gateway.openapi.paths` (OIP v2 and operational paths), :mod:`~gateway.openapi.triton_paths` (Triton's
+model configuration and repository extensions), :mod:`~gateway.openapi.openai_paths` (the
 OpenAI-compatible paths and their schemas), :mod:`~gateway.openapi.admin_paths` (the admin API), put together
 here with the statuses every function operation shares.
 """
@@ -25,7 +26,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.openapi import openai_paths
+from gateway.openapi import openai_paths, triton_paths
 from gateway.openapi.admin_paths import admin_paths
 from gateway.openapi.parts import BAD_NAME, UNAUTHORIZED, UNKNOWN, param
 from gateway.openapi.paths import model_paths, server_paths
@@ -35,10 +36,13 @@ from gateway.openapi.schemas import HEADERS, PARAMETERS, SCHEMAS
 def _build() -> dict[str, Any]:
     paths = {**server_paths(), **model_paths("/v2/models/{name}", False)}
     paths.update(model_paths("/v2/models/{name}/versions/{version}", True))
+    paths.update(triton_paths.config_paths("/v2/models/{name}", False))
+    paths.update(triton_paths.config_paths("/v2/models/{name}/versions/{version}", True))
+    paths.update(triton_paths.repository_paths())
     paths.update(admin_paths())
     for path, item in paths.items():  # the statuses every operation on a function shares
         named = any(p == param("name") for p in item.get("parameters", []))
-        guarded = path.startswith(("/admin/", "/v2/models/"))
+        guarded = path.startswith(("/admin/", "/v2/models/", "/v2/repository/models/"))
         for operation in (v for k, v in item.items() if k != "parameters"):
             responses = operation["responses"]
             if named:
@@ -66,7 +70,7 @@ def _build() -> dict[str, Any]:
         ],
         "paths": paths,
         "components": {
-            "schemas": {**SCHEMAS, **openai_paths.SCHEMAS},
+            "schemas": {**SCHEMAS, **triton_paths.SCHEMAS, **openai_paths.SCHEMAS},
             "parameters": PARAMETERS,
             "headers": HEADERS,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},

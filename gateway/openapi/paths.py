@@ -4,7 +4,7 @@ the routing headers), and the operational ones: ``/metrics`` and this document."
 from __future__ import annotations
 
 from gateway.openapi.derived import REASONS, TIERS, Schema
-from gateway.openapi.parts import TOO_LARGE, empty, error, json_content, param, ref
+from gateway.openapi.parts import TOO_LARGE, error, json_content, param, ref
 
 #: What an inference response says of where it ran and why (gateway.dispatch).
 INFER_HEADERS: dict[str, Schema] = {
@@ -47,7 +47,7 @@ def server_paths() -> dict[str, Schema]:
                 "operationId": "live",
                 "tags": ["oip"],
                 "summary": "200 while the process serves",
-                "responses": {"200": empty("live")},
+                "responses": {"200": {"description": "live", "content": json_content(ref("Live"))}},
             }
         },
         "/v2/health/ready": {
@@ -55,7 +55,14 @@ def server_paths() -> dict[str, Schema]:
                 "operationId": "ready",
                 "tags": ["oip"],
                 "summary": "200 once the gateway is ready",
-                "responses": {"200": empty("ready"), "503": empty("starting or stopping")},
+                "responses": {
+                    "200": {"description": "ready", "content": json_content(ref("Ready"))},
+                    "503": {
+                        "description": "starting or stopping: ready is false",
+                        "headers": {"Retry-After": {"$ref": "#/components/headers/RetryAfter"}},
+                        "content": json_content(ref("Ready")),
+                    },
+                },
             }
         },
         "/v2": {
@@ -107,8 +114,8 @@ def model_paths(prefix: str, versioned: bool) -> dict[str, Schema]:
             "get": {
                 "operationId": "model_ready_versioned" if versioned else "model_ready",
                 "tags": ["oip"],
-                "summary": f"200 when {which} exists",
-                "responses": {"200": empty("ready")},
+                "summary": f"200 when {which} exists (at zero included: its next request loads it)",
+                "responses": {"200": {"description": "ready", "content": json_content(ref("ModelReady"))}},
             },
         },
         f"{prefix}/infer": {

@@ -225,6 +225,13 @@ SCHEMAS: dict[str, Schema] = {
         },
         "required": ["model_name", "outputs"],
     },
+    "Live": {"type": "object", "properties": {"live": {"type": "boolean"}}, "required": ["live"]},
+    "Ready": {"type": "object", "properties": {"ready": {"type": "boolean"}}, "required": ["ready"]},
+    "ModelReady": {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "ready": {"type": "boolean"}},
+        "required": ["name", "ready"],
+    },
     "ServerMetadata": {
         "type": "object",
         "properties": {
