@@ -45,7 +45,18 @@ class Served:
         data = tmp / f"data-{label}"
 
         def cmd(port: int) -> list[str]:
-            return [*WASM, "serve", "--port", str(port), "--data-dir", str(data), "--log-level", "warning"]
+            return [
+                *WASM,
+                "serve",
+                "--grpc-port",
+                "0",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(data),
+                "--log-level",
+                "warning",
+            ]
 
         self.client = stack.enter_context(httpx.Client(timeout=TIMEOUT_S, trust_env=False))
         self.proc, self.url = stack.enter_context(spawned_server(cmd, self.log, clean_env(**env), self._ready))

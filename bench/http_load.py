@@ -161,6 +161,8 @@ def main() -> None:
         return [
             *WASM,
             "serve",
+            "--grpc-port",
+            "0",
             "--port",
             str(port),
             "--data-dir",

@@ -143,7 +143,18 @@ def measure(model: Model, tmp: Path, probe: Path, big_requests: int) -> tuple[li
     data = tmp / f"data-{model.name}"
 
     def gateway(port: int) -> list[str]:
-        return [*WASM, "serve", "--port", str(port), "--data-dir", str(data), "--log-level", "warning"]
+        return [
+            *WASM,
+            "serve",
+            "--grpc-port",
+            "0",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data),
+            "--log-level",
+            "warning",
+        ]
 
     path = tmp / f"{model.name}.onnx"
     path.write_bytes(model.build())

@@ -117,7 +117,18 @@ def main() -> None:
         tmp = Path(tmp_name)
 
         def cmd(port: int) -> list[str]:
-            return [*WASM, "serve", "--port", str(port), "--data-dir", str(tmp / "data"), "--log-level", "warning"]
+            return [
+                *WASM,
+                "serve",
+                "--grpc-port",
+                "0",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(tmp / "data"),
+                "--log-level",
+                "warning",
+            ]
 
         def ready(url: str) -> bool:
             try:

@@ -210,7 +210,18 @@ class PodGateway:
         )
 
         def cmd(port: int) -> list[str]:
-            return [*WASM, "serve", "--port", str(port), "--data-dir", str(tmp / "data"), "--log-level", "warning"]
+            return [
+                *WASM,
+                "serve",
+                "--grpc-port",
+                "0",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(tmp / "data"),
+                "--log-level",
+                "warning",
+            ]
 
         self.client = stack.enter_context(httpx.Client(timeout=10, trust_env=False))
         self.proc, self.url = stack.enter_context(spawned_server(cmd, self.log, env, self._ready))

@@ -121,7 +121,18 @@ class TraceGateway(PodGateway):
         data = tmp / f"data-{policy.key}"
 
         def cmd(port: int) -> list[str]:
-            return [*WASM, "serve", "--port", str(port), "--data-dir", str(data), "--log-level", "warning"]
+            return [
+                *WASM,
+                "serve",
+                "--grpc-port",
+                "0",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(data),
+                "--log-level",
+                "warning",
+            ]
 
         def pin(proc: subprocess.Popen[bytes]) -> None:
             if cpus is not None:  # at once, before the interpreter has started a thread: its threads inherit it

@@ -280,7 +280,18 @@ def soak_gateway(tmp: Path, digits: bytes, dense: bytes) -> Iterator[tuple[str, 
     log = tmp / "gateway.log"
 
     def cmd(port: int) -> list[str]:
-        return [*WASM, "serve", "--port", str(port), "--data-dir", str(tmp / "data"), "--log-level", "warning"]
+        return [
+            *WASM,
+            "serve",
+            "--grpc-port",
+            "0",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(tmp / "data"),
+            "--log-level",
+            "warning",
+        ]
 
     with httpx.Client(trust_env=False) as probe:
 

@@ -206,7 +206,18 @@ def wasmgate(
     (``wasm push ARGS...``): its URL."""
 
     def gateway(port: int) -> list[str]:
-        return [*WASM, "serve", "--port", str(port), "--data-dir", str(tmp / "data"), "--log-level", "warning"]
+        return [
+            *WASM,
+            "serve",
+            "--grpc-port",
+            "0",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(tmp / "data"),
+            "--log-level",
+            "warning",
+        ]
 
     with spawned_server(gateway, tmp / "gateway.log", clean_env(**settings), ready, started=pinned(cpus)) as (_, url):
         for args in pushes:

@@ -37,8 +37,11 @@ def configure_logging(settings: Settings) -> None:
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
-def uvicorn_server(settings: Settings, role: Role = "gateway", preload: Sequence[str] = ()) -> uvicorn.Server:
-    return uvicorn.Server(uvicorn.Config(create_app(settings, role, preload), **_uvicorn_options(settings)))
+def uvicorn_server(
+    settings: Settings, role: Role = "gateway", preload: Sequence[str] = (), serve_grpc: bool = False
+) -> uvicorn.Server:
+    app = create_app(settings, role, preload, serve_grpc)
+    return uvicorn.Server(uvicorn.Config(app, **_uvicorn_options(settings)))
 
 
 def _uvicorn_options(settings: Settings) -> dict[str, Any]:
@@ -57,7 +60,7 @@ def app_from_env() -> Starlette:
     settings = Settings.from_env()
     configure_logging(settings)
     tune_interpreter(settings)
-    return create_app(settings)
+    return create_app(settings, serve_grpc=True)
 
 
 def tune_interpreter(settings: Settings) -> None:
@@ -101,7 +104,7 @@ def serve(settings: Settings) -> None:
     configure_logging(settings)
     tune_interpreter(settings)
     if settings.workers <= 1:
-        uvicorn_server(settings).run()
+        uvicorn_server(settings, serve_grpc=True).run()
         return
     metrics_dir = tempfile.mkdtemp(prefix="wasmgate-metrics-")
     os.environ.update(settings.to_env())
