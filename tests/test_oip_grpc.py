@@ -15,15 +15,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import numpy as np
 import pytest
 
 from gateway.codec import HEADER_LENGTH, parse_request
-from gateway.oip_grpc.messages import ModelInferRequest
+from gateway.http_errors import ERRORS, UNMAPPED
+from gateway.oip_grpc.messages import ModelInferRequest, ModelInferResponse
+from gateway.oip_grpc.status import CODES, code_of
 from gateway.oip_grpc.tensors import request_body
 from tests.support import LOOPBACK, Digits, Gateway, metric, onnx_predict, wasm_command
-from wasm_host.errors import InvalidRequest
+from wasm_host.errors import DeadlineExceeded, InvalidRequest, NotFound, TooManyRequests
 from wasm_host.tensors import join_bytes
 
 PROTO_DIR = Path(__file__).resolve().parent.parent / "gateway" / "oip_grpc"
@@ -61,6 +64,14 @@ def typed_request() -> Any:
 def parsed(request: Any) -> Any:
     body, headers = request_body(request, {})
     return parse_request(body, headers[HEADER_LENGTH], 1 << 20)
+
+
+def test_every_status_an_error_is_answered_with_has_its_grpc_code() -> None:
+    statuses = {row.status for row in ERRORS} | {UNMAPPED.status}
+    assert statuses <= set(CODES)
+    assert code_of(NotFound("x")) == grpc.StatusCode.NOT_FOUND
+    assert code_of(TooManyRequests("x")) == grpc.StatusCode.RESOURCE_EXHAUSTED  # its 429, not Unavailable's 503
+    assert code_of(DeadlineExceeded("x")) == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 def test_typed_and_raw_contents_make_the_same_tensors() -> None:
@@ -331,12 +342,32 @@ def test_kserve_grpc_client_unchanged_with_raw_and_typed_contents(
 
 
 @pytest.mark.e2e
-def test_a_pod_tier_function_is_forwarded_to_a_runner(grpc_gateway: Gateway, digits: Digits, tmp_path: Path) -> None:
+def test_a_pod_tier_function_is_forwarded_to_a_runner_and_says_where_it_ran(
+    grpc_gateway: Gateway, digits: Digits, tmp_path: Path
+) -> None:
     x = digits.x_test[:3]
     before = requests_total(grpc_gateway, function="digits-pod", backend="pod", status="200")
     (result,) = run_client("triton", grpc_gateway, [infer("digits-pod", fp32("input", x))], tmp_path)
     assert_digits(result, digits.model, x)
     assert requests_total(grpc_gateway, function="digits-pod", backend="pod", status="200") == before + 1
+    # Where it ran is trailing metadata (the clients above do not show it: a plain gRPC call here does).
+    request = ModelInferRequest(model_name="digits-pod", raw_input_contents=[x.tobytes()])
+    request.inputs.add(name="input", datatype="FP32", shape=x.shape)
+    with grpc.insecure_channel(grpc_gateway.grpc_address) as channel:
+        call = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer",
+            request_serializer=ModelInferRequest.SerializeToString,
+            response_deserializer=ModelInferResponse.FromString,
+        )
+        response, done = call.with_call(request, timeout=120)
+        where = dict(done.trailing_metadata())
+        assert [o.name for o in response.outputs] == ["label", "probabilities"]
+        assert where["x-wasmgate-tier"] == "pod"
+        assert where["x-wasmgate-replica"].startswith("runner-")
+        # A call of the service the gateway does not serve.
+        with pytest.raises(grpc.RpcError) as refused:
+            channel.unary_unary("/inference.GRPCInferenceService/ModelStatistics")(b"", timeout=30)
+        assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 @pytest.mark.e2e

@@ -37,26 +37,19 @@ def _message(name: str) -> Any:
     return message_factory.GetMessageClass(POOL.FindMessageTypeByName(f"{PACKAGE}.{name}"))
 
 
-ServerLiveRequest = _message("ServerLiveRequest")
 ServerLiveResponse = _message("ServerLiveResponse")
-ServerReadyRequest = _message("ServerReadyRequest")
 ServerReadyResponse = _message("ServerReadyResponse")
-ModelReadyRequest = _message("ModelReadyRequest")
 ModelReadyResponse = _message("ModelReadyResponse")
-ServerMetadataRequest = _message("ServerMetadataRequest")
 ServerMetadataResponse = _message("ServerMetadataResponse")
-ModelMetadataRequest = _message("ModelMetadataRequest")
 ModelMetadataResponse = _message("ModelMetadataResponse")
 ModelInferRequest = _message("ModelInferRequest")
 ModelInferResponse = _message("ModelInferResponse")
-InferParameter = _message("InferParameter")
 
-#: Each method of the service: its request and response classes.
+#: Each method of the service, as the proto declares it: its request and response classes.
 METHODS: dict[str, tuple[Any, Any]] = {
-    "ServerLive": (ServerLiveRequest, ServerLiveResponse),
-    "ServerReady": (ServerReadyRequest, ServerReadyResponse),
-    "ModelReady": (ModelReadyRequest, ModelReadyResponse),
-    "ServerMetadata": (ServerMetadataRequest, ServerMetadataResponse),
-    "ModelMetadata": (ModelMetadataRequest, ModelMetadataResponse),
-    "ModelInfer": (ModelInferRequest, ModelInferResponse),
+    method.name: (
+        message_factory.GetMessageClass(method.input_type),
+        message_factory.GetMessageClass(method.output_type),
+    )
+    for method in POOL.FindServiceByName(SERVICE).methods
 }

@@ -1,18 +1,16 @@
-"""The one place where errors become gRPC statuses: the gRPC side of ``gateway.http_errors``, with the same
-classes in the same order, each with the status code a gRPC client gets for it (and the HTTP status it is
-answered with, for reference)::
+"""The one place where errors become gRPC statuses. An error's HTTP status comes from the one table of
+``gateway.http_errors`` (the class of the tree decides it); its gRPC status code comes from that status, by
+:data:`CODES`::
 
-    DeadlineExceeded   504  DEADLINE_EXCEEDED    the function ran past its deadline
-    GuestTrap          500  INTERNAL             the function trapped
-    GuestFailure       500  INTERNAL             the function failed
-    InvalidRequest     400  INVALID_ARGUMENT     bad input: a tensor, a shape, a datatype, a parameter
-    Unauthorized       401  UNAUTHENTICATED      no token, or a wrong one
-    NotFound           404  NOT_FOUND            no such function or version
-    TooLarge           413  RESOURCE_EXHAUSTED   a tensor or request past its limit
-    TooManyRequests    429  RESOURCE_EXHAUSTED   the function's queue is full (retry later)
-    Unavailable        503  UNAVAILABLE          no capacity, not ready, no tier can take it (retry later)
-    UpstreamError      502  UNAVAILABLE          a service the gateway depends on failed
-    anything else      500  INTERNAL             a bug, logged with its traceback
+    400  INVALID_ARGUMENT    bad input: a tensor, a shape, a datatype, a parameter; a function that refused it
+    401  UNAUTHENTICATED     no token, or a wrong one
+    404  NOT_FOUND           no such function or version
+    413  RESOURCE_EXHAUSTED  a tensor or request past its limit
+    429  RESOURCE_EXHAUSTED  the function's queue is full (retry later)
+    500  INTERNAL            the function trapped or failed; a bug, logged with its traceback
+    502  UNAVAILABLE         a service the gateway depends on failed
+    503  UNAVAILABLE         no capacity, not ready, no tier can take it (retry later)
+    504  DEADLINE_EXCEEDED   the function ran past its deadline
 
 A request past ``max_body_bytes`` is refused by gRPC itself, before it is read, with RESOURCE_EXHAUSTED. No
 error of the tree means "known, but not allowed": a wrong token is UNAUTHENTICATED, as a missing one is (HTTP
@@ -23,38 +21,22 @@ from __future__ import annotations
 
 import grpc
 
-from wasm_host.errors import (
-    DeadlineExceeded,
-    GuestFailure,
-    GuestTrap,
-    InvalidRequest,
-    NotFound,
-    TooLarge,
-    TooManyRequests,
-    Unauthorized,
-    Unavailable,
-    UpstreamError,
-    WasmgateError,
-)
+from gateway.http_errors import status_of
+from wasm_host.errors import WasmgateError
 
-#: Most specific first: the first class an error is an instance of decides its code.
-CODES: list[tuple[type[WasmgateError], grpc.StatusCode]] = [
-    (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
-    (GuestTrap, grpc.StatusCode.INTERNAL),
-    (GuestFailure, grpc.StatusCode.INTERNAL),
-    (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
-    (Unauthorized, grpc.StatusCode.UNAUTHENTICATED),
-    (NotFound, grpc.StatusCode.NOT_FOUND),
-    (TooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (TooManyRequests, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (Unavailable, grpc.StatusCode.UNAVAILABLE),
-    (UpstreamError, grpc.StatusCode.UNAVAILABLE),
-]
-UNMAPPED = grpc.StatusCode.INTERNAL
+#: The gRPC status code of each HTTP status an error of the tree is answered with.
+CODES: dict[int, grpc.StatusCode] = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    404: grpc.StatusCode.NOT_FOUND,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    500: grpc.StatusCode.INTERNAL,
+    502: grpc.StatusCode.UNAVAILABLE,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
 
 
 def code_of(exc: WasmgateError) -> grpc.StatusCode:
-    for error, code in CODES:
-        if isinstance(exc, error):
-            return code
-    return UNMAPPED
+    return CODES.get(status_of(exc), grpc.StatusCode.INTERNAL)
