@@ -101,6 +101,11 @@ def _watch_parent(server: uvicorn.Server, parent: int) -> None:
 
 def serve(settings: Settings) -> None:
     check_bind(settings)
+    if settings.grpc_port and settings.grpc_port == settings.port:
+        raise ValueError(
+            f"WASMGATE_GRPC_PORT={settings.grpc_port} is also the HTTP port: give gRPC another (--grpc-port), "
+            "or 0 for none"
+        )
     configure_logging(settings)
     tune_interpreter(settings)
     if settings.workers <= 1:

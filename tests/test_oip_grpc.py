@@ -371,7 +371,7 @@ def test_a_pod_tier_function_is_forwarded_to_a_runner_and_says_where_it_ran(
 
 
 @pytest.mark.e2e
-def test_a_grpc_port_in_use_fails_the_start_naming_the_setting(tmp_path: Path) -> None:
+def test_a_grpc_port_in_use_or_equal_to_the_http_port_fails_the_start_naming_the_setting(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind((LOOPBACK, 0))
         taken.listen()
@@ -385,3 +385,11 @@ def test_a_grpc_port_in_use_fails_the_start_naming_the_setting(tmp_path: Path) -
     assert done.returncode != 0
     assert f"cannot serve gRPC on {LOOPBACK}:{port} (setting grpc_port; 0 turns it off)" in done.stderr
     assert "Address already in use" in done.stderr
+    same = subprocess.run(
+        [*wasm_command(), "serve", "--port", "18123", "--grpc-port", "18123", "--data-dir", str(tmp_path / "d")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert same.returncode == 2
+    assert "error: WASMGATE_GRPC_PORT=18123 is also the HTTP port" in same.stderr

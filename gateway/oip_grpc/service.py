@@ -191,4 +191,6 @@ def _why(host: str, port: int) -> str:
             probe.bind((host, port))
     except OSError as exc:
         return exc.strerror or str(exc)
+    except OverflowError:  # a port past 65535
+        return f"{port} is not a TCP port"
     return "gRPC could not bind it"
