@@ -11,8 +11,10 @@ written to, one per call. A call is ``{"op": ..., ...}``:
   client answers (metadata as a dict);
 - ``infer`` with ``model``, ``inputs`` (``[{"name", "datatype", "shape", "data"}]``, data flat; BYTES as
   strings), ``outputs`` (names, or absent for all), ``raw`` (kserve: numpy arrays, sent as
-  raw_input_contents, else lists, sent as typed contents; tritonclient always sends raw contents) and
-  ``headers`` (metadata): ``{"outputs": {name: {"datatype", "shape", "data"}}}``.
+  raw_input_contents, else lists, sent as typed contents; tritonclient always sends raw contents),
+  ``headers`` (metadata), and for tritonclient ``version``, ``id`` and ``parameters``:
+  ``{"outputs": {name: {"datatype", "shape", "data"}}}`` (tritonclient: also the answer's ``id`` and
+  ``version``).
 
 A call that fails gives ``{"error": {"code": "NOT_FOUND", "message": ...}}``, the gRPC status the client saw.
 """
@@ -88,9 +90,18 @@ def run_triton(address: str, calls: list[dict[str, Any]]) -> list[dict[str, Any]
                     x.set_data_from_numpy(array(spec))
                     inputs.append(x)
                 wanted = [triton.InferRequestedOutput(n) for n in call.get("outputs", [])] or None
-                answer = client.infer(call["model"], inputs, outputs=wanted, headers=call.get("headers"))
+                answer = client.infer(
+                    call["model"],
+                    inputs,
+                    model_version=call.get("version", ""),
+                    outputs=wanted,
+                    request_id=call.get("id", ""),
+                    headers=call.get("headers"),
+                    parameters=call.get("parameters"),
+                )
                 response = answer.get_response()
-                result = {"outputs": {o.name: tensor(o.datatype, answer.as_numpy(o.name)) for o in response.outputs}}
+                outputs = {o.name: tensor(o.datatype, answer.as_numpy(o.name)) for o in response.outputs}
+                result = {"outputs": outputs, "id": response.id, "version": response.model_version}
         except InferenceServerException as exc:
             result = {"error": {"code": str(exc.status()).removeprefix("StatusCode."), "message": exc.message()}}
         results.append(result)

@@ -271,6 +271,10 @@ def test_tritonclient_grpc_unchanged_health_metadata_every_datatype_and_errors_a
         infer("secret", fp32("input", x), headers={"authorization": f"Bearer {TOKEN}"}),
         infer("digits", fp32("input", too_big)),
         infer("reader", {**READ_LABELS, "data": ["../etc"]}),
+        infer("digits", fp32("input", x), version="1", id="req-7"),
+        infer("digits", fp32("input", x), version="2"),
+        infer("digits", fp32("input", x), headers={"x-wasmgate-tier": "gpu"}),
+        infer("digits", fp32("input", x), parameters={"tier": "gpu"}),
     ]
     results = run_client("triton", grpc_gateway, calls, tmp_path)
     live, ready, server, model_ready, metadata, *answers = results
@@ -286,7 +290,8 @@ def test_tritonclient_grpc_unchanged_health_metadata_every_datatype_and_errors_a
     for side in ("inputs", "outputs"):
         got = [{**t, "shape": [int(d) for d in t["shape"]]} for t in metadata["value"][side]]
         assert got == http_metadata[side]
-    full, label_only, typed, labels, unknown, bad_shape, no_token, no_token_metadata, wrong, right, big, bad = answers
+    full, label_only, typed, labels, unknown, bad_shape, *more = answers
+    no_token, no_token_metadata, wrong, right, big, bad, versioned, no_version, bad_hint, bad_parameter = more
     assert_digits(full, digits.model, x)
     assert list(label_only["outputs"]) == ["label"]
     assert_typed(typed)
@@ -302,10 +307,19 @@ def test_tritonclient_grpc_unchanged_health_metadata_every_datatype_and_errors_a
     assert_digits(right, digits.model, x)
     assert error(big) == "RESOURCE_EXHAUSTED"
     assert error(bad) == "INVALID_ARGUMENT"  # the guest's own refusal (400), as a status
-    # Counted as HTTP's requests are: two answered, one refused for its shape (the unknown function and the
-    # missing token are refused before there is a function to count them against, as on HTTP).
-    assert requests_total(grpc_gateway, function="digits", status="200") == served + 2
-    assert requests_total(grpc_gateway, function="digits", status="400") == refused + 1
+    assert_digits(versioned, digits.model, x)
+    assert (versioned["id"], versioned["version"]) == ("req-7", "1")
+    assert error(no_version) == "NOT_FOUND"
+    assert "has no version '2' (current: 1)" in no_version["error"]["message"]
+    # The routing metadata and parameters reach the dispatch as HTTP's headers and parameters do.
+    assert error(bad_hint) == "INVALID_ARGUMENT"
+    assert "x-wasmgate-tier 'gpu' must be one of wasm, pod" in bad_hint["error"]["message"]
+    assert error(bad_parameter) == "INVALID_ARGUMENT"
+    assert "parameters.tier 'gpu' must be one of wasm, pod" in bad_parameter["error"]["message"]
+    # Counted as HTTP's requests are: three answered, three refused for their shape or routing (the unknown
+    # function, the missing token and the unknown version are refused before they are counted, as on HTTP).
+    assert requests_total(grpc_gateway, function="digits", status="200") == served + 3
+    assert requests_total(grpc_gateway, function="digits", status="400") == refused + 3
 
 
 @pytest.mark.e2e
