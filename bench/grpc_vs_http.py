@@ -1,7 +1,7 @@
 """OIP v2 over gRPC against OIP v2 over HTTP, same gateway, same model: what the gRPC edge costs per request.
 
-``python -m bench.grpc_vs_http [--requests 100] [--blocks 10] [--rows 1 64]``: one ``wasm serve`` with its gRPC service,
-the digits model pushed; sequential requests (concurrency 1) from ``tritonclient.grpc`` and from
+``python -m bench.grpc_vs_http [--requests 100] [--blocks 10] [--rows 1 64] [--quick]``: one ``wasm serve`` with
+its gRPC service, the digits model pushed; sequential requests (concurrency 1) from ``tritonclient.grpc`` and from
 ``tritonclient.http`` in binary mode (the baseline), taking turns in blocks, each on one kept-alive connection.
 Every answer is checked against the first HTTP answer, bit for bit. Prints p50 and p99 per protocol and rows,
 and the ratio gRPC / HTTP of each.
@@ -39,7 +39,10 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=100, help="requests per block and protocol")
     parser.add_argument("--blocks", type=int, default=10)
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--quick", action="store_true", help="5 requests of 1 row: that it runs (the smoke test)")
     args = parser.parse_args()
+    if args.quick:
+        args.requests, args.blocks, args.rows = 5, 1, [1]
     model, x_test, _ = train_digits()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "digits.onnx"
