@@ -1,4 +1,5 @@
-"""Running the app under uvicorn, in one process or several.
+"""Running the app under uvicorn, in one process or several; ``wasm serve``'s app also serves OIP v2 over gRPC
+(``gateway.oip_grpc``, started from the app's lifespan on uvicorn's event loop).
 
 With ``workers > 1`` uvicorn's supervisor starts the workers with ``spawn`` (never ``fork`` after start-up: a
 forked copy of a process with wasmtime's and onnxruntime's threads is not safe). Each worker builds its own

@@ -361,9 +361,14 @@ def test_a_pod_tier_function_is_forwarded_to_a_runner_and_says_where_it_ran(
 ) -> None:
     x = digits.x_test[:3]
     before = requests_total(grpc_gateway, function="digits-pod", backend="pod", status="200")
-    (result,) = run_client("triton", grpc_gateway, [infer("digits-pod", fp32("input", x))], tmp_path)
+    calls = [infer("digits-pod", fp32("input", x)), infer("digits-pod", fp32("input", x.reshape(-1, 32)))]
+    result, refused_there = run_client("triton", grpc_gateway, calls, tmp_path)
     assert_digits(result, digits.model, x)
     assert requests_total(grpc_gateway, function="digits-pod", backend="pod", status="200") == before + 1
+    # The runner's own error answer (it checks the signature), raised again as the status it stands for.
+    assert error(refused_there) == "INVALID_ARGUMENT"
+    assert "takes shape [-1, 64]" in refused_there["error"]["message"]
+    assert requests_total(grpc_gateway, function="digits-pod", backend="pod", status="400") == 1
     # Where it ran is trailing metadata (the clients above do not show it: a plain gRPC call here does).
     request = ModelInferRequest(model_name="digits-pod", raw_input_contents=[x.tobytes()])
     request.inputs.add(name="input", datatype="FP32", shape=x.shape)
