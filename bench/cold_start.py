@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from bench.http_load import BENCH, WASM, free_port, kserve_command, server
+from bench.http_load import BENCH, SERVE, WASM, free_port, kserve_command, server
 from gateway.cli.demo import train_digits
 from tests.support import metric
 
@@ -39,7 +39,7 @@ def pct(values: list[float], q: float) -> float:
 def scale_from_zero(model_path: Path, body: bytes, trials: int, tmp: Path) -> None:
     port = free_port()
     env = {"WASMGATE_REAP_INTERVAL_S": "0.05"}
-    cmd = [*WASM, "serve", "--port", str(port), "--data-dir", str(tmp / "data"), "--log-level", "warning"]
+    cmd = [*SERVE, "--port", str(port), "--data-dir", str(tmp / "data"), "--log-level", "warning"]
     push = [*WASM, "push", str(model_path), "--name", "digits", "--idle-timeout", "0.3"]
     with server(cmd, port, "wasmgate", body, pin=None, env=env, setup=[push]) as url, httpx.Client() as client:
         infer = f"{url}/v2/models/digits/infer"
@@ -122,11 +122,11 @@ def main() -> None:
     # A store with digits in it, for the gateway's process-start trials.
     port = free_port()
     data = str(tmp / "data-proc")
-    cmd = [*WASM, "serve", "--port", str(port), "--data-dir", data, "--log-level", "warning"]
+    cmd = [*SERVE, "--port", str(port), "--data-dir", data, "--log-level", "warning"]
     with server(cmd, port, "wasmgate", body, pin=None, setup=[[*WASM, "push", str(model_path), "--name", "digits"]]):
         pass
     candidates: list[tuple[str, list[str], dict[str, str] | None]] = [
-        ("wasmgate", [*WASM, "serve", "--data-dir", data, "--log-level", "warning", "--port"], None),
+        ("wasmgate", [*SERVE, "--data-dir", data, "--log-level", "warning", "--port"], None),
         ("plain", [sys.executable, str(BENCH / "plain_server.py"), str(model_path)], None),
     ]
     if args.kserve_python:

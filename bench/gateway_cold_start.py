@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from bench.http_load import WASM, free_port, kserve_command
+from bench.http_load import SERVE, WASM, free_port, kserve_command
 from bench.pod_cold_start import clean_env, runner_children, spawned, spawned_server, wait_until
 from tests.support import metric
 
@@ -45,7 +45,7 @@ class Served:
         data = tmp / f"data-{label}"
 
         def cmd(port: int) -> list[str]:
-            return [*WASM, "serve", "--port", str(port), "--data-dir", str(data), "--log-level", "warning"]
+            return [*SERVE, "--port", str(port), "--data-dir", str(data), "--log-level", "warning"]
 
         self.client = stack.enter_context(httpx.Client(timeout=TIMEOUT_S, trust_env=False))
         self.proc, self.url = stack.enter_context(spawned_server(cmd, self.log, clean_env(**env), self._ready))

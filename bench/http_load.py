@@ -37,6 +37,9 @@ from gateway.cli.demo import train_digits
 
 BENCH = Path(__file__).resolve().parent
 WASM = [str(Path(sys.executable).parent / "wasm")]
+#: ``wasm serve`` as the benches run it: HTTP only (they measure HTTP), so that a bench's gateways never contend
+#: for the gRPC port's default.
+SERVE = [*WASM, "serve", "--grpc-port", "0"]
 
 
 def free_port() -> int:
@@ -159,8 +162,7 @@ def main() -> None:
 
     def wasmgate_cmd(port: int, data: str, workers: int = 1) -> list[str]:
         return [
-            *WASM,
-            "serve",
+            *SERVE,
             "--port",
             str(port),
             "--data-dir",

@@ -44,7 +44,7 @@ import httpx
 import numpy as np
 
 from bench import minilm
-from bench.http_load import WASM
+from bench.http_load import SERVE, WASM
 from bench.pod_cold_start import TIMEOUT_S, clean_env, runner_children, spawned_server
 from bench.zoo import MINILM_HIDDEN, MINILM_VOCAB, encode, ready
 from tests import support
@@ -143,7 +143,7 @@ def measure(model: Model, tmp: Path, probe: Path, big_requests: int) -> tuple[li
     data = tmp / f"data-{model.name}"
 
     def gateway(port: int) -> list[str]:
-        return [*WASM, "serve", "--port", str(port), "--data-dir", str(data), "--log-level", "warning"]
+        return [*SERVE, "--port", str(port), "--data-dir", str(data), "--log-level", "warning"]
 
     path = tmp / f"{model.name}.onnx"
     path.write_bytes(model.build())

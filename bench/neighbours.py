@@ -37,7 +37,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from bench.http_load import WASM
+from bench.http_load import SERVE
 from bench.pod_cold_start import clean_env, spawned_server
 from gateway.cli.client import AdminClient
 from gateway.cli.demo import train_digits
@@ -117,7 +117,7 @@ def main() -> None:
         tmp = Path(tmp_name)
 
         def cmd(port: int) -> list[str]:
-            return [*WASM, "serve", "--port", str(port), "--data-dir", str(tmp / "data"), "--log-level", "warning"]
+            return [*SERVE, "--port", str(port), "--data-dir", str(tmp / "data"), "--log-level", "warning"]
 
         def ready(url: str) -> bool:
             try:

@@ -60,7 +60,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from bench.http_load import BENCH, WASM, free_port, kserve_command
+from bench.http_load import BENCH, SERVE, WASM, free_port, kserve_command
 from gateway.cli.demo import dense_model
 from tests.support import listening_on, metric, port_was_taken
 
@@ -210,7 +210,7 @@ class PodGateway:
         )
 
         def cmd(port: int) -> list[str]:
-            return [*WASM, "serve", "--port", str(port), "--data-dir", str(tmp / "data"), "--log-level", "warning"]
+            return [*SERVE, "--port", str(port), "--data-dir", str(tmp / "data"), "--log-level", "warning"]
 
         self.client = stack.enter_context(httpx.Client(timeout=10, trust_env=False))
         self.proc, self.url = stack.enter_context(spawned_server(cmd, self.log, env, self._ready))

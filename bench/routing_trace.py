@@ -76,7 +76,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.http_load import WASM
+from bench.http_load import SERVE, WASM
 from bench.pod_cold_start import TIMEOUT_S, PodGateway, clean_env, runner_children, spawned_server
 from bench.routing_measure import HEADER_LENGTH, Calibration, Oracle, Result, calibrate, encode, service_times
 from bench.routing_report import decisions, per_trace, print_section, service_table, table, verdicts
@@ -121,7 +121,7 @@ class TraceGateway(PodGateway):
         data = tmp / f"data-{policy.key}"
 
         def cmd(port: int) -> list[str]:
-            return [*WASM, "serve", "--port", str(port), "--data-dir", str(data), "--log-level", "warning"]
+            return [*SERVE, "--port", str(port), "--data-dir", str(data), "--log-level", "warning"]
 
         def pin(proc: subprocess.Popen[bytes]) -> None:
             if cpus is not None:  # at once, before the interpreter has started a thread: its threads inherit it

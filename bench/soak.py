@@ -67,7 +67,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bench.http_load import BENCH, WASM
+from bench.http_load import BENCH, SERVE
 from bench.pod_cold_start import clean_env, spawned_server
 from gateway.cli.client import AdminClient
 from gateway.cli.demo import dense_model, train_digits
@@ -280,7 +280,7 @@ def soak_gateway(tmp: Path, digits: bytes, dense: bytes) -> Iterator[tuple[str, 
     log = tmp / "gateway.log"
 
     def cmd(port: int) -> list[str]:
-        return [*WASM, "serve", "--port", str(port), "--data-dir", str(tmp / "data"), "--log-level", "warning"]
+        return [*SERVE, "--port", str(port), "--data-dir", str(tmp / "data"), "--log-level", "warning"]
 
     with httpx.Client(trust_env=False) as probe:
 

@@ -60,7 +60,7 @@ import httpx
 import numpy as np
 
 from bench import minilm
-from bench.http_load import BENCH, WASM
+from bench.http_load import BENCH, SERVE, WASM
 from bench.plain_server import DATATYPES
 from bench.pod_cold_start import TIMEOUT_S, clean_env, spawned_server
 from bench.routing_measure import HEADER_LENGTH, decode
@@ -206,7 +206,7 @@ def wasmgate(
     (``wasm push ARGS...``): its URL."""
 
     def gateway(port: int) -> list[str]:
-        return [*WASM, "serve", "--port", str(port), "--data-dir", str(tmp / "data"), "--log-level", "warning"]
+        return [*SERVE, "--port", str(port), "--data-dir", str(tmp / "data"), "--log-level", "warning"]
 
     with spawned_server(gateway, tmp / "gateway.log", clean_env(**settings), ready, started=pinned(cpus)) as (_, url):
         for args in pushes:

@@ -44,13 +44,19 @@ if TYPE_CHECKING:  # imported when a registry store is used, see create_app
 log = logging.getLogger("wasmgate")
 
 
-def create_app(settings: Settings, role: Role = "gateway", preload: Sequence[str] = ()) -> Starlette:
+def create_app(
+    settings: Settings, role: Role = "gateway", preload: Sequence[str] = (), serve_grpc: bool = False
+) -> Starlette:
     """The app of a gateway, or (``role="runner"``) of a pod-tier runner: the same OIP v2 endpoints on the same
     engine, without the admin API or a pod tier of its own, and with the node's execution providers.
 
     Before it reports ready, the app loads every function with ``min_warm`` > 0; a runner also loads the
     functions pinned to the pod tier and those named in ``preload`` (the functions whose held requests it was
-    started for, passed by the local scaler), first named first."""
+    started for, passed by the local scaler), first named first.
+
+    With ``serve_grpc`` (``wasm serve``), a gateway also serves the OIP v2 gRPC service on ``grpc_port`` (when not
+    0) from its lifespan, on the same event loop, before it reports ready; it stops it, letting calls in flight
+    finish for up to ``drain_timeout_s``, when the lifespan ends."""
     # Bad settings fail here, at start, with the setting's name: not in the lifespan, not at the first request.
     accelerated = False
     if role == "gateway" and settings.store:
@@ -132,6 +138,12 @@ def create_app(settings: Settings, role: Role = "gateway", preload: Sequence[str
         state = AppState(settings, store, host, registry, publisher, wasm, metrics, role, dispatcher)
         app.state.wasmgate = state
         await anyio.to_thread.run_sync(lambda: registry.prewarm(pod_tier=role == "runner", named=preload))
+        grpc_server = None
+        if serve_grpc and role == "gateway" and settings.grpc_port:
+            # Imported only here: a runner, and the apps of tests and the demo, never load gRPC.
+            from gateway.oip_grpc.service import start_grpc
+
+            grpc_server = await start_grpc(state)
         # Everything made so far lives as long as the process: keep it out of every later collection, so a
         # full collection (which can land in any request) walks only what requests allocate.
         gc.freeze()
@@ -153,6 +165,8 @@ def create_app(settings: Settings, role: Role = "gateway", preload: Sequence[str
         finally:
             state.ready = False
             with anyio.CancelScope(shield=True):
+                if grpc_server is not None:
+                    await grpc_server.stop(settings.drain_timeout_s)
                 if pods is not None:
                     await pods.aclose()
                 if source is not None:

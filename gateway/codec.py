@@ -193,6 +193,36 @@ def _parse_input(
     return Tensor(name, datatype, dims, _json_data(where, datatype, dims, numel, raw["data"])), 0
 
 
+def encode_request(
+    inputs: Sequence[Tensor],
+    outputs: Sequence[str] | None = None,
+    request_id: str | None = None,
+    parameters: Mapping[str, Any] | None = None,
+) -> tuple[bytes, dict[str, str]]:
+    """An infer request in the binary extension, as a client writes one, and the headers it needs: every input's
+    data in binary, and every output asked for in binary (``outputs``: those named; None: all of them). For
+    requests that come in by another protocol and take the OIP v2 path from here (``gateway.openai_api``,
+    ``gateway.oip_grpc``); what it makes is parsed, and so checked, as any request is."""
+    doc: dict[str, Any] = {}
+    if request_id:
+        doc["id"] = request_id
+    doc["parameters"] = {**(parameters or {}), "binary_data_output": True}
+    doc["inputs"] = [
+        {
+            "name": t.name,
+            "shape": list(t.shape),
+            "datatype": t.datatype,
+            "parameters": {"binary_data_size": len(t.data)},
+        }
+        for t in inputs
+    ]
+    if outputs is not None:
+        doc["outputs"] = [{"name": name, "parameters": {"binary_data": True}} for name in outputs]
+    head = json.dumps(doc, separators=(",", ":")).encode()
+    body = b"".join([head, *(t.data for t in inputs)])
+    return body, {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(head))}
+
+
 def parse_response(body: bytes, header_length: str | None, max_tensor_bytes: int) -> list[Tensor]:
     """The outputs of an infer response body, JSON or binary (``header_length``: its
     Inference-Header-Content-Length), as a client reads them. Raises InvalidRequest naming what is malformed:

@@ -16,6 +16,7 @@ logs it a second time.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from typing import NamedTuple
 
@@ -89,6 +90,28 @@ def error_for_status(status: int, message: str) -> WasmgateError:
         if row.status == status:
             return row.error(message)
     return InvalidRequest(message) if 400 <= status < 500 else GuestFailure(message)
+
+
+def answered_error(answer: Response) -> WasmgateError | None:
+    """The error an OIP v2 answer of a placed request stands for, None for a 200: a replica's or endpoint's error
+    answer, to be raised again where the request came in by another protocol (OpenAI's, gRPC), with its status's
+    error (:func:`error_for_status`), its message, and the ``x-wasmgate-*`` headers of where it ran."""
+    if answer.status_code == 200:
+        return None
+    failed = error_for_status(answer.status_code, _message(bytes(answer.body)))
+    failed.headers = {k: v for k, v in answer.headers.items() if k.startswith("x-wasmgate-")}
+    return failed
+
+
+def _message(body: bytes) -> str:
+    """The message of an OIP v2 error body, ``{"error": "..."}``."""
+    try:
+        doc = json.loads(body)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        doc = None
+    if isinstance(doc, dict) and isinstance(doc.get("error"), str):
+        return str(doc["error"])
+    return body[:200].decode(errors="replace") or "the function's tier answered an error without a message"
 
 
 def error_response(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from importlib.metadata import version
 
 import anyio.to_thread
@@ -31,20 +32,21 @@ async def lookup(state: AppState, request: Request) -> Manifest:
     """The function's current manifest, checked against a version in the path and the caller's token. Loads
     nothing."""
     manifest = state.registry.manifest(request.path_params["name"])
-    admit(state, request, manifest)
+    admit(state, manifest, request.path_params.get("version"), request.headers)
     return manifest
 
 
-def admit(state: AppState, request: Request, manifest: Manifest) -> None:
-    """The version in the path must be the current one, and a gateway's caller must hold the function's token
-    (a runner serves only what its gateway admitted)."""
-    check_version(request, manifest)
+def admit(state: AppState, manifest: Manifest, version: str | None, headers: Mapping[str, str]) -> None:
+    """The version asked for (None: any), must be the current one, and a gateway's caller must hold the
+    function's token in ``headers`` (a runner serves only what its gateway admitted). Every protocol's requests
+    are admitted here: HTTP's by their path and headers, gRPC's (``gateway.oip_grpc``) by their fields and
+    metadata."""
+    check_version(manifest, version)
     if state.role == "gateway":
-        check_inference(state.settings, manifest, request.headers)
+        check_inference(state.settings, manifest, headers)
 
 
-def check_version(request: Request, manifest: Manifest) -> None:
-    wanted = request.path_params.get("version")
+def check_version(manifest: Manifest, wanted: str | None) -> None:
     if wanted is not None and wanted != str(manifest.version):
         raise NotFound(f"function {manifest.name!r} has no version {wanted!r} (current: {manifest.version})")
 
@@ -104,7 +106,7 @@ async def infer(request: Request) -> Response:
     if state.dispatcher is None:  # a runner
         return await infer_here(request, state)
     manifest, fn = state.registry.current(request.path_params["name"])  # the one lookup
-    admit(state, request, manifest)
+    admit(state, manifest, request.path_params.get("version"), request.headers)
     return await state.dispatcher.infer(request, manifest, fn)
 
 
@@ -117,7 +119,7 @@ async def infer_here(request: Request, state: AppState) -> Response:
     if fn is None or (wanted is not None and wanted != str(fn.manifest.version)):
         version = int(wanted) if wanted is not None and wanted.isdigit() else None
         fn = await anyio.to_thread.run_sync(registry.get_version, name, version)
-    check_version(request, fn.manifest)
+    check_version(fn.manifest, wanted)
     tier = state.wasm.name
     started = time.perf_counter()
     status = 500

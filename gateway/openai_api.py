@@ -42,9 +42,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.auth import check_inference, may_infer
-from gateway.codec import HEADER_LENGTH, parse_response
+from gateway.codec import HEADER_LENGTH, encode_request, parse_response
 from gateway.dispatch import DEADLINE_HEADER, HINT_HEADER, Dispatcher
-from gateway.http_errors import error_for_status
+from gateway.http_errors import answered_error
 from gateway.requests import json_object, read_body
 from gateway.state import state_of
 from gateway.store.manifest import Manifest
@@ -91,11 +91,10 @@ async def embeddings(request: Request) -> Response:
         dispatcher.refused(manifest, started, exc)
         raise
     answer = await dispatcher.run(body, headers, manifest, fn, started)
-    raw = answer.body if isinstance(answer.body, bytes) else bytes(answer.body)
-    if answer.status_code != 200:  # a replica's error: answered again, in the caller's shape, from where it ran
-        failed = error_for_status(answer.status_code, _message(raw))
-        failed.headers = {k: v for k, v in answer.headers.items() if k.startswith("x-wasmgate-")}
+    failed = answered_error(answer)
+    if failed is not None:  # a replica's error: answered again, in the caller's shape, from where it ran
         raise failed
+    raw = answer.body if isinstance(answer.body, bytes) else bytes(answer.body)
     out = _embedding_output(manifest, embedding.name, raw, answer.headers, len(wanted.texts), dispatcher)
     if wanted.dimensions is not None:
         _check_dimensions(manifest, wanted.dimensions, out.shape[1])
@@ -219,33 +218,12 @@ def oip_request(
             encoded.append(item.encode())
         except UnicodeEncodeError:  # a lone surrogate, as JSON's \\ud800 escapes can write
             raise InvalidRequest(f"'input'[{i}] is not valid Unicode text (it holds a lone surrogate)") from None
-    raw = join_bytes(encoded)
-    head = json.dumps(
-        {
-            "inputs": [
-                {"name": text, "shape": [len(texts)], "datatype": "BYTES", "parameters": {"binary_data_size": len(raw)}}
-            ],
-            "outputs": [{"name": embedding, "parameters": {"binary_data": True}}],
-        },
-        separators=(",", ":"),
-    ).encode()
-    headers = {k: v for k in ROUTING_HEADERS if (v := caller.get(k)) is not None}
-    headers.update({"content-type": "application/octet-stream", HEADER_LENGTH: str(len(head))})
-    return head + raw, headers
+    tensor = Tensor(text, "BYTES", (len(texts),), join_bytes(encoded))
+    body, headers = encode_request([tensor], [embedding])
+    return body, {k: v for k in ROUTING_HEADERS if (v := caller.get(k)) is not None} | headers
 
 
 # -- the answer -------------------------------------------------------------------------------------------------
-
-
-def _message(body: bytes) -> str:
-    """The message of an OIP v2 error body, ``{"error": "..."}``."""
-    try:
-        doc = json.loads(body)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        doc = None
-    if isinstance(doc, dict) and isinstance(doc.get("error"), str):
-        return str(doc["error"])
-    return body[:200].decode(errors="replace") or "the function's tier answered an error without a message"
 
 
 def _embedding_output(

@@ -1,4 +1,5 @@
-"""Running the app under uvicorn, in one process or several.
+"""Running the app under uvicorn, in one process or several; ``wasm serve``'s app also serves OIP v2 over gRPC
+(``gateway.oip_grpc``, started from the app's lifespan on uvicorn's event loop).
 
 With ``workers > 1`` uvicorn's supervisor starts the workers with ``spawn`` (never ``fork`` after start-up: a
 forked copy of a process with wasmtime's and onnxruntime's threads is not safe). Each worker builds its own
@@ -37,8 +38,11 @@ def configure_logging(settings: Settings) -> None:
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
-def uvicorn_server(settings: Settings, role: Role = "gateway", preload: Sequence[str] = ()) -> uvicorn.Server:
-    return uvicorn.Server(uvicorn.Config(create_app(settings, role, preload), **_uvicorn_options(settings)))
+def uvicorn_server(
+    settings: Settings, role: Role = "gateway", preload: Sequence[str] = (), serve_grpc: bool = False
+) -> uvicorn.Server:
+    app = create_app(settings, role, preload, serve_grpc)
+    return uvicorn.Server(uvicorn.Config(app, **_uvicorn_options(settings)))
 
 
 def _uvicorn_options(settings: Settings) -> dict[str, Any]:
@@ -57,7 +61,7 @@ def app_from_env() -> Starlette:
     settings = Settings.from_env()
     configure_logging(settings)
     tune_interpreter(settings)
-    return create_app(settings)
+    return create_app(settings, serve_grpc=True)
 
 
 def tune_interpreter(settings: Settings) -> None:
@@ -98,10 +102,15 @@ def _watch_parent(server: uvicorn.Server, parent: int) -> None:
 
 def serve(settings: Settings) -> None:
     check_bind(settings)
+    if settings.grpc_port and settings.grpc_port == settings.port:
+        raise ValueError(
+            f"WASMGATE_GRPC_PORT={settings.grpc_port} is also the HTTP port: give gRPC another (--grpc-port), "
+            "or 0 for none"
+        )
     configure_logging(settings)
     tune_interpreter(settings)
     if settings.workers <= 1:
-        uvicorn_server(settings).run()
+        uvicorn_server(settings, serve_grpc=True).run()
         return
     metrics_dir = tempfile.mkdtemp(prefix="wasmgate-metrics-")
     os.environ.update(settings.to_env())

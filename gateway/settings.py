@@ -51,6 +51,9 @@ class Settings:
     #: Interface to bind. Loopback by default: expose the gateway deliberately, behind a proxy or with care.
     host: str = "127.0.0.1"
     port: int = 8080
+    #: The OIP v2 gRPC service (``inference.GRPCInferenceService``) of ``wasm serve``, on ``host`` at this port,
+    #: beside HTTP in the same process. 0: no gRPC.
+    grpc_port: int = 8081
     #: Bearer token the admin API requires (push, delete, settings). Without one, ``wasm serve`` binds loopback
     #: only. Never logged.
     admin_token: str = dataclasses.field(default="", repr=False)

@@ -245,7 +245,10 @@ class Gateway:
     same port again where it is still free, else another, which ``url`` then names. ``wasm serve`` binds the
     port itself: :func:`start_on_a_port` starts it again on another port if another process took that one
     first. ``wasm runner`` is handed a socket bound here (its hidden ``--fd``, as the local scaler starts its
-    runners), so nothing can take its port."""
+    runners), so nothing can take its port.
+
+    ``wasm serve`` serves no gRPC (``--grpc-port 0``) unless ``grpc``: then on a port of its own, chosen at each
+    start (``grpc_address``)."""
 
     def __init__(
         self,
@@ -255,8 +258,11 @@ class Gateway:
         command: str = "serve",
         env: dict[str, str] | None = None,
         preexec_fn: Callable[[], None] | None = None,
+        grpc: bool = False,
     ) -> None:
         self.extra = extra
+        self.grpc = grpc
+        self.grpc_port = 0  # none until start(), and none without grpc
         self.command = command
         self.settings_env = env or {}
         self.data_dir = data_dir
@@ -269,6 +275,12 @@ class Gateway:
     def url(self) -> str:
         assert self.port, "the port is chosen when the process starts: read the url after start()"
         return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def grpc_address(self) -> str:
+        """Where its OIP v2 gRPC service listens, as gRPC clients take it (``host:port``)."""
+        assert self.grpc_port, "a Gateway made with grpc=True serves gRPC once started"
+        return f"{LOOPBACK}:{self.grpc_port}"
 
     def _popen(self, *listen: str, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("WASMGATE_")} | self.settings_env
@@ -293,9 +305,14 @@ class Gateway:
             assert self.proc is not None
             wait_ready(self.proc, self.log, lambda: self._ready(self.port))
         else:
-            self.proc, self.port = start_on_a_port(
-                lambda port: self._popen("--port", str(port)), self.log, self._ready, port=self.port
-            )
+            self.proc, self.port = start_on_a_port(self._launch, self.log, self._ready, port=self.port)
+
+    def _launch(self, port: int) -> subprocess.Popen[bytes]:
+        # A port taken by another process fails the start as a taken HTTP port does, and start_on_a_port tries
+        # again: here, with another gRPC port too.
+        self.grpc_port = candidate_port() if self.grpc else 0
+        grpc = ["--grpc-port", str(self.grpc_port)] if self.command == "serve" else []  # only serve has gRPC
+        return self._popen("--port", str(port), *grpc)
 
     def spawn(self) -> None:
         """Start ``wasm runner`` on a socket bound here (:func:`bound_socket`), without waiting for it to be

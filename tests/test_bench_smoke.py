@@ -100,3 +100,10 @@ def test_memory_bench_runs_quick() -> None:
     assert "| fp16-dense |" in out, out
     assert out.count("| fp16-dense |") == 2  # the gateway's table and the runner's
     assert "| onnxruntime defaults (wasmgate's) |" in out
+
+
+@pytest.mark.e2e
+def test_grpc_vs_http_bench_runs_quick() -> None:
+    """One block against a real gateway; the bench checks the gRPC answer against HTTP's itself."""
+    out = run_quick("grpc_vs_http", 120)
+    assert [line.split()[:2] for line in out.splitlines()[1:]] == [["1", "http"], ["1", "grpc"]], out

@@ -363,9 +363,12 @@ def test_services_select_their_own_pods(name: str) -> None:
         assert selector.items() <= own.deployment["spec"]["template"]["metadata"]["labels"].items()
         assert not selector.items() <= other.deployment["spec"]["template"]["metadata"]["labels"].items()
         assert selector == own.deployment["spec"]["selector"]["matchLabels"]
-        (port,) = service["spec"]["ports"]
+        port, *more = service["spec"]["ports"]
         assert port["name"] == "http"
         assert own.port(port["targetPort"]) == own.settings().port
+        # The gateway also serves OIP v2 over gRPC, on the port its settings name; a runner serves HTTP only.
+        wanted = [("grpc", own.settings().grpc_port)] if own is g else []
+        assert [(p["name"], own.port(p["targetPort"])) for p in more] == wanted
     # The scaler reads runner addresses from EndpointSlices by the port's name.
     runner_ports = one(objects, "Service", settings.k8s_service)["spec"]["ports"]
     assert settings.k8s_port_name in {p["name"] for p in runner_ports}

@@ -42,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the gateway")
     _serve_flags(serve)
+    serve.add_argument("--grpc-port", type=int, help="OIP v2 gRPC port (default 8081, 0: none; env WASMGATE_GRPC_PORT)")
     serve.set_defaults(func=cmd_serve)
 
     runner = sub.add_parser("runner", help="run a pod-tier runner (model server) for the functions sent to it")
@@ -253,6 +254,7 @@ def settings_from(args: argparse.Namespace, **more: Any) -> Settings:
         data_dir=args.data_dir,
         log_level=args.log_level,
         workers=getattr(args, "workers", None),
+        grpc_port=getattr(args, "grpc_port", None),
         store=getattr(args, "store", None),
         registry_username=getattr(args, "registry_username", None),
         registry_ca_file=getattr(args, "registry_ca_file", None),
