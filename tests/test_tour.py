@@ -1,12 +1,12 @@
 """README.md's tour, run from README.md itself, so that the two cannot drift: its ``sh`` and ``python`` blocks,
 in order, as one bash script in an empty directory, against the real ``wasm serve`` the tour starts.
 
-How the script differs from the text, and why: the port (8080 in the text) is a free one, so that the test
-cannot collide with anything on the machine; ``curl`` is wrapped so that an HTTP error fails the script, as a
-person reading the answer would notice it; the script stops at the first failing command (``set -e``). The
-long-running ``wasm serve ... &`` is started in the background by the tour's own ``&``, waited for by the
-tour's own readiness loop, and stopped by its ``kill %1``; whatever is left of its process group is stopped
-here in any case.
+How the script differs from the text, and why: the port (8080 in the text) is a free one, and so is the gRPC
+port (``WASMGATE_GRPC_PORT``, 8081 by default), so that the test cannot collide with anything on the machine;
+``curl`` is wrapped so that an HTTP error fails the script, as a person reading the answer would notice it; the
+script stops at the first failing command (``set -e``). The long-running ``wasm serve ... &`` is started in the
+background by the tour's own ``&``, waited for by the tour's own readiness loop, and stopped by its ``kill %1``;
+whatever is left of its process group is stopped here in any case.
 
 Also here: the README's other promises about its commands, the error table holding every status the API
 answers, and one spelling of each registry flag.
@@ -106,6 +106,7 @@ def test_the_tour_runs_as_written(tmp_path: Path, guests: dict[str, Path]) -> No
     port = candidate_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("WASMGATE_")}
     env |= {"WASMGATE_PORT": str(port), "WASMGATE_URL": f"http://127.0.0.1:{port}"}
+    env["WASMGATE_GRPC_PORT"] = str(next(p for p in iter(candidate_port, None) if p != port))
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # wasm and python of this venv
     proc = subprocess.Popen(
         ["bash", "-c", script(port)],
