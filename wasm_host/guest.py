@@ -7,6 +7,7 @@ half-written state. Only answers the host accepted (a response, or "invalid inpu
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import re
@@ -14,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import wasmtime
+from wasmtime import _ffi as ffi
 
 from wasm_host.abi import STATUS_FAILED, STATUS_INVALID, STATUS_OK, decode_response, encode_request, unpack_result
 from wasm_host.engine import WasmEngine
@@ -185,6 +187,7 @@ class GuestInstance:
         self.healthy = True
         self.requests = 0
         self._nn_host = image.nn_host
+        self._native = image.nn_host.native  # the compiled host (wasm_host.compiled), or None
         self._store = image.engine.new_store(image.files)
         self.nn = NnState(image.backend, image.models, self.limits, image.nn_host.watchdog, image.nn_budget)
         self._arm()
@@ -213,13 +216,14 @@ class GuestInstance:
         """Start a deadline: the guest calls made until the next ``_arm`` share it."""
         self._deadline_ms = self.limits.deadline_ms if deadline_ms is None else deadline_ms
         self._store.set_epoch_deadline(self.limits.deadline_ticks(self._deadline_ms))
-        self.nn.deadline.arm(self._deadline_ms)  # the same deadline for its host calls (wasm_host.waits)
+        self.nn.arm(self._deadline_ms)  # the same deadline for its host calls (wasm_host.waits)
 
     def _call(self, what: str, func: RawExport, *args: int) -> int:
         previous = self._nn_host.bind(self.nn)
         try:
             return func(*args)
         except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
+            self.nn.sync_expired()
             raise self._trapped(what, exc) from exc
         finally:
             self._nn_host.bind(previous)
@@ -275,21 +279,7 @@ class GuestInstance:
         self.requests += 1
         self.nn.take_error()
         self._arm(deadline_ms)  # one deadline for the whole request: alloc, then handle
-        ptr = self._call("alloc", self._alloc, len(request)) & 0xFFFFFFFF
-        if ptr == 0:
-            raise GuestFailure(f"the function could not allocate {len(request)} bytes for the request")
-        if ptr & (REQUEST_ALIGN - 1):
-            self.healthy = False  # its allocator broke the ABI: the next buffer would be no better
-            raise GuestFailure(
-                f"the function's alloc returned the misaligned buffer {ptr:#x}; the ABI requires {REQUEST_ALIGN}-byte"
-                " alignment"
-            )
-        try:
-            self.memory.write(ptr, request)
-        except OutOfBounds as exc:
-            self.healthy = False
-            raise GuestFailure(f"the function's alloc returned an invalid buffer: {exc}") from exc
-        result = self._call("handle", self._handle, ptr, len(request))
+        result = self._run(request) if self._native is None else self._run_compiled(request)
         if self.nn.deadline.expired:  # a host call stopped at the deadline; whatever the guest made of it
             raise self._past_deadline("handle")
         status, out_ptr, out_len = unpack_result(result)
@@ -319,6 +309,48 @@ class GuestInstance:
         # costs one instantiation, which the pool makes in the background.
         self.healthy = False
         raise GuestFailure(f"the function failed: {message}")
+
+    def _run(self, request: bytes) -> int:
+        """The request's two guest entries on the Python host: ``alloc``, the write, ``handle``."""
+        ptr = self._call("alloc", self._alloc, len(request)) & 0xFFFFFFFF
+        self._place(ptr, request)
+        return self._call("handle", self._handle, ptr, len(request))
+
+    def _run_compiled(self, request: bytes) -> int:
+        """The same on the compiled host: both entries and the write in one call that releases the GIL."""
+        previous = self._nn_host.bind(self.nn)
+        try:
+            code, value = self._native.request(self.nn.native, self._alloc.address, self._handle.address, request)
+        finally:
+            self._nn_host.bind(previous)
+        self.nn.sync_expired()
+        if code == 0:
+            return int(value)
+        if code == 5:  # alloc's pointer does not take the request: the same checks word the error
+            self._place(value & 0xFFFFFFFF, request)
+            raise AssertionError("the compiled host refused a buffer the Python host accepts")
+        exc: wasmtime.WasmtimeError | wasmtime.Trap
+        if code in (1, 3):
+            exc = wasmtime.Trap._from_ptr(ctypes.cast(value, ctypes.POINTER(ffi.wasm_trap_t)))
+        else:
+            exc = wasmtime.WasmtimeError._from_ptr(ctypes.cast(value, ctypes.POINTER(ffi.wasmtime_error_t)))
+        raise self._trapped("alloc" if code in (1, 2) else "handle", exc) from exc
+
+    def _place(self, ptr: int, request: bytes) -> None:
+        """Write the request at the buffer ``alloc`` returned, after the ABI's checks on it."""
+        if ptr == 0:
+            raise GuestFailure(f"the function could not allocate {len(request)} bytes for the request")
+        if ptr & (REQUEST_ALIGN - 1):
+            self.healthy = False  # its allocator broke the ABI: the next buffer would be no better
+            raise GuestFailure(
+                f"the function's alloc returned the misaligned buffer {ptr:#x}; the ABI requires {REQUEST_ALIGN}-byte"
+                " alignment"
+            )
+        try:
+            self.memory.write(ptr, request)
+        except OutOfBounds as exc:
+            self.healthy = False
+            raise GuestFailure(f"the function's alloc returned an invalid buffer: {exc}") from exc
 
     def _read_cstring(self, ptr: int, limit: int) -> str:
         try:

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import wasmtime
 
+from wasm_host import compiled
 from wasm_host.engine import SandboxLimits, WasmEngine
-from wasm_host.errors import InvalidFunction
+from wasm_host.errors import InvalidFunction, Unavailable
 from wasm_host.guest import FuncSig, FunctionImage, check_abi
 from wasm_host.onnx_backend import ModelRef, OnnxBackend
 from wasm_host.providers import CPU
@@ -21,13 +22,29 @@ from wasm_host.wasi_nn import WasiNnHost
 
 
 class Host:
+    """``host_path``: ``python``, ``compiled`` or ``auto`` (wasm_host.compiled). The compiled host runs sessions on
+    the CPU only: with any other execution provider, ``auto`` takes the Python host and ``compiled`` is refused."""
+
     def __init__(
-        self, limits: SandboxLimits, cache_dir: Path, intra_op_threads: int = 1, providers: Sequence[str] = (CPU,)
+        self,
+        limits: SandboxLimits,
+        cache_dir: Path,
+        intra_op_threads: int = 1,
+        providers: Sequence[str] = (CPU,),
+        host_path: str = "auto",
     ) -> None:
         self.engine = WasmEngine(limits, cache_dir)
         # Optimized graphs are saved beside the compile cache: both are derived from blobs, keyed by digest.
         self.backend = OnnxBackend(intra_op_threads, providers, cache_dir / "onnx")
-        self.nn_host = WasiNnHost()
+        if list(providers) != [CPU] and host_path != "python":
+            if host_path == "compiled":
+                raise Unavailable(f"the compiled host runs on the CPU only; providers {list(providers)} need host=python")
+            host_path = "python"
+        native = compiled.load(host_path)
+        #: Which host path serves: "compiled" or "python".
+        self.host_path = "python" if native is None else "compiled"
+        self.backend.native = native
+        self.nn_host = WasiNnHost(native)
         self.linker = wasmtime.Linker(self.engine.engine)
         self.linker.define_wasi()
         # Over WASI's own: sleeps bounded by the deadline. Held: the linker calls into its callbacks.
