@@ -13,6 +13,7 @@ import pytest
 
 from gateway.cli.demo import train_digits
 from tests.support import Digits, Encoder, encoder_model, refused_port, write_bert_vocab
+from wasm_host.compiled import HOST_PATHS
 from wasm_host.engine import SandboxLimits
 from wasm_host.host import Host
 
@@ -63,9 +64,16 @@ def hostile_guests() -> dict[str, Path]:
     return dict(build.build_hostile())
 
 
+@pytest.fixture(params=HOST_PATHS)
+def host_path(request: pytest.FixtureRequest) -> str:
+    """Each host path in turn (wasm_host.compiled): the tests that take a host run on both."""
+    return str(request.param)
+
+
 @pytest.fixture
-def host(tmp_path: Path) -> Iterator[Host]:
-    h = Host(SandboxLimits(deadline_ms=200, memory_limit_bytes=16 * 1024 * 1024), tmp_path / "cache").start()
+def host(tmp_path: Path, host_path: str) -> Iterator[Host]:
+    limits = SandboxLimits(deadline_ms=200, memory_limit_bytes=16 * 1024 * 1024)
+    h = Host(limits, tmp_path / "cache", host_path=host_path).start()
     yield h
     h.close()
 

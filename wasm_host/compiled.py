@@ -13,7 +13,7 @@ shared library in the onnxruntime wheel). That library is a second copy of onnxr
 Python binding carries its own), so a model served on the compiled path has two sessions: the Python one for
 its metadata and the C one for its runs; its weights are held twice.
 
-Modes (setting ``host``, env ``WASMGATE_HOST``): ``python``; ``compiled`` (refuses to start without the
+Modes (setting ``host_path``, env ``WASMGATE_HOST_PATH``): ``python``; ``compiled`` (refuses to start without the
 extension); ``auto`` (compiled when it loads, else Python, with a warning logged once).
 """
 
@@ -76,7 +76,9 @@ def load(mode: str) -> ModuleType | None:
         return _native()
     except Exception as exc:  # not built, or a library that does not match: the Python host serves
         if mode == "compiled":
-            raise Unavailable(f"the compiled host cannot be loaded ({exc}); use host=python or host=auto") from exc
+            raise Unavailable(
+                f"the compiled host cannot be loaded ({exc}); use host_path=python or host_path=auto"
+            ) from exc
         if not _warned:
             _warned.append(True)
             log.warning("the compiled host cannot be loaded (%s); serving on the pure-Python host", exc)

@@ -318,6 +318,7 @@ class GuestInstance:
 
     def _run_compiled(self, request: bytes) -> int:
         """The same on the compiled host: both entries and the write in one call that releases the GIL."""
+        assert self._native is not None
         previous = self._nn_host.bind(self.nn)
         try:
             code, value = self._native.request(self.nn.native, self._alloc.address, self._handle.address, request)

@@ -38,7 +38,9 @@ class Host:
         self.backend = OnnxBackend(intra_op_threads, providers, cache_dir / "onnx")
         if list(providers) != [CPU] and host_path != "python":
             if host_path == "compiled":
-                raise Unavailable(f"the compiled host runs on the CPU only; providers {list(providers)} need host=python")
+                raise Unavailable(
+                    f"the compiled host runs on the CPU only; providers {list(providers)} need host_path=python"
+                )
             host_path = "python"
         native = compiled.load(host_path)
         #: Which host path serves: "compiled" or "python".
