@@ -56,6 +56,7 @@ def _native() -> ModuleType:
         address("wasmtime_func_call_unchecked"),
         address("wasmtime_memory_data"),
         address("wasmtime_memory_data_size"),
+        address("wasmtime_context_set_epoch_deadline"),
     )
     _native.library = ort  # type: ignore[attr-defined]  # kept loaded for the process's life
     log.debug("compiled host on onnxruntime %s (%s)", version, libs[0].name)

@@ -212,11 +212,15 @@ class GuestInstance:
             self._call("_initialize", self._funcs["_initialize"])  # under the instantiation's deadline
 
     # -- calling into the guest ----------------------------------------------------------------------------
-    def _arm(self, deadline_ms: int | None = None) -> None:
-        """Start a deadline: the guest calls made until the next ``_arm`` share it."""
+    def _arm(self, deadline_ms: int | None = None, engine: bool = True) -> int:
+        """Start a deadline: the guest calls made until the next ``_arm`` share it. Returns it in epoch ticks;
+        ``engine=False`` leaves setting those on the store to the caller (the compiled host's request does)."""
         self._deadline_ms = self.limits.deadline_ms if deadline_ms is None else deadline_ms
-        self._store.set_epoch_deadline(self.limits.deadline_ticks(self._deadline_ms))
+        ticks = self.limits.deadline_ticks(self._deadline_ms)
+        if engine:
+            self._store.set_epoch_deadline(ticks)
         self.nn.arm(self._deadline_ms)  # the same deadline for its host calls (wasm_host.waits)
+        return ticks
 
     def _call(self, what: str, func: RawExport, *args: int) -> int:
         previous = self._nn_host.bind(self.nn)
@@ -278,16 +282,21 @@ class GuestInstance:
         request = encode_request(inputs, outputs)
         self.requests += 1
         self.nn.take_error()
-        self._arm(deadline_ms)  # one deadline for the whole request: alloc, then handle
-        result = self._run(request) if self._native is None else self._run_compiled(request)
+        # One deadline for the whole request: alloc, then handle.
+        ticks = self._arm(deadline_ms, engine=self._native is None)
+        if self._native is None:
+            result, body = self._run(request), None
+        else:
+            result, body = self._run_compiled(request, ticks)
         if self.nn.deadline.expired:  # a host call stopped at the deadline; whatever the guest made of it
             raise self._past_deadline("handle")
         status, out_ptr, out_len = unpack_result(result)
-        try:
-            body = self.memory.read(out_ptr, out_len)
-        except OutOfBounds as exc:
-            self.healthy = False
-            raise GuestFailure(f"the function returned a result outside its memory: {exc}") from exc
+        if body is None:
+            try:
+                body = self.memory.read(out_ptr, out_len)
+            except OutOfBounds as exc:
+                self.healthy = False
+                raise GuestFailure(f"the function returned a result outside its memory: {exc}") from exc
         if status == STATUS_OK:
             try:
                 produced = decode_response(body)
@@ -316,17 +325,20 @@ class GuestInstance:
         self._place(ptr, request)
         return self._call("handle", self._handle, ptr, len(request))
 
-    def _run_compiled(self, request: bytes) -> int:
-        """The same on the compiled host: both entries and the write in one call that releases the GIL."""
+    def _run_compiled(self, request: bytes, ticks: int) -> tuple[int, bytes | None]:
+        """The same on the compiled host, in one call that releases the GIL: the store's epoch deadline, both
+        entries, the write, and the copy of the result buffer (None when it lies outside memory)."""
         assert self._native is not None
-        previous = self._nn_host.bind(self.nn)
+        previous = self._nn_host.bind_python(self.nn)  # for the Python imports; the call binds the compiled ones
         try:
-            code, value = self._native.request(self.nn.native, self._alloc.address, self._handle.address, request)
+            code, value, body = self._native.request(
+                self.nn.native, self._alloc.address, self._handle.address, request, ticks
+            )
         finally:
-            self._nn_host.bind(previous)
+            self._nn_host.bind_python(previous)
         self.nn.sync_expired()
         if code == 0:
-            return int(value)
+            return int(value), body
         if code == 5:  # alloc's pointer does not take the request: the same checks word the error
             self._place(value & 0xFFFFFFFF, request)
             raise AssertionError("the compiled host refused a buffer the Python host accepts")

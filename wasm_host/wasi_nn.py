@@ -481,6 +481,12 @@ class WasiNnHost:
             self.native.bind(None if state is None else state.native)
         return previous
 
+    def bind_python(self, state: NnState | None) -> NnState | None:
+        """:meth:`bind` for the Python imports only (the compiled host's request binds its own)."""
+        previous: NnState | None = getattr(self._local, "state", None)
+        self._local.state = state
+        return previous
+
     def define(self, linker: wasmtime.Linker) -> None:
         compiled: dict[str, int] = self.native.callbacks() if self.native is not None else {}
         for module, signatures in IMPORTS.items():

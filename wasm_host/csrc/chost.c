@@ -37,10 +37,12 @@ typedef struct { uint8_t bytes[16]; } wt_raw;
 typedef wt_error *(*call_unchecked_fn)(wt_context *, const wt_func *, wt_raw *, size_t, wt_trap **);
 typedef uint8_t *(*memory_data_fn)(const wt_context *, const wt_memory *);
 typedef size_t (*memory_size_fn)(const wt_context *, const wt_memory *);
+typedef void (*set_epoch_deadline_fn)(wt_context *, uint64_t);
 
 static call_unchecked_fn wt_call;
 static memory_data_fn wt_memory_data;
 static memory_size_fn wt_memory_size;
+static set_epoch_deadline_fn wt_set_epoch_deadline;
 
 static inline int32_t raw_i32(const wt_raw *r) { int32_t v; memcpy(&v, r->bytes, 4); return v; }
 static inline int64_t raw_i64(const wt_raw *r) { int64_t v; memcpy(&v, r->bytes, 8); return v; }
@@ -883,8 +885,8 @@ static PyTypeObject StateType = {
 
 /* ---- module functions -------------------------------------------------------------------------------- */
 static PyObject *mod_init(PyObject *m, PyObject *args) {
-    unsigned long long api_base, call, data, size;
-    if (!PyArg_ParseTuple(args, "KKKK", &api_base, &call, &data, &size)) return NULL;
+    unsigned long long api_base, call, data, size, epoch;
+    if (!PyArg_ParseTuple(args, "KKKKK", &api_base, &call, &data, &size, &epoch)) return NULL;
     if (ort) Py_RETURN_NONE;
     const OrtApiBase *base = (const OrtApiBase *)(uintptr_t)api_base;
     const void *const *api = base->GetApi(ORT_TABLE_VERSION);
@@ -897,6 +899,7 @@ static PyObject *mod_init(PyObject *m, PyObject *args) {
     wt_call = (call_unchecked_fn)(uintptr_t)call;
     wt_memory_data = (memory_data_fn)(uintptr_t)data;
     wt_memory_size = (memory_size_fn)(uintptr_t)size;
+    wt_set_epoch_deadline = (set_epoch_deadline_fn)(uintptr_t)epoch;
     return PyUnicode_FromString(base->GetVersionString());
 }
 
@@ -932,20 +935,23 @@ static PyObject *mod_sweep(PyObject *m, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
-/* request(state, alloc, handle, data) -> (code, value): one request's two guest entries with the GIL released.
- * code 0: value is handle's i64 result; 1/2: alloc trapped / failed (value: the wasm_trap_t / wasmtime_error_t
- * address, whose ownership passes to the caller); 3/4: the same for handle; 5: alloc returned a pointer the
- * request cannot be written at (value: the pointer; the caller words the error). */
+/* request(state, alloc, handle, data, ticks) -> (code, value, body): one request's two guest entries with the
+ * GIL released, under an epoch deadline of ``ticks`` (and the state's armed deadline for its host calls).
+ * code 0: value is handle's i64 result, and body the result buffer's bytes (None when it lies outside memory:
+ * the caller words that error); 1/2: alloc trapped / failed (value: the wasm_trap_t / wasmtime_error_t address,
+ * whose ownership passes to the caller); 3/4: the same for handle; 5: alloc returned a pointer the request
+ * cannot be written at (value: the pointer; the caller words the error). */
 static PyObject *mod_request(PyObject *m, PyObject *args) {
     State *s;
-    unsigned long long alloc, handle;
+    unsigned long long alloc, handle, ticks;
     Py_buffer req;
-    if (!PyArg_ParseTuple(args, "O!KKy*", &StateType, &s, &alloc, &handle, &req)) return NULL;
+    if (!PyArg_ParseTuple(args, "O!KKy*K", &StateType, &s, &alloc, &handle, &req, &ticks)) return NULL;
     int code = 0;
     int64_t value = 0;
     State *previous = current;
     Py_BEGIN_ALLOW_THREADS
     current = s;
+    wt_set_epoch_deadline(s->ctx, ticks);
     wt_raw raw[2];
     wt_trap *trap = NULL;
     raw_set_i32(&raw[0], (int32_t)req.len);
@@ -975,12 +981,21 @@ static PyObject *mod_request(PyObject *m, PyObject *args) {
     current = previous;
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&req);
-    return Py_BuildValue("iL", code, (long long)value);
+    if (code != 0) return Py_BuildValue("iLO", code, (long long)value, Py_None);
+    /* The result buffer, as wasm_host.abi.unpack_result reads the i64: pointer, then a 30-bit length. */
+    uint64_t r = (uint64_t)value;
+    uint64_t out_ptr = r & 0xFFFFFFFFull, out_len = (r >> 32) & 0x3FFFFFFFull;
+    if (out_ptr + out_len > wt_memory_size(s->ctx, s->mem)) return Py_BuildValue("iLO", 0, (long long)value, Py_None);
+    PyObject *body = PyBytes_FromStringAndSize((const char *)wt_memory_data(s->ctx, s->mem) + out_ptr,
+                                               (Py_ssize_t)out_len);
+    if (!body) return NULL;
+    return Py_BuildValue("iLN", 0, (long long)value, body);
 }
 
 static PyMethodDef mod_methods[] = {
     {"init", mod_init, METH_VARARGS,
-     "init(OrtGetApiBase's result, wasmtime_func_call_unchecked, wasmtime_memory_data, wasmtime_memory_data_size)"},
+     "init(OrtGetApiBase's result, wasmtime_func_call_unchecked, wasmtime_memory_data, wasmtime_memory_data_size, "
+     "wasmtime_context_set_epoch_deadline)"},
     {"callbacks", mod_callbacks, METH_NOARGS, "The WASI-NN imports implemented here: name -> callback address."},
     {"bind", mod_bind, METH_O, "Route this thread's WASI-NN calls to a State (None: to nothing)."},
     {"sweep", mod_sweep, METH_NOARGS, "Stop the onnxruntime runs past their deadline."},
