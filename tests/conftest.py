@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from gateway.cli.demo import train_digits
+from tests import support
 from tests.support import Digits, Encoder, encoder_model, refused_port, write_bert_vocab
 from wasm_host.compiled import HOST_PATHS
 from wasm_host.engine import SandboxLimits
@@ -22,6 +23,19 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "guest_modules"))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--host-path",
+        choices=HOST_PATHS,
+        default="auto",
+        help="the host path end-to-end gateways run on (the tests taking the host fixture run on both)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    support.E2E_HOST_PATH = config.getoption("--host-path")
 
 
 @pytest.fixture(scope="session")

@@ -233,6 +233,10 @@ def start_on_a_port(
     raise AssertionError(f"{proc.args}: another process took each port tried ({tried}); see {aside}")
 
 
+#: The host path (wasm_host.compiled) the end-to-end gateways run on: pytest's ``--host-path`` (tests/conftest.py).
+E2E_HOST_PATH = "auto"
+
+
 class Gateway:
     """A real ``wasm serve`` (or, with ``command="runner"``, ``wasm runner``) process on a loopback port, with
     ``env`` as its only WASMGATE_* settings (and ``preexec_fn`` run in the child before it starts).
@@ -267,7 +271,8 @@ class Gateway:
         return f"http://{LOOPBACK}:{self.port}"
 
     def _popen(self, *listen: str, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("WASMGATE_")} | self.settings_env
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WASMGATE_")}
+        env |= {"WASMGATE_HOST_PATH": E2E_HOST_PATH} | self.settings_env
         where = [*listen, "--data-dir", str(self.data_dir)]
         with open(self.log, "ab") as log:
             return subprocess.Popen(

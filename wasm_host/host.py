@@ -6,6 +6,7 @@ expensive (compilation, ABI checks, linking) happens there, at push or at start-
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from wasm_host.onnx_backend import ModelRef, OnnxBackend
 from wasm_host.providers import CPU
 from wasm_host.waits import PollHost
 from wasm_host.wasi_nn import WasiNnHost
+
+log = logging.getLogger("wasmgate.host")
 
 
 class Host:
@@ -45,6 +48,7 @@ class Host:
         native = compiled.load(host_path)
         #: Which host path serves: "compiled" or "python".
         self.host_path = "python" if native is None else "compiled"
+        log.info("requests run on the %s host", self.host_path)
         self.backend.native = native
         self.nn_host = WasiNnHost(native)
         self.linker = wasmtime.Linker(self.engine.engine)
