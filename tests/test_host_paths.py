@@ -5,6 +5,8 @@ on a Python host and a compiled one. (The tests that take the ``host`` fixture r
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -125,3 +127,26 @@ def test_hostile_guests_fail_alike(
     images = both(hosts, hostile_guests[fixture].read_bytes(), {"digits": ModelRef(digits.digest, digits.path)})
     for case in HOSTILE_CASES[fixture]:
         assert_same(images, [Tensor.from_numpy("case", np.array([case], np.int32))], [])
+
+
+def test_without_the_extension_auto_serves_on_python_with_a_warning_and_compiled_is_refused(tmp_path: Path) -> None:
+    """A machine where the extension was not built (no C compiler at install): a fresh interpreter that cannot
+    import it."""
+    script = f"""
+import logging, sys
+sys.modules["wasm_host._chost"] = None  # what an install without a C compiler leaves: no extension
+logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+from pathlib import Path
+from wasm_host.engine import SandboxLimits
+from wasm_host.errors import Unavailable
+from wasm_host.host import Host
+print("auto:", Host(SandboxLimits(), Path({str(tmp_path)!r}) / "a", host_path="auto").host_path)
+try:
+    Host(SandboxLimits(), Path({str(tmp_path)!r}) / "c", host_path="compiled")
+except Unavailable as exc:
+    print("compiled:", exc)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    assert "auto: python" in done.stdout
+    assert "compiled: the compiled host cannot be loaded" in done.stdout
+    assert done.stderr.count("WARNING the compiled host cannot be loaded") == 1
