@@ -4,6 +4,7 @@ on a Python host and a compiled one. (The tests that take the ``host`` fixture r
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import subprocess
 import sys
@@ -13,16 +14,19 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from onnx import helper
 
 from tests.support import Digits, Encoder, encoder_inputs
+from wasm_host.abi import decode_response, encode_request
 from wasm_host.engine import SandboxLimits
-from wasm_host.errors import WasmgateError
+from wasm_host.errors import GuestFailure, WasmgateError
 from wasm_host.guest import FunctionImage
 from wasm_host.host import Host
 from wasm_host.onnx_backend import ModelRef
 from wasm_host.passthrough import PASSTHROUGH_ALIAS, passthrough_module, passthrough_signature
-from wasm_host.tensors import Tensor, TensorSpec
+from wasm_host.tensors import DTYPES, DType, Tensor, TensorSpec
 
 #: Hostile fixtures served in process, with the request cases each one answers (guest_modules/hostile).
 HOSTILE_CASES = {
@@ -150,3 +154,43 @@ except Unavailable as exc:
     assert "auto: python" in done.stdout
     assert "compiled: the compiled host cannot be loaded" in done.stdout
     assert done.stderr.count("WARNING the compiled host cannot be loaded") == 1
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    shapes=st.lists(st.lists(st.integers(0, 4), max_size=3), max_size=3),
+    codes=st.lists(st.sampled_from([d for d in DTYPES.values() if d.size]), min_size=3, max_size=3),
+    unknown=st.lists(st.integers(0, 2), min_size=3, max_size=3),
+    flips=st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), max_size=3),
+)
+def test_the_compiled_response_parser_agrees_with_decode_response(
+    hosts: dict[str, Host],
+    shapes: list[list[int]],
+    codes: list[DType],
+    unknown: list[int],
+    flips: list[tuple[int, int]],
+) -> None:
+    """Where the compiled host parses a response itself, it reads exactly what decode_response reads; anything
+    else (damaged, BYTES, an unknown dim that does not resolve) it leaves to decode_response."""
+    native = hosts["compiled"].nn_host.native
+    assert native is not None
+    tensors = []
+    for i, (shape, d) in enumerate(zip(shapes, codes, strict=False)):
+        nbytes = d.size * int(np.prod(shape))
+        # One dim sent as unknown (0xFFFFFFFF), for the reader to resolve from the data's length.
+        sent = tuple(-1 if k == unknown[i] else n for k, n in enumerate(shape))
+        tensors.append(Tensor(f"t{i}", d.name, sent, bytes(k % 251 for k in range(nbytes))))
+    body = bytearray(encode_request(tensors, []))
+    for at, value in flips:
+        if at < len(body):
+            body[at] = value
+    parsed = native.parse(bytes(body))
+    resolvable = all(0 not in (n for n, d in zip(t.shape, shape, strict=True) if n != -1) or -1 not in t.shape
+                     for t, shape in zip(tensors, shapes, strict=False))  # fmt: skip
+    if not flips and resolvable:
+        assert parsed is not None  # a regular response is the compiled host's to read
+    if parsed is not None:
+        assert [Tensor(*t) for t in parsed] == decode_response(bytes(body))
+    else:
+        with contextlib.suppress(GuestFailure):
+            decode_response(bytes(body))

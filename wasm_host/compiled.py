@@ -25,7 +25,9 @@ import logging
 from pathlib import Path
 from types import ModuleType
 
+from wasm_host.abi import MAGIC, MAX_DIMS
 from wasm_host.errors import Unavailable
+from wasm_host.tensors import DTYPES
 
 log = logging.getLogger("wasmgate.host")
 
@@ -58,6 +60,10 @@ def _native() -> ModuleType:
         address("wasmtime_memory_data_size"),
         address("wasmtime_context_set_epoch_deadline"),
     )
+    # The response format, from its one definition (wasm_host.abi, wasm_host.tensors), for _chost.parse.
+    by_code = {d.code: d for d in DTYPES.values()}
+    dtypes = tuple((by_code[c].name, by_code[c].size) for c in range(max(by_code) + 1))
+    _chost.configure_response(MAGIC, MAX_DIMS, dtypes)
     _native.library = ort  # type: ignore[attr-defined]  # kept loaded for the process's life
     log.debug("compiled host on onnxruntime %s (%s)", version, libs[0].name)
     return _chost  # type: ignore[no-any-return]

@@ -299,7 +299,8 @@ class GuestInstance:
                 raise GuestFailure(f"the function returned a result outside its memory: {exc}") from exc
         if status == STATUS_OK:
             try:
-                produced = decode_response(body)
+                parsed = None if self._native is None else self._native.parse(body)
+                produced = decode_response(body) if parsed is None else [Tensor(*t) for t in parsed]
                 check_answer(produced, outputs)
             except GuestFailure:
                 self.healthy = False  # it broke the ABI: nothing it holds can be trusted for the next request

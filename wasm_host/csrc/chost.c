@@ -992,6 +992,105 @@ static PyObject *mod_request(PyObject *m, PyObject *args) {
     return Py_BuildValue("iLN", 0, (long long)value, body);
 }
 
+/* ---- the response, parsed where it is regular ---------------------------------------------------------- */
+/* Set by configure_response (wasm_host.compiled, from wasm_host.abi and wasm_host.tensors): the magic, the most
+ * dims, and per dtype code its name and element size (0: variable, left to Python). */
+static uint32_t resp_magic;
+static uint32_t resp_max_dims;
+static PyObject *dtype_names[64];
+static int dtype_sizes[64];
+static int n_dtypes;
+
+static PyObject *mod_configure_response(PyObject *m, PyObject *args) {
+    unsigned int magic, max_dims;
+    PyObject *dtypes;
+    if (!PyArg_ParseTuple(args, "IIO!", &magic, &max_dims, &PyTuple_Type, &dtypes)) return NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(dtypes);
+    if (n > 64 || max_dims > 64) return PyErr_Format(PyExc_ValueError, "too many dtypes or dims");
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *name;
+        int size;
+        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(dtypes, i), "Ui", &name, &size)) return NULL;
+        Py_INCREF(name);
+        Py_XSETREF(dtype_names[i], name);
+        dtype_sizes[i] = size;
+    }
+    n_dtypes = (int)n;
+    resp_magic = magic;
+    resp_max_dims = max_dims;
+    Py_RETURN_NONE;
+}
+
+static inline uint32_t rd32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static inline uint64_t pad8(uint64_t n) { return (n + 7) & ~7ull; }
+
+/* parse(body) -> [(name, datatype, shape, data)] for a response wasm_host.abi.decode_response would accept with
+ * no work beyond this; None for anything else (a malformed buffer, BYTES, an unknown dim to resolve that does
+ * not fit), which the caller hands to decode_response for its verdict and its words. */
+static PyObject *mod_parse(PyObject *m, PyObject *arg) {
+    if (!PyBytes_Check(arg)) return PyErr_Format(PyExc_TypeError, "bytes expected");
+    const uint8_t *buf = (const uint8_t *)PyBytes_AS_STRING(arg);
+    uint64_t end = (uint64_t)PyBytes_GET_SIZE(arg);
+    if (!n_dtypes || end < 16 || rd32(buf) != resp_magic || rd32(buf + 8) != 0) Py_RETURN_NONE;
+    uint32_t count = rd32(buf + 4);
+    if (count > end / 16) Py_RETURN_NONE;
+    PyObject *out = PyList_New(0);
+    if (!out) return NULL;
+    uint64_t pos = 16;
+    for (uint32_t i = 0; i < count; i++) {
+        if (end - pos < 16) goto irregular;
+        uint32_t name_len = rd32(buf + pos), code = rd32(buf + pos + 4), ndim = rd32(buf + pos + 8);
+        uint32_t data_len = rd32(buf + pos + 12);
+        if (ndim > resp_max_dims || code >= (uint32_t)n_dtypes || dtype_sizes[code] <= 0) goto irregular;
+        pos += 16;
+        uint64_t dims_end = pos + 4ull * ndim, name_at = pos + pad8(4ull * ndim);
+        uint64_t data_at = name_at + pad8(name_len), next_at = data_at + pad8(data_len);
+        if (dims_end > end || data_at + data_len > end) goto irregular;
+        int size = dtype_sizes[code];
+        if (data_len % (uint32_t)size) goto irregular;
+        uint64_t numel = data_len / (uint32_t)size, known = 1;
+        int unknown = -1;
+        uint32_t dims[64];
+        for (uint32_t k = 0; k < ndim; k++) {
+            dims[k] = rd32(buf + pos + 4ull * k);
+            if (dims[k] == 0xFFFFFFFFu) {
+                if (unknown >= 0) goto irregular;
+                unknown = (int)k;
+            } else {
+                /* past 2^64 it cannot equal a count of bytes in memory: decode_response refuses it */
+                if (dims[k] && known > UINT64_MAX / dims[k]) goto irregular;
+                known *= dims[k];
+            }
+        }
+        PyObject *shape = PyTuple_New(ndim);
+        if (!shape) goto error;
+        if (unknown >= 0) {
+            if (known == 0 || numel % known) { Py_DECREF(shape); goto irregular; }
+        } else if (known != numel) { Py_DECREF(shape); goto irregular; }
+        for (uint32_t k = 0; k < ndim; k++) {
+            uint64_t d = (int)k == unknown ? numel / known : dims[k];
+            PyObject *v = PyLong_FromUnsignedLongLong(d);
+            if (!v) { Py_DECREF(shape); goto error; }
+            PyTuple_SET_ITEM(shape, k, v);
+        }
+        PyObject *name = PyUnicode_DecodeUTF8((const char *)buf + name_at, name_len, "strict");
+        if (!name) { PyErr_Clear(); Py_DECREF(shape); goto irregular; }
+        PyObject *data = PyBytes_FromStringAndSize((const char *)buf + data_at, data_len);
+        PyObject *item = data ? PyTuple_Pack(4, name, dtype_names[code], shape, data) : NULL;
+        Py_DECREF(name); Py_DECREF(shape); Py_XDECREF(data);
+        if (!item || PyList_Append(out, item) < 0) { Py_XDECREF(item); goto error; }
+        Py_DECREF(item);
+        pos = next_at;
+    }
+    return out;
+irregular:
+    Py_DECREF(out);
+    Py_RETURN_NONE;
+error:
+    Py_DECREF(out);
+    return NULL;
+}
+
 static PyMethodDef mod_methods[] = {
     {"init", mod_init, METH_VARARGS,
      "init(OrtGetApiBase's result, wasmtime_func_call_unchecked, wasmtime_memory_data, wasmtime_memory_data_size, "
@@ -1000,6 +1099,8 @@ static PyMethodDef mod_methods[] = {
     {"bind", mod_bind, METH_O, "Route this thread's WASI-NN calls to a State (None: to nothing)."},
     {"sweep", mod_sweep, METH_NOARGS, "Stop the onnxruntime runs past their deadline."},
     {"request", mod_request, METH_VARARGS, "One request's alloc and handle, with the GIL released."},
+    {"configure_response", mod_configure_response, METH_VARARGS, "The response format: magic, most dims, dtypes."},
+    {"parse", mod_parse, METH_O, "A regular response's tensors as tuples; None: leave it to decode_response."},
     {NULL}};
 
 static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "wasm_host._chost",
