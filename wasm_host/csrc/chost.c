@@ -455,6 +455,13 @@ static int charge(State *s, const char *call, int64_t delta) {
     return 0;
 }
 
+/* An onnxruntime call that cannot fail on sound input failed: runtime_error, its message kept. */
+static int ort_fail(State *s, const char *call, OrtStatus *st) {
+    int rc = failf(s, call, NN_RUNTIME_ERROR, "internal error: %s", ORT(ORT_GET_ERROR_MESSAGE, get_error_message_fn)(st));
+    ort_release(ORT_RELEASE_STATUS, st);
+    return rc;
+}
+
 static Context *context(State *s, const char *call, uint32_t handle, int *err) {
     if (handle >= (uint32_t)s->n_contexts) {
         *err = failf(s, call, NN_INVALID_ARGUMENT, "no execution context with handle %" PRIu32, handle);
@@ -577,12 +584,7 @@ static int nn_set_input(State *s, uint32_t ctx, uint32_t index, uint32_t tensor_
         for (uint32_t k = 0; k < dims_len; k++) shape[k] = dims[k];
         OrtStatus *st = ORT(ORT_CREATE_TENSOR_WITH_DATA, create_tensor_fn)(ort_cpu, in->buf, data_len, shape, dims_len,
                                                                           TTYPES[ttype].onnx, &in->value);
-        if (st) {
-            int rc = failf(s, call, NN_RUNTIME_ERROR, "internal error: %s",
-                           ORT(ORT_GET_ERROR_MESSAGE, get_error_message_fn)(st));
-            ort_release(ORT_RELEASE_STATUS, st);
-            return rc;
-        }
+        if (st) return ort_fail(s, call, st);
         in->ttype = ttype;
         in->ndims = dims_len;
         memcpy(in->dims, dims, 4 * dims_len);
@@ -724,7 +726,11 @@ static int nn_compute(State *s, uint32_t ctx) {
     return 0;
 }
 
-static out_info *output(State *s, const char *call, uint32_t ctx, uint32_t index, Context **cp, int *err) {
+/* Output ``index`` of a computed context, as a numeric tensor (what both output imports read), after checking
+ * the guest's two buffers as wasm_host.wasi_nn does: the u32 it gets a count in, then the whole buffer it
+ * claims (``dst``), however much of it the output fills. */
+static out_info *output(State *s, const char *call, uint32_t ctx, uint32_t index, uint32_t count_ptr,
+                        uint32_t buf_ptr, uint64_t buf_len, Context **cp, uint8_t **dst, int *err) {
     Context *c = context(s, call, ctx, err);
     if (!c) return NULL;
     if (!c->outs) { *err = failf(s, call, NN_UNSUPPORTED, "%s before compute", call); return NULL; }
@@ -739,6 +745,7 @@ static out_info *output(State *s, const char *call, uint32_t ctx, uint32_t index
                      c->graph->out_types[index]);
         return NULL;
     }
+    if (!span(s, call, count_ptr, 4, err) || !(*dst = span(s, call, buf_ptr, buf_len, err))) return NULL;
     *cp = c;
     return o;
 }
@@ -748,11 +755,9 @@ static int nn_get_output(State *s, uint32_t ctx, uint32_t index, uint32_t out_pt
     const char *call = "get_output";
     int err = 0;
     Context *c = NULL;
-    out_info *o = output(s, call, ctx, index, &c, &err);
+    uint8_t *dst = NULL;
+    out_info *o = output(s, call, ctx, index, written_out, out_ptr, out_max, &c, &dst, &err);
     if (!o) return err;
-    if (!span(s, call, written_out, 4, &err)) return err;
-    uint8_t *dst = span(s, call, out_ptr, out_max, &err);
-    if (!dst) return err;
     if (o->nbytes > s->max_tensor_bytes)
         return failf(s, call, NN_TOO_LARGE, "output %" PRIu32 ": %" PRId64 " bytes exceeds the tensor limit", index,
                      o->nbytes);
@@ -762,12 +767,7 @@ static int nn_get_output(State *s, uint32_t ctx, uint32_t index, uint32_t out_pt
     if (o->nbytes) {
         void *src = NULL;
         OrtStatus *st = ORT(ORT_GET_TENSOR_MUTABLE_DATA, tensor_data_fn)(c->outs[index], &src);
-        if (st) {
-            int rc = failf(s, call, NN_RUNTIME_ERROR, "internal error: %s",
-                           ORT(ORT_GET_ERROR_MESSAGE, get_error_message_fn)(st));
-            ort_release(ORT_RELEASE_STATUS, st);
-            return rc;
-        }
+        if (st) return ort_fail(s, call, st);
         memcpy(dst, src, (size_t)o->nbytes);
     }
     return write_u32(s, call, written_out, (uint32_t)o->nbytes);
@@ -778,11 +778,9 @@ static int nn_get_output_dims(State *s, uint32_t ctx, uint32_t index, uint32_t d
     const char *call = "get_output_dims";
     int err = 0;
     Context *c = NULL;
-    out_info *o = output(s, call, ctx, index, &c, &err);
+    uint8_t *dst = NULL;
+    out_info *o = output(s, call, ctx, index, ndim_out, dims_ptr, 4ull * dims_max, &c, &dst, &err);
     if (!o) return err;
-    if (!span(s, call, ndim_out, 4, &err)) return err;
-    uint8_t *dst = span(s, call, dims_ptr, 4ull * dims_max, &err);
-    if (!dst) return err;
     if ((err = write_u32(s, call, ndim_out, (uint32_t)o->ndims))) return err;
     if (o->ndims > dims_max)
         return failf(s, call, NN_TOO_LARGE, "output %" PRIu32 " has %zu dims, the buffer %" PRIu32, index, o->ndims,
