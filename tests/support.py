@@ -237,6 +237,16 @@ def start_on_a_port(
 E2E_HOST_PATH = "auto"
 
 
+def require_compiled_host(path: str) -> None:
+    """Skip, saying why, a test of the compiled host ``path`` where its extension is not built."""
+    import pytest
+
+    from wasm_host import compiled
+
+    if path == "compiled" and compiled.load("auto") is None:
+        pytest.skip("the compiled host is not built here: python setup.py build_ext --inplace")
+
+
 class Gateway:
     """A real ``wasm serve`` (or, with ``command="runner"``, ``wasm runner``) process on a loopback port, with
     ``env`` as its only WASMGATE_* settings (and ``preexec_fn`` run in the child before it starts).

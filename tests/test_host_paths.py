@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import helper
 
-from tests.support import Digits, Encoder, encoder_inputs
+from tests.support import Digits, Encoder, encoder_inputs, require_compiled_host
 from wasm_host.abi import decode_response, encode_request
 from wasm_host.engine import SandboxLimits
 from wasm_host.errors import GuestFailure, WasmgateError
@@ -47,6 +47,7 @@ Outcome = tuple[str, object]
 
 @pytest.fixture
 def hosts(tmp_path: Path) -> Iterator[dict[str, Host]]:
+    require_compiled_host("compiled")
     limits = SandboxLimits(deadline_ms=200, memory_limit_bytes=16 * 1024 * 1024)
     made = {path: Host(limits, tmp_path / path, host_path=path).start() for path in ("python", "compiled")}
     assert {h.host_path for h in made.values()} == {"python", "compiled"}, "the compiled host did not load"
