@@ -110,6 +110,23 @@ def test_outputs_with_dynamic_dims_answer_alike(hosts: dict[str, Host], encoder:
         assert assert_same(images, x, outputs)[0] == "answer"
 
 
+def test_one_instance_answers_alike_as_its_input_shapes_change(
+    hosts: dict[str, Host], encoder: Encoder, tmp_path: Path
+) -> None:
+    """One instance per path, requests in turn: the compiled host's set_input reuses its checks and tensor for an
+    input described as last time, and must notice every change, even one that keeps the byte count
+    ([2, 6] then [3, 4] tokens)."""
+    images, outputs = bare(hosts, encoder.model, tmp_path)
+    instances = {path: image.instantiate() for path, image in images.items()}
+    for batch, sequence in ((2, 6), (2, 6), (3, 4), (3, 4), (1, 1), (2, 6)):
+        x = [Tensor.from_numpy(name, value) for name, value in encoder_inputs(batch, sequence).items()]
+        answers = {
+            path: [(t.name, t.shape, t.data) for t in inst.handle(x, outputs)] for path, inst in instances.items()
+        }
+        assert answers["compiled"] == answers["python"]
+        assert answers["python"][0][1][:2] == (batch, sequence)
+
+
 def test_a_run_that_onnxruntime_refuses_fails_alike(hosts: dict[str, Host], tmp_path: Path) -> None:
     """A MatMul whose inner dims disagree only at run time: onnxruntime's own error, worded the same."""
     x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", "k"])

@@ -658,32 +658,37 @@ static int nn_compute(State *s, uint32_t ctx) {
             return fail_end(s, NN_UNSUPPORTED);
         }
     }
-    const char *in_names[64], *out_names[64];
-    const OrtValue *ins[64];
-    if (g->n_in > 64 || g->n_out > 64) return failf(s, call, NN_RUNTIME_ERROR, "internal error: too many inputs");
-    for (size_t i = 0; i < g->n_in; i++) { in_names[i] = g->in[i].name; ins[i] = c->in[i].value; }
-    for (size_t i = 0; i < g->n_out; i++) out_names[i] = g->out_names[i];
+    const char *in_names[16], *out_names[16];
+    const OrtValue *in_values[16];
+    /* A graph with more inputs or outputs than the usual handful gets its arrays from the heap. */
+    const char **in_n = g->n_in <= 16 ? in_names : malloc(g->n_in * sizeof(char *));
+    const OrtValue **ins = g->n_in <= 16 ? in_values : malloc(g->n_in * sizeof(OrtValue *));
+    const char **out_n = g->n_out <= 16 ? out_names : malloc(g->n_out * sizeof(char *));
     OrtValue **outs = calloc(g->n_out ? g->n_out : 1, sizeof(OrtValue *));
     out_info *info = calloc(g->n_out ? g->n_out : 1, sizeof(out_info));
-    if (!outs || !info) { free(outs); free(info); return failf(s, call, NN_RUNTIME_ERROR, "internal error: out of memory"); }
+    if (!in_n || !ins || !out_n || !outs || !info) {
+        err = failf(s, call, NN_RUNTIME_ERROR, "internal error: out of memory");
+        goto done;
+    }
+    for (size_t i = 0; i < g->n_in; i++) { in_n[i] = g->in[i].name; ins[i] = c->in[i].value; }
+    for (size_t i = 0; i < g->n_out; i++) out_n[i] = g->out_names[i];
     ORT(ORT_RUN_UNSET_TERMINATE, run_options_fn)(s->run_options);
     running_add(s);
-    OrtStatus *st = ORT(ORT_RUN, run_fn)(g->session, s->run_options, in_names, ins, g->n_in, out_names, g->n_out, outs);
+    OrtStatus *st = ORT(ORT_RUN, run_fn)(g->session, s->run_options, in_n, ins, g->n_in, out_n, g->n_out, outs);
     running_remove(s);
     if (st) {
         for (size_t i = 0; i < g->n_out; i++) ort_release(ORT_RELEASE_VALUE, outs[i]);
-        free(outs);
-        free(info);
         if (s->expired) {
-            ort_release(ORT_RELEASE_STATUS, st);
             s->expired = 2;
-            return failf(s, call, NN_RUNTIME_ERROR, "onnxruntime was stopped at the deadline");
+            err = failf(s, call, NN_RUNTIME_ERROR, "onnxruntime was stopped at the deadline");
+        } else {
+            fail_start(s, call);
+            t_add(&s->error, "onnxruntime: ");
+            add_ort_error(&s->error, st);
+            err = fail_end(s, NN_RUNTIME_ERROR);
         }
-        fail_start(s, call);
-        t_add(&s->error, "onnxruntime: ");
-        add_ort_error(&s->error, st);
         ort_release(ORT_RELEASE_STATUS, st);
-        return fail_end(s, NN_RUNTIME_ERROR);
+        goto done;
     }
     int64_t out_bytes = 0;
     for (size_t i = 0; i < g->n_out; i++) {
@@ -715,15 +720,19 @@ static int nn_compute(State *s, uint32_t ctx) {
     outputs_release(c, g->n_out);
     c->out_bytes = 0;
     s->held -= previous;
-    if ((err = charge(s, call, out_bytes))) {
-        c->outs = outs; c->info = info; /* released through the usual path */
-        outputs_release(c, g->n_out);
-        return err;
-    }
-    c->outs = outs;
+    c->outs = outs; /* kept, or released through the usual path when they do not fit */
     c->info = info;
-    c->out_bytes = out_bytes;
-    return 0;
+    outs = NULL;
+    info = NULL;
+    if ((err = charge(s, call, out_bytes))) outputs_release(c, g->n_out);
+    else c->out_bytes = out_bytes;
+done:
+    free(outs);
+    free(info);
+    if (in_n != in_names) free((void *)in_n);
+    if (ins != in_values) free((void *)ins);
+    if (out_n != out_names) free((void *)out_n);
+    return err;
 }
 
 /* Output ``index`` of a computed context, as a numeric tensor (what both output imports read), after checking
