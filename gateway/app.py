@@ -88,7 +88,7 @@ def create_app(
             store.prune_uploads()
         # A runner's sandbox holds guests to the pod tier's deadline; everything else in its limits is the same.
         sandbox = settings.sandbox if role == "gateway" else settings.runner_sandbox
-        host = Host(sandbox, settings.cache_dir, settings.ort_intra_op_threads, providers).start()
+        host = Host(sandbox, settings.cache_dir, settings.ort_intra_op_threads, providers, settings.host_path).start()
         metrics = Metrics(settings.metrics_multiproc_dir)
         metrics.providers(providers)
         warmer = Warmer()

@@ -23,12 +23,15 @@ LogLevel = Literal["debug", "info", "warning", "error"]
 PodScaler = Literal["local", "kubernetes", "none"]
 #: Whether the pod tier has accelerators (setting ``accelerators``).
 Accelerators = Literal["auto", "yes", "none"]
+#: Which host runs a request's guest entries and WASI-NN imports (setting ``host_path``; wasm_host.compiled).
+HostPath = Literal["auto", "compiled", "python"]
 #: The choice fields, by the name of their type as the dataclass records it (``from __future__ import
 #: annotations`` keeps annotations as strings).
 CHOICES: dict[str, tuple[str, ...]] = {
     "LogLevel": get_args(LogLevel),
     "PodScaler": get_args(PodScaler),
     "Accelerators": get_args(Accelerators),
+    "HostPath": get_args(HostPath),
 }
 BOOLEANS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
 
@@ -95,6 +98,10 @@ class Settings:
     max_function_files: int = 64
     #: onnxruntime intra-op threads per session run. 1 suits many concurrent small requests.
     ort_intra_op_threads: int = 1
+    #: The host path (wasm_host.compiled): ``compiled`` runs a request's guest entries and WASI-NN imports in C
+    #: with the GIL released, ``python`` in the pure-Python host, ``auto`` compiled when it loads (else Python,
+    #: with a warning logged once).
+    host_path: HostPath = "auto"
     #: Threads that run guests; bounds how many requests execute at once in this process.
     worker_threads: int = 8
     #: A function whose recent calls averaged less than this runs on the event loop thread rather than a

@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING
 import pytest
 
 from gateway.cli.demo import train_digits
-from tests.support import Digits, Encoder, encoder_model, refused_port, write_bert_vocab
+from tests import support
+from tests.support import Digits, Encoder, encoder_model, refused_port, require_compiled_host, write_bert_vocab
+from wasm_host.compiled import HOST_PATHS
 from wasm_host.engine import SandboxLimits
 from wasm_host.host import Host
 
@@ -21,6 +23,19 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "guest_modules"))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--host-path",
+        choices=HOST_PATHS,
+        default="auto",
+        help="the host path end-to-end gateways run on (the tests taking the host fixture run on both)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    support.E2E_HOST_PATH = config.getoption("--host-path")
 
 
 @pytest.fixture(scope="session")
@@ -63,9 +78,19 @@ def hostile_guests() -> dict[str, Path]:
     return dict(build.build_hostile())
 
 
+@pytest.fixture(params=["python", "compiled"])
+def host_path(request: pytest.FixtureRequest) -> str:
+    """Each host path in turn (wasm_host.compiled): the tests that take a host run on both. The compiled one is
+    skipped, saying so, where the extension is not built (``pytest --host-path=compiled`` makes the end-to-end
+    tests fail there instead)."""
+    require_compiled_host(request.param)
+    return str(request.param)
+
+
 @pytest.fixture
-def host(tmp_path: Path) -> Iterator[Host]:
-    h = Host(SandboxLimits(deadline_ms=200, memory_limit_bytes=16 * 1024 * 1024), tmp_path / "cache").start()
+def host(tmp_path: Path, host_path: str) -> Iterator[Host]:
+    limits = SandboxLimits(deadline_ms=200, memory_limit_bytes=16 * 1024 * 1024)
+    h = Host(limits, tmp_path / "cache", host_path=host_path).start()
     yield h
     h.close()
 

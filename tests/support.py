@@ -237,6 +237,20 @@ def start_on_a_port(
     raise AssertionError(f"{proc.args}: another process took each port tried ({tried}); see {aside}")
 
 
+#: The host path (wasm_host.compiled) the end-to-end gateways run on: pytest's ``--host-path`` (tests/conftest.py).
+E2E_HOST_PATH = "auto"
+
+
+def require_compiled_host(path: str) -> None:
+    """Skip, saying why, a test of the compiled host ``path`` where its extension is not built."""
+    import pytest
+
+    from wasm_host import compiled
+
+    if path == "compiled" and compiled.load("auto") is None:
+        pytest.skip("the compiled host is not built here: python setup.py build_ext --inplace")
+
+
 class Gateway:
     """A real ``wasm serve`` (or, with ``command="runner"``, ``wasm runner``) process on a loopback port, with
     ``env`` as its only WASMGATE_* settings (and ``preexec_fn`` run in the child before it starts).
@@ -283,7 +297,8 @@ class Gateway:
         return f"{LOOPBACK}:{self.grpc_port}"
 
     def _popen(self, *listen: str, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("WASMGATE_")} | self.settings_env
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WASMGATE_")}
+        env |= {"WASMGATE_HOST_PATH": E2E_HOST_PATH} | self.settings_env
         where = [*listen, "--data-dir", str(self.data_dir)]
         with open(self.log, "ab") as log:
             return subprocess.Popen(

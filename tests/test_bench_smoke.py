@@ -15,11 +15,13 @@ import pytest
 from bench import request_path
 from bench.wasm_overhead import dense_model, run
 from tests.support import Digits
+from wasm_host import compiled
 
 
 def test_wasm_overhead_bench_runs(digits: Digits) -> None:
-    result = run("digits", digits.model, np.ascontiguousarray(digits.x_test[:2]), iterations=20, blocks=2)
-    assert result["wasm_p50"] > 0
+    paths = ("python",) if compiled.load("auto") is None else ("python", "compiled")  # built here, or not
+    result = run("digits", digits.model, np.ascontiguousarray(digits.x_test[:2]), iterations=20, blocks=2, paths=paths)
+    assert all(result[f"{path}_p50"] > 0 for path in paths)
     assert result["bare_p50"] > 0
 
 

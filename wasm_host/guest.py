@@ -7,6 +7,7 @@ half-written state. Only answers the host accepted (a response, or "invalid inpu
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import re
@@ -14,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import wasmtime
+from wasmtime import _ffi as ffi
 
 from wasm_host.abi import STATUS_FAILED, STATUS_INVALID, STATUS_OK, decode_response, encode_request, unpack_result
 from wasm_host.engine import WasmEngine
@@ -185,6 +187,7 @@ class GuestInstance:
         self.healthy = True
         self.requests = 0
         self._nn_host = image.nn_host
+        self._native = image.nn_host.native  # the compiled host (wasm_host.compiled), or None
         self._store = image.engine.new_store(image.files)
         self.nn = NnState(image.backend, image.models, self.limits, image.nn_host.watchdog, image.nn_budget)
         self._arm()
@@ -209,17 +212,22 @@ class GuestInstance:
             self._call("_initialize", self._funcs["_initialize"])  # under the instantiation's deadline
 
     # -- calling into the guest ----------------------------------------------------------------------------
-    def _arm(self, deadline_ms: int | None = None) -> None:
-        """Start a deadline: the guest calls made until the next ``_arm`` share it."""
+    def _arm(self, deadline_ms: int | None = None, engine: bool = True) -> int:
+        """Start a deadline: the guest calls made until the next ``_arm`` share it. Returns it in epoch ticks;
+        ``engine=False`` leaves setting those on the store to the caller (the compiled host's request does)."""
         self._deadline_ms = self.limits.deadline_ms if deadline_ms is None else deadline_ms
-        self._store.set_epoch_deadline(self.limits.deadline_ticks(self._deadline_ms))
-        self.nn.deadline.arm(self._deadline_ms)  # the same deadline for its host calls (wasm_host.waits)
+        ticks = self.limits.deadline_ticks(self._deadline_ms)
+        if engine:
+            self._store.set_epoch_deadline(ticks)
+        self.nn.arm(self._deadline_ms)  # the same deadline for its host calls (wasm_host.waits)
+        return ticks
 
     def _call(self, what: str, func: RawExport, *args: int) -> int:
         previous = self._nn_host.bind(self.nn)
         try:
             return func(*args)
         except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
+            self.nn.sync_expired()
             raise self._trapped(what, exc) from exc
         finally:
             self._nn_host.bind(previous)
@@ -274,33 +282,25 @@ class GuestInstance:
         request = encode_request(inputs, outputs)
         self.requests += 1
         self.nn.take_error()
-        self._arm(deadline_ms)  # one deadline for the whole request: alloc, then handle
-        ptr = self._call("alloc", self._alloc, len(request)) & 0xFFFFFFFF
-        if ptr == 0:
-            raise GuestFailure(f"the function could not allocate {len(request)} bytes for the request")
-        if ptr & (REQUEST_ALIGN - 1):
-            self.healthy = False  # its allocator broke the ABI: the next buffer would be no better
-            raise GuestFailure(
-                f"the function's alloc returned the misaligned buffer {ptr:#x}; the ABI requires {REQUEST_ALIGN}-byte"
-                " alignment"
-            )
-        try:
-            self.memory.write(ptr, request)
-        except OutOfBounds as exc:
-            self.healthy = False
-            raise GuestFailure(f"the function's alloc returned an invalid buffer: {exc}") from exc
-        result = self._call("handle", self._handle, ptr, len(request))
+        # One deadline for the whole request: alloc, then handle.
+        ticks = self._arm(deadline_ms, engine=self._native is None)
+        if self._native is None:
+            result, body = self._run(request), None
+        else:
+            result, body = self._run_compiled(request, ticks)
         if self.nn.deadline.expired:  # a host call stopped at the deadline; whatever the guest made of it
             raise self._past_deadline("handle")
         status, out_ptr, out_len = unpack_result(result)
-        try:
-            body = self.memory.read(out_ptr, out_len)
-        except OutOfBounds as exc:
-            self.healthy = False
-            raise GuestFailure(f"the function returned a result outside its memory: {exc}") from exc
+        if body is None:
+            try:
+                body = self.memory.read(out_ptr, out_len)
+            except OutOfBounds as exc:
+                self.healthy = False
+                raise GuestFailure(f"the function returned a result outside its memory: {exc}") from exc
         if status == STATUS_OK:
             try:
-                produced = decode_response(body)
+                parsed = None if self._native is None else self._native.parse(body)
+                produced = decode_response(body) if parsed is None else [Tensor(*t) for t in parsed]
                 check_answer(produced, outputs)
             except GuestFailure:
                 self.healthy = False  # it broke the ABI: nothing it holds can be trusted for the next request
@@ -319,6 +319,52 @@ class GuestInstance:
         # costs one instantiation, which the pool makes in the background.
         self.healthy = False
         raise GuestFailure(f"the function failed: {message}")
+
+    def _run(self, request: bytes) -> int:
+        """The request's two guest entries on the Python host: ``alloc``, the write, ``handle``."""
+        ptr = self._call("alloc", self._alloc, len(request)) & 0xFFFFFFFF
+        self._place(ptr, request)
+        return self._call("handle", self._handle, ptr, len(request))
+
+    def _run_compiled(self, request: bytes, ticks: int) -> tuple[int, bytes | None]:
+        """The same on the compiled host, in one call that releases the GIL: the store's epoch deadline, both
+        entries, the write, and the copy of the result buffer (None when it lies outside memory)."""
+        assert self._native is not None
+        previous = self._nn_host.bind_python(self.nn)  # for the Python imports; the call binds the compiled ones
+        try:
+            code, value, body = self._native.request(
+                self.nn.native, self._alloc.address, self._handle.address, request, ticks
+            )
+        finally:
+            self._nn_host.bind_python(previous)
+        self.nn.sync_expired()
+        if code == 0:
+            return int(value), body
+        if code == 5:  # alloc's pointer does not take the request: the same checks word the error
+            self._place(value & 0xFFFFFFFF, request)
+            raise AssertionError("the compiled host refused a buffer the Python host accepts")
+        exc: wasmtime.WasmtimeError | wasmtime.Trap
+        if code in (1, 3):
+            exc = wasmtime.Trap._from_ptr(ctypes.cast(value, ctypes.POINTER(ffi.wasm_trap_t)))
+        else:
+            exc = wasmtime.WasmtimeError._from_ptr(ctypes.cast(value, ctypes.POINTER(ffi.wasmtime_error_t)))
+        raise self._trapped("alloc" if code in (1, 2) else "handle", exc) from exc
+
+    def _place(self, ptr: int, request: bytes) -> None:
+        """Write the request at the buffer ``alloc`` returned, after the ABI's checks on it."""
+        if ptr == 0:
+            raise GuestFailure(f"the function could not allocate {len(request)} bytes for the request")
+        if ptr & (REQUEST_ALIGN - 1):
+            self.healthy = False  # its allocator broke the ABI: the next buffer would be no better
+            raise GuestFailure(
+                f"the function's alloc returned the misaligned buffer {ptr:#x}; the ABI requires {REQUEST_ALIGN}-byte"
+                " alignment"
+            )
+        try:
+            self.memory.write(ptr, request)
+        except OutOfBounds as exc:
+            self.healthy = False
+            raise GuestFailure(f"the function's alloc returned an invalid buffer: {exc}") from exc
 
     def _read_cstring(self, ptr: int, limit: int) -> str:
         try:

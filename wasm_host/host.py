@@ -6,28 +6,51 @@ expensive (compilation, ABI checks, linking) happens there, at push or at start-
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import wasmtime
 
+from wasm_host import compiled
 from wasm_host.engine import SandboxLimits, WasmEngine
-from wasm_host.errors import InvalidFunction
+from wasm_host.errors import InvalidFunction, Unavailable
 from wasm_host.guest import FuncSig, FunctionImage, check_abi
 from wasm_host.onnx_backend import ModelRef, OnnxBackend
 from wasm_host.providers import CPU
 from wasm_host.waits import PollHost
 from wasm_host.wasi_nn import WasiNnHost
 
+log = logging.getLogger("wasmgate.host")
+
 
 class Host:
+    """``host_path``: ``python``, ``compiled`` or ``auto`` (wasm_host.compiled). The compiled host runs sessions on
+    the CPU only: with any other execution provider, ``auto`` takes the Python host and ``compiled`` is refused."""
+
     def __init__(
-        self, limits: SandboxLimits, cache_dir: Path, intra_op_threads: int = 1, providers: Sequence[str] = (CPU,)
+        self,
+        limits: SandboxLimits,
+        cache_dir: Path,
+        intra_op_threads: int = 1,
+        providers: Sequence[str] = (CPU,),
+        host_path: str = "auto",
     ) -> None:
         self.engine = WasmEngine(limits, cache_dir)
         # Optimized graphs are saved beside the compile cache: both are derived from blobs, keyed by digest.
         self.backend = OnnxBackend(intra_op_threads, providers, cache_dir / "onnx")
-        self.nn_host = WasiNnHost()
+        if list(providers) != [CPU] and host_path != "python":
+            if host_path == "compiled":
+                raise Unavailable(
+                    f"the compiled host runs on the CPU only; providers {list(providers)} need host_path=python"
+                )
+            host_path = "python"
+        native = compiled.load(host_path)
+        #: Which host path serves: "compiled" or "python".
+        self.host_path = "python" if native is None else "compiled"
+        log.info("requests run on the %s host", self.host_path)
+        self.backend.native = native
+        self.nn_host = WasiNnHost(native)
         self.linker = wasmtime.Linker(self.engine.engine)
         self.linker.define_wasi()
         # Over WASI's own: sleeps bounded by the deadline. Held: the linker calls into its callbacks.

@@ -35,6 +35,10 @@ class GuestMemory:
         self._base = self._raw.base()
         self._size = self._raw.size()
 
+    def addresses(self) -> tuple[int, int]:
+        """The store context's and the memory's addresses, for the compiled host (wasm_host.compiled)."""
+        return self._raw.addresses()
+
     @property
     def size(self) -> int:
         self._size = self._raw.size()

@@ -14,6 +14,7 @@ import threading
 import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import onnxruntime as ort
@@ -62,7 +63,8 @@ class IOInfo:
 
 
 class OnnxGraph:
-    """A loaded model: an ``InferenceSession`` plus its input and output descriptions."""
+    """A loaded model: an ``InferenceSession`` plus its input and output descriptions, and on the compiled host
+    (wasm_host.compiled) the same model's session there, ``native``, which its runs use."""
 
     def __init__(self, digest: str, session: ort.InferenceSession) -> None:
         self.digest = digest
@@ -70,6 +72,18 @@ class OnnxGraph:
         self.inputs = [_io(x) for x in session.get_inputs()]
         self.outputs = [_io(x) for x in session.get_outputs()]
         self.input_names = [x.name for x in self.inputs]
+        self.native: object | None = None
+
+    def attach_native(self, chost: ModuleType, source: bytes | str, intra_op_threads: int) -> None:
+        """Create the compiled host's session from the same model ``source`` (bytes or a file), with the
+        descriptions the compiled imports check against and word their errors with (as wasm_host.wasi_nn's)."""
+        codes = {"FP16": 0, "FP32": 1, "FP64": 2, "UINT8": 3, "INT32": 4, "INT64": 5}  # WASI-NN tensor_type
+        inputs = [
+            (x.name, repr(x.name), x.onnx_type, codes.get(x.datatype or "", -1), x.shape, str(list(x.shape)))
+            for x in self.inputs
+        ]
+        outputs = [(x.name, x.onnx_type) for x in self.outputs]
+        self.native = chost.Graph(source, intra_op_threads, inputs, outputs)
 
     def run(self, feeds: Sequence[np.ndarray], options: ort.RunOptions | None = None) -> list[object]:
         """Run with inputs in graph order; outputs in graph order (numpy arrays for tensor outputs)."""
@@ -96,6 +110,8 @@ class OnnxBackend:
         self.optimized = None if optimized_dir is None else OptimizedModels(optimized_dir, self.providers)
         self._graphs: weakref.WeakValueDictionary[str, OnnxGraph] = weakref.WeakValueDictionary()
         self._lock = threading.Lock()
+        #: The compiled host (wasm_host.compiled), when graphs must have a session there too.
+        self.native: ModuleType | None = None
 
     def load(self, model: bytes, digest: str | None = None) -> OnnxGraph:
         """The graph for ``model``, from the cache when the same bytes are loaded already.
@@ -109,7 +125,7 @@ class OnnxBackend:
         with self._lock:  # one session per model, even when many instances load it at once
             graph = self._graphs.get(digest)
             if graph is None:
-                graph = OnnxGraph(digest, self._session(model))
+                graph = self._graph(digest, self._session(model), model)
                 self._graphs[digest] = graph
             return graph
 
@@ -128,9 +144,23 @@ class OnnxBackend:
                 session = self.optimized.open(ref.digest, self._session)
                 if session is None and self.optimize(ref):
                     session = self.optimized.open(ref.digest, self._session)
-                graph = OnnxGraph(ref.digest, session or self._session(ref.path.read_bytes()))
+                if session is not None:
+                    graph = self._graph(ref.digest, session, str(self.optimized.path(ref.digest)))
+                else:
+                    model = ref.path.read_bytes()
+                    graph = self._graph(ref.digest, self._session(model), model)
                 self._graphs[ref.digest] = graph
             return graph
+
+    def _graph(self, digest: str, session: ort.InferenceSession, source: bytes | str) -> OnnxGraph:
+        """A graph for a new session; on the compiled host, with its session there from the same source."""
+        graph = OnnxGraph(digest, session)
+        if self.native is not None:
+            try:
+                graph.attach_native(self.native, source, self._intra_op_threads)
+            except Exception as exc:
+                raise InvalidFunction(f"the compiled host could not load the model: {exc}") from exc
+        return graph
 
     def optimize(self, ref: ModelRef) -> bool:
         """Save the model's optimized graph, if this backend keeps them and it is not saved yet (at push, so

@@ -33,7 +33,7 @@ class RawExport:
     arguments, calls, and loads the result.
     """
 
-    __slots__ = ("_buf", "_ctx", "_func", "_n", "_owner", "_result", "_slots", "_trap", "_trap_ref")
+    __slots__ = ("_buf", "_ctx", "_func", "_n", "_owner", "_result", "_slots", "_trap", "_trap_ref", "address")
 
     def __init__(self, store: wasmtime.Store, func: wasmtime.Func, params: tuple[str, ...], result: str | None):
         self._owner = func  # keeps the wasmtime_func_t alive
@@ -48,6 +48,8 @@ class RawExport:
         self._result = _SCALAR[result].from_address(base) if result else None
         self._trap = _TrapPtr()
         self._trap_ref = ctypes.byref(self._trap)
+        #: The ``wasmtime_func_t``'s address, for the compiled host (valid while this object lives).
+        self.address = ctypes.addressof(func._func)
 
     def __call__(self, *args: int) -> int:
         for slot, value in zip(self._slots, args, strict=True):
@@ -88,6 +90,11 @@ class RawMemory:
 
     def size(self) -> int:
         return int(_memory_size(self._ctx, self._mem))
+
+    def addresses(self) -> tuple[int, int]:
+        """The store context's and the ``wasmtime_memory_t``'s addresses, for the compiled host (valid while
+        this object lives)."""
+        return int(ctypes.cast(self._ctx, ctypes.c_void_p).value or 0), ctypes.addressof(self._owner._memory)
 
     def base(self) -> int:
         return int(_memory_data(self._ctx, self._mem) or 0)
@@ -136,7 +143,12 @@ class RawLinkerFuncs:
 
         own_cb = _CALLBACK(callback)
         self._callbacks.append(own_cb)
-        raw_cb = ctypes.cast(own_cb, ffi.wasmtime_func_unchecked_callback_t)
+        self.define_address(linker, module, name, arity, ctypes.cast(own_cb, ctypes.c_void_p).value or 0)
+
+    def define_address(self, linker: wasmtime.Linker, module: str, name: str, arity: int, address: int) -> None:
+        """Define ``module.name`` as ``(i32 x arity) -> i32`` with a compiled callback: the address of a
+        ``wasmtime_func_unchecked_callback_t`` (wasm_host.compiled), which must live as long as the linker."""
+        raw_cb = ctypes.cast(address, ffi.wasmtime_func_unchecked_callback_t)
         self._callbacks.append(raw_cb)
         i32 = wasmtime.ValType.i32()
         ty = wasmtime.FuncType([i32] * arity, [i32])

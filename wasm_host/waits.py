@@ -165,6 +165,19 @@ class Watchdog:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._sweeps: list[Callable[[], None]] = []
+
+    def add_sweep(self, sweep: Callable[[], None]) -> None:
+        """Also call ``sweep`` every interval, from now on: the compiled host's own runs, which it stops at
+        their deadline itself (wasm_host.compiled)."""
+        with self._lock:
+            self._sweeps.append(sweep)
+            self._start()
+
+    def _start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="wasmgate-watchdog", daemon=True)
+            self._thread.start()
 
     @contextmanager
     def watch(self, deadline: Deadline) -> Iterator[ort.RunOptions]:
@@ -174,9 +187,7 @@ class Watchdog:
         key = id(options)
         with self._lock:
             self._runs[key] = (deadline.at, options, deadline)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="wasmgate-watchdog", daemon=True)
-                self._thread.start()
+            self._start()
         try:
             yield options
         finally:
@@ -196,3 +207,6 @@ class Watchdog:
                     if at <= now and not options.terminate:
                         deadline.expired = "wasi-nn compute"
                         options.terminate = True
+                sweeps = list(self._sweeps)
+            for sweep in sweeps:
+                sweep()

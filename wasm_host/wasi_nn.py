@@ -29,6 +29,8 @@ import struct
 import sys
 import threading
 from collections.abc import Callable, Mapping
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 import wasmtime
@@ -156,21 +158,67 @@ class NnState:
         self.limits = limits
         self.watchdog = watchdog
         self.budget = budget or NnBudget(limits.max_nn_memory_bytes)
-        self.held_bytes = 0  # the tensors this instance's contexts hold (inputs set, outputs computed)
+        self._held_bytes = 0  # the tensors this instance's contexts hold (inputs set, outputs computed)
         #: The instance's deadline, which its host calls (a run here, a sleep in poll_oneoff) are held to.
         self.deadline = Deadline()
         self.graphs: list[OnnxGraph] = []
         self.contexts: list[_Context] = []
-        self.last_error: str | None = None
+        self._last_error: str | None = None
         self.mem: GuestMemory | None = None
+        #: On the compiled host (wasm_host.compiled): this instance's state there, which holds its execution
+        #: contexts, tensors, byte count and last error; made when the memory is attached.
+        self.native: Any = None
+
+    @property
+    def last_error(self) -> str | None:
+        """The cause of the last failed import (``"<import>: <cause>"``), None when none failed."""
+        if self.native is not None:
+            cause: str | None = self.native.peek_error()
+            return cause
+        return self._last_error
+
+    @last_error.setter
+    def last_error(self, cause: str | None) -> None:
+        if self.native is not None:
+            self.native.set_error(cause)
+        else:
+            self._last_error = cause
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of tensors this instance's execution contexts hold (counted against max_nn_memory_bytes)."""
+        return int(self.native.held_bytes) if self.native is not None else self._held_bytes
+
+    @held_bytes.setter
+    def held_bytes(self, value: int) -> None:
+        self._held_bytes = value
 
     def take_error(self) -> str | None:
         """The cause of the last failed import since the previous call, and forget it."""
-        cause, self.last_error = self.last_error, None
+        if self.native is not None:
+            taken: str | None = self.native.take_error()
+            return taken
+        cause, self._last_error = self._last_error, None
         return cause
 
     def attach(self, memory: GuestMemory) -> None:
         self.mem = memory
+        chost = self.backend.native
+        if chost is not None:
+            ctx, mem = memory.addresses()
+            self.native = chost.State(ctx, mem, self.limits.max_tensor_bytes, self.budget.limit)
+
+    def arm(self, deadline_ms: int) -> None:
+        """Start a deadline for this instance's host calls (wasm_host.waits)."""
+        self.deadline.arm(deadline_ms)
+        if self.native is not None:
+            self.native.arm(self.deadline.at)
+
+    def sync_expired(self) -> None:
+        """After a call into the guest on the compiled host: record in :attr:`deadline` what its watchdog
+        stopped, in wasm_host.wasi_nn's words."""
+        if self.native is not None and (code := self.native.expired):
+            self.deadline.expired = _EXPIRED[code]
 
     def _memory(self) -> GuestMemory:
         if self.mem is None:
@@ -225,6 +273,8 @@ class NnState:
     def _add_graph(self, graph: OnnxGraph, out_ptr: int) -> None:
         self._check_graph_room()
         self.graphs.append(graph)
+        if self.native is not None:
+            self.native.add_graph(graph.native)
         self.write_u32(out_ptr, len(self.graphs) - 1)
 
     # -- the six imports -----------------------------------------------------------------------------------
@@ -400,14 +450,22 @@ class NnState:
             self._memory().write(dims_ptr, struct.pack(f"<{len(shape)}I", *shape))
 
 
+#: What the compiled host's watchdog stopped (State.expired), as :meth:`NnState.compute` words it.
+_EXPIRED = {1: "wasi-nn compute", 2: "wasi-nn compute (onnxruntime stopped)"}
+
+
 class WasiNnHost:
     """Defines the six imports and wasmgate's extension (:data:`IMPORTS`) on a linker, and routes each call to
-    the instance running on this thread."""
+    the instance running on this thread. With ``native`` (the compiled host, wasm_host.compiled), the imports it
+    implements are its callbacks; ``load`` and ``load_by_name`` stay the Python ones here."""
 
-    def __init__(self) -> None:
+    def __init__(self, native: ModuleType | None = None) -> None:
         self._local = threading.local()
         self._funcs = RawLinkerFuncs()
+        self.native = native
         self.watchdog = Watchdog()  # stops runs at their deadline; every instance's runs share it
+        if native is not None:
+            self.watchdog.add_sweep(native.sweep)
 
     def current(self) -> NnState | None:
         """The state bound to this thread (:meth:`bind`), or None outside a call into a guest."""
@@ -419,12 +477,24 @@ class WasiNnHost:
         Returns the previous binding, to be restored by the caller."""
         previous: NnState | None = getattr(self._local, "state", None)
         self._local.state = state
+        if self.native is not None:
+            self.native.bind(None if state is None else state.native)
+        return previous
+
+    def bind_python(self, state: NnState | None) -> NnState | None:
+        """:meth:`bind` for the Python imports only (the compiled host's request binds its own)."""
+        previous: NnState | None = getattr(self._local, "state", None)
+        self._local.state = state
         return previous
 
     def define(self, linker: wasmtime.Linker) -> None:
+        compiled: dict[str, int] = self.native.callbacks() if self.native is not None else {}
         for module, signatures in IMPORTS.items():
             for name, arity in signatures.items():
-                self._funcs.define(linker, module, name, arity, self._entry(name))
+                if name in compiled:
+                    self._funcs.define_address(linker, module, name, arity, compiled[name])
+                else:
+                    self._funcs.define(linker, module, name, arity, self._entry(name))
 
     def _entry(self, name: str) -> Callable[..., int]:
         local = self._local

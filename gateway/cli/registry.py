@@ -58,7 +58,9 @@ def push(
     with tempfile.TemporaryDirectory(prefix="wasmgate-push-") as tmp, client_of(ref, settings) as client:
         limits = FileLimits.of(settings)
         store = RegistryStore(Path(tmp), client, settings.max_module_bytes, settings.max_push_model_bytes, limits)
-        host = Host(settings.sandbox, store.root / "cache", settings.ort_intra_op_threads, [CPU]).start()
+        host = Host(
+            settings.sandbox, store.root / "cache", settings.ort_intra_op_threads, [CPU], settings.host_path
+        ).start()
         try:
             publisher = Publisher(store, host, settings)
             module_digest = store.stage(module) if module is not None else None
