@@ -1,7 +1,7 @@
 """The optional compiled host (wasm_host/csrc/chost.c; see wasm_host/compiled.py).
 
 Everything else about the package is in pyproject.toml. ``optional=True``: a machine without a C compiler or
-Python headers still installs, and the pure-Python host serves (WASMGATE_HOST=auto logs a warning once).
+Python headers still installs, and the pure-Python host serves (WASMGATE_HOST_PATH=auto logs a warning once).
 The extension links against neither wasmtime nor onnxruntime: it is handed their functions' addresses at run
 time, so it builds with nothing but CPython's headers.
 """
