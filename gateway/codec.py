@@ -242,13 +242,13 @@ def _json_data(where: str, datatype: str, dims: Sequence[int], numel: int, data:
         want = {"BOOL": "true/false"}.get(datatype, "integers" if datatype[0] in "IU" else "numbers")
         raise InvalidRequest(f"{where}: {datatype} data must be {want}")
     if datatype in FLOAT_LARGEST and arr.size:
-        # One pass over the values for both checks: the largest magnitude is NaN or infinite when a value is
-        # (1e999 parses to infinity; the NaN and Infinity tokens are refused earlier), and past the type's largest
-        # when a finite value would turn into infinity, refused as an integer out of range is.
-        peak = float(np.abs(arr, dtype=np.float64).max())
-        if not math.isfinite(peak):
+        # Two reductions for both checks: the largest or the smallest is NaN or infinite when a value is (1e999
+        # parses to infinity; the NaN and Infinity tokens are refused earlier), and past the type's largest when a
+        # finite value would turn into infinity, refused as an integer out of range is.
+        high, low = float(arr.max()), float(arr.min())  # NaN when any value is
+        if not (math.isfinite(high) and math.isfinite(low)):
             raise InvalidRequest(f"{where}: a number is too large to be finite; {NON_FINITE_HINT}")
-        if peak > FLOAT_LARGEST[datatype]:
+        if max(high, -low) > FLOAT_LARGEST[datatype]:
             raise InvalidRequest(f"{where}: a value is out of range for {datatype}")
     if datatype == "BF16":
         bits = np.asarray(arr, dtype="<f4").reshape(-1).view("<u4")

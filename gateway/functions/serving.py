@@ -19,6 +19,7 @@ from gateway.settings import Settings
 from gateway.store.local import LocalStore
 from gateway.store.manifest import Manifest
 from router.admission import Admission, AdmissionObserver
+from router.inline import Placement
 from wasm_host import heap
 from wasm_host.engine import MiB
 from wasm_host.errors import NotFound, Unavailable
@@ -51,6 +52,7 @@ class LoadedFunction:
         self.model_bytes = 0  # size of its ONNX models on disk: what the model memory budget counts
         self.last_used = time.monotonic()
         self.cold = True  # until the first request has been served: that request reports the cold start
+        self.placement: Placement | None = None  # where its next call runs, kept by the Wasm tier (router.inline)
 
     @property
     def name(self) -> str:
