@@ -4,7 +4,7 @@
     python -m bench.http_load [--duration 10] [--concurrency 8] [--kserve-python PATH] [--start-trials 3]
                               [--workers-check]
 
-Cases, each at concurrency ``--concurrency`` (the first level is the one the table's ratios use):
+Cases, each at concurrency ``--concurrency`` (default 8):
 
 - ``digits-json``: one row of sklearn's digits (a logistic regression, bare, behind the passthrough guest), JSON;
 - ``digits-binary``: the same row as binary tensors in and out (Triton's extension), the plain server too;
@@ -15,11 +15,16 @@ Cases, each at concurrency ``--concurrency`` (the first level is the one the tab
 - KServe's model server on ``digits-json`` (given ``--kserve-python``).
 
 Every server is pinned to CPU 0 with ``taskset`` and ``wrk`` (one thread) runs on CPU 1, so the figures are one
-core's worth of serving; each answer is checked against onnxruntime before it is timed. Besides requests per
-second, p50 and p99, each case reports the server's CPU per request (its process's user and system time across
-the timed run, from /proc, over the requests served). Then the time from process start to the first served
-inference, wasmgate (its data directory holding the digits function) against the plain server, the median of
-``--start-trials``. ``--workers-check`` adds ``--workers 2`` against one worker, unpinned.
+core's worth of serving; each answer is checked against onnxruntime before it is timed. All servers run at once
+and ``--rounds`` rounds interleave them, ``--duration`` seconds per case and server, so that load from elsewhere
+on a shared machine hits them alike; each ratio is the median (and range) of the rounds' ratios, each of a pair
+measured back to back. Besides requests per second, p50 and p99, each case reports the server's CPU per
+request (its process's user and system time across the timed run, from /proc, over the requests served):
+on a core of its own a server's throughput is about the inverse of it, and it moves less than requests per
+second when other processes share the core. ``--baseline DIR`` measures the wasmgate of another checkout (run
+with ``PYTHONPATH=DIR``) in the same rounds, for a before and after. Then the time from process start to the
+first served inference, wasmgate (its data directory holding the digits function) against the plain server, the
+median of ``--start-trials``. ``--workers-check`` adds ``--workers 2`` against one worker, unpinned.
 
 KServe is not a wasmgate dependency: give ``--kserve-python`` a Python with ``kserve`` and ``onnxruntime``
 installed (``python3 -m venv /tmp/kserve && /tmp/kserve/bin/pip install kserve onnxruntime``), or it is
@@ -29,6 +34,7 @@ skipped. Needs Debian's ``wrk`` and util-linux's ``taskset``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -275,16 +281,17 @@ def first_inference_s(cmd: list[str], case: Case, url: str, timeout_s: float = 1
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=int, default=10)
-    parser.add_argument("--concurrency", default="8")
+    parser.add_argument("--duration", type=int, default=5, help="seconds of each timed wrk run")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every case on every server, interleaved")
+    parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--kserve-python", default=None)
     parser.add_argument("--start-trials", type=int, default=3)
+    parser.add_argument("--baseline", default=None, help="another checkout's root: its wasmgate measured too")
     parser.add_argument("--workers-check", action="store_true")
     args = parser.parse_args()
     for tool in ("wrk", "taskset"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is needed (apt-get install wrk util-linux)")
-    levels = [int(c) for c in args.concurrency.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="wasmgate-bench-"))
     digits_model, x_test, _ = train_digits()
     mlp_model = dense_model()
@@ -310,48 +317,79 @@ def main() -> None:
 
     # What each server is asked: the plain server answers the custom function's case with plain digits.
     plain_of = {"topk-json": "digits-json"}
-    results: dict[str, dict[str, dict[int, dict[str, float]]]] = {}
     servers: list[tuple[str, Callable[[int], list[str]], dict[str, str] | None, list[list[str]], list[str]]] = [
         ("plain", plain_cmd, None, [], [c for c in every if c not in plain_of]),
         ("wasmgate", lambda port: wasmgate_cmd(port, tmp / "data"), None, pushes, list(every)),
     ]
+    if args.baseline:
+        baseline_env = {"PYTHONPATH": str(Path(args.baseline).resolve())}
+        servers.append(("baseline", lambda port: wasmgate_cmd(port, tmp / "data-baseline"), baseline_env, pushes,
+                        list(every)))  # fmt: skip
     if args.kserve_python:
-        ks, env = kserve_command(args.kserve_python, paths["digits"])
-        servers.append(("kserve", lambda port: [*ks, str(port)], env, [], ["digits-json"]))
+        ks, ks_env = kserve_command(args.kserve_python, paths["digits"])
+        servers.append(("kserve", lambda port: [*ks, str(port)], ks_env, [], ["digits-json"]))
     else:
         print("kserve: skipped (no --kserve-python)")
-    for name, command, env, setup, names in servers:
-        port = free_port()
-        with started(command(port), port, name, pin="0", env=env, setup=setup) as (url, pid):
-            results[name] = {}
+    c = args.concurrency
+    runs: dict[tuple[str, str], list[dict[str, float]]] = {}
+    with contextlib.ExitStack() as stack:
+        # Every server up at once, each pinned to CPU 0 (an idle one costs nothing), so that the rounds can
+        # interleave them: a burst of load from elsewhere on a shared machine then hits them all alike.
+        up: dict[str, tuple[str, int]] = {}
+        for name, command, env, setup, names in servers:
+            port = free_port()
+            up[name] = url, _ = stack.enter_context(started(command(port), port, name, "0", env, setup))
             for case_name in names:
                 case = every[case_name]
                 with httpx.Client() as client:
                     case.check(client.post(f"{url}/v2/models/{case.model}/infer", content=case.body,
                                             headers=case.headers))  # fmt: skip
-                wrk(url, case, levels[0], 2, pin="1")  # warm-up
-                results[name][case_name] = {}
-                for c in levels:
-                    results[name][case_name][c] = r = measure(url, pid, case, c, args.duration)
+                wrk(url, case, c, 2, pin="1")  # warm-up
+        for _ in range(args.rounds):
+            for case_name in every:
+                for name, _, _, _, names in servers:
+                    if case_name not in names:
+                        continue
+                    url, pid = up[name]
+                    runs.setdefault((name, case_name), []).append(r := measure(url, pid, every[case_name], c,
+                                                                               args.duration))  # fmt: skip
                     print(
                         f"{name:9s} {case_name:14s} c={c:<3d} {r['rps']:8.0f} req/s  p50 {r['p50_ms']:6.2f} ms  "
                         f"p99 {r['p99_ms']:6.2f} ms  CPU {r['cpu_us']:5.0f} us/req  non-2xx {int(r['non2xx'])}",
                         flush=True,
                     )
 
-    c = levels[0]
-    print(f"\nwasmgate against the others, same run, c={c} (req/s ratio; server CPU per request):")
-    print("| case | wasmgate / plain | wasmgate CPU per request | plain CPU per request |")
-    print("|---|---|---|---|")
+    def ratio(ours: str, case_name: str, theirs: str, other_case: str, key: str, inverse: bool = False) -> str:
+        """Median and range over the rounds of one round's ratio (each pair measured back to back)."""
+        pairs = zip(runs[(ours, case_name)], runs[(theirs, other_case)], strict=True)
+        values = sorted((b[key] / a[key]) if inverse else (a[key] / b[key]) for a, b in pairs)
+        return f"{statistics.median(values):.2f}x ({values[0]:.2f}-{values[-1]:.2f})"
+
+    def median(name: str, case_name: str, key: str) -> float:
+        return statistics.median(r[key] for r in runs[(name, case_name)])
+
+    print(f"\nwasmgate against the plain server, c={c}, median (range) over {args.rounds} interleaved rounds:")
+    print("| case | req/s, wasmgate / plain | CPU per request, plain / wasmgate | wasmgate CPU | plain CPU |")
+    print("|---|---|---|---|---|")
     for case_name in every:
-        ours = results["wasmgate"][case_name][c]
-        theirs = results["plain"][plain_of.get(case_name, case_name)][c]
-        print(f"| {case_name} | {ours['rps'] / theirs['rps']:.2f}x | {ours['cpu_us']:.0f} us | "
-              f"{theirs['cpu_us']:.0f} us |")  # fmt: skip
-    if "kserve" in results:
-        ratio = results["wasmgate"]["digits-json"][c]["rps"] / results["kserve"]["digits-json"][c]["rps"]
-        cpu = results["kserve"]["digits-json"][c]["cpu_us"]
-        print(f"| digits-json against KServe | {ratio:.2f}x | | KServe: {cpu:.0f} us |")
+        other = plain_of.get(case_name, case_name)
+        ours_cpu, plain_cpu = median("wasmgate", case_name, "cpu_us"), median("plain", other, "cpu_us")
+        print(f"| {case_name} | {ratio('wasmgate', case_name, 'plain', other, 'rps')} | "
+              f"{ratio('wasmgate', case_name, 'plain', other, 'cpu_us', inverse=True)} | "
+              f"{ours_cpu:.0f} us | {plain_cpu:.0f} us |")  # fmt: skip
+    if "kserve" in up:
+        print(f"| digits-json against KServe | {ratio('wasmgate', 'digits-json', 'kserve', 'digits-json', 'rps')} | "
+              f"{ratio('wasmgate', 'digits-json', 'kserve', 'digits-json', 'cpu_us', inverse=True)} | | "
+              f"KServe: {median('kserve', 'digits-json', 'cpu_us'):.0f} us |")  # fmt: skip
+    if "baseline" in up:
+        print(f"\nthis checkout against the baseline ({args.baseline}), same rounds:")
+        print("| case | req/s, this / baseline | CPU per request, baseline / this | baseline / plain, req/s |")
+        print("|---|---|---|---|")
+        for case_name in every:
+            other = plain_of.get(case_name, case_name)
+            print(f"| {case_name} | {ratio('wasmgate', case_name, 'baseline', case_name, 'rps')} | "
+                  f"{ratio('wasmgate', case_name, 'baseline', case_name, 'cpu_us', inverse=True)} | "
+                  f"{ratio('baseline', case_name, 'plain', other, 'rps')} |")  # fmt: skip
 
     starts: dict[str, list[float]] = {"wasmgate": [], "plain": []}
     for _ in range(args.start_trials):  # interleaved, so drift on a shared machine hits both alike
@@ -365,7 +403,7 @@ def main() -> None:
           f"wasmgate {ours:.2f} s, plain {theirs:.2f} s: {ours / theirs:.2f}x")  # fmt: skip
 
     if args.workers_check:
-        workers_check(wasmgate_cmd, tmp, pushes[0], every["digits-json"], max(levels), args.duration)
+        workers_check(wasmgate_cmd, tmp, pushes[0], every["digits-json"], c, args.duration)
     shutil.rmtree(tmp, ignore_errors=True)
 
 
