@@ -2,7 +2,7 @@
 (no sandbox, no validation, no metrics) and KServe's Python model server, every case measured in one run.
 
     python -m bench.http_load [--duration 10] [--concurrency 8] [--kserve-python PATH] [--start-trials 3]
-                              [--workers-check]
+                              [--workers-check] [--quick]
 
 Cases, each at concurrency ``--concurrency`` (default 8):
 
@@ -288,7 +288,10 @@ def main() -> None:
     parser.add_argument("--start-trials", type=int, default=3)
     parser.add_argument("--baseline", default=None, help="another checkout's root: its wasmgate measured too")
     parser.add_argument("--workers-check", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="one round of 1 s runs and one start trial: a smoke test")
     args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.duration, args.start_trials = 1, 1, 1
     for tool in ("wrk", "taskset"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is needed (apt-get install wrk util-linux)")
@@ -344,7 +347,7 @@ def main() -> None:
                 with httpx.Client() as client:
                     case.check(client.post(f"{url}/v2/models/{case.model}/infer", content=case.body,
                                             headers=case.headers))  # fmt: skip
-                wrk(url, case, c, 2, pin="1")  # warm-up
+                wrk(url, case, c, min(2, args.duration), pin="1")  # warm-up
         for _ in range(args.rounds):
             for case_name in every:
                 for name, _, _, _, names in servers:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -100,3 +101,17 @@ def test_memory_bench_runs_quick() -> None:
     assert "| fp16-dense |" in out, out
     assert out.count("| fp16-dense |") == 2  # the gateway's table and the runner's
     assert "| onnxruntime defaults (wasmgate's) |" in out
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(
+    shutil.which("wrk") is None or shutil.which("taskset") is None or (os.cpu_count() or 1) < 2,
+    reason="bench.http_load needs wrk, taskset and two CPUs",
+)
+def test_http_load_bench_runs_quick() -> None:
+    """Every case against wasmgate and the plain server, each answer checked against onnxruntime by the bench
+    before it is timed, and the start-to-first-inference comparison."""
+    out = run_quick("http_load", 300)
+    for case in ("digits-json", "digits-binary", "mlp-json", "mlp-binary", "topk-json"):
+        assert any(line.startswith(f"| {case} | ") for line in out.splitlines()), out
+    assert "process start to first served inference" in out
