@@ -25,6 +25,7 @@ from gateway.dispatch import Dispatcher
 from gateway.functions.push import Publisher
 from gateway.functions.serving import FunctionRegistry
 from gateway.http_errors import EXCEPTION_HANDLERS, UnexpectedErrors
+from gateway.lean import GatewayApp
 from gateway.metrics import Metrics
 from gateway.settings import Settings
 from gateway.state import AppState, Role
@@ -185,7 +186,7 @@ def create_app(
         routes = [*oip.ROUTES, *oip.RUNNER_ROUTES]
     # The document describes every endpoint module, so it is served from here, above them all.
     routes.append(Route("/openapi.json", _openapi_json))
-    return Starlette(
+    return GatewayApp(
         routes=routes,
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[Middleware(UnexpectedErrors)],

@@ -13,12 +13,12 @@ Binary extension (as Triton and ``tritonclient.http`` speak it): the body is a J
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import orjson
 
 from gateway.requests import json_object
 from wasm_host.errors import GuestFailure, InvalidRequest, TooLarge
@@ -92,6 +92,7 @@ def _head_doc(head: bytes, what: str = "request", tensors: str = "inputs") -> di
         head,
         f"{what} body",
         f"{what} body must be a JSON object with an {tensors!r} list",
+        fast=True,
         parse_constant=_refuse_constant,
     )
 
@@ -218,7 +219,7 @@ def encode_request(
     ]
     if outputs is not None:
         doc["outputs"] = [{"name": name, "parameters": {"binary_data": True}} for name in outputs]
-    head = json.dumps(doc, separators=(",", ":")).encode()
+    head = orjson.dumps(doc)
     body = b"".join([head, *(t.data for t in inputs)])
     return body, {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(head))}
 
@@ -270,13 +271,14 @@ def _json_data(where: str, datatype: str, dims: Sequence[int], numel: int, data:
     if not ok:
         want = {"BOOL": "true/false"}.get(datatype, "integers" if datatype[0] in "IU" else "numbers")
         raise InvalidRequest(f"{where}: {datatype} data must be {want}")
-    if kind == "f" and not np.isfinite(arr).all():  # 1e999 parses to infinity; the tokens are refused earlier
-        raise InvalidRequest(f"{where}: a number is too large to be finite; {NON_FINITE_HINT}")
-    if datatype in ("FP16", "FP32", "BF16") and arr.size:
-        # A finite number past the type's largest would turn into infinity: refused, as an integer out of range
-        # is. (BF16 is converted through FP32, whose range it shares.)
-        largest = float(np.finfo(np.float16 if datatype == "FP16" else np.float32).max)
-        if float(np.abs(arr.astype(np.float64)).max()) > largest:
+    if datatype in FLOAT_LARGEST and arr.size:
+        # Two reductions for both checks: the largest or the smallest is NaN or infinite when a value is (1e999
+        # parses to infinity; the NaN and Infinity tokens are refused earlier), and past the type's largest when a
+        # finite value would turn into infinity, refused as an integer out of range is.
+        high, low = float(arr.max()), float(arr.min())  # NaN when any value is
+        if not (math.isfinite(high) and math.isfinite(low)):
+            raise InvalidRequest(f"{where}: a number is too large to be finite; {NON_FINITE_HINT}")
+        if max(high, -low) > FLOAT_LARGEST[datatype]:
             raise InvalidRequest(f"{where}: a value is out of range for {datatype}")
     if datatype == "BF16":
         bits = np.asarray(arr, dtype="<f4").reshape(-1).view("<u4")
@@ -288,6 +290,15 @@ def _json_data(where: str, datatype: str, dims: Sequence[int], numel: int, data:
         if int(arr.min()) < info.min or int(arr.max()) > info.max:
             raise InvalidRequest(f"{where}: a value is out of range for {datatype}")
     return np.ascontiguousarray(arr, dtype=target).tobytes()
+
+
+#: The largest finite value of each floating datatype (BF16 is converted through FP32, whose range it shares).
+FLOAT_LARGEST = {
+    "FP16": float(np.finfo(np.float16).max),
+    "FP32": float(np.finfo(np.float32).max),
+    "BF16": float(np.finfo(np.float32).max),
+    "FP64": math.inf,
+}
 
 
 def _flatten(data: object) -> list[object]:
@@ -430,22 +441,22 @@ def encode_response(
             entry["data"] = _to_json_data(tensor)
         entries.append(entry)
     doc["outputs"] = entries
-    head = json.dumps(doc, separators=(",", ":")).encode()
+    head = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
     if not raw:
         return head, {"content-type": "application/json"}
     return head + b"".join(raw), {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(head))}
 
 
-def _to_json_data(tensor: Tensor) -> list[Any]:
+def _to_json_data(tensor: Tensor) -> list[str] | np.ndarray[Any, Any]:
+    """A tensor's elements as orjson writes them (``OPT_SERIALIZE_NUMPY``): numbers as a flat array, floats
+    widened to double first, so the text is the shortest that reads back as that double, as Python's own repr
+    writes it. Strict JSON has no NaN or Infinity: orjson writes such a value as null, as KServe's server writes
+    it; the exact value travels in a binary output."""
     if tensor.datatype == "BYTES":
         return [x.decode(errors="replace") for x in split_bytes(tensor.data)]
     arr = np.frombuffer(tensor.data, dtype=DTYPES[tensor.datatype].numpy)
     if tensor.datatype == "BF16":
         arr = (arr.astype("<u4") << 16).view("<f4")
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        # Strict JSON has no NaN or Infinity: such a value is written as null, as KServe's server writes it, and
-        # the exact value travels in a binary output.
-        values = arr.astype(object)
-        values[~np.isfinite(arr)] = None
-        return values.tolist()  # type: ignore[no-any-return]
-    return arr.tolist()  # type: ignore[no-any-return]
+    if arr.dtype.kind == "f":
+        return arr.astype(np.float64)
+    return arr.astype(arr.dtype.newbyteorder("="), copy=False)

@@ -43,6 +43,7 @@ from gateway.functions.serving import LoadedFunction
 from gateway.http_errors import status_of
 from gateway.metrics import Metrics
 from gateway.requests import read_body
+from gateway.responses import InferResponse
 from gateway.store.manifest import Manifest
 from router.latency import ServiceTimes
 from router.policy import (
@@ -249,7 +250,7 @@ class Dispatcher:
         headers = {**outcome.headers, **routing_headers(tier, outcome.replica, reason)}
         if cold:
             headers["x-wasmgate-cold-start"] = "true"
-        return Response(outcome.body, status_code=outcome.status, headers=headers)
+        return InferResponse(outcome.body, outcome.status, headers)
 
 
 def routing_headers(tier: Tier, replica: str | None, reason: Placement) -> dict[str, str]:

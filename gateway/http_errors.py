@@ -159,6 +159,16 @@ EXCEPTION_HANDLERS = {
 }
 
 
+async def answer_error(request: Request, exc: Exception) -> Response:
+    """The answer of the handler in :data:`EXCEPTION_HANDLERS` that takes ``exc``, as Starlette's exception
+    middleware gives it, for a route served outside that middleware (``gateway.lean``). Raises ``exc`` again when
+    no handler takes it: :class:`UnexpectedErrors` answers it."""
+    for kind, handler in EXCEPTION_HANDLERS.items():
+        if isinstance(exc, kind):
+            return await handler(request, exc)
+    raise exc
+
+
 class UnexpectedErrors:
     """ASGI middleware: an error no handler knows is answered 500 and logged once, with its traceback, and
     goes no further. When the response had already started, nothing more can be sent; the server then closes

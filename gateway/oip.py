@@ -17,6 +17,7 @@ from gateway.codec import HEADER_LENGTH, parse_request
 from gateway.dispatch import HttpCall
 from gateway.http_errors import status_of
 from gateway.requests import read_body
+from gateway.responses import InferResponse
 from gateway.state import AppState, state_of
 from gateway.store.manifest import Manifest
 from wasm_host.errors import InvalidRequest, NotFound, WasmgateError
@@ -138,7 +139,7 @@ async def infer_here(request: Request, state: AppState) -> Response:
     headers = {**outcome.headers, "x-wasmgate-tier": tier}
     if cold:
         headers["x-wasmgate-cold-start"] = "true"
-    return Response(outcome.body, headers=headers)
+    return InferResponse(outcome.body, 200, headers)
 
 
 async def load_model(request: Request) -> Response:

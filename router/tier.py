@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Protocol, TypeVar
 
 from router.admission import Admission
+from router.inline import Placement
 from router.policy import Tier as TierName
 from wasm_host.errors import WasmgateError
 from wasm_host.pool import InstancePool
@@ -49,6 +50,7 @@ class Servable(Protocol):
 
     cold: bool  # until its first request has been served
     last_used: float  # time.monotonic() of its last request, for the reaper
+    placement: Placement | None  # where its next call runs (router.inline); None: not decided yet
 
 
 @dataclasses.dataclass(slots=True)

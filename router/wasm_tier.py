@@ -1,15 +1,17 @@
 """The local Wasm tier: runs a request on an instance from a function's pool, behind its admission.
 
-Where a guest runs is decided per request from how long that function's recent calls took:
+Where a guest runs is decided per request from how long that function's recent calls took
+(``router.inline``, a policy with hysteresis):
 
 - **On a worker thread** (the safe default): the event loop stays free while the guest runs. A function with
   no history yet, or whose recent calls took ``inline_below_ms`` or more, runs here. The limiter bounds how
   many guests execute at once in this process.
-- **On the event loop thread**, when the function's recent calls were all quick. Handing a sub-millisecond
+- **On the event loop thread**, when the function's recent calls were quick. Handing a sub-millisecond
   call to a thread costs more than the call: the GIL has to move between the loop thread and the worker
   thread twice, which on a multi-core machine measured a 2.5x throughput loss (bench/http_load.py, unpinned).
-  The price is that one call of such a function that turns slow holds the loop for at most its deadline,
-  after which the function's history sends it to threads.
+  The price is that one call of such a function that turns slow holds the loop for at most its deadline; a
+  call that runs into its deadline, or a few slow calls in a row, send the function to threads, and one slow
+  call alone (a preemption) does not.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import anyio
 import anyio.to_thread
 
 from router.deadlines import Deadlines
+from router.inline import first_placement, next_placement
 from router.latency import ServiceTimes, ewma
 from router.policy import Tier, WasmState
 from router.tier import Call, Job, NotTaken, Outcome, Servable
@@ -114,13 +117,25 @@ class WasmTier:
                 started = time.perf_counter()
                 pool, outputs = fn.pool, fn.outputs or []
                 deadline_ms = self.deadlines.for_pool(pool.settings)
-                if runs_inline(pool.typical_ms, self.inline_below_ms):
-                    produced = _run(pool, inputs, outputs, deadline_ms)
-                else:
-                    produced = await anyio.to_thread.run_sync(
-                        _run, pool, inputs, outputs, deadline_ms, limiter=self._limiter
+                placement = fn.placement
+                if placement is None:
+                    placement = first_placement(pool.typical_ms, self.inline_below_ms)
+                timed_out = False
+                try:
+                    if placement.inline:
+                        produced = _run(pool, inputs, outputs, deadline_ms)
+                    else:
+                        produced = await anyio.to_thread.run_sync(
+                            _run, pool, inputs, outputs, deadline_ms, limiter=self._limiter
+                        )
+                except DeadlineExceeded:
+                    timed_out = True
+                    raise
+                finally:
+                    service_ms = (time.perf_counter() - started) * 1000
+                    fn.placement = next_placement(
+                        placement, service_ms, pool.typical_ms, timed_out, self.inline_below_ms
                     )
-                service_ms = (time.perf_counter() - started) * 1000
         except DeadlineExceeded as exc:
             raise self.deadlines.explain(fn.name, exc) from exc
         finally:
@@ -131,11 +146,6 @@ class WasmTier:
         else:
             body, headers = call.encode(fn.name, fn.version, produced)
         return Outcome(200, body, headers, self.replica, cold), service_ms
-
-
-def runs_inline(typical_ms: float | None, inline_below_ms: float) -> bool:
-    """The placement policy: inline only for a function known to be quick."""
-    return typical_ms is not None and typical_ms < inline_below_ms
 
 
 def _run(pool: InstancePool, inputs: Sequence[Tensor], outputs: Sequence[TensorSpec], deadline_ms: int) -> list[Tensor]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -109,3 +110,16 @@ def test_grpc_vs_http_bench_runs_quick() -> None:
     """One block against a real gateway; the bench checks the gRPC answer against HTTP's itself."""
     out = run_quick("grpc_vs_http", 120)
     assert [line.split()[:2] for line in out.splitlines()[1:]] == [["1", "http"], ["1", "grpc"]], out
+
+
+@pytest.mark.skipif(
+    shutil.which("wrk") is None or shutil.which("taskset") is None or (os.cpu_count() or 1) < 2,
+    reason="bench.http_load needs wrk, taskset and two CPUs",
+)
+def test_http_load_bench_runs_quick() -> None:
+    """Every case against wasmgate and the plain server, each answer checked against onnxruntime by the bench
+    before it is timed, and the start-to-first-inference comparison."""
+    out = run_quick("http_load", 300)
+    for case in ("digits-json", "digits-binary", "mlp-json", "mlp-binary", "topk-json"):
+        assert any(line.startswith(f"| {case} | ") for line in out.splitlines()), out
+    assert "process start to first served inference" in out

@@ -567,7 +567,7 @@ def test_hostile_names_are_400_or_404_and_touch_no_file(gateway: Gateway, digits
     assert sorted(p.name for p in root.iterdir()) == ["data"]
     for path in gateway.data_dir.rglob("*"):
         top = path.relative_to(gateway.data_dir).parts[0]
-        assert top in ("blobs", "uploads", "functions", "versions", "files", "cache", ".lock"), path
+        assert top in ("blobs", "uploads", "functions", "versions", "files", "cache", ".lock", "generation"), path
         assert ".." not in path.name, path
         assert path.name.isprintable(), path
     assert [p.name for p in (gateway.data_dir / "files").iterdir()] == [".tmp"]  # no function has files

@@ -11,7 +11,7 @@ import pytest
 from gateway.app import create_app
 from gateway.settings import Settings
 from router.admission import Admission
-from router.wasm_tier import runs_inline
+from router.inline import runs_inline
 from tests.support import AppClient, Digits, infer_body, metric, push, wait_for
 from wasm_host.errors import TooManyRequests, Unavailable
 
@@ -205,6 +205,8 @@ def test_a_guest_that_hits_its_deadline_is_kept_off_the_event_loop(tmp_path: Pat
         assert fn.pool.typical_ms is not None
         assert fn.pool.typical_ms >= 100  # the deadline counted: the next call goes to a worker thread
         assert not runs_inline(fn.pool.typical_ms, settings.inline_below_ms)
+        assert fn.placement is not None
+        assert not fn.placement.inline
 
 
 def test_raising_min_warm_on_a_loaded_function_warms_it(client: AppClient, digits: Digits) -> None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
+
+import pytest
 
 from router.sockets import tcp_listener
 
@@ -37,3 +40,16 @@ def test_a_protocol_zero_socket_would_not() -> None:
     sock = socket.socket(socket.AF_INET)
     sock.bind(("127.0.0.1", 0))
     assert asyncio.run(nodelay_of_accepted(sock)) == 0
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="uvloop and httptools are dependencies on Linux only")
+def test_uvloop_and_httptools_serve_where_installed_and_keep_nodelay() -> None:
+    """On Linux both are core dependencies: uvicorn is given them by name, and uvloop's accepted connections
+    from the workers' listener have TCP_NODELAY as asyncio's do."""
+    import uvloop
+
+    from gateway.server import event_loop_options
+
+    assert event_loop_options() == {"loop": "uvloop", "http": "httptools"}
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        assert runner.run(nodelay_of_accepted(tcp_listener("127.0.0.1", 0))) == 1

@@ -1,8 +1,9 @@
 """Functions as one process serves them: loaded on demand, kept ready, scaled down when idle.
 
 The registry maps a name to a :class:`LoadedFunction` (an instance pool plus the onnxruntime sessions of its
-models). Each lookup compares the manifest file's stamp, so a push or delete made by another process is seen
-on the next request.
+models). Each lookup reads the store's generation (gateway.store.generation, shared memory, no system call) and
+looks at the manifest file's stamp only when it moved, so a push or delete made by another process is seen on
+the next request.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from gateway.settings import Settings
 from gateway.store.local import LocalStore
 from gateway.store.manifest import Manifest
 from router.admission import Admission, AdmissionObserver
+from router.inline import Placement
 from wasm_host import heap
 from wasm_host.engine import MiB
 from wasm_host.errors import NotFound, Unavailable
@@ -44,11 +46,13 @@ class LoadedFunction:
         self.pool = pool
         self.graphs = graphs  # held so the shared sessions stay loaded while the function is
         self.stamp = stamp
+        self.checked = -1  # the store's generation when ``stamp`` was last found current (-1: never)
         self.admission = _admission(manifest, observer)
         self.observer = observer
         self.model_bytes = 0  # size of its ONNX models on disk: what the model memory budget counts
         self.last_used = time.monotonic()
         self.cold = True  # until the first request has been served: that request reports the cold start
+        self.placement: Placement | None = None  # where its next call runs, kept by the Wasm tier (router.inline)
 
     @property
     def name(self) -> str:
@@ -138,7 +142,8 @@ class FunctionRegistry:
         self.settings = settings
         self.warmer = warmer
         self._loaded: dict[str, LoadedFunction] = {}
-        self._manifests: dict[str, tuple[tuple[int, int], Manifest]] = {}  # name -> (file stamp, manifest)
+        # name -> (the store's generation when last checked, file stamp, manifest)
+        self._manifests: dict[str, tuple[int, tuple[int, int], Manifest]] = {}
         self._history: dict[str, float] = {}  # name -> typical call time, kept across scale to zero
         self._manifests_seen = store.manifests_stamp()  # what prewarm_changed compares with
         self._lock = threading.Lock()
@@ -224,32 +229,42 @@ class FunctionRegistry:
 
     def get_loaded(self, name: str) -> LoadedFunction | None:
         """The function if it is loaded and its manifest unchanged; None when :meth:`get` has work to do.
-        Cheap enough for the event loop: one stat() of the manifest."""
+        Cheap enough for the event loop: one read of the store's generation; one stat() of the manifest when the
+        generation moved since this function was last checked."""
         fn = self._loaded.get(name)
         if fn is None:
             return None
+        # Read before the stat: a change committed after this read bumps past it, so it is looked at next time.
+        generation = self.store.generation.read()
+        if fn.checked == generation:
+            return fn
         stamp = self.store.stamp(name)
-        return fn if stamp is not None and fn.stamp == stamp else None
+        if stamp is None or fn.stamp != stamp:
+            return None
+        fn.checked = generation
+        return fn
 
     def current(self, name: str) -> tuple[Manifest, LoadedFunction | None]:
         """The function's current manifest, and the function itself if it is loaded (:meth:`get_loaded`): what
         an inference handler looks up, once per request, without loading anything. Raises as :meth:`manifest`."""
-        fn = self.get_loaded(name)  # one stat() on the hot path of a loaded function
+        fn = self.get_loaded(name)  # no system call on the hot path of a loaded function
         return (fn.manifest, fn) if fn is not None else (self.manifest(name), None)
 
     def manifest(self, name: str) -> Manifest:
         """The function's current manifest without loading the function (a pod-tier function is never
-        loaded in the gateway). Re-read only when the manifest file changed; costs one stat() otherwise.
-        Raises NotFound, or InvalidRequest for a name that cannot exist."""
+        loaded in the gateway). Re-read only when the manifest file changed; costs one read of the store's
+        generation when it did not move, and one stat() when it did. Raises NotFound, or InvalidRequest for a name
+        that cannot exist."""
+        generation = self.store.generation.read()  # before the stat, as in get_loaded
+        cached = self._manifests.get(name)
+        if cached is not None and cached[0] == generation:
+            return cached[2]
         stamp = self.store.stamp(name)
         if stamp is None:
             self._manifests.pop(name, None)
             raise NotFound(f"function {name!r} not found")
-        cached = self._manifests.get(name)
-        if cached is not None and cached[0] == stamp:
-            return cached[1]
-        manifest = self.store.get(name)
-        self._manifests[name] = (stamp, manifest)
+        manifest = cached[2] if cached is not None and cached[1] == stamp else self.store.get(name)
+        self._manifests[name] = (generation, stamp, manifest)
         return manifest
 
     def loaded(self) -> list[LoadedFunction]:

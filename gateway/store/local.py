@@ -5,6 +5,7 @@ Layout under the data directory::
     blobs/sha256/<hex>        immutable blobs (Wasm modules, ONNX models, data files), named by their sha256
     uploads/<hex>             blobs uploaded for a push that has not been committed yet
     functions/<name>.json     the current manifest of each function
+    generation                a counter every manifest write bumps (gateway.store.generation)
     versions/<name>/<v>.json  every version each function has had (for rollback)
     files/<name>/<set>/       the data files of a function as its guests see them: hard links to blobs
                               (owned by gateway.store.files, which says when they are made and removed)
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from gateway.store.files import FileViews, flocked
+from gateway.store.generation import Generation
 from gateway.store.manifest import Derive, Manifest, check_name
 from wasm_host.errors import InvalidRequest, NotFound, TooLarge, Unavailable
 from wasm_host.pool import PoolSettings
@@ -50,6 +52,8 @@ class LocalStore:
         for d in (self.blobs, self.uploads, self.functions, self.versions):
             d.mkdir(parents=True, exist_ok=True)
         self._lock_path = root / ".lock"
+        # Bumped by every manifest write below, under the lock: how readers see a change without a stat().
+        self.generation = Generation(root / "generation")
         self.views = FileViews(root / "files", self.blob_path, self.upload_path)
 
     # -- blobs ---------------------------------------------------------------------------------------------
@@ -202,6 +206,7 @@ class LocalStore:
         history.mkdir(exist_ok=True)
         _atomic_write(history / f"{manifest.version}.json", data)
         _atomic_write(self._manifest_path(manifest.name), data)
+        self.generation.bump()
 
     def history(self, name: str) -> list[int]:
         """The versions ``name`` has had, oldest first."""
@@ -222,6 +227,7 @@ class LocalStore:
         with flocked(self._lock_path):
             manifest = dataclasses.replace(self.get(name), pool=pool)
             _atomic_write(self._manifest_path(name), json.dumps(manifest.to_json(), indent=1).encode())
+            self.generation.bump()
             return manifest
 
     def delete(self, name: str) -> Manifest:
@@ -235,6 +241,7 @@ class LocalStore:
     def _remove(self, name: str) -> None:
         self._manifest_path(name).unlink()
         _fsync_dir(self.functions)
+        self.generation.bump()
         shutil.rmtree(self.versions / check_name(name), ignore_errors=True)
         self.views.remove(name)
 
