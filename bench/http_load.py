@@ -47,7 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -62,6 +62,8 @@ WASM = [str(Path(sys.executable).parent / "wasm")]
 #: ``wasm serve`` as the benches run it: HTTP only (they measure HTTP), so that a bench's gateways never contend
 #: for the gRPC port's default.
 SERVE = [*WASM, "serve", "--grpc-port", "0"]
+#: A ``--baseline`` checkout may predate the gRPC service and its flag.
+BASELINE_SERVE = [*WASM, "serve"]
 
 
 def free_port() -> int:
@@ -122,7 +124,8 @@ def started(
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(ProcessLookupError):  # the server may have exited already (a failed start)
+        os.killpg(proc.pid, signal.SIGTERM)
     try:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
@@ -314,8 +317,8 @@ def main() -> None:
         [*WASM, "push", str(topk), "--name", "digits-top3", "--model", f"digits={paths['digits']}"],
     ]
 
-    def wasmgate_cmd(port: int, data: Path, workers: int = 1) -> list[str]:
-        return [*SERVE, "--port", str(port), "--data-dir", str(data), "--log-level", "warning",
+    def wasmgate_cmd(port: int, data: Path, workers: int = 1, serve: Sequence[str] = SERVE) -> list[str]:
+        return [*serve, "--port", str(port), "--data-dir", str(data), "--log-level", "warning",
                 "--workers", str(workers)]  # fmt: skip
 
     def plain_cmd(port: int) -> list[str]:
@@ -329,8 +332,8 @@ def main() -> None:
     ]
     if args.baseline:
         baseline_env = {"PYTHONPATH": str(Path(args.baseline).resolve())}
-        servers.append(("baseline", lambda port: wasmgate_cmd(port, tmp / "data-baseline"), baseline_env, pushes,
-                        list(every)))  # fmt: skip
+        servers.append(("baseline", lambda port: wasmgate_cmd(port, tmp / "data-baseline", 1, BASELINE_SERVE),
+                        baseline_env, pushes, list(every)))  # fmt: skip
     if args.kserve_python:
         ks, ks_env = kserve_command(args.kserve_python, paths["digits"])
         servers.append(("kserve", lambda port: [*ks, str(port)], ks_env, [], ["digits-json"]))
