@@ -39,6 +39,7 @@ def saved_path(backend: OnnxBackend, digest: str) -> Path:
 def run(backend: OnnxBackend, ref: ModelRef, inputs: dict[str, np.ndarray]) -> tuple[list[object], str | None]:
     """The graph's answers, and the file its session was created from (None: the original model's bytes)."""
     graph = backend.load_ref(ref)
+    assert graph.session is not None  # a backend without the compiled host keeps it
     return graph.run([inputs[name] for name in graph.input_names]), graph.session._model_path
 
 

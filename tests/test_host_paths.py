@@ -142,6 +142,25 @@ def test_a_run_that_onnxruntime_refuses_fails_alike(hosts: dict[str, Host], tmp_
     assert "(wasi-nn: compute: onnxruntime: [ONNXRuntimeError] : " in str(message)
 
 
+def test_a_stored_model_on_the_compiled_host_holds_one_session_until_python_runs_it(
+    hosts: dict[str, Host], digits: Digits
+) -> None:
+    """Requests run on the compiled host's session, so the Python one is let go once its descriptions are read
+    (the weights held once); a Python import that runs the graph anyway (a guest computing outside a request)
+    gets it made again, with the same answers."""
+    ref = ModelRef(digits.digest, digits.path)
+    graph = hosts["compiled"].backend.load_ref(ref)
+    assert graph.native is not None
+    assert graph.session is None
+    assert graph.providers == ["CPUExecutionProvider"]
+    x = digits.x_test[:5].astype(np.float32)
+    want = hosts["python"].backend.load_ref(ref).run([x])
+    got = graph.run([x])
+    assert graph.session is not None
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 @pytest.mark.parametrize("fixture", sorted(HOSTILE_CASES))
 def test_hostile_guests_fail_alike(
     hosts: dict[str, Host], digits: Digits, hostile_guests: dict[str, Path], fixture: str

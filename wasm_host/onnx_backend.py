@@ -64,15 +64,27 @@ class IOInfo:
 
 class OnnxGraph:
     """A loaded model: an ``InferenceSession`` plus its input and output descriptions, and on the compiled host
-    (wasm_host.compiled) the same model's session there, ``native``, which its runs use."""
+    (wasm_host.compiled) the same model's session there, ``native``, which its requests' runs use.
 
-    def __init__(self, digest: str, session: ort.InferenceSession) -> None:
+    On the compiled host a graph loaded from a file lets its Python session go once ``native`` is made: its
+    descriptions are read already, and keeping it would hold the weights twice. The Python session is made again
+    from that file only if a Python import runs the graph (a guest computing outside a request, in
+    ``_initialize`` say), and kept from then on. A graph loaded from bytes keeps both sessions: making the Python
+    one again would need the bytes kept, which costs as much."""
+
+    def __init__(
+        self, digest: str, session: ort.InferenceSession, reopen: Callable[[], ort.InferenceSession] | None = None
+    ) -> None:
         self.digest = digest
-        self.session = session
+        self.session: ort.InferenceSession | None = session
         self.inputs = [_io(x) for x in session.get_inputs()]
         self.outputs = [_io(x) for x in session.get_outputs()]
         self.input_names = [x.name for x in self.inputs]
+        #: The providers the session runs on (onnxruntime drops one whose library fails to load).
+        self.providers: list[str] = session.get_providers()
         self.native: object | None = None
+        self._reopen = reopen
+        self._lock = threading.Lock()
 
     def attach_native(self, chost: ModuleType, source: bytes | str, intra_op_threads: int) -> None:
         """Create the compiled host's session from the same model ``source`` (bytes or a file), with the
@@ -84,10 +96,22 @@ class OnnxGraph:
         ]
         outputs = [(x.name, x.onnx_type) for x in self.outputs]
         self.native = chost.Graph(source, intra_op_threads, inputs, outputs)
+        if self._reopen is not None:
+            self.session = None  # weights held once (see the class docstring)
 
     def run(self, feeds: Sequence[np.ndarray], options: ort.RunOptions | None = None) -> list[object]:
         """Run with inputs in graph order; outputs in graph order (numpy arrays for tensor outputs)."""
-        return self.session.run(None, dict(zip(self.input_names, feeds, strict=True)), options)  # type: ignore[no-any-return]
+        return self._python_session().run(None, dict(zip(self.input_names, feeds, strict=True)), options)  # type: ignore[no-any-return]
+
+    def _python_session(self) -> ort.InferenceSession:
+        session = self.session
+        if session is None:
+            with self._lock:
+                if self.session is None:
+                    assert self._reopen is not None  # only a graph with a way back lets its session go
+                    self.session = self._reopen()
+                session = self.session
+        return session
 
 
 def _io(node: object) -> IOInfo:
@@ -145,22 +169,31 @@ class OnnxBackend:
                 if session is None and self.optimize(ref):
                     session = self.optimized.open(ref.digest, self._session)
                 if session is not None:
-                    graph = self._graph(ref.digest, session, str(self.optimized.path(ref.digest)))
+                    graph = self._graph(ref.digest, session, str(self.optimized.path(ref.digest)), ref)
                 else:
                     model = ref.path.read_bytes()
-                    graph = self._graph(ref.digest, self._session(model), model)
+                    graph = self._graph(ref.digest, self._session(model), model, ref)
                 self._graphs[ref.digest] = graph
             return graph
 
-    def _graph(self, digest: str, session: ort.InferenceSession, source: bytes | str) -> OnnxGraph:
-        """A graph for a new session; on the compiled host, with its session there from the same source."""
-        graph = OnnxGraph(digest, session)
+    def _graph(
+        self, digest: str, session: ort.InferenceSession, source: bytes | str, ref: ModelRef | None = None
+    ) -> OnnxGraph:
+        """A graph for a new session; on the compiled host, with its session there from the same source. A graph
+        of a stored model (``ref``) can make its Python session again (see :class:`OnnxGraph`): from the saved
+        optimized graph, or from the model itself when that has been removed meanwhile."""
+        reopen = None if ref is None else functools.partial(self._reopen, ref)
+        graph = OnnxGraph(digest, session, reopen)
         if self.native is not None:
             try:
                 graph.attach_native(self.native, source, self._intra_op_threads)
             except Exception as exc:
                 raise InvalidFunction(f"the compiled host could not load the model: {exc}") from exc
         return graph
+
+    def _reopen(self, ref: ModelRef) -> ort.InferenceSession:
+        session = None if self.optimized is None else self.optimized.open(ref.digest, self._session)
+        return session or self._session(ref.path.read_bytes())
 
     def optimize(self, ref: ModelRef) -> bool:
         """Save the model's optimized graph, if this backend keeps them and it is not saved yet (at push, so
@@ -183,7 +216,7 @@ class OnnxBackend:
         fails to load, e.g. CUDA without a driver), in order of first appearance."""
         seen: dict[str, None] = {}
         for graph in list(self._graphs.values()):
-            for provider in graph.session.get_providers():
+            for provider in graph.providers:
                 seen.setdefault(provider, None)
         return list(seen)
 
