@@ -12,6 +12,11 @@ One such call must not send the calls after it through a thread hop, so the rule
 - **Out of inline**: only after :data:`SLOW_STREAK` calls in a row took ``inline_below_ms`` or more, or at once
   when a call ran into its deadline (the guest itself is slow; the loop must not wait for it again). While it
   stays inline, one slow call holds the loop at most for its deadline.
+- **Outsize requests**: the running figure is of the function's usual requests. A request whose input is
+  more than :data:`OUTSIZE` times the usual input bytes (and past :data:`OUTSIZE_FLOOR_BYTES`), a batch of
+  thousands where one row is usual, say, runs on a thread that once, whatever the placement: its time is not
+  the figure's, and inline it would hold the event loop (health, metrics, every other function) for all of it.
+  Where the next call runs is left as it was.
 - ``inline_below_ms`` 0 (or less) turns inline execution off.
 """
 
@@ -32,6 +37,17 @@ class Placement:
 
 
 THREADED = Placement()
+
+#: A request with more than this many times the function's usual input bytes is outsize (see the module docstring).
+OUTSIZE = 4
+#: Inputs up to this size are never outsize: the spread of small requests (1 row or 8) is not worth a thread hop.
+OUTSIZE_FLOOR_BYTES = 64 * 1024
+
+
+def outsize(input_bytes: int, typical_bytes: float | None) -> bool:
+    """Whether a request of ``input_bytes`` is outsize for a function whose usual input is ``typical_bytes``
+    (None: no history, and then it runs on threads anyway)."""
+    return typical_bytes is not None and input_bytes > max(OUTSIZE * typical_bytes, OUTSIZE_FLOOR_BYTES)
 
 
 def runs_inline(typical_ms: float | None, inline_below_ms: float) -> bool:

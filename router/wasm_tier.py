@@ -11,7 +11,9 @@ Where a guest runs is decided per request from how long that function's recent c
   thread twice, which on a multi-core machine measured a 2.5x throughput loss (bench/http_load.py, unpinned).
   The price is that one call of such a function that turns slow holds the loop for at most its deadline; a
   call that runs into its deadline, or a few slow calls in a row, send the function to threads, and one slow
-  call alone (a preemption) does not.
+  call alone (a preemption) does not. A request far larger than the function's usual ones (``router.inline``'s
+  outsize rule, by input bytes) runs on a thread that once, so a big batch sent to a quick function never holds
+  the loop.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import anyio
 import anyio.to_thread
 
 from router.deadlines import Deadlines
-from router.inline import first_placement, next_placement
+from router.inline import first_placement, next_placement, outsize
 from router.latency import ServiceTimes, ewma
 from router.policy import Tier, WasmState
 from router.tier import Call, Job, NotTaken, Outcome, Servable
@@ -120,9 +122,11 @@ class WasmTier:
                 placement = fn.placement
                 if placement is None:
                     placement = first_placement(pool.typical_ms, self.inline_below_ms)
+                input_bytes = sum(len(t.data) for t in inputs)
+                inline = placement.inline and not outsize(input_bytes, pool.typical_bytes)
                 timed_out = False
                 try:
-                    if placement.inline:
+                    if inline:
                         produced = _run(pool, inputs, outputs, deadline_ms)
                     else:
                         produced = await anyio.to_thread.run_sync(
@@ -133,9 +137,11 @@ class WasmTier:
                     raise
                 finally:
                     service_ms = (time.perf_counter() - started) * 1000
-                    fn.placement = next_placement(
-                        placement, service_ms, pool.typical_ms, timed_out, self.inline_below_ms
-                    )
+                    pool.typical_bytes = ewma(pool.typical_bytes, input_bytes)
+                    if inline == placement.inline:  # an outsize call leaves the placement as it was
+                        fn.placement = next_placement(
+                            placement, service_ms, pool.typical_ms, timed_out, self.inline_below_ms
+                        )
         except DeadlineExceeded as exc:
             raise self.deadlines.explain(fn.name, exc) from exc
         finally:

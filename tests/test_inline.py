@@ -3,7 +3,16 @@
 
 from __future__ import annotations
 
-from router.inline import SLOW_STREAK, THREADED, Placement, first_placement, next_placement
+from router.inline import (
+    OUTSIZE,
+    OUTSIZE_FLOOR_BYTES,
+    SLOW_STREAK,
+    THREADED,
+    Placement,
+    first_placement,
+    next_placement,
+    outsize,
+)
 
 LIMIT = 2.0  # inline_below_ms
 
@@ -40,3 +49,14 @@ def test_a_call_that_runs_into_its_deadline_sends_it_to_threads_at_once() -> Non
 def test_a_zero_limit_turns_inline_off() -> None:
     assert first_placement(0.1, 0.0) == THREADED
     assert next_placement(Placement(inline=True), 0.1, 0.1, False, 0.0) == THREADED
+
+
+def test_a_request_far_larger_than_usual_is_outsize_and_small_ones_never_are() -> None:
+    one_row = 256.0  # 64 floats
+    assert not outsize(1024, None)  # no history: the call runs on threads anyway
+    assert not outsize(8 * 256, one_row)  # 8 rows where 1 is usual: under the floor, no hop
+    assert not outsize(OUTSIZE_FLOOR_BYTES, one_row)
+    assert outsize(OUTSIZE_FLOOR_BYTES + 1, one_row)  # past the floor and more than OUTSIZE times the usual
+    usual = 1024.0 * 1024
+    assert not outsize(int(OUTSIZE * usual), usual)
+    assert outsize(int(OUTSIZE * usual) + 1, usual)

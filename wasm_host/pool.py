@@ -129,6 +129,8 @@ class InstancePool:
         self.instantiating = 0
         #: Running average of recent request times in milliseconds, kept by the caller (None: no history).
         self.typical_ms: float | None = None
+        #: Running average of recent requests' input bytes, kept with ``typical_ms`` (None: no history).
+        self.typical_bytes: float | None = None
         self.closed = False
         #: Counters for metrics and tests.
         self.instantiated = 0
