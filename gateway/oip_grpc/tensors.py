@@ -30,20 +30,20 @@ from gateway.oip_grpc.messages import ModelInferResponse
 from wasm_host.errors import GuestFailure, InvalidRequest, WasmgateError
 from wasm_host.tensors import DTYPES, Tensor, expected_nbytes, join_bytes
 
-#: Each datatype's field of InferTensorContents, and the numpy type its values are stored in.
-CONTENTS: dict[str, tuple[str, str]] = {
-    "BOOL": ("bool_contents", "?"),
-    "INT8": ("int_contents", "i1"),
-    "INT16": ("int_contents", "<i2"),
-    "INT32": ("int_contents", "<i4"),
-    "INT64": ("int64_contents", "<i8"),
-    "UINT8": ("uint_contents", "u1"),
-    "UINT16": ("uint_contents", "<u2"),
-    "UINT32": ("uint_contents", "<u4"),
-    "UINT64": ("uint64_contents", "<u8"),
-    "FP32": ("fp32_contents", "<f4"),
-    "FP64": ("fp64_contents", "<f8"),
-    "BYTES": ("bytes_contents", ""),
+#: Each datatype's field of InferTensorContents (its values are stored as wasm_host.tensors.DTYPES says).
+CONTENTS: dict[str, str] = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
 }
 
 
@@ -92,7 +92,7 @@ def _typed(where: str, datatype: str, shape: tuple[int, ...], contents: Any) -> 
         if datatype in DTYPES:  # FP16, BF16
             raise InvalidRequest(f"{where}: {datatype} has no typed contents; send it in raw_input_contents")
         raise InvalidRequest(f"{where}: unknown datatype {datatype!r}; use one of {', '.join(DTYPES)}")
-    field, numpy_type = CONTENTS[datatype]
+    field = CONTENTS[datatype]
     values = getattr(contents, field)
     numel = math.prod(shape) if min(shape, default=0) >= 0 else None
     if numel is not None and len(values) != numel:
@@ -102,7 +102,7 @@ def _typed(where: str, datatype: str, shape: tuple[int, ...], contents: Any) -> 
         )
     if datatype == "BYTES":
         return join_bytes(list(values))
-    target = np.dtype(numpy_type)
+    target = np.dtype(DTYPES[datatype].numpy)
     if target.kind in "iu" and target.itemsize < 8 and len(values):
         wide = np.asarray(values, dtype=np.int64)
         info = np.iinfo(target)
