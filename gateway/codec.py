@@ -271,7 +271,7 @@ def _json_data(where: str, datatype: str, dims: Sequence[int], numel: int, data:
     if not ok:
         want = {"BOOL": "true/false"}.get(datatype, "integers" if datatype[0] in "IU" else "numbers")
         raise InvalidRequest(f"{where}: {datatype} data must be {want}")
-    if datatype in FLOAT_LARGEST and arr.size:
+    if datatype in FLOAT_LARGEST and arr.size and not _plainly_in_range(arr, datatype):
         # Two reductions for both checks: the largest or the smallest is NaN or infinite when a value is (1e999
         # parses to infinity; the NaN and Infinity tokens are refused earlier), and past the type's largest when a
         # finite value would turn into infinity, refused as an integer out of range is.
@@ -299,6 +299,16 @@ FLOAT_LARGEST = {
     "BF16": float(np.finfo(np.float32).max),
     "FP64": math.inf,
 }
+#: The bound on a float array's sum of squares under which every value is finite and within its datatype's range.
+_SQUARES_BOUND = {k: min(v * v, float(np.finfo(np.float64).max)) for k, v in FLOAT_LARGEST.items()}
+
+
+def _plainly_in_range(arr: np.ndarray[Any, Any], datatype: str) -> bool:
+    """True when one dot product shows every value of a float array finite and within ``datatype``'s range: its
+    sum of squares is at most the largest value's square (NaN or infinity make it NaN or infinite). False says
+    only "look closer" (the two reductions of the caller, which find which value and why): integers, and sums
+    that overflow a double from finite values, take that path."""
+    return arr.dtype.kind == "f" and float(np.vdot(arr, arr)) <= _SQUARES_BOUND[datatype]
 
 
 def _flatten(data: object) -> list[object]:
@@ -428,28 +438,33 @@ def encode_response(
         doc["id"] = request.id
     raw: list[bytes] = []
     entries = []
-    for tensor, binary in outputs:
-        entry: dict[str, Any] = {
-            "name": tensor.name,
-            "datatype": tensor.datatype,
-            "shape": list(tensor.shape),
-        }
+    for tensor, binary in outputs:  # shapes are tuples, which orjson writes as arrays
         if binary:
-            entry["parameters"] = {"binary_data_size": len(tensor.data)}
+            params = {"binary_data_size": len(tensor.data)}
+            entries.append(
+                {"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape, "parameters": params}
+            )
             raw.append(tensor.data)
         else:
-            entry["data"] = _to_json_data(tensor)
-        entries.append(entry)
+            data = _to_json_data(tensor)
+            entries.append({"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape, "data": data})
     doc["outputs"] = entries
     head = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
     if not raw:
-        return head, {"content-type": "application/json"}
+        return head, JSON_HEADERS
     return head + b"".join(raw), {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(head))}
 
 
-def _to_json_data(tensor: Tensor) -> list[str] | np.ndarray[Any, Any]:
-    """A tensor's elements as orjson writes them (``OPT_SERIALIZE_NUMPY``): numbers as a flat array, floats
-    widened to double first, so the text is the shortest that reads back as that double, as Python's own repr
+JSON_HEADERS: Mapping[str, str] = {"content-type": "application/json"}
+
+#: Up to this many elements, a tensor goes to orjson as a list of Python numbers (``tolist``: one call, and the
+#: quicker for few values); past it, as a numpy array, with no Python object per value.
+LIST_ELEMENTS = 4096
+
+
+def _to_json_data(tensor: Tensor) -> list[Any] | np.ndarray[Any, Any]:
+    """A tensor's elements as orjson writes them (``OPT_SERIALIZE_NUMPY``): numbers as a flat list or array,
+    floats widened to double first, so the text is the shortest that reads back as that double, as Python's own repr
     writes it. Strict JSON has no NaN or Infinity: orjson writes such a value as null, as KServe's server writes
     it; the exact value travels in a binary output."""
     if tensor.datatype == "BYTES":
@@ -457,6 +472,8 @@ def _to_json_data(tensor: Tensor) -> list[str] | np.ndarray[Any, Any]:
     arr = np.frombuffer(tensor.data, dtype=DTYPES[tensor.datatype].numpy)
     if tensor.datatype == "BF16":
         arr = (arr.astype("<u4") << 16).view("<f4")
+    if arr.size <= LIST_ELEMENTS:
+        return arr.tolist()  # type: ignore[no-any-return]  # floats as the doubles they widen to, exactly
     if arr.dtype.kind == "f":
         return arr.astype(np.float64)
     return arr.astype(arr.dtype.newbyteorder("="), copy=False)

@@ -25,8 +25,8 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 
-from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive
 
 from gateway.codec import (
     HEADER_LENGTH,
@@ -42,7 +42,7 @@ from gateway.codec import (
 from gateway.functions.serving import LoadedFunction
 from gateway.http_errors import status_of
 from gateway.metrics import Metrics
-from gateway.requests import read_body
+from gateway.requests import receive_body
 from gateway.responses import InferResponse
 from gateway.store.manifest import Manifest
 from router.latency import ServiceTimes
@@ -130,16 +130,19 @@ class Dispatcher:
         has_code = manifest.kind != "external"
         return home_tier(manifest.tier, manifest.figures, has_code, self.accelerators, self.thresholds)
 
-    async def infer(self, request: Request, manifest: Manifest, fn: LoadedFunction | None) -> Response:
-        """Serve one OIP v2 request of ``manifest``'s function; ``fn`` is the function if this process has it
-        loaded (the handler's one lookup, passed down so that nothing looks it up again)."""
+    async def infer(
+        self, receive: Receive, headers: Mapping[str, str], manifest: Manifest, fn: LoadedFunction | None
+    ) -> Response:
+        """Serve one OIP v2 request of ``manifest``'s function, its body read from the ASGI channel ``receive``
+        (``headers``: the request's, see ``gateway.requests.header_map``); ``fn`` is the function if this process
+        has it loaded (the handler's one lookup, passed down so that nothing looks it up again)."""
         started = time.perf_counter()
         try:
-            body = await read_body(request, self.max_body_bytes)
+            body = await receive_body(receive, headers, self.max_body_bytes)
         except WasmgateError as exc:
             self.refused(manifest, started, exc)
             raise
-        return await self.run(body, request.headers, manifest, fn, started)
+        return await self.run(body, headers, manifest, fn, started)
 
     async def run(
         self, body: bytes, headers: Mapping[str, str], manifest: Manifest, fn: LoadedFunction | None, started: float

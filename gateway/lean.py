@@ -21,6 +21,8 @@ from starlette.types import Receive, Scope, Send
 
 from gateway import oip
 from gateway.http_errors import UnexpectedErrors, answer_error
+from gateway.requests import header_map
+from gateway.state import state_in
 
 #: The two inference paths, as Starlette's routes ``{name}`` and ``{version}`` match them (no '/').
 INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
@@ -42,11 +44,11 @@ class GatewayApp(Starlette):
 
 
 async def _infer(scope: Scope, receive: Receive, send: Send) -> None:
-    request = Request(scope, receive)
+    path = scope["path_params"]
     try:
-        response = await oip.infer(request)
+        response = await oip.serve_infer(state_in(scope), path["name"], path.get("version"), header_map(scope), receive)
     except Exception as exc:
-        response = await answer_error(request, exc)  # raises again what no handler takes
+        response = await answer_error(Request(scope, receive), exc)  # raises again what no handler takes
     await response(scope, receive, send)
 
 

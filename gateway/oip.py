@@ -11,12 +11,13 @@ import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive
 
 from gateway.auth import check_inference
 from gateway.codec import HEADER_LENGTH, parse_request
 from gateway.dispatch import HttpCall
 from gateway.http_errors import status_of
-from gateway.requests import read_body
+from gateway.requests import header_map, read_body, receive_body
 from gateway.responses import InferResponse
 from gateway.state import AppState, state_of
 from gateway.store.manifest import Manifest
@@ -103,20 +104,30 @@ async def model_ready(request: Request) -> Response:
 
 
 async def infer(request: Request) -> Response:
-    state = state_of(request)
+    """The infer route's handler on Starlette's path; ``gateway.lean`` calls :func:`serve_infer` directly."""
+    path = request.path_params
+    headers = header_map(request.scope)
+    return await serve_infer(state_of(request), path["name"], path.get("version"), headers, request.receive)
+
+
+async def serve_infer(
+    state: AppState, name: str, version: str | None, headers: Mapping[str, str], receive: Receive
+) -> Response:
+    """Serve one inference request of function ``name`` (``version``: the one in the path, if any), its headers
+    ``headers`` (``gateway.requests.header_map``) and its body read from the ASGI channel ``receive``."""
     if state.dispatcher is None:  # a runner
-        return await infer_here(request, state)
-    manifest, fn = state.registry.current(request.path_params["name"])  # the one lookup
-    admit(state, manifest, request.path_params.get("version"), request.headers)
-    return await state.dispatcher.infer(request, manifest, fn)
+        return await infer_here(state, name, version, headers, receive)
+    manifest, fn = state.registry.current(name)  # the one lookup
+    admit(state, manifest, version, headers)
+    return await state.dispatcher.infer(receive, headers, manifest, fn)
 
 
-async def infer_here(request: Request, state: AppState) -> Response:
+async def infer_here(
+    state: AppState, name: str, wanted: str | None, headers: Mapping[str, str], receive: Receive
+) -> Response:
     """A runner serves what it is sent on its own engine, loading (or fetching) the version it is asked for."""
     registry = state.registry
-    name = request.path_params["name"]
     fn = registry.get_loaded(name)
-    wanted = request.path_params.get("version")
     if fn is None or (wanted is not None and wanted != str(fn.manifest.version)):
         version = int(wanted) if wanted is not None and wanted.isdigit() else None
         fn = await anyio.to_thread.run_sync(registry.get_version, name, version)
@@ -126,9 +137,9 @@ async def infer_here(request: Request, state: AppState) -> Response:
     status = 500
     cold = False
     try:
-        body = await read_body(request, state.settings.max_body_bytes)
-        req = parse_request(body, request.headers.get(HEADER_LENGTH), state.settings.sandbox.max_tensor_bytes)
-        outcome, _ = await state.wasm.serve(fn, HttpCall(body, request.headers, req, state.settings.max_response_bytes))
+        body = await receive_body(receive, headers, state.settings.max_body_bytes)
+        req = parse_request(body, headers.get(HEADER_LENGTH), state.settings.sandbox.max_tensor_bytes)
+        outcome, _ = await state.wasm.serve(fn, HttpCall(body, headers, req, state.settings.max_response_bytes))
         status, cold = outcome.status, outcome.cold
     except WasmgateError as exc:
         status = status_of(exc)
@@ -136,10 +147,10 @@ async def infer_here(request: Request, state: AppState) -> Response:
         raise
     finally:
         state.metrics.observe_request(fn.name, tier, status, time.perf_counter() - started, cold)
-    headers = {**outcome.headers, "x-wasmgate-tier": tier}
+    answer_headers = {**outcome.headers, "x-wasmgate-tier": tier}
     if cold:
-        headers["x-wasmgate-cold-start"] = "true"
-    return InferResponse(outcome.body, 200, headers)
+        answer_headers["x-wasmgate-cold-start"] = "true"
+    return InferResponse(outcome.body, 200, answer_headers)
 
 
 async def load_model(request: Request) -> Response:

@@ -6,6 +6,7 @@ import dataclasses
 from typing import Literal
 
 from starlette.requests import Request
+from starlette.types import Scope
 
 from gateway.dispatch import Dispatcher
 from gateway.functions.push import Publisher
@@ -44,5 +45,10 @@ class AppState:
 
 def state_of(request: Request) -> AppState:
     """The app state behind a request."""
-    state: AppState = request.app.state.wasmgate
+    return state_in(request.scope)
+
+
+def state_in(scope: Scope) -> AppState:
+    """The app state behind a request's ASGI scope (which Starlette, or ``gateway.lean``, gave its app)."""
+    state: AppState = scope["app"].state.wasmgate
     return state

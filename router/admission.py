@@ -10,8 +10,6 @@ Admission state lives on the event loop of one worker process, so the limits are
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
 from typing import Protocol
 
 import anyio
@@ -45,8 +43,15 @@ class Admission:
         self.rejected_full = 0
         self.rejected_timeout = 0
 
-    @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
+    def slot(self) -> Admission:
+        """``async with admission.slot():`` runs its block holding one slot: entered at once when a slot is free
+        and nobody waits, else after a wait in the queue; refused with TooManyRequests (queue full) or
+        Unavailable (waited past the queue timeout). The admission is its own context manager: a slot holds no
+        state of its own, and a class's enter and exit cost a fraction of a generator-based one's, on every
+        request."""
+        return self
+
+    async def __aenter__(self) -> None:
         if self.waiting == 0 and self._slots.value > 0:
             self._slots.acquire_nowait()
         else:
@@ -75,11 +80,10 @@ class Admission:
             finally:
                 self._waiting(-1)
         self.in_flight += 1
-        try:
-            yield
-        finally:
-            self.in_flight -= 1
-            self._slots.release()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.in_flight -= 1
+        self._slots.release()
 
     def _waiting(self, delta: int) -> None:
         self.waiting += delta
