@@ -2,7 +2,7 @@
 (no sandbox, no validation, no metrics) and KServe's Python model server, every case measured in one run.
 
     python -m bench.http_load [--duration 10] [--concurrency 8] [--kserve-python PATH] [--start-trials 3]
-                              [--workers-check] [--quick]
+                              [--workers-check] [--quick] [--cases digits-json,mlp-json,...]
 
 Cases, each at concurrency ``--concurrency`` (default 8):
 
@@ -295,6 +295,7 @@ def main() -> None:
     parser.add_argument("--baseline", default=None, help="another checkout's root: its wasmgate measured too")
     parser.add_argument("--workers-check", action="store_true")
     parser.add_argument("--quick", action="store_true", help="one round of 1 s runs and one start trial: a smoke test")
+    parser.add_argument("--cases", default=None, help="comma-separated cases to run, besides digits-json (default: all)")
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.duration, args.start_trials = 1, 1, 1
@@ -310,6 +311,12 @@ def main() -> None:
     x = x_test[:1]
     m = np.random.default_rng(0).standard_normal((1, 256)).astype(np.float32)
     every = cases(digits_model, mlp_model, x, m)
+    if args.cases:
+        unknown = set(args.cases.split(",")) - set(every)
+        if unknown:
+            sys.exit(f"unknown case(s) {sorted(unknown)}; the cases are {', '.join(every)}")
+        # digits-json always: KServe's case, the custom function's reference and the start trials' request.
+        every = {k: v for k, v in every.items() if k in {*args.cases.split(","), "digits-json"}}
     topk = BENCH.parent / "guest_modules" / "build" / "digits_topk.wasm"
     pushes = [
         [*WASM, "push", str(paths["digits"]), "--name", "digits"],
