@@ -36,7 +36,6 @@ class Host:
         providers: Sequence[str] = (CPU,),
         host_path: str = "auto",
     ) -> None:
-        self.engine = WasmEngine(limits, cache_dir)
         # Optimized graphs are saved beside the compile cache: both are derived from blobs, keyed by digest.
         self.backend = OnnxBackend(intra_op_threads, providers, cache_dir / "onnx")
         if list(providers) != [CPU] and host_path != "python":
@@ -46,6 +45,7 @@ class Host:
                 )
             host_path = "python"
         native = compiled.load(host_path)
+        self.engine = WasmEngine(limits, cache_dir, native)
         #: Which host path serves: "compiled" or "python".
         self.host_path = "python" if native is None else "compiled"
         log.info("requests run on the %s host", self.host_path)

@@ -53,6 +53,8 @@ assert EVENT.size == 32
 MAX_SUBSCRIPTIONS = 1024
 #: How often the watchdog looks for runs past their deadline.
 WATCH_INTERVAL_S = 0.005
+#: After how long with no run in progress the watchdog's thread sleeps until the next one.
+IDLE_AFTER_S = 1.0
 
 
 class Deadline:
@@ -155,24 +157,19 @@ def _clock_wait(clock_id: int, timeout: int, flags: int, deadline: Deadline) -> 
 
 
 class Watchdog:
-    """Stops onnxruntime runs at their deadline: :meth:`watch` hands out the run options to run with, and one
-    thread sets their ``terminate`` flag once the deadline has passed. The thread starts with the first watch
-    and stops with :meth:`close`."""
+    """Stops the Python host's onnxruntime runs at their deadline: :meth:`watch` hands out the run options to run
+    with, and one thread sets their ``terminate`` flag once the deadline has passed. The thread starts with the
+    first watch, looks every ``interval_s`` while runs are in progress and sleeps while none is (so an idle
+    gateway's thread takes no GIL), and stops with :meth:`close`."""
 
     def __init__(self, interval_s: float = WATCH_INTERVAL_S) -> None:
         self._interval_s = interval_s
         self._runs: dict[int, tuple[float, ort.RunOptions, Deadline]] = {}
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._sweeps: list[Callable[[], None]] = []
-
-    def add_sweep(self, sweep: Callable[[], None]) -> None:
-        """Also call ``sweep`` every interval, from now on: the compiled host's own runs, which it stops at
-        their deadline itself (wasm_host.compiled)."""
-        with self._lock:
-            self._sweeps.append(sweep)
-            self._start()
+        self._stop = False
+        self._sleeping = False  # the thread waits for a run to start (none for a while)
 
     def _start(self) -> None:
         if self._thread is None:
@@ -188,6 +185,8 @@ class Watchdog:
         with self._lock:
             self._runs[key] = (deadline.at, options, deadline)
             self._start()
+            if self._sleeping:
+                self._changed.notify()
         try:
             yield options
         finally:
@@ -195,18 +194,26 @@ class Watchdog:
                 del self._runs[key]
 
     def close(self) -> None:
-        self._stop.set()
+        with self._lock:
+            self._stop = True
+            self._changed.notify()
         if self._thread is not None:
             self._thread.join(timeout=1)
 
     def _run(self) -> None:
-        while not self._stop.wait(self._interval_s):
-            now = time.monotonic()
-            with self._lock:
+        idle_since = time.monotonic()
+        with self._lock:
+            while not self._stop:
+                # Runs in progress, or lately: look again in an interval. None for a second: sleep until one
+                # starts (watch wakes it), so an idle process's thread takes no GIL, and a busy one's is never
+                # woken per run.
+                self._sleeping = not self._runs and time.monotonic() - idle_since > IDLE_AFTER_S
+                self._changed.wait(None if self._sleeping else self._interval_s)
+                self._sleeping = False
+                now = time.monotonic()
+                if self._runs:
+                    idle_since = now
                 for at, options, deadline in self._runs.values():
                     if at <= now and not options.terminate:
                         deadline.expired = "wasi-nn compute"
                         options.terminate = True
-                sweeps = list(self._sweeps)
-            for sweep in sweeps:
-                sweep()

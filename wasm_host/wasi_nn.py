@@ -450,7 +450,7 @@ class NnState:
             self._memory().write(dims_ptr, struct.pack(f"<{len(shape)}I", *shape))
 
 
-#: What the compiled host's watchdog stopped (State.expired), as :meth:`NnState.compute` words it.
+#: What the compiled host's ticker stopped (State.expired), as :meth:`NnState.compute` words it.
 _EXPIRED = {1: "wasi-nn compute", 2: "wasi-nn compute (onnxruntime stopped)"}
 
 
@@ -463,9 +463,9 @@ class WasiNnHost:
         self._local = threading.local()
         self._funcs = RawLinkerFuncs()
         self.native = native
-        self.watchdog = Watchdog()  # stops runs at their deadline; every instance's runs share it
-        if native is not None:
-            self.watchdog.add_sweep(native.sweep)
+        # Stops the Python host's runs at their deadline; every instance's runs share it. The compiled host's runs
+        # are stopped by its own ticker (wasm_host.engine.WasmEngine.start).
+        self.watchdog = Watchdog()
 
     def current(self) -> NnState | None:
         """The state bound to this thread (:meth:`bind`), or None outside a call into a guest."""

@@ -358,7 +358,7 @@ typedef struct State {
 
 static __thread State *current;
 
-/* The runs in progress, for the watchdog's sweep. */
+/* The runs in progress, for the ticker's sweep (sweep_runs). */
 static pthread_mutex_t running_lock = PTHREAD_MUTEX_INITIALIZER;
 static State *running_head;
 
@@ -926,8 +926,26 @@ static PyObject *mod_bind(PyObject *m, PyObject *state) {
     Py_RETURN_NONE;
 }
 
-/* sweep(): stop the runs past their deadline (called by the watchdog thread every few milliseconds). */
-static PyObject *mod_sweep(PyObject *m, PyObject *unused) {
+/* ---- the ticker: epochs and deadlines without the GIL ---------------------------------------------------
+ * One native thread bumps each registered engine's epoch every tick (its own tick_ms) and stops the compiled
+ * runs past their deadline (sweep_runs). A Python thread doing this would wake hundreds of times a second and
+ * take the GIL each time, from the event loop serving requests; this one never touches Python. A registered
+ * engine's Python object is held (a reference taken with the GIL) until tick_stop, so it cannot be freed while
+ * the thread uses it. */
+typedef void (*increment_epoch_fn)(void *engine);
+#define MAX_ENGINES 64
+typedef struct {
+    void *engine;
+    PyObject *owner;
+    double interval, due;
+} Ticked;
+static increment_epoch_fn wt_increment_epoch;
+static pthread_mutex_t tick_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t tick_cond = PTHREAD_COND_INITIALIZER;
+static Ticked ticked[MAX_ENGINES];
+static int n_ticked, tick_thread_started;
+
+static void sweep_runs(void) {
     double now = now_s();
     pthread_mutex_lock(&running_lock);
     for (State *s = running_head; s; s = s->next_running) {
@@ -939,7 +957,98 @@ static PyObject *mod_sweep(PyObject *m, PyObject *unused) {
         }
     }
     pthread_mutex_unlock(&running_lock);
+}
+
+static struct timespec abs_time(double t) {
+    /* now_s() is CLOCK_MONOTONIC; the condition variable waits on the same clock (tick_thread sets it). */
+    struct timespec ts;
+    ts.tv_sec = (time_t)t;
+    ts.tv_nsec = (long)((t - (double)ts.tv_sec) * 1e9);
+    return ts;
+}
+
+static void *tick_thread(void *unused) {
+    pthread_mutex_lock(&tick_lock);
+    for (;;) {
+        while (n_ticked == 0) pthread_cond_wait(&tick_cond, &tick_lock);
+        double now = now_s(), next = now + 3600;
+        for (int i = 0; i < n_ticked; i++) {
+            if (ticked[i].due <= now) {
+                wt_increment_epoch(ticked[i].engine);
+                ticked[i].due += ticked[i].interval;
+                if (ticked[i].due <= now) ticked[i].due = now + ticked[i].interval; /* fell behind: no burst */
+            }
+            if (ticked[i].due < next) next = ticked[i].due;
+        }
+        pthread_mutex_unlock(&tick_lock);
+        if (ort) sweep_runs();
+        pthread_mutex_lock(&tick_lock);
+        struct timespec until = abs_time(next);
+        pthread_cond_timedwait(&tick_cond, &tick_lock, &until);
+    }
+    return NULL;
+}
+
+/* tick_start(engine, address, tick_ms, increment_epoch): bump the engine at ``address`` (wasm_engine_t*, whose
+ * Python object is ``engine``) every tick_ms from now on, with wasmtime_engine_increment_epoch at
+ * ``increment_epoch``. */
+static PyObject *mod_tick_start(PyObject *m, PyObject *args) {
+    PyObject *owner;
+    unsigned long long address, increment;
+    double tick_ms;
+    if (!PyArg_ParseTuple(args, "OKdK", &owner, &address, &tick_ms, &increment)) return NULL;
+    if (!address || !increment || !(tick_ms > 0))
+        return PyErr_Format(PyExc_ValueError, "an engine, a positive tick and wasmtime_engine_increment_epoch");
+    pthread_mutex_lock(&tick_lock);
+    for (int i = 0; i < n_ticked; i++)
+        if (ticked[i].engine == (void *)(uintptr_t)address) {
+            pthread_mutex_unlock(&tick_lock);
+            Py_RETURN_NONE;
+        }
+    if (n_ticked == MAX_ENGINES) {
+        pthread_mutex_unlock(&tick_lock);
+        return PyErr_Format(PyExc_RuntimeError, "more than %d engines tick at once", MAX_ENGINES);
+    }
+    if (!tick_thread_started) {
+        pthread_condattr_t attr;
+        pthread_condattr_init(&attr);
+        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+        pthread_cond_destroy(&tick_cond);
+        pthread_cond_init(&tick_cond, &attr);
+        pthread_condattr_destroy(&attr);
+        pthread_t thread;
+        if (pthread_create(&thread, NULL, tick_thread, NULL) != 0) {
+            pthread_mutex_unlock(&tick_lock);
+            return PyErr_Format(PyExc_RuntimeError, "cannot start the ticker thread");
+        }
+        pthread_detach(thread);
+        tick_thread_started = 1;
+    }
+    wt_increment_epoch = (increment_epoch_fn)(uintptr_t)increment;
+    Py_INCREF(owner);
+    double interval = tick_ms / 1000.0;
+    ticked[n_ticked++] = (Ticked){(void *)(uintptr_t)address, owner, interval, now_s() + interval};
+    pthread_cond_signal(&tick_cond);
+    pthread_mutex_unlock(&tick_lock);
     Py_RETURN_NONE;
+}
+
+/* tick_stop(address): stop bumping that engine; returns whether it was ticking. */
+static PyObject *mod_tick_stop(PyObject *m, PyObject *arg) {
+    unsigned long long address = PyLong_AsUnsignedLongLong(arg);
+    if (PyErr_Occurred()) return NULL;
+    PyObject *owner = NULL;
+    pthread_mutex_lock(&tick_lock);
+    for (int i = 0; i < n_ticked; i++)
+        if (ticked[i].engine == (void *)(uintptr_t)address) {
+            owner = ticked[i].owner;
+            ticked[i] = ticked[--n_ticked];
+            break;
+        }
+    pthread_mutex_unlock(&tick_lock);
+    if (!owner) Py_RETURN_FALSE;
+    Py_DECREF(owner); /* after the unlock: the thread no longer sees this engine */
+    Py_RETURN_TRUE;
 }
 
 /* request(state, alloc, handle, data, ticks) -> (code, value, body): one request's two guest entries with the
@@ -1104,7 +1213,8 @@ static PyMethodDef mod_methods[] = {
      "wasmtime_context_set_epoch_deadline)"},
     {"callbacks", mod_callbacks, METH_NOARGS, "The WASI-NN imports implemented here: name -> callback address."},
     {"bind", mod_bind, METH_O, "Route this thread's WASI-NN calls to a State (None: to nothing)."},
-    {"sweep", mod_sweep, METH_NOARGS, "Stop the onnxruntime runs past their deadline."},
+    {"tick_start", mod_tick_start, METH_VARARGS, "Bump an engine's epoch every tick, and stop runs past their deadline."},
+    {"tick_stop", mod_tick_stop, METH_O, "Stop bumping an engine's epoch."},
     {"request", mod_request, METH_VARARGS, "One request's alloc and handle, with the GIL released."},
     {"configure_response", mod_configure_response, METH_VARARGS, "The response format: magic, most dims, dtypes."},
     {"parse", mod_parse, METH_O, "A regular response's tensors as tuples; None: leave it to decode_response."},
