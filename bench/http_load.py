@@ -295,7 +295,7 @@ def main() -> None:
     parser.add_argument("--baseline", default=None, help="another checkout's root: its wasmgate measured too")
     parser.add_argument("--workers-check", action="store_true")
     parser.add_argument("--quick", action="store_true", help="one round of 1 s runs and one start trial: a smoke test")
-    parser.add_argument("--cases", default=None, help="comma-separated cases to run, besides digits-json (default: all)")
+    parser.add_argument("--cases", default=None, help="cases to run, comma-separated; digits-json always runs")
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.duration, args.start_trials = 1, 1, 1
