@@ -24,7 +24,9 @@ on a core of its own a server's throughput is about the inverse of it, and it mo
 second when other processes share the core. ``--baseline DIR`` measures the wasmgate of another checkout (run
 with ``PYTHONPATH=DIR``) in the same rounds, for a before and after. Then the time from process start to the
 first served inference, wasmgate (its data directory holding the digits function) against the plain server, the
-median of ``--start-trials``. ``--workers-check`` adds ``--workers 2`` against one worker, unpinned.
+median of ``--start-trials``. ``--workers-check`` adds ``--workers 2`` against one worker, unpinned. A fourth
+server, uvicorn answering a constant (bench/floor_server.py), measures what the HTTP layer alone costs on the
+digits JSON case: the floor under every Python server here.
 
 KServe is not a wasmgate dependency: give ``--kserve-python`` a Python with ``kserve`` and ``onnxruntime``
 installed (``python3 -m venv /tmp/kserve && /tmp/kserve/bin/pip install kserve onnxruntime``), or it is
@@ -341,6 +343,9 @@ def main() -> None:
         baseline_env = {"PYTHONPATH": str(Path(args.baseline).resolve())}
         servers.append(("baseline", lambda port: wasmgate_cmd(port, tmp / "data-baseline", 1, BASELINE_SERVE),
                         baseline_env, pushes, list(every)))  # fmt: skip
+    # The HTTP layer's own cost: uvicorn answering a constant (bench/floor_server.py), on the digits JSON case.
+    servers.append(("floor", lambda port: [sys.executable, str(BENCH / "floor_server.py"), str(port)], None, [],
+                    ["digits-json"]))  # fmt: skip
     if args.kserve_python:
         ks, ks_env = kserve_command(args.kserve_python, paths["digits"])
         servers.append(("kserve", lambda port: [*ks, str(port)], ks_env, [], ["digits-json"]))
@@ -358,8 +363,9 @@ def main() -> None:
             for case_name in names:
                 case = every[case_name]
                 with httpx.Client() as client:
-                    case.check(client.post(f"{url}/v2/models/{case.model}/infer", content=case.body,
-                                            headers=case.headers))  # fmt: skip
+                    answer = client.post(f"{url}/v2/models/{case.model}/infer", content=case.body, headers=case.headers)
+                if name != "floor":  # it answers a constant
+                    case.check(answer)
                 wrk(url, case, c, min(2, args.duration), pin="1")  # warm-up
         for _ in range(args.rounds):
             for case_name in every:
@@ -397,6 +403,10 @@ def main() -> None:
         print(f"| digits-json against KServe | {ratio('wasmgate', 'digits-json', 'kserve', 'digits-json', 'rps')} | "
               f"{ratio('wasmgate', 'digits-json', 'kserve', 'digits-json', 'cpu_us', inverse=True)} | | "
               f"KServe: {median('kserve', 'digits-json', 'cpu_us'):.0f} us |")  # fmt: skip
+    floor = median("floor", "digits-json", "cpu_us")
+    print(f"\nthe HTTP layer alone (uvicorn answering a constant, bench/floor_server.py): {floor:.0f} us of CPU per "
+          f"request; above it, digits-json costs wasmgate {median('wasmgate', 'digits-json', 'cpu_us') - floor:.0f} "
+          f"us and the plain server {median('plain', 'digits-json', 'cpu_us') - floor:.0f} us")  # fmt: skip
     if "baseline" in up:
         print(f"\nthis checkout against the baseline ({args.baseline}), same rounds:")
         print("| case | req/s, this / baseline | CPU per request, baseline / this | baseline / plain, req/s |")
