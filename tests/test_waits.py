@@ -9,6 +9,7 @@ fail (the deadline is 200 ms).
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from pathlib import Path
 
@@ -17,7 +18,9 @@ import onnx
 import onnx.helper as oh
 import pytest
 
-from tests.support import prepare_wat
+from tests.support import prepare_wat, require_compiled_host
+from wasm_host import waits
+from wasm_host.engine import SandboxLimits
 from wasm_host.errors import DeadlineExceeded
 from wasm_host.guest import GuestInstance
 from wasm_host.host import Host
@@ -175,3 +178,40 @@ def test_the_watchdog_leaves_runs_within_their_deadline_alone(host: Host) -> Non
         assert np.asarray(y).shape == (8, 8)
     finally:
         watchdog.close()
+
+
+def test_the_watchdog_wakes_from_its_idle_sleep_for_a_new_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its thread sleeps once no run has been in progress for a while (no GIL taken while idle); a run that
+    starts then must still be stopped at its deadline."""
+    monkeypatch.setattr(waits, "IDLE_AFTER_S", 0.01)
+    watchdog = Watchdog(interval_s=0.005)
+    try:
+        with watchdog.watch(Deadline()):  # starts the thread
+            pass
+        until = time.monotonic() + 10
+        while not watchdog._sleeping and time.monotonic() < until:
+            time.sleep(0.005)
+        assert watchdog._sleeping, "the watchdog's thread never went to sleep with no run in progress"
+        deadline = Deadline()
+        deadline.arm(1)
+        with watchdog.watch(deadline) as options:
+            while not options.terminate and time.monotonic() < until:
+                time.sleep(0.005)
+        assert options.terminate
+        assert deadline.expired == "wasi-nn compute"
+    finally:
+        watchdog.close()
+
+
+def test_the_compiled_host_ticks_without_a_python_thread(tmp_path: Path) -> None:
+    """On the compiled host the epoch ticks, and its runs are stopped at their deadline, from a native thread:
+    no Python thread wakes every tick to take the GIL from the event loop. (Deadlines firing on this host are
+    tested by every ``host`` test that runs into one.)"""
+    require_compiled_host("compiled")
+    host = Host(SandboxLimits(), tmp_path, host_path="compiled").start()
+    try:
+        assert host.host_path == "compiled"
+        names = {t.name for t in threading.enumerate()}
+        assert not names & {"wasmgate-epoch", "wasmgate-watchdog"}, names
+    finally:
+        host.close()

@@ -989,6 +989,18 @@ static void *tick_thread(void *unused) {
     return NULL;
 }
 
+/* In a child forked while the ticker ran, the thread is gone and the locks may be held by it: start over with
+ * nothing registered (the parent's engines are not this process's to tick), and a fresh thread at the first
+ * tick_start. */
+static void tick_after_fork(void) {
+    pthread_mutex_init(&tick_lock, NULL);
+    pthread_mutex_init(&running_lock, NULL);
+    pthread_cond_init(&tick_cond, NULL);
+    n_ticked = 0;
+    tick_thread_started = 0;
+    running_head = NULL;
+}
+
 /* tick_start(engine, address, tick_ms, increment_epoch): bump the engine at ``address`` (wasm_engine_t*, whose
  * Python object is ``engine``) every tick_ms from now on, with wasmtime_engine_increment_epoch at
  * ``increment_epoch``. */
@@ -1010,6 +1022,8 @@ static PyObject *mod_tick_start(PyObject *m, PyObject *args) {
         return PyErr_Format(PyExc_RuntimeError, "more than %d engines tick at once", MAX_ENGINES);
     }
     if (!tick_thread_started) {
+        static int at_fork_set;
+        if (!at_fork_set) at_fork_set = pthread_atfork(NULL, NULL, tick_after_fork) == 0;
         pthread_condattr_t attr;
         pthread_condattr_init(&attr);
         pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
