@@ -67,9 +67,7 @@ async def call(app: Any, method: str, path: str, body: bytes = b"") -> int:
 
 async def measure(requests: int, rounds: int) -> list[float]:
     model, x_test, _ = train_digits()
-    app = create_app(
-        Settings.from_env({}, data_dir=Path(tempfile.mkdtemp(prefix="wasmgate-bench-")))
-    )
+    app = create_app(Settings.from_env({}, data_dir=Path(tempfile.mkdtemp(prefix="wasmgate-bench-"))))
     async with app.router.lifespan_context(app):
         digest = hashlib.sha256(model).hexdigest()
         assert await call(app, "PUT", f"/admin/v1/blobs/sha256:{digest}", model) in (200, 201)
