@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -125,9 +126,10 @@ class ModelFigures:
         total = sum(t.flops * math.prod(sizes.get(d, REFERENCE_SIZE) for d in t.per) for t in self.terms)
         return max(0, round(total))
 
-    @property
+    @functools.cached_property
     def reference_flops(self) -> int:
-        """FLOPs per row with every dynamic dimension at :data:`REFERENCE_SIZE`."""
+        """FLOPs per row with every dynamic dimension at :data:`REFERENCE_SIZE`. Computed once: the router reads
+        it on every request."""
         return self.flops_at({})
 
     def formula(self) -> str:
