@@ -135,9 +135,10 @@ def parse_request(body: bytes, header_length: str | None, max_tensor_bytes: int)
         raise InvalidRequest(
             f"the binary section has {len(binary)} bytes but the inputs' binary_data_size add up to {offset}"
         )
-    names = [t.name for t in inputs]
-    if len(set(names)) != len(names):
-        raise InvalidRequest(f"input names must be unique, got {names}")
+    if len(inputs) > 1:
+        names = [t.name for t in inputs]
+        if len(set(names)) != len(names):
+            raise InvalidRequest(f"input names must be unique, got {names}")
     return InferRequest(request_id, parameters, inputs, _parse_outputs(doc.get("outputs")))
 
 
@@ -156,11 +157,8 @@ def _parse_input(
     if datatype not in DTYPES:
         raise InvalidRequest(f"{where}: unknown datatype {datatype!r}; use one of {', '.join(DTYPES)}")
     shape = raw.get("shape")
-    if (
-        not isinstance(shape, list)
-        or len(shape) > MAX_DIMS
-        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
-    ):
+    # type() is int: a bool is not a dimension (JSON's true would pass isinstance)
+    if not isinstance(shape, list) or len(shape) > MAX_DIMS or not all(type(d) is int and d >= 0 for d in shape):
         raise InvalidRequest(f"{where}: 'shape' must be a list of at most {MAX_DIMS} non-negative integers")
     dims = tuple(shape)
     numel = math.prod(dims)

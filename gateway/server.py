@@ -53,6 +53,10 @@ def _uvicorn_options(settings: Settings) -> dict[str, Any]:
         "port": settings.port,
         "log_level": settings.log_level,
         "access_log": False,
+        # Nothing here reads the client's address or scheme, so X-Forwarded-* need no rewriting on every request;
+        # and a response does not advertise the server software.
+        "proxy_headers": False,
+        "server_header": False,
         # On SIGTERM uvicorn stops accepting, lets in-flight requests finish for this long, then closes.
         "timeout_graceful_shutdown": settings.drain_timeout_s,
     }
