@@ -403,6 +403,9 @@ def main() -> None:
         print(f"| digits-json against KServe | {ratio('wasmgate', 'digits-json', 'kserve', 'digits-json', 'rps')} | "
               f"{ratio('wasmgate', 'digits-json', 'kserve', 'digits-json', 'cpu_us', inverse=True)} | | "
               f"KServe: {median('kserve', 'digits-json', 'cpu_us'):.0f} us |")  # fmt: skip
+        # What no sandbox at all gets against KServe: the bound on what the sandbox's ratio can be.
+        print(f"| plain digits-json against KServe | {ratio('plain', 'digits-json', 'kserve', 'digits-json', 'rps')} | "
+              f"{ratio('plain', 'digits-json', 'kserve', 'digits-json', 'cpu_us', inverse=True)} | | |")  # fmt: skip
     floor = median("floor", "digits-json", "cpu_us")
     print(f"\nthe HTTP layer alone (uvicorn answering a constant, bench/floor_server.py): {floor:.0f} us of CPU per "
           f"request; above it, digits-json costs wasmgate {median('wasmgate', 'digits-json', 'cpu_us') - floor:.0f} "
