@@ -28,13 +28,14 @@ HEADER_LENGTH = "inference-header-content-length"
 MAX_DIMS = 8
 
 
-@dataclasses.dataclass(frozen=True)
+# The request's parts are values, never changed once parsed; not frozen (see wasm_host.tensors.Tensor).
+@dataclasses.dataclass(slots=True)
 class RequestedOutput:
     name: str
     binary: bool | None  # None: not said per output; the request-level default applies
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(slots=True)
 class RequestHead:
     """What routing needs of a request without decoding its tensors: its parameters and its batch size
     (the first dimension of its first input; 1 when it has none)."""
@@ -43,7 +44,7 @@ class RequestHead:
     batch: int
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(slots=True)
 class InferRequest:
     id: str | None
     parameters: dict[str, Any]

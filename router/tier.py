@@ -88,7 +88,7 @@ class Call(Protocol):
         Raises GuestFailure, before encoding anything, when the body would pass the response size limit."""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(slots=True)  # a value, made for every request: not frozen (see wasm_host.tensors.Tensor)
 class Outcome:
     """What a tier answered: the status, body and headers to send, the replica that served it (what
     ``x-wasmgate-replica`` reports), and whether it was a cold start (a first request since load, or a

@@ -98,9 +98,11 @@ class TensorSpec:
         )
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(slots=True)
 class Tensor:
-    """A tensor with raw data. ``len(data)`` equals ``numel * size`` except for BYTES."""
+    """A tensor with raw data. ``len(data)`` equals ``numel * size`` except for BYTES. Treated as a value and
+    never changed once made; not frozen, because several are made for every request and a frozen dataclass's
+    ``__init__`` costs three times as much."""
 
     name: str
     datatype: str
