@@ -62,13 +62,16 @@ def _uvicorn_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def event_loop_options() -> dict[str, str]:
+def event_loop_options() -> dict[str, Any]:
     """uvloop's event loop and httptools' HTTP parser where they are installed (Linux: core dependencies), for
-    the CPU they save on every request; asyncio's loop and h11 otherwise, which serve the same."""
-    return {
-        "loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-        "http": "httptools" if importlib.util.find_spec("httptools") else "h11",
-    }
+    the CPU they save on every request, the latter writing each response in one system call
+    (``gateway.http_protocol``); asyncio's loop and h11 otherwise, which serve the same."""
+    http: Any = "h11"
+    if importlib.util.find_spec("httptools"):
+        from gateway.http_protocol import HttpProtocol  # imports httptools
+
+        http = HttpProtocol
+    return {"loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio", "http": http}
 
 
 def app_from_env() -> Starlette:

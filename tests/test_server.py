@@ -44,12 +44,14 @@ def test_a_protocol_zero_socket_would_not() -> None:
 
 @pytest.mark.skipif(sys.platform != "linux", reason="uvloop and httptools are dependencies on Linux only")
 def test_uvloop_and_httptools_serve_where_installed_and_keep_nodelay() -> None:
-    """On Linux both are core dependencies: uvicorn is given them by name, and uvloop's accepted connections
+    """On Linux both are core dependencies: uvicorn is given uvloop by name and httptools' protocol through
+    gateway.http_protocol, and uvloop's accepted connections
     from the workers' listener have TCP_NODELAY as asyncio's do."""
     import uvloop
 
+    from gateway.http_protocol import HttpProtocol
     from gateway.server import event_loop_options
 
-    assert event_loop_options() == {"loop": "uvloop", "http": "httptools"}
+    assert event_loop_options() == {"loop": "uvloop", "http": HttpProtocol}
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         assert runner.run(nodelay_of_accepted(tcp_listener("127.0.0.1", 0))) == 1
