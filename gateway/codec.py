@@ -346,6 +346,22 @@ def bind_inputs(name: str, declared: Sequence[TensorSpec] | None, inputs: list[T
     A function that declares nothing gets the inputs as sent."""
     if declared is None:
         return inputs
+    if len(inputs) == len(declared) and all(t.name == s.name for t, s in zip(inputs, declared)):  # noqa: B905
+        ordered = inputs  # sent in declared order, as clients mostly do: nothing to look up
+    else:
+        ordered = _declared_order(name, declared, inputs)
+    for spec, t in zip(declared, ordered):  # noqa: B905  # one each, by name
+        if t.datatype != spec.datatype:
+            raise InvalidRequest(f"input {t.name!r} of {name!r} takes {spec.datatype}, got {t.datatype}")
+        if not spec.matches(t.shape):
+            raise InvalidRequest(
+                f"input {t.name!r} of {name!r} takes shape {list(spec.shape)} (-1: any size), got {list(t.shape)}"
+            )
+    return ordered
+
+
+def _declared_order(name: str, declared: Sequence[TensorSpec], inputs: list[Tensor]) -> list[Tensor]:
+    """``inputs`` in ``declared``'s order, or InvalidRequest naming the missing and unexpected ones."""
     by_name = {t.name: t for t in inputs}
     wanted = [s.name for s in declared]
     missing = [n for n in wanted if n not in by_name]
@@ -354,17 +370,7 @@ def bind_inputs(name: str, declared: Sequence[TensorSpec] | None, inputs: list[T
         parts = [f"missing {missing}"] if missing else []
         parts += [f"unexpected {extra}"] if extra else []
         raise InvalidRequest(f"{name!r} takes inputs {wanted}: {', '.join(parts)}")
-    ordered = []
-    for spec in declared:
-        t = by_name[spec.name]
-        if t.datatype != spec.datatype:
-            raise InvalidRequest(f"input {t.name!r} of {name!r} takes {spec.datatype}, got {t.datatype}")
-        if not spec.matches(t.shape):
-            raise InvalidRequest(
-                f"input {t.name!r} of {name!r} takes shape {list(spec.shape)} (-1: any size), got {list(t.shape)}"
-            )
-        ordered.append(t)
-    return ordered
+    return [by_name[spec.name] for spec in declared]
 
 
 def select_outputs(produced: Sequence[Tensor], request: InferRequest) -> list[tuple[Tensor, bool]]:

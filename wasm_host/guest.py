@@ -125,13 +125,13 @@ def check_answer(produced: Sequence[Tensor], declared: Sequence[TensorSpec]) -> 
     (a function may answer a subset); the caller's request for it is then refused as unknown."""
     if not declared:
         return
-    by_name = {spec.name: spec for spec in declared}
     for tensor in produced:
-        spec = by_name.get(tensor.name)
+        # A scan, not a dict: a function declares a few outputs, and this runs for every answer.
+        spec = next((s for s in declared if s.name == tensor.name), None)
         if spec is None:
             raise GuestFailure(
                 f"the function answered the undeclared output {tensor.name!r}; its signature declares "
-                f"{', '.join(map(repr, by_name))}"
+                f"{', '.join(repr(s.name) for s in declared)}"
             )
         if tensor.datatype != spec.datatype:
             raise GuestFailure(

@@ -93,9 +93,15 @@ class TensorSpec:
         return cls(name, datatype, tuple(shape))
 
     def matches(self, shape: Sequence[int]) -> bool:
-        return len(shape) == len(self.shape) and all(
-            want in (DYNAMIC, got) for want, got in zip(self.shape, shape, strict=True)
-        )
+        """Whether ``shape`` has this spec's rank and its fixed dimensions. (A plain loop: it runs for every
+        input and output of every request.)"""
+        want = self.shape
+        if len(shape) != len(want):
+            return False
+        for w, got in zip(want, shape):  # noqa: B905, SIM110  # same length; a loop: no generator per call
+            if w != got and w != DYNAMIC:
+                return False
+        return True
 
 
 @dataclasses.dataclass(slots=True)
