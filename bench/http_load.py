@@ -2,7 +2,7 @@
 (no sandbox, no validation, no metrics) and KServe's Python model server, every case measured in one run.
 
     python -m bench.http_load [--duration 10] [--concurrency 8] [--kserve-python PATH] [--start-trials 3]
-                              [--workers-check] [--quick]
+                              [--workers-check] [--quick] [--start-only]
 
 Cases, each at concurrency ``--concurrency`` (default 8):
 
@@ -24,7 +24,8 @@ on a core of its own a server's throughput is about the inverse of it, and it mo
 second when other processes share the core. ``--baseline DIR`` measures the wasmgate of another checkout (run
 with ``PYTHONPATH=DIR``) in the same rounds, for a before and after. Then the time from process start to the
 first served inference, wasmgate (its data directory holding the digits function) against the plain server, the
-median of ``--start-trials``. ``--workers-check`` adds ``--workers 2`` against one worker, unpinned.
+median of ``--start-trials``, the two interleaved; ``--start-only`` measures that alone (only the digits
+function pushed, no wrk case). ``--workers-check`` adds ``--workers 2`` against one worker, unpinned.
 
 KServe is not a wasmgate dependency: give ``--kserve-python`` a Python with ``kserve`` and ``onnxruntime``
 installed (``python3 -m venv /tmp/kserve && /tmp/kserve/bin/pip install kserve onnxruntime``), or it is
@@ -153,6 +154,10 @@ class Case:
     body: bytes
     headers: dict[str, str]
     check: Callable[[httpx.Response], None]
+
+
+#: Each server: its name, its command for a port, its environment, its setup commands, and its cases' names.
+Servers = list[tuple[str, Callable[[int], list[str]], dict[str, str] | None, list[list[str]], list[str]]]
 
 
 def wrk(url: str, case: Case, connections: int, duration: int, pin: str | None) -> dict[str, float]:
@@ -295,10 +300,11 @@ def main() -> None:
     parser.add_argument("--baseline", default=None, help="another checkout's root: its wasmgate measured too")
     parser.add_argument("--workers-check", action="store_true")
     parser.add_argument("--quick", action="store_true", help="one round of 1 s runs and one start trial: a smoke test")
+    parser.add_argument("--start-only", action="store_true", help="only the start to first inference, no wrk case")
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.duration, args.start_trials = 1, 1, 1
-    for tool in ("wrk", "taskset"):
+    for tool in ("taskset",) if args.start_only else ("wrk", "taskset"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is needed (apt-get install wrk util-linux)")
     tmp = Path(tempfile.mkdtemp(prefix="wasmgate-bench-"))
@@ -326,7 +332,7 @@ def main() -> None:
 
     # What each server is asked: the plain server answers the custom function's case with plain digits.
     plain_of = {"topk-json": "digits-json"}
-    servers: list[tuple[str, Callable[[int], list[str]], dict[str, str] | None, list[list[str]], list[str]]] = [
+    servers: Servers = [
         ("plain", plain_cmd, None, [], [c for c in every if c not in plain_of]),
         ("wasmgate", lambda port: wasmgate_cmd(port, tmp / "data"), None, pushes, list(every)),
     ]
@@ -339,6 +345,34 @@ def main() -> None:
         servers.append(("kserve", lambda port: [*ks, str(port)], ks_env, [], ["digits-json"]))
     else:
         print("kserve: skipped (no --kserve-python)")
+    if args.start_only:
+        port = free_port()
+        # Only what the start is measured with: the digits function in the data dir.
+        with server(wasmgate_cmd(port, tmp / "data"), port, "wasmgate", b"", "0", setup=pushes[:1]):
+            pass
+    else:
+        load_rounds(args, every, servers, plain_of)
+
+    starts: dict[str, list[float]] = {"wasmgate": [], "plain": []}
+    for _ in range(args.start_trials):  # interleaved, so drift on a shared machine hits both alike
+        port = free_port()
+        starts["wasmgate"].append(first_inference_s(wasmgate_cmd(port, tmp / "data"), every["digits-json"],
+                                                    f"http://127.0.0.1:{port}"))  # fmt: skip
+        port = free_port()
+        starts["plain"].append(first_inference_s(plain_cmd(port), every["digits-json"], f"http://127.0.0.1:{port}"))
+    ours, theirs = statistics.median(starts["wasmgate"]), statistics.median(starts["plain"])
+    print(f"\nprocess start to first served inference (median of {args.start_trials}, pinned to CPU 0): "
+          f"wasmgate {ours:.2f} s, plain {theirs:.2f} s: {ours / theirs:.2f}x")  # fmt: skip
+    for name, values in starts.items():
+        print(f"  {name}: " + " ".join(f"{v:.3f}" for v in values) + " s")
+
+    if args.workers_check:
+        workers_check(wasmgate_cmd, tmp, pushes[0], every["digits-json"], args.concurrency, args.duration)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_rounds(args: argparse.Namespace, every: dict[str, Case], servers: Servers, plain_of: dict[str, str]) -> None:
+    """Every case on every server, ``args.rounds`` interleaved rounds, and the table of their ratios."""
     c = args.concurrency
     runs: dict[tuple[str, str], list[dict[str, float]]] = {}
     with contextlib.ExitStack() as stack:
@@ -399,21 +433,6 @@ def main() -> None:
             print(f"| {case_name} | {ratio('wasmgate', case_name, 'baseline', case_name, 'rps')} | "
                   f"{ratio('wasmgate', case_name, 'baseline', case_name, 'cpu_us', inverse=True)} | "
                   f"{ratio('baseline', case_name, 'plain', other, 'rps')} |")  # fmt: skip
-
-    starts: dict[str, list[float]] = {"wasmgate": [], "plain": []}
-    for _ in range(args.start_trials):  # interleaved, so drift on a shared machine hits both alike
-        port = free_port()
-        starts["wasmgate"].append(first_inference_s(wasmgate_cmd(port, tmp / "data"), every["digits-json"],
-                                                    f"http://127.0.0.1:{port}"))  # fmt: skip
-        port = free_port()
-        starts["plain"].append(first_inference_s(plain_cmd(port), every["digits-json"], f"http://127.0.0.1:{port}"))
-    ours, theirs = statistics.median(starts["wasmgate"]), statistics.median(starts["plain"])
-    print(f"\nprocess start to first served inference (median of {args.start_trials}, pinned to CPU 0): "
-          f"wasmgate {ours:.2f} s, plain {theirs:.2f} s: {ours / theirs:.2f}x")  # fmt: skip
-
-    if args.workers_check:
-        workers_check(wasmgate_cmd, tmp, pushes[0], every["digits-json"], c, args.duration)
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def workers_check(
