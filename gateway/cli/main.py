@@ -11,14 +11,16 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gateway.cli.client import AdminClient
 from gateway.cli.tables import function_rows, print_table, tier_label
 from gateway.settings import DEFAULT_URL, ClientSettings, Settings
 from gateway.store.manifest import check_name
-from gateway.store.oci import Reference
 from wasm_host.errors import ClientError, InvalidRequest, WasmgateError
+
+if TYPE_CHECKING:  # imported by the commands that talk to a gateway or a registry, see _client
+    from gateway.cli.client import AdminClient
+    from gateway.store.oci import Reference
 
 WASM_MAGIC = b"\0asm"
 
@@ -264,6 +266,22 @@ def settings_from(args: argparse.Namespace, **more: Any) -> Settings:
     )
 
 
+def _client(args: argparse.Namespace) -> AdminClient:
+    """The admin client for ``--gateway``. httpx (and with it ssl, http.client, email) is imported here, by the
+    commands that talk to a gateway: ``serve``'s start, which the import would add about a tenth of a second to,
+    never loads it."""
+    from gateway.cli.client import AdminClient
+
+    return AdminClient(args.gateway, args.token)
+
+
+def _reference(text: str) -> Reference:
+    """``--registry``'s reference, parsed (imported here for the reason of :func:`_client`)."""
+    from gateway.store.oci import Reference
+
+    return Reference.parse(text)
+
+
 def cmd_runner(args: argparse.Namespace) -> int:
     from gateway.server import serve_runner
 
@@ -326,7 +344,7 @@ def cmd_push(args: argparse.Namespace) -> int:
         print("error: --file needs a .wasm function to read the files", file=sys.stderr)
         return 2
     if args.registry:
-        ref = Reference.parse(args.registry)
+        ref = _reference(args.registry)
         if ref.tag and args.name and args.name != ref.tag:
             print(f"error: the tag {ref.tag!r} is the function's name; --name {args.name!r} differs", file=sys.stderr)
             return 2
@@ -336,7 +354,7 @@ def cmd_push(args: argparse.Namespace) -> int:
 
         pool = pool_settings_from(args)
         return registry.push(args, ref, ref.tag or name, module, models or bare, pool, placement, files)
-    with AdminClient(args.gateway, args.token) as client:
+    with _client(args) as client:
         pool = pool_settings_from(args)
         if data is None or data[:4] == WASM_MAGIC:
             result = client.push(name, data, models, pool, placement, args.inference_token, files)
@@ -353,8 +371,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
     if args.registry:
         from gateway.cli import registry
 
-        return registry.ls(args, Reference.parse(args.registry))
-    with AdminClient(args.gateway, args.token) as client:
+        return registry.ls(args, _reference(args.registry))
+    with _client(args) as client:
         functions = client.list()
     print_table(function_rows(functions))
     return 0
@@ -365,7 +383,7 @@ def cmd_scale(args: argparse.Namespace) -> int:
     if not pool:
         print("error: name at least one setting to change, e.g. --min-warm 1", file=sys.stderr)
         return 2
-    with AdminClient(args.gateway, args.token) as client:
+    with _client(args) as client:
         result = client.set_pool(args.name, pool)
     settings = ", ".join(f"{k}={v}" for k, v in result["pool"].items())
     print(f"{result['name']}: {settings}")
@@ -373,7 +391,7 @@ def cmd_scale(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    with AdminClient(args.gateway, args.token) as client:
+    with _client(args) as client:
         result = client.rollback(args.name, args.to)
     source = args.to if args.to is not None else result["version"] - 2
     print(f"rolled {result['name']} back to version {source}: now version {result['version']}")
@@ -384,8 +402,8 @@ def cmd_rm(args: argparse.Namespace) -> int:
     if args.registry:
         from gateway.cli import registry
 
-        return registry.rm(args, Reference.parse(args.registry), args.name)
-    with AdminClient(args.gateway, args.token) as client:
+        return registry.rm(args, _reference(args.registry), args.name)
+    with _client(args) as client:
         result = client.delete(args.name)
     print(f"deleted {result['deleted']} (was version {result['version']})")
     return 0
