@@ -147,8 +147,10 @@ def create_app(
 
             grpc_server = await start_grpc(state)
         # Everything made so far lives as long as the process: keep it out of every later collection, so a
-        # full collection (which can land in any request) walks only what requests allocate.
+        # full collection (which can land in any request) walks only what requests allocate. The `wasm` command
+        # holds collections off while the process starts (gateway.cli.main): they resume here.
         gc.freeze()
+        gc.enable()
         state.ready = True
         log.info(
             "wasmgate %s ready (pid %d): data dir %s, providers %s", role, os.getpid(), settings.data_dir, providers

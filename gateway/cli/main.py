@@ -7,6 +7,7 @@ bad usage.
 from __future__ import annotations
 
 import argparse
+import gc
 import re
 import sys
 from collections.abc import Sequence
@@ -14,28 +15,38 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway.cli.tables import function_rows, print_table, tier_label
-from gateway.settings import DEFAULT_URL, ClientSettings, Settings
-from gateway.store.manifest import check_name
 from wasm_host.errors import ClientError, InvalidRequest, WasmgateError
 
-if TYPE_CHECKING:  # imported by the commands that talk to a gateway or a registry, see _client
+if TYPE_CHECKING:
+    # The settings (wasmtime, through the sandbox limits) are imported by main(), the admin client and the
+    # registry reference (httpx) by the commands that use them: see main() and _client.
     from gateway.cli.client import AdminClient
+    from gateway.settings import Settings
     from gateway.store.oci import Reference
 
 WASM_MAGIC = b"\0asm"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    # The cyclic garbage collector is held off while the command starts: its imports (numpy, onnxruntime,
+    # wasmtime, uvicorn and this package's) make hundreds of thousands of objects, all kept, and the
+    # collections they set off, about 35 ms of a gateway's start, find nothing to free. This module imports
+    # them here for that reason, not at its top. ``serve`` and ``runner`` resume collections when the app is
+    # ready (gateway.app's lifespan, after gc.freeze()); every command resumes them when it returns.
+    gc.disable()
     try:
-        return int(args.func(args))
-    except WasmgateError as exc:  # the gateway's or the registry's refusal (ClientError among them)
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except ValueError as exc:  # settings that do not parse
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        parser = _parser()
+        args = parser.parse_args(argv)
+        try:
+            return int(args.func(args))
+        except WasmgateError as exc:  # the gateway's or the registry's refusal (ClientError among them)
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        except ValueError as exc:  # settings that do not parse
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    finally:
+        gc.enable()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -242,6 +253,8 @@ def pool_settings_from(args: argparse.Namespace) -> dict[str, object]:
 
 
 def _gateway_flag(p: argparse.ArgumentParser) -> None:
+    from gateway.settings import DEFAULT_URL, ClientSettings
+
     client = ClientSettings.from_env()
     p.add_argument("--gateway", default=client.url, help=f"gateway URL (default $WASMGATE_URL or {DEFAULT_URL})")
     p.add_argument(
@@ -250,6 +263,8 @@ def _gateway_flag(p: argparse.ArgumentParser) -> None:
 
 
 def settings_from(args: argparse.Namespace, **more: Any) -> Settings:
+    from gateway.settings import Settings
+
     return Settings.from_env(
         host=args.host,
         port=args.port,
@@ -412,6 +427,8 @@ def cmd_rm(args: argparse.Namespace) -> int:
 def _aliased(items: Sequence[str], flag: str, what: str) -> dict[str, bytes] | None:
     """``ALIAS=PATH`` items as alias -> the file's bytes; None (after saying why) for bad usage: a malformed
     item, an alias that is not a name, or an alias given twice."""
+    from gateway.store.manifest import check_name
+
     read: dict[str, bytes] = {}
     for item in items:
         alias, sep, path = item.partition("=")
