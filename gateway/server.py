@@ -55,8 +55,8 @@ def _uvicorn_options(settings: Settings) -> dict[str, Any]:
         "log_level": settings.log_level,
         "access_log": False,
         # No endpoint is a WebSocket: without a WebSocket protocol uvicorn does not import one (the websockets
-        # package, about 20 ms of every start); a WebSocket upgrade request is answered as the plain HTTP request
-        # it is (a 404 or 405, where a WebSocket would have been refused), with a warning in uvicorn's log.
+        # package, about 20 ms of every start). A WebSocket handshake, which Starlette refused, is now answered as the
+        # plain HTTP request it also is (its route's usual answer), and uvicorn logs a warning for it.
         "ws": "none",
         # On SIGTERM uvicorn stops accepting, lets in-flight requests finish for this long, then closes.
         "timeout_graceful_shutdown": settings.drain_timeout_s,
