@@ -2,7 +2,7 @@
 (no sandbox, no validation, no metrics) and KServe's Python model server, every case measured in one run.
 
     python -m bench.http_load [--duration 10] [--concurrency 8] [--kserve-python PATH] [--start-trials 3]
-                              [--workers-check] [--quick] [--cases digits-json,mlp-json,...]
+                              [--workers-check] [--quick] [--start-only] [--cases digits-json,mlp-json,...]
 
 Cases, each at concurrency ``--concurrency`` (default 8):
 
@@ -24,7 +24,8 @@ on a core of its own a server's throughput is about the inverse of it, and it mo
 second when other processes share the core. ``--baseline DIR`` measures the wasmgate of another checkout (run
 with ``PYTHONPATH=DIR``) in the same rounds, for a before and after. Then the time from process start to the
 first served inference, wasmgate (its data directory holding the digits function) against the plain server, the
-median of ``--start-trials``. ``--workers-check`` adds ``--workers 2`` against one worker, unpinned. A fourth
+median of ``--start-trials``, the two interleaved; ``--start-only`` measures that alone (only the digits
+function pushed, no wrk case). ``--workers-check`` adds ``--workers 2`` against one worker, unpinned. A fourth
 server, uvicorn answering a constant (bench/floor_server.py), measures what the HTTP layer alone costs on the
 digits JSON case: the floor under every Python server here.
 
@@ -157,6 +158,10 @@ class Case:
     check: Callable[[httpx.Response], None]
 
 
+#: Each server: its name, its command for a port, its environment, its setup commands, and its cases' names.
+Servers = list[tuple[str, Callable[[int], list[str]], dict[str, str] | None, list[list[str]], list[str]]]
+
+
 def wrk(url: str, case: Case, connections: int, duration: int, pin: str | None) -> dict[str, float]:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write('wrk.method = "POST"\n')
@@ -261,11 +266,19 @@ def cases(digits_model: bytes, mlp_model: bytes, x: np.ndarray, m: np.ndarray) -
     }
 
 
-def first_inference_s(cmd: list[str], case: Case, url: str, timeout_s: float = 120.0) -> float:
-    """Seconds from starting ``cmd`` (pinned to CPU 0) to its first answered inference of ``case``."""
+def first_inference_s(
+    cmd: list[str], case: Case, url: str, timeout_s: float = 120.0, env: dict[str, str] | None = None
+) -> tuple[float, float]:
+    """Seconds from starting ``cmd`` (pinned to CPU 0) to its first answered inference of ``case``, and the CPU
+    seconds the process had used by then (which moves less than the first when other processes share the core).
+    """
     started_at = time.perf_counter()
     proc = subprocess.Popen(
-        ["taskset", "-c", "0", *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        ["taskset", "-c", "0", *cmd],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, **(env or {})},
     )
     try:
         with httpx.Client(timeout=30) as client:
@@ -279,8 +292,9 @@ def first_inference_s(cmd: list[str], case: Case, url: str, timeout_s: float = 1
                     continue
                 if r.status_code == 200:
                     elapsed = time.perf_counter() - started_at
+                    cpu = cpu_seconds(proc.pid)  # taskset has exec'd the server: the same process
                     case.check(r)
-                    return elapsed
+                    return elapsed, cpu
                 time.sleep(0.005)
         raise RuntimeError(f"{cmd[0]} answered nothing within {timeout_s} s")
     finally:
@@ -298,10 +312,11 @@ def main() -> None:
     parser.add_argument("--workers-check", action="store_true")
     parser.add_argument("--quick", action="store_true", help="one round of 1 s runs and one start trial: a smoke test")
     parser.add_argument("--cases", default=None, help="cases to run, comma-separated; digits-json always runs")
+    parser.add_argument("--start-only", action="store_true", help="only the start to first inference, no wrk case")
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.duration, args.start_trials = 1, 1, 1
-    for tool in ("wrk", "taskset"):
+    for tool in ("taskset",) if args.start_only else ("wrk", "taskset"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is needed (apt-get install wrk util-linux)")
     tmp = Path(tempfile.mkdtemp(prefix="wasmgate-bench-"))
@@ -335,12 +350,14 @@ def main() -> None:
 
     # What each server is asked: the plain server answers the custom function's case with plain digits.
     plain_of = {"topk-json": "digits-json"}
-    servers: list[tuple[str, Callable[[int], list[str]], dict[str, str] | None, list[list[str]], list[str]]] = [
+    servers: Servers = [
         ("plain", plain_cmd, None, [], [c for c in every if c not in plain_of]),
         ("wasmgate", lambda port: wasmgate_cmd(port, tmp / "data"), None, pushes, list(every)),
     ]
+    baseline_env = {}
     if args.baseline:
-        baseline_env = {"PYTHONPATH": str(Path(args.baseline).resolve())}
+        # Its gRPC port off by the environment, which a checkout that predates the flag ignores.
+        baseline_env = {"PYTHONPATH": str(Path(args.baseline).resolve()), "WASMGATE_GRPC_PORT": "0"}
         servers.append(("baseline", lambda port: wasmgate_cmd(port, tmp / "data-baseline", 1, BASELINE_SERVE),
                         baseline_env, pushes, list(every)))  # fmt: skip
     # The HTTP layer's own cost: uvicorn answering a constant (bench/floor_server.py), on the digits JSON case.
@@ -351,6 +368,53 @@ def main() -> None:
         servers.append(("kserve", lambda port: [*ks, str(port)], ks_env, [], ["digits-json"]))
     else:
         print("kserve: skipped (no --kserve-python)")
+    if args.start_only:
+        # Only what the start is measured with: the digits function in each gateway's data dir.
+        for name, command, env, _, _ in servers:
+            if name in ("wasmgate", "baseline"):
+                port = free_port()
+                with server(command(port), port, name, b"", "0", env, setup=pushes[:1]):
+                    pass
+    else:
+        load_rounds(args, every, servers, plain_of)
+
+    # The start is measured as an installed package starts, from bytecode: with PYTHONDONTWRITEBYTECODE set, or a
+    # checkout that cannot be written, every start would compile every module of the checkout from source.
+    for root in [BENCH.parent] + ([Path(args.baseline).resolve()] if args.baseline else []):
+        packages = [str(root / p) for p in ("gateway", "router", "wasm_host")]
+        subprocess.run([sys.executable, "-m", "compileall", "-q", *packages], check=True, stdout=subprocess.DEVNULL)
+    starters: dict[str, tuple[Callable[[int], list[str]], dict[str, str] | None]] = {
+        "wasmgate": (lambda port: wasmgate_cmd(port, tmp / "data"), None),
+        "plain": (plain_cmd, None),
+    }
+    if args.baseline:
+        starters["baseline"] = (lambda port: wasmgate_cmd(port, tmp / "data-baseline", 1, BASELINE_SERVE), baseline_env)
+    starts: dict[str, list[tuple[float, float]]] = {name: [] for name in starters}
+    for _ in range(args.start_trials):  # interleaved, so drift on a shared machine hits each alike
+        for name, (command, env) in starters.items():
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            starts[name].append(first_inference_s(command(port), every["digits-json"], url, env=env))
+    wall = {name: statistics.median(w for w, _ in values) for name, values in starts.items()}
+    cpu = {name: statistics.median(c for _, c in values) for name, values in starts.items()}
+    print(f"\nprocess start to first served inference (median of {args.start_trials}, pinned to CPU 0): "
+          f"wasmgate {wall['wasmgate']:.2f} s, plain {wall['plain']:.2f} s: {wall['wasmgate'] / wall['plain']:.2f}x; "
+          f"CPU by then {cpu['wasmgate']:.2f} s and {cpu['plain']:.2f} s: "
+          f"{cpu['wasmgate'] / cpu['plain']:.2f}x")  # fmt: skip
+    if args.baseline:
+        print(f"  the baseline: {wall['baseline']:.2f} s, {wall['baseline'] / wall['plain']:.2f}x the plain server; "
+              f"CPU {cpu['baseline']:.2f} s, {cpu['baseline'] / cpu['plain']:.2f}x")  # fmt: skip
+    for name, values in starts.items():
+        print(f"  {name}: " + " ".join(f"{w:.3f}" for w, _ in values) + " s; CPU "
+              + " ".join(f"{c:.2f}" for _, c in values) + " s")  # fmt: skip
+
+    if args.workers_check:
+        workers_check(wasmgate_cmd, tmp, pushes[0], every["digits-json"], args.concurrency, args.duration)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_rounds(args: argparse.Namespace, every: dict[str, Case], servers: Servers, plain_of: dict[str, str]) -> None:
+    """Every case on every server, ``args.rounds`` interleaved rounds, and the table of their ratios."""
     c = args.concurrency
     runs: dict[tuple[str, str], list[dict[str, float]]] = {}
     with contextlib.ExitStack() as stack:
@@ -419,21 +483,6 @@ def main() -> None:
             print(f"| {case_name} | {ratio('wasmgate', case_name, 'baseline', case_name, 'rps')} | "
                   f"{ratio('wasmgate', case_name, 'baseline', case_name, 'cpu_us', inverse=True)} | "
                   f"{ratio('baseline', case_name, 'plain', other, 'rps')} |")  # fmt: skip
-
-    starts: dict[str, list[float]] = {"wasmgate": [], "plain": []}
-    for _ in range(args.start_trials):  # interleaved, so drift on a shared machine hits both alike
-        port = free_port()
-        starts["wasmgate"].append(first_inference_s(wasmgate_cmd(port, tmp / "data"), every["digits-json"],
-                                                    f"http://127.0.0.1:{port}"))  # fmt: skip
-        port = free_port()
-        starts["plain"].append(first_inference_s(plain_cmd(port), every["digits-json"], f"http://127.0.0.1:{port}"))
-    ours, theirs = statistics.median(starts["wasmgate"]), statistics.median(starts["plain"])
-    print(f"\nprocess start to first served inference (median of {args.start_trials}, pinned to CPU 0): "
-          f"wasmgate {ours:.2f} s, plain {theirs:.2f} s: {ours / theirs:.2f}x")  # fmt: skip
-
-    if args.workers_check:
-        workers_check(wasmgate_cmd, tmp, pushes[0], every["digits-json"], c, args.duration)
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def workers_check(

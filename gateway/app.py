@@ -30,7 +30,6 @@ from gateway.metrics import Metrics
 from gateway.settings import Settings
 from gateway.state import AppState, Role
 from gateway.store.local import LocalStore
-from gateway.store.source import GatewaySource
 from gateway.wiring import has_accelerators, make_pod_tier, thresholds
 from router.deadlines import Deadlines
 from router.latency import ServiceTimes
@@ -95,6 +94,8 @@ def create_app(
         warmer = Warmer()
         source = None
         if role == "runner" and settings.runner_source_url:
+            from gateway.store.source import GatewaySource  # httpx: loaded only where it is used
+
             source = GatewaySource(settings.runner_source_url, store, settings.max_blob_bytes, settings.admin_token)
         budget = settings.model_memory_budget_mb if role == "runner" else settings.wasm_model_memory_budget_mb
         registry = FunctionRegistry(
@@ -146,8 +147,10 @@ def create_app(
 
             grpc_server = await start_grpc(state)
         # Everything made so far lives as long as the process: keep it out of every later collection, so a
-        # full collection (which can land in any request) walks only what requests allocate.
+        # full collection (which can land in any request) walks only what requests allocate. The `wasm` command
+        # holds collections off while the process starts (gateway.cli.main): they resume here.
         gc.freeze()
+        gc.enable()
         state.ready = True
         log.info(
             "wasmgate %s ready (pid %d): data dir %s, providers %s", role, os.getpid(), settings.data_dir, providers

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
-from importlib.metadata import version
 
 import anyio.to_thread
 from starlette.requests import Request
@@ -70,6 +69,10 @@ async def ready(request: Request) -> Response:
 async def server_metadata(request: Request) -> Response:
     """OIP server metadata, plus what this process is (``role``) and the onnxruntime execution providers its
     sessions are created with, best first (a runner's choice by what the node has)."""
+    # Imported here, by the one request that asks: importlib.metadata (with email, zipfile and csv) cost about
+    # 10 ms of every start.
+    from importlib.metadata import version
+
     state = state_of(request)
     return JSONResponse(
         {

@@ -10,6 +10,7 @@ reports all of them. Workers share the store and the compile cache on disk; each
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import logging
 import os
@@ -57,6 +58,10 @@ def _uvicorn_options(settings: Settings) -> dict[str, Any]:
         # and a response does not advertise the server software.
         "proxy_headers": False,
         "server_header": False,
+        # No endpoint is a WebSocket: without a WebSocket protocol uvicorn does not import one (the websockets
+        # package, about 20 ms of every start). A WebSocket handshake, which Starlette refused, is now answered as the
+        # plain HTTP request it also is (its route's usual answer), and uvicorn logs a warning for it.
+        "ws": "none",
         # On SIGTERM uvicorn stops accepting, lets in-flight requests finish for this long, then closes.
         "timeout_graceful_shutdown": settings.drain_timeout_s,
     }
@@ -137,6 +142,7 @@ def serve(settings: Settings) -> None:
         config = uvicorn.Config(
             "gateway.server:app_from_env", factory=True, workers=settings.workers, **_uvicorn_options(settings)
         )
+        gc.enable()  # held off by the `wasm` command while it started; this process has no app to resume them
         Multiprocess(config, sockets=[tcp_listener(settings.host, settings.port)]).run()
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)

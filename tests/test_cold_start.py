@@ -4,6 +4,7 @@ preload the pod tier's functions before they report ready."""
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,10 +26,12 @@ from tests.support import (
     encoder_inputs,
     metric,
     onnx_answers,
+    require_compiled_host,
     resnet18_model,
     upload,
 )
-from wasm_host.onnx_backend import ModelRef, OnnxBackend
+from wasm_host import compiled
+from wasm_host.onnx_backend import Descriptions, ModelRef, OnnxBackend
 
 
 def saved_path(backend: OnnxBackend, digest: str) -> Path:
@@ -118,6 +121,80 @@ def test_a_cache_that_cannot_be_written_leaves_the_original_model_serving(encode
     assert source is None  # from the original's bytes
     for value, expected in zip(got, encoder.expected(inputs).values(), strict=True):
         np.testing.assert_array_equal(value, expected)
+
+
+def compiled_backend(cache: Path) -> OnnxBackend:
+    """A backend on the compiled host, as a process's Host makes it, over the saved graphs in ``cache``."""
+    require_compiled_host("compiled")
+    backend = OnnxBackend(optimized_dir=cache)
+    backend.native = compiled.load("compiled")
+    return backend
+
+
+def counting_sessions(backend: OnnxBackend) -> list[object]:
+    """The sources of the Python sessions ``backend`` makes from here on, as they are made."""
+    made: list[object] = []
+    make = backend._session
+
+    def counted(model: bytes | str, tune: object = None) -> object:
+        made.append(model)
+        return make(model, tune)  # type: ignore[arg-type]
+
+    backend._session = counted  # type: ignore[method-assign,assignment]
+    return made
+
+
+def test_on_the_compiled_host_a_later_load_makes_no_python_session_only_to_read_the_graph(
+    encoder: Encoder, tmp_path: Path
+) -> None:
+    """The first load reads the descriptions from a Python session and saves them beside the optimized graph;
+    the next process's load takes them from there, and makes a Python session only if Python runs the graph."""
+    ref = ModelRef(encoder.digest, encoder.path)
+    read = compiled_backend(tmp_path / "onnx").load_ref(ref)
+    later = compiled_backend(tmp_path / "onnx")
+    made = counting_sessions(later)
+    graph = later.load_ref(ref)
+    assert made == []
+    assert graph.native is not None
+    assert graph.session is None
+    assert (graph.inputs, graph.outputs, graph.providers) == (read.inputs, read.outputs, read.providers)
+    inputs = encoder_inputs(2, 5)
+    got = graph.run([inputs[name] for name in graph.input_names])
+    assert made == [str(saved_path(later, encoder.digest))]  # made now, from the saved graph
+    for value, expected in zip(got, encoder.expected(inputs).values(), strict=True):
+        np.testing.assert_array_equal(value, expected)
+
+
+@pytest.mark.parametrize("damage", ["descriptions not JSON", "descriptions of another shape", "graph truncated"])
+def test_damaged_saved_descriptions_or_graph_never_fail_a_load_on_the_compiled_host(
+    encoder: Encoder, tmp_path: Path, damage: str
+) -> None:
+    ref = ModelRef(encoder.digest, encoder.path)
+    first = compiled_backend(tmp_path / "onnx").load_ref(ref)
+    saved = saved_path(compiled_backend(tmp_path / "onnx"), encoder.digest)
+    descriptions = saved.with_name(saved.name + ".io.json")
+    assert Descriptions.from_json(json.loads(descriptions.read_text())) == first.described
+    if damage == "descriptions not JSON":
+        descriptions.write_text("{")
+    elif damage == "descriptions of another shape":
+        descriptions.write_text(json.dumps({"inputs": [["x", 1, []]], "outputs": [], "providers": []}))
+    else:
+        saved.write_bytes(saved.read_bytes()[: saved.stat().st_size // 2])
+
+    fresh = compiled_backend(tmp_path / "onnx")
+    graph = fresh.load_ref(ref)
+    assert graph.native is not None
+    assert graph.described == first.described
+    inputs = encoder_inputs(2, 5)
+    got = graph.run([inputs[name] for name in graph.input_names])
+    for value, expected in zip(got, encoder.expected(inputs).values(), strict=True):
+        np.testing.assert_array_equal(value, expected)
+    # Written again, whole: the next process's load takes them as they are.
+    assert Descriptions.from_json(json.loads(descriptions.read_text())) == first.described
+    third = compiled_backend(tmp_path / "onnx")
+    made = counting_sessions(third)
+    assert third.load_ref(ref).session is None
+    assert made == []
 
 
 @pytest.fixture

@@ -10,9 +10,10 @@ paths (tests/test_host_paths.py compares them).
 The extension is linked against neither library: :func:`load` hands it the addresses of the wasmtime functions
 it calls (from wasmtime-py's own library) and of onnxruntime's ``OrtGetApiBase`` (from the ``libonnxruntime``
 shared library in the onnxruntime wheel). That library is a second copy of onnxruntime in the process (the
-Python binding carries its own). A stored model served on the compiled path is opened by both: the Python session
-for its descriptions, let go once they are read (made again only if a Python import runs the graph, see
-wasm_host.onnx_backend.OnnxGraph), and the C one for its runs.
+Python binding carries its own). A stored model served on the compiled path is opened by the C one for its runs;
+the Python binding opens it only to read its descriptions, lets that session go once they are read (made again
+only if a Python import runs the graph, see wasm_host.onnx_backend.OnnxGraph), and not at all once they are
+saved beside the model's optimized graph (OnnxBackend.load_ref).
 
 Modes (setting ``host_path``, env ``WASMGATE_HOST_PATH``): ``python``; ``compiled`` (refuses to start without the
 extension); ``auto`` (compiled when it loads, else Python, with a warning logged once).

@@ -10,11 +10,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import logging
 import threading
 import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -23,6 +25,8 @@ from wasm_host.errors import InvalidFunction
 from wasm_host.optimized import OptimizedModels
 from wasm_host.providers import CPU
 from wasm_host.tensors import DYNAMIC, ONNX_TYPES, TensorSpec
+
+log = logging.getLogger("wasmgate.onnx")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +66,42 @@ class IOInfo:
         return TensorSpec(self.name, self.datatype, self.shape)
 
 
+@dataclasses.dataclass(frozen=True)
+class Descriptions:
+    """What a session says of its graph: its inputs and outputs, and the providers it runs on (onnxruntime drops
+    one whose library fails to load). Saved as JSON beside a saved optimized graph (:meth:`OnnxBackend.load_ref`)."""
+
+    inputs: tuple[IOInfo, ...]
+    outputs: tuple[IOInfo, ...]
+    providers: tuple[str, ...]
+
+    @classmethod
+    def of(cls, session: ort.InferenceSession) -> Descriptions:
+        inputs = tuple(_io(x) for x in session.get_inputs())
+        return cls(inputs, tuple(_io(x) for x in session.get_outputs()), tuple(session.get_providers()))
+
+    def to_json(self) -> dict[str, Any]:
+        def io(infos: tuple[IOInfo, ...]) -> list[list[Any]]:
+            return [[x.name, x.onnx_type, list(x.shape)] for x in infos]
+
+        return {"inputs": io(self.inputs), "outputs": io(self.outputs), "providers": list(self.providers)}
+
+    @classmethod
+    def from_json(cls, doc: Any) -> Descriptions:
+        """The descriptions :meth:`to_json` wrote; ValueError for anything else."""
+        try:
+            made = cls(_infos(doc["inputs"]), _infos(doc["outputs"]), tuple(str(p) for p in doc["providers"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not saved descriptions: {exc}") from exc
+        if made.to_json() != doc:  # a name that was not a string, say: anything :meth:`to_json` did not write
+            raise ValueError("not saved descriptions")
+        return made
+
+
+def _infos(items: Any) -> tuple[IOInfo, ...]:
+    return tuple(IOInfo(str(n), str(t), ONNX_TYPES.get(str(t)), tuple(int(d) for d in shape)) for n, t, shape in items)
+
+
 class OnnxGraph:
     """A loaded model: an ``InferenceSession`` plus its input and output descriptions, and on the compiled host
     (wasm_host.compiled) the same model's session there, ``native``, which its requests' runs use.
@@ -69,19 +109,28 @@ class OnnxGraph:
     On the compiled host a graph loaded from a file lets its Python session go once ``native`` is made: its
     descriptions are read already, and keeping it would hold the weights twice. The Python session is made again
     from that file only if a Python import runs the graph (a guest computing outside a request, in
-    ``_initialize`` say), and kept from then on. A graph loaded from bytes keeps both sessions: making the Python
-    one again would need the bytes kept, which costs as much."""
+    ``_initialize`` say), and kept from then on; a graph made from saved ``described`` descriptions starts
+    without one (``session`` None). A graph loaded from bytes keeps both sessions: making the Python one again
+    would need the bytes kept, which costs as much."""
 
     def __init__(
-        self, digest: str, session: ort.InferenceSession, reopen: Callable[[], ort.InferenceSession] | None = None
+        self,
+        digest: str,
+        session: ort.InferenceSession | None,
+        reopen: Callable[[], ort.InferenceSession] | None = None,
+        described: Descriptions | None = None,
     ) -> None:
+        if described is None:
+            assert session is not None, "a graph without a session is made from saved descriptions"
+            described = Descriptions.of(session)
         self.digest = digest
-        self.session: ort.InferenceSession | None = session
-        self.inputs = [_io(x) for x in session.get_inputs()]
-        self.outputs = [_io(x) for x in session.get_outputs()]
+        self.session = session
+        self.described = described
+        self.inputs = list(described.inputs)
+        self.outputs = list(described.outputs)
         self.input_names = [x.name for x in self.inputs]
         #: The providers the session runs on (onnxruntime drops one whose library fails to load).
-        self.providers: list[str] = session.get_providers()
+        self.providers: list[str] = list(described.providers)
         self.native: object | None = None
         self._reopen = reopen
         self._lock = threading.Lock()
@@ -156,25 +205,54 @@ class OnnxBackend:
     def load_ref(self, ref: ModelRef) -> OnnxGraph:
         """The graph of a stored model, from the cache when it is loaded already; else created from its saved
         optimized graph (:mod:`wasm_host.optimized`), which is written first when it is missing or damaged.
-        The original model serves whenever no optimized graph can be saved or loaded."""
+        The original model serves whenever no optimized graph can be saved or loaded. On the compiled host the
+        Python session's descriptions are saved beside the optimized graph, and a later load (another process's)
+        makes no Python session (:meth:`_described`)."""
         graph = self._graphs.get(ref.digest)
         if graph is not None:
             return graph
         if self.optimized is None:
             return self.load(ref.path.read_bytes(), ref.digest)
         with self._lock:
-            graph = self._graphs.get(ref.digest)
+            graph = self._graphs.get(ref.digest) or self._described(ref)
             if graph is None:
                 session = self.optimized.open(ref.digest, self._session)
                 if session is None and self.optimize(ref):
                     session = self.optimized.open(ref.digest, self._session)
                 if session is not None:
                     graph = self._graph(ref.digest, session, str(self.optimized.path(ref.digest)), ref)
+                    if self.native is not None:  # the next process's load skips the session (_described)
+                        self.optimized.save_descriptions(ref.digest, graph.described.to_json())
                 else:
                     model = ref.path.read_bytes()
                     graph = self._graph(ref.digest, self._session(model), model, ref)
-                self._graphs[ref.digest] = graph
+            self._graphs[ref.digest] = graph
             return graph
+
+    def _described(self, ref: ModelRef) -> OnnxGraph | None:
+        """On the compiled host, the graph of a stored model from its saved optimized graph and the descriptions
+        saved beside it, with no Python session: one would only be made to read them and let go (see
+        :class:`OnnxGraph`), the first load's largest cost after the compiled host's own session. None where
+        either is missing, or the saved graph does not load: the caller then reads and writes them again."""
+        if self.native is None or self.optimized is None or not self.optimized.saved(ref.digest):
+            return None
+        doc = self.optimized.descriptions(ref.digest)
+        if doc is None:
+            return None
+        try:
+            described = Descriptions.from_json(doc)
+        except ValueError:  # not what this module writes: the caller's session reads them, and they are saved again
+            return None
+        graph = OnnxGraph(ref.digest, None, functools.partial(self._reopen, ref), described)
+        try:
+            graph.attach_native(self.native, str(self.optimized.path(ref.digest)), self._intra_op_threads)
+        except Exception as exc:  # a damaged saved graph: written again by the caller's usual path
+            log.warning(
+                "the saved optimized graph of model %s did not load (%s); writing it again", ref.digest[:12], exc
+            )
+            self.optimized.discard(ref.digest)
+            return None
+        return graph
 
     def _graph(
         self, digest: str, session: ort.InferenceSession, source: bytes | str, ref: ModelRef | None = None

@@ -10,8 +10,10 @@ optimizers find nothing left to do, while the layout optimizations still run for
 
 Layout under the cache directory (``<cache_dir>/onnx``)::
 
-    <digest>-<key>.onnx        the optimized graph
-    <digest>-<key>.onnx.data   its initializers (external data, referenced by file name from the graph)
+    <digest>-<key>.onnx           the optimized graph
+    <digest>-<key>.onnx.data      its initializers (external data, referenced by file name from the graph)
+    <digest>-<key>.onnx.io.json   its inputs', outputs' and providers' descriptions, as a session on it reads them
+                                  (written by wasm_host.onnx_backend on the compiled host, see there)
 
 ``key`` is a hash of the onnxruntime version and the options that shape the optimized graph (execution
 providers, optimization level), so an upgrade or another provider list never reads a graph written for
@@ -26,11 +28,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import onnxruntime as ort
 
@@ -112,6 +116,35 @@ class OptimizedModels:
             self.discard(digest)
             return None
 
+    def descriptions(self, digest: str) -> Any:
+        """The descriptions saved beside the optimized graph of this model (parsed JSON), or None when there are
+        none or they do not parse (they are removed then)."""
+        path = _descriptions(self.path(digest))
+        try:
+            return json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):  # a damaged entry: drop it, the caller reads them from a session again
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return None
+
+    def save_descriptions(self, digest: str, doc: object) -> None:
+        """Save ``doc`` (JSON) as the descriptions of the saved optimized graph of this model; never raises (a
+        cache that cannot be written holds nothing)."""
+        path = _descriptions(self.path(digest))
+        tmp: str | None = None
+        try:
+            fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".descriptions-")
+            with os.fdopen(fd, "w") as fh:
+                json.dump(doc, fh)
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("could not save the descriptions of model %s: %s", digest[:12], exc)
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+
     def drop(self, digest: str) -> None:
         """Remove every saved graph of the model, whichever onnxruntime version or providers wrote it (the
         model is no longer used); never raises."""
@@ -122,10 +155,14 @@ class OptimizedModels:
     def discard(self, digest: str) -> None:
         """Remove the saved graph, if any; never raises (a cache that cannot be written holds nothing)."""
         path = self.path(digest)
-        for p in (path, _data(path)):
+        for p in (path, _data(path), _descriptions(path)):
             with contextlib.suppress(OSError):
                 p.unlink()
 
 
 def _data(graph: Path) -> Path:
     return graph.with_name(graph.name + ".data")
+
+
+def _descriptions(graph: Path) -> Path:
+    return graph.with_name(graph.name + ".io.json")

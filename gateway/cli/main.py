@@ -7,33 +7,46 @@ bad usage.
 from __future__ import annotations
 
 import argparse
+import gc
 import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gateway.cli.client import AdminClient
 from gateway.cli.tables import function_rows, print_table, tier_label
-from gateway.settings import DEFAULT_URL, ClientSettings, Settings
-from gateway.store.manifest import check_name
-from gateway.store.oci import Reference
 from wasm_host.errors import ClientError, InvalidRequest, WasmgateError
+
+if TYPE_CHECKING:
+    # The settings (wasmtime, through the sandbox limits) are imported by main(), the admin client and the
+    # registry reference (httpx) by the commands that use them: see main() and _client.
+    from gateway.cli.client import AdminClient
+    from gateway.settings import Settings
+    from gateway.store.oci import Reference
 
 WASM_MAGIC = b"\0asm"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    # The cyclic garbage collector is held off while the command starts: its imports (numpy, onnxruntime,
+    # wasmtime, uvicorn and this package's) make hundreds of thousands of objects, all kept, and the
+    # collections they set off, about 35 ms of a gateway's start, find nothing to free. This module imports
+    # them here for that reason, not at its top. ``serve`` and ``runner`` resume collections when the app is
+    # ready (gateway.app's lifespan, after gc.freeze()); every command resumes them when it returns.
+    gc.disable()
     try:
-        return int(args.func(args))
-    except WasmgateError as exc:  # the gateway's or the registry's refusal (ClientError among them)
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except ValueError as exc:  # settings that do not parse
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        parser = _parser()
+        args = parser.parse_args(argv)
+        try:
+            return int(args.func(args))
+        except WasmgateError as exc:  # the gateway's or the registry's refusal (ClientError among them)
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        except ValueError as exc:  # settings that do not parse
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    finally:
+        gc.enable()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -240,6 +253,8 @@ def pool_settings_from(args: argparse.Namespace) -> dict[str, object]:
 
 
 def _gateway_flag(p: argparse.ArgumentParser) -> None:
+    from gateway.settings import DEFAULT_URL, ClientSettings
+
     client = ClientSettings.from_env()
     p.add_argument("--gateway", default=client.url, help=f"gateway URL (default $WASMGATE_URL or {DEFAULT_URL})")
     p.add_argument(
@@ -248,6 +263,8 @@ def _gateway_flag(p: argparse.ArgumentParser) -> None:
 
 
 def settings_from(args: argparse.Namespace, **more: Any) -> Settings:
+    from gateway.settings import Settings
+
     return Settings.from_env(
         host=args.host,
         port=args.port,
@@ -262,6 +279,22 @@ def settings_from(args: argparse.Namespace, **more: Any) -> Settings:
         registry_sync_interval_s=getattr(args, "registry_sync_interval", None),
         **more,
     )
+
+
+def _client(args: argparse.Namespace) -> AdminClient:
+    """The admin client for ``--gateway``. httpx (and with it ssl, http.client, email) is imported here, by the
+    commands that talk to a gateway: ``serve``'s start, which the import would add about a tenth of a second to,
+    never loads it."""
+    from gateway.cli.client import AdminClient
+
+    return AdminClient(args.gateway, args.token)
+
+
+def _reference(text: str) -> Reference:
+    """``--registry``'s reference, parsed (imported here for the reason of :func:`_client`)."""
+    from gateway.store.oci import Reference
+
+    return Reference.parse(text)
 
 
 def cmd_runner(args: argparse.Namespace) -> int:
@@ -326,7 +359,7 @@ def cmd_push(args: argparse.Namespace) -> int:
         print("error: --file needs a .wasm function to read the files", file=sys.stderr)
         return 2
     if args.registry:
-        ref = Reference.parse(args.registry)
+        ref = _reference(args.registry)
         if ref.tag and args.name and args.name != ref.tag:
             print(f"error: the tag {ref.tag!r} is the function's name; --name {args.name!r} differs", file=sys.stderr)
             return 2
@@ -336,7 +369,7 @@ def cmd_push(args: argparse.Namespace) -> int:
 
         pool = pool_settings_from(args)
         return registry.push(args, ref, ref.tag or name, module, models or bare, pool, placement, files)
-    with AdminClient(args.gateway, args.token) as client:
+    with _client(args) as client:
         pool = pool_settings_from(args)
         if data is None or data[:4] == WASM_MAGIC:
             result = client.push(name, data, models, pool, placement, args.inference_token, files)
@@ -353,8 +386,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
     if args.registry:
         from gateway.cli import registry
 
-        return registry.ls(args, Reference.parse(args.registry))
-    with AdminClient(args.gateway, args.token) as client:
+        return registry.ls(args, _reference(args.registry))
+    with _client(args) as client:
         functions = client.list()
     print_table(function_rows(functions))
     return 0
@@ -365,7 +398,7 @@ def cmd_scale(args: argparse.Namespace) -> int:
     if not pool:
         print("error: name at least one setting to change, e.g. --min-warm 1", file=sys.stderr)
         return 2
-    with AdminClient(args.gateway, args.token) as client:
+    with _client(args) as client:
         result = client.set_pool(args.name, pool)
     settings = ", ".join(f"{k}={v}" for k, v in result["pool"].items())
     print(f"{result['name']}: {settings}")
@@ -373,7 +406,7 @@ def cmd_scale(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    with AdminClient(args.gateway, args.token) as client:
+    with _client(args) as client:
         result = client.rollback(args.name, args.to)
     source = args.to if args.to is not None else result["version"] - 2
     print(f"rolled {result['name']} back to version {source}: now version {result['version']}")
@@ -384,8 +417,8 @@ def cmd_rm(args: argparse.Namespace) -> int:
     if args.registry:
         from gateway.cli import registry
 
-        return registry.rm(args, Reference.parse(args.registry), args.name)
-    with AdminClient(args.gateway, args.token) as client:
+        return registry.rm(args, _reference(args.registry), args.name)
+    with _client(args) as client:
         result = client.delete(args.name)
     print(f"deleted {result['deleted']} (was version {result['version']})")
     return 0
@@ -394,6 +427,8 @@ def cmd_rm(args: argparse.Namespace) -> int:
 def _aliased(items: Sequence[str], flag: str, what: str) -> dict[str, bytes] | None:
     """``ALIAS=PATH`` items as alias -> the file's bytes; None (after saying why) for bad usage: a malformed
     item, an alias that is not a name, or an alias given twice."""
+    from gateway.store.manifest import check_name
+
     read: dict[str, bytes] = {}
     for item in items:
         alias, sep, path = item.partition("=")

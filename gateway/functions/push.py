@@ -17,8 +17,6 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-import httpx
-
 from gateway.auth import digest
 from gateway.settings import Settings
 from gateway.store.files import FileLimits
@@ -312,6 +310,8 @@ def check_endpoint(url: str | None) -> str | None:
     """An endpoint URL as stored: ``http(s)://host[:port][/prefix]`` without a trailing slash."""
     if url is None:
         return None
+    import httpx  # here, at a push: a gateway's start does not load it (see router.forward)
+
     usable = isinstance(url, str) and url.isprintable() and " " not in url
     try:  # parsed as the forwarder will: a URL stored here must never fail at request time
         parsed = httpx.URL(url) if usable else None

@@ -28,12 +28,15 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import anyio
-import httpx
 
 from router.scaler import Replica
 from router.sockets import tcp_listener  # the same IPPROTO_TCP listener the gateway serves on
+
+if TYPE_CHECKING:  # imported by the first health check: the gateway's start does not pay for it (router.forward)
+    import httpx
 
 log = logging.getLogger("wasmgate.scaler.local")
 
@@ -75,7 +78,7 @@ class LocalProcessScaler:
         self._ready: tuple[Replica, ...] = ()
         self._names = itertools.count(1)
         self._on_change: Callable[[], None] = lambda: None
-        self._client = httpx.AsyncClient(timeout=httpx.Timeout(2.0), trust_env=False)
+        self._client: httpx.AsyncClient | None = None  # made by the first health check
         self._wake = anyio.Event()
 
     # -- Scaler --------------------------------------------------------------------------------------------
@@ -102,7 +105,8 @@ class LocalProcessScaler:
             self._reap_stopped()
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._client is not None:
+            await self._client.aclose()
         procs = [p.popen for p in self._procs.values()] + [popen for popen, _ in self._stopping]
         self._procs.clear()
         self._publish()
@@ -198,6 +202,10 @@ class LocalProcessScaler:
             self._publish()
 
     async def _healthy(self, replica: Replica) -> bool:
+        import httpx
+
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=httpx.Timeout(2.0), trust_env=False)
         try:
             response = await self._client.get(f"{replica.url}/v2/health/ready")
         except httpx.TransportError:
