@@ -8,6 +8,7 @@ import contextlib
 import gc
 import logging
 import os
+import threading
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -42,6 +43,10 @@ if TYPE_CHECKING:  # imported when a registry store is used, see create_app
     from gateway.store.registry import RegistryStore
 
 log = logging.getLogger("wasmgate")
+
+#: How long after it is ready a gateway makes its forwarder's client (router.forward.Forwarder.prepare): past a
+#: start's first requests, and mostly before a pod tier at zero has its first runner up.
+PREPARE_FORWARDER_AFTER_S = 10.0
 
 
 def create_app(
@@ -152,6 +157,12 @@ def create_app(
         gc.freeze()
         gc.enable()
         state.ready = True
+        if pods is not None:
+            # The forwarder's client, off the event loop and after the first requests of a start (see
+            # Forwarder.prepare): a daemon, as it holds nothing that shutdown must wait for.
+            timer = threading.Timer(PREPARE_FORWARDER_AFTER_S, pods.forwarder.prepare)
+            timer.daemon = True
+            timer.start()
         log.info(
             "wasmgate %s ready (pid %d): data dir %s, providers %s", role, os.getpid(), settings.data_dir, providers
         )

@@ -1,9 +1,10 @@
 """Forwarding inference requests to a replica over HTTP, with httpx.
 
 One :class:`Forwarder` per app holds one ``httpx.AsyncClient``: keep-alive connections are pooled per replica,
-so a warm replica costs no TCP handshake per request. The client is made, and httpx imported, at the first
-forward: building it loads the TLS trust store, and with the import that is about a tenth of a second that a
-gateway whose requests never leave it would otherwise pay before it reports ready.
+so a warm replica costs no TCP handshake per request. The client is made, and httpx imported, after the app is
+ready (:meth:`Forwarder.prepare`, on a thread) or by the first forward if that comes first: building it loads the
+TLS trust store, and with the import that is about a tenth of a second that a gateway would otherwise pay before
+it reports ready, and that the first forward would otherwise pay on the event loop.
 
 The request body goes out exactly as the caller sent it (JSON, or Triton binary tensors with their
 ``Inference-Header-Content-Length``), and the replica's response comes back as it is; the gateway neither parses
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import socket
+import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -63,22 +65,35 @@ class Forwarder:
         self.request_timeout_s = request_timeout_s
         self.runner_deadline_ms = runner_deadline_ms
         self.max_connections = max_connections
-        self._client: httpx.AsyncClient | None = None  # made by the first forward (see the module docstring)
+        self._client: httpx.AsyncClient | None = None  # made by prepare or the first forward (module docstring)
+        self._making = threading.Lock()
+
+    def prepare(self) -> None:
+        """Make the client now, off the event loop (blocking: importing httpx and loading the TLS trust store
+        take about a tenth of a second). The app calls it from a thread shortly after it is ready, so that the
+        first forward does not hold the event loop that long; a forward that comes first makes it itself."""
+        self._http()
 
     def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            import httpx
+        client = self._client
+        if client is None:
+            with self._making:  # prepare's thread and a first forward may race: one client
+                client = self._client or self._make()
+                self._client = client
+        return client
 
-            limits = httpx.Limits(max_connections=self.max_connections, max_keepalive_connections=self.max_connections)
-            self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(self.request_timeout_s, connect=self.connect_timeout_s),
-                # httpcore writes a request's head and body in separate sends; with Nagle's algorithm on, the body
-                # waits for the replica's delayed ACK of the head. TCP_NODELAY sends it at once.
-                transport=httpx.AsyncHTTPTransport(limits=limits, socket_options=[NODELAY]),
-                # A replica is addressed directly; proxies from the environment must not reroute that traffic.
-                trust_env=False,
-            )
-        return self._client
+    def _make(self) -> httpx.AsyncClient:
+        import httpx
+
+        limits = httpx.Limits(max_connections=self.max_connections, max_keepalive_connections=self.max_connections)
+        return httpx.AsyncClient(
+            timeout=httpx.Timeout(self.request_timeout_s, connect=self.connect_timeout_s),
+            # httpcore writes a request's head and body in separate sends; with Nagle's algorithm on, the body
+            # waits for the replica's delayed ACK of the head. TCP_NODELAY sends it at once.
+            transport=httpx.AsyncHTTPTransport(limits=limits, socket_options=[NODELAY]),
+            # A replica is addressed directly; proxies from the environment must not reroute that traffic.
+            trust_env=False,
+        )
 
     async def aclose(self) -> None:
         if self._client is not None:

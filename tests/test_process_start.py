@@ -17,8 +17,10 @@ from gateway.cli.main import main
 from gateway.settings import Settings
 from tests.support import AppClient, Digits, Gateway, infer_body, onnx_predict
 
-#: Imported where they are used, not by a start: the pod tier's and the CLI's HTTP client, a WebSocket protocol
-#: no endpoint speaks, and the package metadata that only ``GET /v2`` reports.
+#: Imported where they are used, not by a start: the pod tier's and the CLI's HTTP client (the pod tier's is made
+#: on a thread ten seconds after ready, gateway.app.PREPARE_FORWARDER_AFTER_S, long after this test's gateway
+#: has answered and stopped), a WebSocket protocol no endpoint speaks, and the package metadata that only
+#: ``GET /v2`` reports.
 LEFT_FOR_LATER = {"httpx", "websockets", "importlib.metadata"}
 
 
