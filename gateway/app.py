@@ -157,12 +157,13 @@ def create_app(
         gc.freeze()
         gc.enable()
         state.ready = True
+        prepare = None
         if pods is not None:
             # The forwarder's client, off the event loop and after the first requests of a start (see
-            # Forwarder.prepare): a daemon, as it holds nothing that shutdown must wait for.
-            timer = threading.Timer(PREPARE_FORWARDER_AFTER_S, pods.forwarder.prepare)
-            timer.daemon = True
-            timer.start()
+            # Forwarder.prepare); called off at shutdown if it has not run.
+            prepare = threading.Timer(PREPARE_FORWARDER_AFTER_S, pods.forwarder.prepare)
+            prepare.daemon = True
+            prepare.start()
         log.info(
             "wasmgate %s ready (pid %d): data dir %s, providers %s", role, os.getpid(), settings.data_dir, providers
         )
@@ -179,6 +180,9 @@ def create_app(
                     tg.cancel_scope.cancel()
         finally:
             state.ready = False
+            if prepare is not None:
+                prepare.cancel()
+                prepare.join()  # a client it is making now is closed below with the others
             with anyio.CancelScope(shield=True):
                 if grpc_server is not None:
                     await grpc_server.stop(settings.drain_timeout_s)
