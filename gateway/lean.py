@@ -4,7 +4,7 @@ router and middleware stack.
 ``POST /v2/models/{name}/infer`` and ``POST /v2/models/{name}/versions/{version}/infer`` carry the traffic. On
 Starlette's own path each such request goes through three middlewares and a match against every route ahead
 of the handler: tens of microseconds of a request that costs a few hundred. :class:`GatewayApp` matches those
-two paths with one regular expression and calls the same handler (``gateway.oip.infer``) with the same path
+two paths with one regular expression and calls the same handler (``gateway.oip.infer_asgi``) with the same path
 parameters, its errors answered by the same handlers (``gateway.http_errors.EXCEPTION_HANDLERS``) and anything
 unexpected by the same middleware (``UnexpectedErrors``): status, body, headers, metrics and logs are those of
 the Starlette path. Every other request (other paths, other methods, a server mounted under a ``root_path``)
@@ -21,8 +21,6 @@ from starlette.types import Receive, Scope, Send
 
 from gateway import oip
 from gateway.http_errors import UnexpectedErrors, answer_error
-from gateway.requests import header_map
-from gateway.state import state_in
 
 #: The two inference paths, as Starlette's routes ``{name}`` and ``{version}`` match them (no '/').
 INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
@@ -44,9 +42,8 @@ class GatewayApp(Starlette):
 
 
 async def _infer(scope: Scope, receive: Receive, send: Send) -> None:
-    path = scope["path_params"]
     try:
-        response = await oip.serve_infer(state_in(scope), path["name"], path.get("version"), header_map(scope), receive)
+        response = await oip.infer_asgi(scope, receive)
     except Exception as exc:
         response = await answer_error(Request(scope, receive), exc)  # raises again what no handler takes
     await response(scope, receive, send)

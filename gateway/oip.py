@@ -10,7 +10,7 @@ import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive
+from starlette.types import Receive, Scope
 
 from gateway.auth import check_inference
 from gateway.codec import HEADER_LENGTH, parse_request
@@ -18,7 +18,7 @@ from gateway.dispatch import HttpCall
 from gateway.http_errors import status_of
 from gateway.requests import header_map, read_body, receive_body
 from gateway.responses import InferResponse
-from gateway.state import AppState, state_of
+from gateway.state import AppState, state_in, state_of
 from gateway.store.manifest import Manifest
 from wasm_host.errors import InvalidRequest, NotFound, WasmgateError
 
@@ -107,10 +107,14 @@ async def model_ready(request: Request) -> Response:
 
 
 async def infer(request: Request) -> Response:
-    """The infer route's handler on Starlette's path; ``gateway.lean`` calls :func:`serve_infer` directly."""
-    path = request.path_params
-    headers = header_map(request.scope)
-    return await serve_infer(state_of(request), path["name"], path.get("version"), headers, request.receive)
+    """The infer route's handler on Starlette's path; ``gateway.lean`` calls :func:`infer_asgi` directly."""
+    return await infer_asgi(request.scope, request.receive)
+
+
+async def infer_asgi(scope: Scope, receive: Receive) -> Response:
+    """The infer route's handler, from the request's ASGI scope (with its ``path_params``) and channel."""
+    path = scope["path_params"]
+    return await serve_infer(state_in(scope), path["name"], path.get("version"), header_map(scope), receive)
 
 
 async def serve_infer(
