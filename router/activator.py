@@ -212,6 +212,8 @@ class Activator:
 
     def _candidate(self, function: str, exclude: Collection[str]) -> Replica | None:
         ready = self.scaler.ready()
+        if not ready:  # the usual state of a pod tier at zero, asked on every request's routing (backlog_ms)
+            return None
         skip = set(exclude)
         if self._suspect:
             healthy = [r for r in ready if r.id not in self._suspect and r.id not in skip]

@@ -76,16 +76,15 @@ class PodTier:
         if act is None:
             return PodState()
         name = job.name
-        ready = act.ready
         return PodState(
             True,
-            ready,
+            act.ready,
             act.warm(name),
             act.in_flight_total,
             act.held,
             typical,
             act.scale_up_s,
-            act.backlog_ms(name) if ready else 0.0,  # no replica to pick: no backlog (and no pick, per request)
+            act.backlog_ms(name),
         )
 
     async def run(self, job: Job, call: Call, retry: bool = False, exclude: Sequence[str] = ()) -> Outcome:

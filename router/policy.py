@@ -230,14 +230,10 @@ def home_tier(
 def decide(r: RouteInputs) -> Decision:
     """Filter, score, pick (see the module docstring). Raises NoRoute."""
     t = r.thresholds
-    over_fit = _over_fit(r.figures, t, r.flops_per_row) if r.has_code else None
-    # home_tier's answer, with the fit worked out once for both
-    if r.tier != "auto" or not r.has_code or r.accelerators:
-        home = home_tier(r.tier, r.figures, r.has_code, r.accelerators, t, r.flops_per_row)
-    else:
-        home = "wasm" if over_fit is None else "pod"
+    home = home_tier(r.tier, r.figures, r.has_code, r.accelerators, t, r.flops_per_row)
     candidates: list[Tier] = []
     dropped: list[str] = []
+    over_fit = _over_fit(r.figures, t, r.flops_per_row) if r.has_code else None
     if not r.has_code:
         dropped.append("wasm: the function is served by its endpoint only")
     elif over_fit is not None:
