@@ -61,6 +61,7 @@ def _native() -> ModuleType:
         address("wasmtime_memory_data"),
         address("wasmtime_memory_data_size"),
         address("wasmtime_context_set_epoch_deadline"),
+        address("wasmtime_engine_increment_epoch"),
     )
     # The response format, from its one definition (wasm_host.abi, wasm_host.tensors), for _chost.parse.
     by_code = {d.code: d for d in DTYPES.values()}

@@ -30,7 +30,6 @@ from pathlib import Path
 from types import ModuleType
 
 import wasmtime
-from wasmtime import _ffi as ffi
 
 from wasm_host.errors import InvalidFunction, TooLarge, Unavailable
 from wasm_host.wasm_sections import Malformed, code_shape
@@ -132,9 +131,7 @@ class WasmEngine:
         Python thread waking every tick would take it from the event loop hundreds of times a second), else a
         Python thread."""
         if self.native is not None:
-            address = ctypes.cast(self.engine.ptr(), ctypes.c_void_p).value
-            increment = ctypes.cast(ffi.dll["wasmtime_engine_increment_epoch"], ctypes.c_void_p).value
-            self.native.tick_start(self.engine, address, float(self.limits.epoch_tick_ms), increment)
+            self.native.tick_start(self.engine, self._address(), float(self.limits.epoch_tick_ms))
         elif self._ticker is None:
             self._stop.clear()
             self._ticker = threading.Thread(target=self._tick, name="wasmgate-epoch", daemon=True)
@@ -143,11 +140,15 @@ class WasmEngine:
 
     def close(self) -> None:
         if self.native is not None:
-            self.native.tick_stop(ctypes.cast(self.engine.ptr(), ctypes.c_void_p).value)
+            self.native.tick_stop(self._address())
         self._stop.set()
         if self._ticker is not None:
             self._ticker.join(timeout=1)
             self._ticker = None
+
+    def _address(self) -> int:
+        """The engine's ``wasm_engine_t*``, as the compiled host's ticker takes it."""
+        return int(ctypes.cast(self.engine.ptr(), ctypes.c_void_p).value or 0)
 
     def __enter__(self) -> WasmEngine:
         return self.start()

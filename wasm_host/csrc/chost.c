@@ -38,11 +38,13 @@ typedef wt_error *(*call_unchecked_fn)(wt_context *, const wt_func *, wt_raw *, 
 typedef uint8_t *(*memory_data_fn)(const wt_context *, const wt_memory *);
 typedef size_t (*memory_size_fn)(const wt_context *, const wt_memory *);
 typedef void (*set_epoch_deadline_fn)(wt_context *, uint64_t);
+typedef void (*increment_epoch_fn)(void *engine);
 
 static call_unchecked_fn wt_call;
 static memory_data_fn wt_memory_data;
 static memory_size_fn wt_memory_size;
 static set_epoch_deadline_fn wt_set_epoch_deadline;
+static increment_epoch_fn wt_increment_epoch;
 
 static inline int32_t raw_i32(const wt_raw *r) { int32_t v; memcpy(&v, r->bytes, 4); return v; }
 static inline int64_t raw_i64(const wt_raw *r) { int64_t v; memcpy(&v, r->bytes, 8); return v; }
@@ -892,8 +894,8 @@ static PyTypeObject StateType = {
 
 /* ---- module functions -------------------------------------------------------------------------------- */
 static PyObject *mod_init(PyObject *m, PyObject *args) {
-    unsigned long long api_base, call, data, size, epoch;
-    if (!PyArg_ParseTuple(args, "KKKKK", &api_base, &call, &data, &size, &epoch)) return NULL;
+    unsigned long long api_base, call, data, size, epoch, increment;
+    if (!PyArg_ParseTuple(args, "KKKKKK", &api_base, &call, &data, &size, &epoch, &increment)) return NULL;
     if (ort) Py_RETURN_NONE;
     const OrtApiBase *base = (const OrtApiBase *)(uintptr_t)api_base;
     const void *const *api = base->GetApi(ORT_TABLE_VERSION);
@@ -907,6 +909,7 @@ static PyObject *mod_init(PyObject *m, PyObject *args) {
     wt_memory_data = (memory_data_fn)(uintptr_t)data;
     wt_memory_size = (memory_size_fn)(uintptr_t)size;
     wt_set_epoch_deadline = (set_epoch_deadline_fn)(uintptr_t)epoch;
+    wt_increment_epoch = (increment_epoch_fn)(uintptr_t)increment;
     return PyUnicode_FromString(base->GetVersionString());
 }
 
@@ -932,14 +935,12 @@ static PyObject *mod_bind(PyObject *m, PyObject *state) {
  * take the GIL each time, from the event loop serving requests; this one never touches Python. A registered
  * engine's Python object is held (a reference taken with the GIL) until tick_stop, so it cannot be freed while
  * the thread uses it. */
-typedef void (*increment_epoch_fn)(void *engine);
 #define MAX_ENGINES 64
 typedef struct {
     void *engine;
     PyObject *owner;
     double interval, due;
 } Ticked;
-static increment_epoch_fn wt_increment_epoch;
 static pthread_mutex_t tick_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t tick_cond = PTHREAD_COND_INITIALIZER;
 static Ticked ticked[MAX_ENGINES];
@@ -1001,16 +1002,15 @@ static void tick_after_fork(void) {
     running_head = NULL;
 }
 
-/* tick_start(engine, address, tick_ms, increment_epoch): bump the engine at ``address`` (wasm_engine_t*, whose
- * Python object is ``engine``) every tick_ms from now on, with wasmtime_engine_increment_epoch at
- * ``increment_epoch``. */
+/* tick_start(engine, address, tick_ms): bump the engine at ``address`` (wasm_engine_t*, whose Python object is
+ * ``engine``) every tick_ms from now on. */
 static PyObject *mod_tick_start(PyObject *m, PyObject *args) {
     PyObject *owner;
-    unsigned long long address, increment;
+    unsigned long long address;
     double tick_ms;
-    if (!PyArg_ParseTuple(args, "OKdK", &owner, &address, &tick_ms, &increment)) return NULL;
-    if (!address || !increment || !(tick_ms > 0))
-        return PyErr_Format(PyExc_ValueError, "an engine, a positive tick and wasmtime_engine_increment_epoch");
+    if (!PyArg_ParseTuple(args, "OKd", &owner, &address, &tick_ms)) return NULL;
+    if (!wt_increment_epoch) return PyErr_Format(PyExc_RuntimeError, "the compiled host is not initialised");
+    if (!address || !(tick_ms > 0)) return PyErr_Format(PyExc_ValueError, "an engine and a positive tick");
     pthread_mutex_lock(&tick_lock);
     for (int i = 0; i < n_ticked; i++)
         if (ticked[i].engine == (void *)(uintptr_t)address) {
@@ -1038,7 +1038,6 @@ static PyObject *mod_tick_start(PyObject *m, PyObject *args) {
         pthread_detach(thread);
         tick_thread_started = 1;
     }
-    wt_increment_epoch = (increment_epoch_fn)(uintptr_t)increment;
     Py_INCREF(owner);
     double interval = tick_ms / 1000.0;
     ticked[n_ticked++] = (Ticked){(void *)(uintptr_t)address, owner, interval, now_s() + interval};
@@ -1224,7 +1223,7 @@ error:
 static PyMethodDef mod_methods[] = {
     {"init", mod_init, METH_VARARGS,
      "init(OrtGetApiBase's result, wasmtime_func_call_unchecked, wasmtime_memory_data, wasmtime_memory_data_size, "
-     "wasmtime_context_set_epoch_deadline)"},
+     "wasmtime_context_set_epoch_deadline, wasmtime_engine_increment_epoch)"},
     {"callbacks", mod_callbacks, METH_NOARGS, "The WASI-NN imports implemented here: name -> callback address."},
     {"bind", mod_bind, METH_O, "Route this thread's WASI-NN calls to a State (None: to nothing)."},
     {"tick_start", mod_tick_start, METH_VARARGS, "Bump an engine's epoch every tick, and stop runs past their deadline."},
