@@ -12,7 +12,8 @@ setup(
     ext_modules=[
         Extension(
             "wasm_host._chost",
-            sources=["wasm_host/csrc/chost.c"],
+            sources=["wasm_host/csrc/chost.c", "wasm_host/csrc/pack.c"],
+            depends=["wasm_host/csrc/pack.h"],
             extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wno-unused-parameter"],
             optional=True,
         )

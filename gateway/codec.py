@@ -21,6 +21,7 @@ import numpy as np
 import orjson
 
 from gateway.requests import json_object
+from wasm_host.compiled import packer
 from wasm_host.errors import GuestFailure, InvalidRequest, TooLarge
 from wasm_host.tensors import DTYPES, Tensor, TensorSpec, expected_nbytes, join_bytes, split_bytes
 
@@ -254,6 +255,11 @@ def _json_data(where: str, datatype: str, dims: Sequence[int], numel: int, data:
         if len(strings) != len(flat):
             raise InvalidRequest(f"{where}: BYTES data must be strings")
         return join_bytes([x.encode() for x in strings])
+    kind = _PACK_KINDS.get(datatype)
+    if kind is not None and _pack is not None:
+        packed = _pack(data, kind, numel)
+        if packed is not None:  # the common case, in one pass; anything else is numpy's below, errors included
+            return packed
     try:
         arr = np.asarray(data)
     except (ValueError, TypeError):
@@ -290,6 +296,10 @@ def _json_data(where: str, datatype: str, dims: Sequence[int], numel: int, data:
             raise InvalidRequest(f"{where}: a value is out of range for {datatype}")
     return np.ascontiguousarray(arr, dtype=target).tobytes()
 
+
+#: The datatypes the compiled packer takes (wasm_host.compiled.packer), by its kind letter.
+_PACK_KINDS = {"FP32": "f", "FP64": "d", "INT32": "i", "INT64": "q"}
+_pack = packer()
 
 #: The largest finite value of each floating datatype (BF16 is converted through FP32, whose range it shares).
 FLOAT_LARGEST = {

@@ -24,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -93,3 +94,19 @@ def load(mode: str) -> ModuleType | None:
             _warned.append(True)
             log.warning("the compiled host cannot be loaded (%s); serving on the pure-Python host", exc)
         return None
+
+
+#: ``pack(data, kind, numel)``: see :func:`packer`.
+Packer = Callable[[object, str, int], "bytes | None"]
+
+
+def packer() -> Packer | None:
+    """The extension's packer of a JSON tensor's numbers (wasm_host/csrc/pack.c), or None where the extension is
+    not built. ``pack(data, kind, numel)`` answers the bytes of ``numel`` numbers (``kind``: ``f`` FP32, ``d``
+    FP64, ``i`` INT32, ``q`` INT64) exactly as numpy would convert them, or None for anything it does not take,
+    which numpy then converts or refuses (gateway.codec). It calls neither library, so it needs no :func:`load`."""
+    try:
+        from wasm_host import _chost  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return _chost.pack  # type: ignore[no-any-return]

@@ -24,6 +24,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "pack.h"
+
 /* ---- wasmtime: opaque handles and the calls used ------------------------------------------------------- */
 typedef struct wt_context wt_context;
 typedef struct wt_caller wt_caller;
@@ -1231,6 +1233,7 @@ static PyMethodDef mod_methods[] = {
     {"request", mod_request, METH_VARARGS, "One request's alloc and handle, with the GIL released."},
     {"configure_response", mod_configure_response, METH_VARARGS, "The response format: magic, most dims, dtypes."},
     {"parse", mod_parse, METH_O, "A regular response's tensors as tuples; None: leave it to decode_response."},
+    {"pack", chost_pack, METH_VARARGS, "A JSON tensor's numbers as its bytes; None: leave it to numpy (pack.c)."},
     {NULL}};
 
 static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "wasm_host._chost",
