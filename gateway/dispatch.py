@@ -59,6 +59,7 @@ from router.policy import (
     decide,
     home_tier,
     request_flops,
+    settled,
 )
 from router.tier import Job, NotTaken, TierBackend
 from wasm_host.errors import InvalidRequest, TooLarge, Unavailable, WasmgateError
@@ -206,18 +207,24 @@ class Dispatcher:
         flops = None
         if parsed is not None and figures.dims:
             flops = request_flops(figures, {t.name: t.shape for t in parsed.inputs})
+        has_code = manifest.kind != "external"
+        hint, deadline_ms, pod = _hint(headers, head.parameters), _deadline(headers), self.pod.state(job)
+        if hint is None and deadline_ms is None:
+            quick = settled(manifest.tier, figures, has_code, self.accelerators, self.thresholds, flops, pod)
+            if quick is not None:
+                return quick
         inputs = RouteInputs(
             tier=manifest.tier,
             figures=manifest.figures,
-            has_code=manifest.kind != "external",
+            has_code=has_code,
             spill=manifest.spill,
             mask_cold_start=manifest.mask_cold_start,
             batch=head.batch,
-            hint=_hint(headers, head.parameters),
-            deadline_ms=_deadline(headers),
+            hint=hint,
+            deadline_ms=deadline_ms,
             accelerators=self.accelerators,
             wasm=self.wasm.state(job),
-            pod=self.pod.state(job),
+            pod=pod,
             thresholds=self.thresholds,
             other_size=self.times.other_size(job.name, job.version, job.rows),
             flops_per_row=flops,

@@ -286,6 +286,30 @@ def decide(r: RouteInputs) -> Decision:
     return Decision(tier, reason, others[0] if others else None, scale_pod)
 
 
+def settled(
+    tier: TierSetting,
+    figures: ModelFigures,
+    has_code: bool,
+    accelerators: bool,
+    t: Thresholds,
+    flops_per_row: int | None,
+    pod: PodState,
+) -> Decision | None:
+    """What :func:`decide` decides for a request with no hint and no deadline, when that needs neither the Wasm
+    tier's state nor any measured figure: a Wasm-home request that fits the sandbox, while the pod tier has no
+    ready replica, stays home (nothing to spill to, nothing measured to compare; the pod tier, if any, is the
+    retry's fallback). None in every other case: ask :func:`decide`. On one machine with no runner up, this is
+    nearly every request, and it saves building the rest of :class:`RouteInputs` for each
+    (tests/test_policy.py holds the two to the same answers)."""
+    if not has_code or pod.ready != 0:
+        return None
+    if home_tier(tier, figures, has_code, accelerators, t, flops_per_row) != "wasm":
+        return None
+    if _over_fit(figures, t, flops_per_row) is not None:
+        return None
+    return Decision("wasm", "home", "pod" if pod.available else None)
+
+
 def _move_from_wasm(r: RouteInputs) -> Reason | None:
     """Why a Wasm-home request goes to the pod tier, or None. Never onto a tier with no ready replica."""
     if not r.spill or r.pod.ready == 0:

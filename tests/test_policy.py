@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.cli.demo import dense_model, train_digits
 from router.policy import (
@@ -19,6 +21,7 @@ from router.policy import (
     fits_sandbox,
     home_tier,
     request_flops,
+    settled,
 )
 from wasm_host.figures import Dim, ModelFigures, Term, measure
 
@@ -280,3 +283,63 @@ def test_a_function_pinned_to_pod_with_no_pod_tier_is_refused_not_served_in_the_
         decide(inputs(tier="pod", pod=PodState(available=False)))
     # Auto placement still falls back to the sandbox: nothing was pinned.
     assert decide(inputs(figures=LARGE, pod=PodState(available=False))).reason == "fallback"
+
+
+pod_states = st.builds(
+    PodState,
+    available=st.booleans(),
+    ready=st.integers(0, 2),
+    warm=st.integers(0, 2),
+    in_flight=st.integers(0, 20),
+    held=st.integers(0, 5),
+    typical_ms=st.none() | st.floats(0.1, 500),
+    scale_up_s=st.none() | st.floats(0.1, 60),
+    backlog_ms=st.floats(0, 500),
+)
+wasm_states = st.builds(
+    WasmState,
+    loaded=st.booleans(),
+    warm=st.integers(0, 4),
+    in_flight=st.integers(0, 10),
+    queued=st.integers(0, 10),
+    concurrency=st.integers(1, 8),
+    typical_ms=st.none() | st.floats(0.1, 500),
+)
+settled_inputs = st.builds(
+    RouteInputs,
+    tier=st.sampled_from(["auto", "wasm", "pod"]),
+    figures=st.sampled_from([SMALL, LARGE, HUGE]),
+    has_code=st.booleans(),
+    spill=st.booleans(),
+    mask_cold_start=st.booleans(),
+    batch=st.integers(1, 2 * T.spill_batch_rows),
+    hint=st.none(),
+    deadline_ms=st.none(),
+    accelerators=st.booleans(),
+    wasm=wasm_states,
+    pod=pod_states,
+    thresholds=st.just(T),
+    other_size=st.tuples(st.none() | st.floats(0.1, 500), st.none() | st.floats(0.1, 500)),
+    flops_per_row=st.none() | st.sampled_from([10, 200_000, 5_000_000]),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(settled_inputs)
+def test_a_settled_decision_is_the_one_decide_makes(r: RouteInputs) -> None:
+    """settled() may decline any request, but what it decides is what decide() decides on the same inputs."""
+    quick = settled(r.tier, r.figures, r.has_code, r.accelerators, r.thresholds, r.flops_per_row, r.pod)
+    if quick is None:
+        return
+    assert quick == decide(r)
+
+
+def test_settled_takes_a_wasm_home_request_while_no_replica_is_up() -> None:
+    """The case it is for (one machine, no runner up), and the cases it must leave to decide()."""
+    for pod in (COLD_POD, PodState()):
+        r = inputs(accelerators=False, pod=pod)
+        assert settled(r.tier, r.figures, True, False, T, None, pod) == decide(r)
+    assert settled("auto", SMALL, True, True, T, None, WARM_POD) is None  # a replica to spill to
+    assert settled("auto", LARGE, True, True, T, None, COLD_POD) is None  # pod-home: cold-start masking
+    assert settled("auto", HUGE, True, False, T, None, COLD_POD) is None  # past the sandbox's fit
+    assert settled("wasm", SMALL, False, True, T, None, COLD_POD) is None  # an endpoint's function
