@@ -21,7 +21,7 @@ import numpy as np
 import orjson
 
 from gateway.requests import json_object
-from wasm_host.compiled import packer
+from wasm_host.compiled import packers
 from wasm_host.errors import GuestFailure, InvalidRequest, TooLarge
 from wasm_host.tensors import DTYPES, Tensor, TensorSpec, expected_nbytes, join_bytes, split_bytes
 
@@ -297,9 +297,9 @@ def _json_data(where: str, datatype: str, dims: Sequence[int], numel: int, data:
     return np.ascontiguousarray(arr, dtype=target).tobytes()
 
 
-#: The datatypes the compiled packer takes (wasm_host.compiled.packer), by its kind letter.
+#: The datatypes the compiled converters take (wasm_host.compiled.packers), by their kind letter.
 _PACK_KINDS = {"FP32": "f", "FP64": "d", "INT32": "i", "INT64": "q"}
-_pack = packer()
+_pack, _unpack = packers() or (None, None)
 
 #: The largest finite value of each floating datatype (BF16 is converted through FP32, whose range it shares).
 FLOAT_LARGEST = {
@@ -484,6 +484,11 @@ def _to_json_data(tensor: Tensor) -> list[Any] | np.ndarray[Any, Any]:
     it; the exact value travels in a binary output."""
     if tensor.datatype == "BYTES":
         return [x.decode(errors="replace") for x in split_bytes(tensor.data)]
+    kind = _PACK_KINDS.get(tensor.datatype)
+    if kind is not None and _unpack is not None and len(tensor.data) <= LIST_ELEMENTS * DTYPES[tensor.datatype].size:
+        listed = _unpack(tensor.data, kind)  # tolist()'s numbers, without an array on the way
+        if listed is not None:
+            return listed
     arr = np.frombuffer(tensor.data, dtype=DTYPES[tensor.datatype].numpy)
     if tensor.datatype == "BF16":
         arr = (arr.astype("<u4") << 16).view("<f4")

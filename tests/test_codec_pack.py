@@ -1,9 +1,10 @@
-"""The compiled packer of JSON tensor data (wasm_host/csrc/pack.c) against the numpy path it short-cuts.
+"""The compiled converters of JSON tensor data (wasm_host/csrc/pack.c) against the numpy path they short-cut.
 
 ``gateway.codec`` hands a JSON input's numbers to the packer first and to numpy only when the packer declines.
 Every body below is parsed both ways (the packer, and the codec with the packer off): the tensors' bytes must be
 identical, and so must every error. The packer must also take the common bodies, or the test of its speed-up
-would pass on a packer that declines everything."""
+would pass on a packer that declines everything. An answer's tensors go to JSON through ``unpack``: the text
+must be the numpy path's, byte for byte."""
 
 from __future__ import annotations
 
@@ -11,15 +12,17 @@ import json
 import math
 import struct
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway import codec
-from wasm_host.compiled import packer
+from wasm_host.compiled import packers
 from wasm_host.errors import InvalidRequest, WasmgateError
+from wasm_host.tensors import DTYPES, Tensor
 
-pack = packer()
+pack, unpack = packers() or (None, None)
 pytestmark = pytest.mark.skipif(pack is None, reason="the compiled extension is not built")
 
 KINDS = {"FP32": "f", "FP64": "d", "INT32": "i", "INT64": "q"}
@@ -159,3 +162,36 @@ def test_any_data_parses_the_same_with_the_packer_and_without(tensor: tuple[obje
         finally:
             codec._pack = saved
     assert results[0] == results[1]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(sorted(KINDS)),
+    st.lists(st.integers(0, 2**64 - 1), min_size=0, max_size=40),
+)
+def test_an_answer_encodes_to_the_same_text_with_unpack_and_without(datatype: str, words: list[int]) -> None:
+    """Any bit pattern (NaN, infinities, subnormals, extremes), as JSON text both ways."""
+    dtype = np.dtype(DTYPES[datatype].numpy)
+    raw = b"".join(w.to_bytes(8, "little") for w in words)
+    raw = raw[: len(raw) - len(raw) % dtype.itemsize]
+    tensor = Tensor("y", datatype, (len(raw) // dtype.itemsize,), raw)
+    request = codec.parse_request(body([1.0], "FP32", [1]), None, 1 << 30)
+    texts = []
+    for unpacked in (True, False):
+        saved = codec._unpack
+        codec._unpack = saved if unpacked else None
+        try:
+            texts.append(codec.encode_response("m", "1", request, [(tensor, False)])[0])
+        finally:
+            codec._unpack = saved
+    assert texts[0] == texts[1]
+    assert unpack is not None
+    assert unpack(raw, KINDS[datatype]) is not None  # taken, not left to numpy
+
+
+def test_unpack_declines_what_is_not_whole_elements() -> None:
+    assert unpack is not None
+    assert unpack(b"\0\0\0", "f") is None
+    assert unpack(struct.pack("<2i", -1, 7), "i") == [-1, 7]
+    with pytest.raises(ValueError, match="kind"):
+        unpack(b"", "x")

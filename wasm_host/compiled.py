@@ -96,17 +96,20 @@ def load(mode: str) -> ModuleType | None:
         return None
 
 
-#: ``pack(data, kind, numel)``: see :func:`packer`.
-Packer = Callable[[object, str, int], "bytes | None"]
+#: ``pack(data, kind, numel)`` and ``unpack(data, kind)``: see :func:`packers`.
+Pack = Callable[[object, str, int], "bytes | None"]
+Unpack = Callable[[bytes, str], "list[float] | list[int] | None"]
 
 
-def packer() -> Packer | None:
-    """The extension's packer of a JSON tensor's numbers (wasm_host/csrc/pack.c), or None where the extension is
-    not built. ``pack(data, kind, numel)`` answers the bytes of ``numel`` numbers (``kind``: ``f`` FP32, ``d``
-    FP64, ``i`` INT32, ``q`` INT64) exactly as numpy would convert them, or None for anything it does not take,
-    which numpy then converts or refuses (gateway.codec). It calls neither library, so it needs no :func:`load`."""
+def packers() -> tuple[Pack, Unpack] | None:
+    """The extension's two converters of a tensor's numbers (wasm_host/csrc/pack.c), or None where it is not
+    built; they call neither library, so they need no :func:`load`. ``kind`` is ``f`` (FP32), ``d`` (FP64), ``i``
+    (INT32) or ``q`` (INT64). ``pack(data, kind, numel)``: a JSON input's ``numel`` numbers (nested lists) as its
+    bytes, exactly as numpy would convert them, or None for anything it does not take, which numpy then converts
+    or refuses (gateway.codec). ``unpack(data, kind)``: the bytes as a flat list of Python numbers, as numpy's
+    ``tolist()`` makes them."""
     try:
         from wasm_host import _chost  # type: ignore[attr-defined]
     except ImportError:
         return None
-    return _chost.pack  # type: ignore[no-any-return]
+    return _chost.pack, _chost.unpack

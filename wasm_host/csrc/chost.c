@@ -1234,6 +1234,7 @@ static PyMethodDef mod_methods[] = {
     {"configure_response", mod_configure_response, METH_VARARGS, "The response format: magic, most dims, dtypes."},
     {"parse", mod_parse, METH_O, "A regular response's tensors as tuples; None: leave it to decode_response."},
     {"pack", chost_pack, METH_VARARGS, "A JSON tensor's numbers as its bytes; None: leave it to numpy (pack.c)."},
+    {"unpack", chost_unpack, METH_VARARGS, "A tensor's bytes as a list of numbers; None: leave it to numpy (pack.c)."},
     {NULL}};
 
 static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "wasm_host._chost",

@@ -1,5 +1,6 @@
 /* wasm_host._chost.pack: a JSON tensor's numbers, as a request body's parser produced them (Python lists of
- * ints and floats), packed into the tensor's little-endian bytes in one pass (see gateway/codec.py).
+ * ints and floats), packed into the tensor's little-endian bytes in one pass (see gateway/codec.py); and
+ * wasm_host._chost.unpack, the other way for an answer: a tensor's bytes as a flat list of Python numbers.
  *
  * It only ever takes the common case: a list (nested to at most PACK_MAX_DEPTH levels, every list at one depth
  * of the same length, as numpy requires of an array) whose leaves are ints and floats that the datatype holds
@@ -122,5 +123,40 @@ PyObject *chost_pack(PyObject *m, PyObject *args) {
         if (PyErr_Occurred()) PyErr_Clear();
         Py_RETURN_NONE;
     }
+    return out;
+}
+
+/* unpack(data, kind) -> list: the little-endian elements of ``data`` as Python floats (FP32 widened to the double
+ * it is exactly, as numpy's tolist() gives it) or ints; None where the wire's order is not this machine's, or
+ * for a length that is not a whole number of elements, for numpy to handle. */
+PyObject *chost_unpack(PyObject *m, PyObject *args) {
+    Py_buffer view;
+    int kind;
+    if (!PyArg_ParseTuple(args, "y*C", &view, &kind)) return NULL;
+    Py_ssize_t size;
+    switch (kind) {
+        case 'f': case 'i': size = 4; break;
+        case 'd': case 'q': size = 8; break;
+        default: PyBuffer_Release(&view); return PyErr_Format(PyExc_ValueError, "kind must be one of f, d, i, q");
+    }
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    PyBuffer_Release(&view);
+    Py_RETURN_NONE;
+#endif
+    if (view.len % size) { PyBuffer_Release(&view); Py_RETURN_NONE; }
+    Py_ssize_t n = view.len / size;
+    PyObject *out = PyList_New(n);
+    if (!out) { PyBuffer_Release(&view); return NULL; }
+    const char *p = view.buf;
+    for (Py_ssize_t i = 0; i < n; i++, p += size) {
+        PyObject *v;
+        if (kind == 'f') { float f; memcpy(&f, p, 4); v = PyFloat_FromDouble((double)f); }
+        else if (kind == 'd') { double d; memcpy(&d, p, 8); v = PyFloat_FromDouble(d); }
+        else if (kind == 'i') { int32_t x; memcpy(&x, p, 4); v = PyLong_FromLong(x); }
+        else { int64_t x; memcpy(&x, p, 8); v = PyLong_FromLongLong(x); }
+        if (!v) { Py_DECREF(out); PyBuffer_Release(&view); return NULL; }
+        PyList_SET_ITEM(out, i, v);
+    }
+    PyBuffer_Release(&view);
     return out;
 }

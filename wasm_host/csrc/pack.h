@@ -5,5 +5,7 @@
 
 /* pack(data, kind, numel) -> bytes | None: see pack.c. */
 PyObject *chost_pack(PyObject *m, PyObject *args);
+/* unpack(data, kind) -> list | None: see pack.c. */
+PyObject *chost_unpack(PyObject *m, PyObject *args);
 
 #endif
