@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import orjson
@@ -159,8 +159,7 @@ def _parse_input(
     if datatype not in DTYPES:
         raise InvalidRequest(f"{where}: unknown datatype {datatype!r}; use one of {', '.join(DTYPES)}")
     shape = raw.get("shape")
-    # type() is int: a bool is not a dimension (JSON's true would pass isinstance)
-    if not isinstance(shape, list) or len(shape) > MAX_DIMS or not all(type(d) is int and d >= 0 for d in shape):
+    if not _is_shape(shape):
         raise InvalidRequest(f"{where}: 'shape' must be a list of at most {MAX_DIMS} non-negative integers")
     dims = tuple(shape)
     numel = math.prod(dims)
@@ -192,6 +191,17 @@ def _parse_input(
     if "data" not in raw:
         raise InvalidRequest(f"{where}: needs 'data' (or parameters.binary_data_size with a binary body)")
     return Tensor(name, datatype, dims, _json_data(where, datatype, dims, numel, raw["data"])), 0
+
+
+def _is_shape(shape: object) -> TypeGuard[list[int]]:
+    """A list of at most MAX_DIMS non-negative ints. (A loop, not all() over a generator: every input of every
+    request passes here.)"""
+    if not isinstance(shape, list) or len(shape) > MAX_DIMS:
+        return False
+    for d in shape:  # noqa: SIM110  # a loop, not all() over a generator
+        if type(d) is not int or d < 0:  # type(): a bool is not a dimension (JSON's true would pass isinstance)
+            return False
+    return True
 
 
 def encode_request(
@@ -356,10 +366,14 @@ def bind_inputs(name: str, declared: Sequence[TensorSpec] | None, inputs: list[T
     A function that declares nothing gets the inputs as sent."""
     if declared is None:
         return inputs
-    if len(inputs) == len(declared) and all(t.name == s.name for t, s in zip(inputs, declared)):  # noqa: B905
-        ordered = inputs  # sent in declared order, as clients mostly do: nothing to look up
-    else:
+    ordered = inputs  # sent in declared order, as clients mostly do: nothing to look up
+    if len(inputs) != len(declared):
         ordered = _declared_order(name, declared, inputs)
+    else:
+        for t, s in zip(inputs, declared):  # noqa: B905  # same length
+            if t.name != s.name:
+                ordered = _declared_order(name, declared, inputs)
+                break
     for spec, t in zip(declared, ordered):  # noqa: B905  # one each, by name
         if t.datatype != spec.datatype:
             raise InvalidRequest(f"input {t.name!r} of {name!r} takes {spec.datatype}, got {t.datatype}")

@@ -75,17 +75,8 @@ class PodTier:
         act = self.activator
         if act is None:
             return PodState()
-        name = job.name
-        return PodState(
-            True,
-            act.ready,
-            act.warm(name),
-            act.in_flight_total,
-            act.held,
-            typical,
-            act.scale_up_s,
-            act.backlog_ms(name),
-        )
+        ready, warm, in_flight, held, backlog_ms = act.snapshot(job.name)
+        return PodState(True, ready, warm, in_flight, held, typical, act.scale_up_s, backlog_ms)
 
     async def run(self, job: Job, call: Call, retry: bool = False, exclude: Sequence[str] = ()) -> Outcome:
         """Forward ``job`` once (see :meth:`infer`); a replica or endpoint that did not take it raises

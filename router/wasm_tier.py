@@ -122,7 +122,9 @@ class WasmTier:
                 placement = fn.placement
                 if placement is None:
                     placement = first_placement(pool.typical_ms, self.inline_below_ms)
-                input_bytes = sum(len(t.data) for t in inputs)
+                input_bytes = 0
+                for t in inputs:  # a loop, not sum() over a generator: on every request
+                    input_bytes += len(t.data)
                 inline = placement.inline and not outsize(input_bytes, pool.typical_bytes)
                 timed_out = False
                 try:
@@ -146,7 +148,10 @@ class WasmTier:
             raise self.deadlines.explain(fn.name, exc) from exc
         finally:
             fn.last_used = time.monotonic()
-        if sum(len(t.data) for t in produced) > ENCODE_INLINE_BYTES:
+        output_bytes = 0
+        for t in produced:
+            output_bytes += len(t.data)
+        if output_bytes > ENCODE_INLINE_BYTES:
             # JSON text of a large tensor takes long to build: off the event loop, so neighbours keep answering.
             body, headers = await anyio.to_thread.run_sync(call.encode, fn.name, fn.version, produced)
         else:

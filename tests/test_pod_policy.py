@@ -342,3 +342,31 @@ def test_a_lease_says_whether_its_replica_was_idle_and_the_backlog_counts_expect
         assert activator.backlog_ms("f") == 0.0
 
     anyio.run(main)
+
+
+def test_the_routers_snapshot_is_what_the_separate_readings_say() -> None:
+    """Activator.snapshot reads, in one call, what PodTier.state once read with five: the same numbers, with no
+    replica up, with replicas up and requests in flight, and with one holding the model."""
+
+    def readings(activator: Activator, function: str) -> tuple[int, int, int, int, float]:
+        return (
+            activator.ready,
+            activator.warm(function),
+            activator.in_flight_total,
+            activator.held,
+            activator.backlog_ms(function),
+        )
+
+    async def main() -> None:
+        scaler = ScriptedScaler()
+        activator = Activator(scaler, ScalePolicy(max_replicas=2, target_in_flight=2), 10, 30, tick_s=0.01)
+        assert activator.snapshot("f") == readings(activator, "f") == (0, 0, 0, 0, 0.0)
+        scaler.set_ready(R1, R2)
+        async with activator.acquire("f", expected_ms=7.5) as lease, activator.acquire("g", expected_ms=2.0):
+            activator.served("f", lease.replica)
+            for function in ("f", "g", "h"):
+                assert activator.snapshot(function) == readings(activator, function)
+            assert activator.snapshot("f")[:3] == (2, 1, 2)
+            assert activator.snapshot("f")[4] > 0  # the replica it would get has work in flight
+
+    anyio.run(main)

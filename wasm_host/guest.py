@@ -126,8 +126,13 @@ def check_answer(produced: Sequence[Tensor], declared: Sequence[TensorSpec]) -> 
     if not declared:
         return
     for tensor in produced:
-        # A scan, not a dict: a function declares a few outputs, and this runs for every answer.
-        spec = next((s for s in declared if s.name == tensor.name), None)
+        # A scan (a loop, no generator), not a dict: a function declares a few outputs, and this runs for every
+        # answer.
+        spec = None
+        for s in declared:
+            if s.name == tensor.name:
+                spec = s
+                break
         if spec is None:
             raise GuestFailure(
                 f"the function answered the undeclared output {tensor.name!r}; its signature declares "

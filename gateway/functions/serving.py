@@ -42,7 +42,7 @@ class LoadedFunction:
         stamp: tuple[int, int] | None,
         observer: AdmissionObserver | None = None,
     ) -> None:
-        self.manifest = manifest
+        self._take(manifest)
         self.pool = pool
         self.graphs = graphs  # held so the shared sessions stay loaded while the function is
         self.stamp = stamp
@@ -54,28 +54,21 @@ class LoadedFunction:
         self.cold = True  # until the first request has been served: that request reports the cold start
         self.placement: Placement | None = None  # where its next call runs, kept by the Wasm tier (router.inline)
 
-    @property
-    def name(self) -> str:
-        return self.manifest.name
-
-    @property
-    def version(self) -> int:
-        return self.manifest.version
-
-    @property
-    def inputs(self) -> list[TensorSpec] | None:
-        return self.manifest.inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec] | None:
-        return self.manifest.outputs
+    def _take(self, manifest: Manifest) -> None:
+        """Serve ``manifest``: its name, version and signature copied to plain attributes, which every request
+        reads (a property each would cost a call)."""
+        self.manifest = manifest
+        self.name: str = manifest.name
+        self.version: int = manifest.version
+        self.inputs: list[TensorSpec] | None = manifest.inputs
+        self.outputs: list[TensorSpec] | None = manifest.outputs
 
     def retune(self, manifest: Manifest, stamp: tuple[int, int] | None) -> None:
         """Apply new pool settings to the same code without reloading it."""
         if manifest.pool != self.manifest.pool:
             self.pool.settings = manifest.pool
             self.admission = _admission(manifest, self.observer)
-        self.manifest = manifest
+        self._take(manifest)
         self.stamp = stamp
 
 
