@@ -86,18 +86,20 @@ class HttpCall:
         self.parsed = parsed
         self.max_response_bytes = max_response_bytes  # setting max_response_bytes
 
-    def _request(self) -> InferRequest:
-        assert self.parsed is not None, "the policy sends only functions with code, which were parsed, to run"
-        return self.parsed
-
+    # The policy sends only functions with code, whose requests were parsed, to run: ``parsed`` is set for both.
     def inputs(self, name: str, declared: Sequence[TensorSpec] | None) -> list[Tensor]:
-        return bind_inputs(name, declared, self._request().inputs)
+        assert self.parsed is not None, _UNPARSED
+        return bind_inputs(name, declared, self.parsed.inputs)
 
     def encode(self, name: str, version: int, outputs: Sequence[Tensor]) -> tuple[bytes, Mapping[str, str]]:
-        request = self._request()
+        request = self.parsed
+        assert request is not None, _UNPARSED
         selected = select_outputs(outputs, request)
         check_response_size(name, selected, self.max_response_bytes)
         return encode_response(name, str(version), request, selected)
+
+
+_UNPARSED = "the policy sends only functions with code, which were parsed, to run"
 
 
 class Dispatcher:

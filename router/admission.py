@@ -37,7 +37,10 @@ class Admission:
         self.limit = limit
         self.max_queue = max_queue
         self.queue_timeout_s = queue_timeout_s
-        self._slots = anyio.Semaphore(limit)
+        # Made by the first request, on the event loop: anyio then gives its backend's semaphore itself, where
+        # one made here (a function loads on a worker thread) would be an adapter that finds that semaphore
+        # anew on every call.
+        self._slots: anyio.Semaphore | None = None
         self.waiting = 0
         self.in_flight = 0
         self.rejected_full = 0
@@ -52,8 +55,11 @@ class Admission:
         return self
 
     async def __aenter__(self) -> None:
-        if self.waiting == 0 and self._slots.value > 0:
-            self._slots.acquire_nowait()
+        slots = self._slots
+        if slots is None:
+            slots = self._slots = anyio.Semaphore(self.limit)
+        if self.waiting == 0 and slots.value > 0:
+            slots.acquire_nowait()
         else:
             if self.waiting >= self.max_queue:
                 self.rejected_full += 1
@@ -67,7 +73,7 @@ class Admission:
             self._waiting(+1)
             try:
                 with anyio.fail_after(self.queue_timeout_s):
-                    await self._slots.acquire()
+                    await slots.acquire()
             except TimeoutError:
                 self.rejected_timeout += 1
                 if self.observer is not None:
@@ -83,6 +89,7 @@ class Admission:
 
     async def __aexit__(self, *exc_info: object) -> None:
         self.in_flight -= 1
+        assert self._slots is not None  # made by __aenter__
         self._slots.release()
 
     def _waiting(self, delta: int) -> None:

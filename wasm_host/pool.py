@@ -244,7 +244,11 @@ class InstancePool:
 
     def refill_soon(self) -> None:
         """Ask the warmer (if any) to top the pool up to ``target_ready`` in the background."""
-        if self._warmer is not None and not self.closed and len(self._ready) < self.target_ready():
+        if self._warmer is None or self.closed:
+            return
+        s = self.settings
+        # With neither, target_ready() is 0: nothing to top up, and no call to find that out.
+        if (s.min_warm or s.isolation == "fresh") and len(self._ready) < self.target_ready():
             self._warmer.schedule(self)
 
 
