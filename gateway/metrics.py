@@ -22,10 +22,15 @@ from prometheus_client import (
     multiprocess,
 )
 
+from gateway.request_tallies import LATENCY, REQUESTS, RequestTallies
 from router.policy import Reason, Retry
 from wasm_host.pool import InstancePool
 
 INSTANCE_STATES = ("warm", "busy", "instantiating")
+DECISIONS_HELP = (
+    "Routing decisions by function, the tier chosen and the reason "
+    f"({', '.join((*get_args(Reason), *get_args(Retry)))})."
+)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -39,19 +44,18 @@ class Metrics:
         self._pool_gauges: dict[str, tuple[Gauge, ...]] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter(
-            "wasmgate_requests",
-            "Inference requests by function, backend and HTTP status.",
-            ["function", "backend", "status"],
-            registry=r,
-        )
-        self.latency = Histogram(
-            "wasmgate_request_duration_seconds",
-            "Inference latency inside the gateway, by function and backend.",
-            ["function", "backend"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
+        # The three series every request updates: in one process, plain tallies (gateway.request_tallies); with
+        # workers, prometheus_client's values, which reach the shared directory.
+        self.tallies: RequestTallies | None = None
+        if multiprocess_dir:
+            self.requests = Counter(*REQUESTS, ["function", "backend", "status"], registry=r)
+            self.latency = Histogram(*LATENCY, ["function", "backend"], buckets=LATENCY_BUCKETS, registry=r)
+            self.decisions = Counter(
+                "wasmgate_route_decisions", DECISIONS_HELP, ["function", "tier", "reason"], registry=r
+            )
+        else:
+            self.tallies = RequestTallies(LATENCY_BUCKETS, DECISIONS_HELP)
+            r.register(self.tallies)
         self.cold_starts = Counter(
             "wasmgate_cold_starts",
             "Requests that found their function scaled to zero and loaded it.",
@@ -144,13 +148,6 @@ class Metrics:
             ["from_tier", "to_tier"],
             registry=r,
         )
-        self.decisions = Counter(
-            "wasmgate_route_decisions",
-            "Routing decisions by function, the tier chosen and the reason "
-            f"({', '.join((*get_args(Reason), *get_args(Retry)))}).",
-            ["function", "tier", "reason"],
-            registry=r,
-        )
         self.pod_replica_seconds = Counter(
             "wasmgate_pod_replica_seconds",
             "Pod-tier replicas asked for, integrated over time: the tier's cost (GPU-seconds on a GPU pool).",
@@ -191,6 +188,11 @@ class Metrics:
         )
 
     def observe_request(self, function: str, backend: str, status: int, seconds: float, cold: bool) -> None:
+        if self.tallies is not None:
+            self.tallies.request(function, backend, status, seconds)
+            if cold:
+                self.cold_starts.labels(function).inc()
+            return
         key = (function, backend, status)
         children = self._children.get(key)
         if children is None:  # labels() validates on every call; the hot path reuses bound children
@@ -202,6 +204,9 @@ class Metrics:
             self.cold_starts.labels(function).inc()
 
     def decided(self, function: str, tier: str, reason: str) -> None:
+        if self.tallies is not None:
+            self.tallies.decided(function, tier, reason)
+            return
         key = (function, tier, reason)
         counter = self._decisions.get(key)
         if counter is None:  # bound once: labels() validates on every call, and this runs on every request
