@@ -218,13 +218,16 @@ class GuestInstance:
 
     # -- calling into the guest ----------------------------------------------------------------------------
     def _arm(self, deadline_ms: int | None = None, engine: bool = True) -> int:
-        """Start a deadline: the guest calls made until the next ``_arm`` share it. Returns it in epoch ticks;
-        ``engine=False`` leaves setting those on the store to the caller (the compiled host's request does)."""
+        """Start a deadline: the guest calls made until the next ``_arm`` share it. Returns it in epoch ticks.
+        ``engine=False`` (a compiled host's request) arms only the Python imports' deadline: the request sets the
+        store's ticks and its compiled imports' deadline (at ``nn.deadline.at``) itself."""
         self._deadline_ms = self.limits.deadline_ms if deadline_ms is None else deadline_ms
         ticks = self.limits.deadline_ticks(self._deadline_ms)
         if engine:
             self._store.set_epoch_deadline(ticks)
-        self.nn.arm(self._deadline_ms)  # the same deadline for its host calls (wasm_host.waits)
+            self.nn.arm(self._deadline_ms)  # the same deadline for its host calls (wasm_host.waits)
+        else:
+            self.nn.deadline.arm(self._deadline_ms)
         return ticks
 
     def _call(self, what: str, func: RawExport, *args: int) -> int:
@@ -286,10 +289,10 @@ class GuestInstance:
         GuestTrap or DeadlineExceeded."""
         request = encode_request(inputs, outputs)
         self.requests += 1
-        self.nn.take_error()
         # One deadline for the whole request: alloc, then handle.
         ticks = self._arm(deadline_ms, engine=self._native is None)
         if self._native is None:
+            self.nn.take_error()  # the compiled host's request forgets the last failure itself
             result, body = self._run(request), None
         else:
             result, body = self._run_compiled(request, ticks)
@@ -332,17 +335,19 @@ class GuestInstance:
         return self._call("handle", self._handle, ptr, len(request))
 
     def _run_compiled(self, request: bytes, ticks: int) -> tuple[int, bytes | None]:
-        """The same on the compiled host, in one call that releases the GIL: the store's epoch deadline, both
-        entries, the write, and the copy of the result buffer (None when it lies outside memory)."""
+        """The same on the compiled host, in one call that releases the GIL: the store's epoch deadline, the
+        compiled imports' deadline (armed by :meth:`_arm`), no failure left from the request before, both entries,
+        the write, and the copy of the result buffer (None when it lies outside memory)."""
         assert self._native is not None
         previous = self._nn_host.bind_python(self.nn)  # for the Python imports; the call binds the compiled ones
         try:
-            code, value, body = self._native.request(
-                self.nn.native, self._alloc.address, self._handle.address, request, ticks
+            code, value, body, expired = self._native.request(
+                self.nn.native, self._alloc.address, self._handle.address, request, ticks, self.nn.deadline.at
             )
         finally:
             self._nn_host.bind_python(previous)
-        self.nn.sync_expired()
+        if expired:
+            self.nn.sync_expired()
         if code == 0:
             return int(value), body
         if code == 5:  # alloc's pointer does not take the request: the same checks word the error

@@ -1076,7 +1076,13 @@ static PyObject *mod_request(PyObject *m, PyObject *args) {
     State *s;
     unsigned long long alloc, handle, ticks;
     Py_buffer req;
-    if (!PyArg_ParseTuple(args, "O!KKy*K", &StateType, &s, &alloc, &handle, &req, &ticks)) return NULL;
+    double at;
+    if (!PyArg_ParseTuple(args, "O!KKy*Kd", &StateType, &s, &alloc, &handle, &req, &ticks, &at)) return NULL;
+    /* A new request: its deadline for the host calls (as state.arm), and no failure left from the one before
+     * (as state.take_error), here rather than in two more calls from Python. */
+    s->deadline_at = at;
+    s->expired = 0;
+    s->has_error = 0;
     int code = 0;
     int64_t value = 0;
     State *previous = current;
@@ -1112,15 +1118,16 @@ static PyObject *mod_request(PyObject *m, PyObject *args) {
     current = previous;
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&req);
-    if (code != 0) return Py_BuildValue("iLO", code, (long long)value, Py_None);
+    if (code != 0) return Py_BuildValue("iLOi", code, (long long)value, Py_None, s->expired);
     /* The result buffer, as wasm_host.abi.unpack_result reads the i64: pointer, then a 30-bit length. */
     uint64_t r = (uint64_t)value;
     uint64_t out_ptr = r & 0xFFFFFFFFull, out_len = (r >> 32) & 0x3FFFFFFFull;
-    if (out_ptr + out_len > wt_memory_size(s->ctx, s->mem)) return Py_BuildValue("iLO", 0, (long long)value, Py_None);
+    if (out_ptr + out_len > wt_memory_size(s->ctx, s->mem))
+        return Py_BuildValue("iLOi", 0, (long long)value, Py_None, s->expired);
     PyObject *body = PyBytes_FromStringAndSize((const char *)wt_memory_data(s->ctx, s->mem) + out_ptr,
                                                (Py_ssize_t)out_len);
     if (!body) return NULL;
-    return Py_BuildValue("iLN", 0, (long long)value, body);
+    return Py_BuildValue("iLNi", 0, (long long)value, body, s->expired);
 }
 
 /* ---- the response, parsed where it is regular ---------------------------------------------------------- */
@@ -1230,7 +1237,9 @@ static PyMethodDef mod_methods[] = {
     {"bind", mod_bind, METH_O, "Route this thread's WASI-NN calls to a State (None: to nothing)."},
     {"tick_start", mod_tick_start, METH_VARARGS, "Bump an engine's epoch every tick, and stop runs past their deadline."},
     {"tick_stop", mod_tick_stop, METH_O, "Stop bumping an engine's epoch."},
-    {"request", mod_request, METH_VARARGS, "One request's alloc and handle, with the GIL released."},
+    {"request", mod_request, METH_VARARGS,
+     "request(state, alloc, handle, request, ticks, deadline_at) -> (code, value, result or None, expired): one "
+     "request's alloc and handle, with the GIL released."},
     {"configure_response", mod_configure_response, METH_VARARGS, "The response format: magic, most dims, dtypes."},
     {"parse", mod_parse, METH_O, "A regular response's tensors as tuples; None: leave it to decode_response."},
     {"pack", chost_pack, METH_VARARGS, "A JSON tensor's numbers as its bytes; None: leave it to numpy (pack.c)."},
