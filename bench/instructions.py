@@ -19,16 +19,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
-import hashlib
-import json
 import subprocess
 import tempfile
 from pathlib import Path
 
 import gateway.app
-from bench.request_path import call
+from bench.request_path import call, push_digits
 from gateway.app import create_app
-from gateway.cli.demo import train_digits
 from gateway.settings import Settings
 
 HELPER = """#include <valgrind/callgrind.h>
@@ -50,16 +47,10 @@ async def measure(requests: int, workdir: Path) -> None:
     # The forwarder's client is made on a timer thread 10 s after ready (gateway.app): under valgrind that lands
     # among the counted requests. Nothing here forwards.
     gateway.app.PREPARE_FORWARDER_AFTER_S = 1e9
-    model, x_test, _ = train_digits()
     settings = Settings.from_env({}, data_dir=workdir / "data", inline_below_ms=1e9)
     app = create_app(settings)
     async with app.router.lifespan_context(app):
-        digest = hashlib.sha256(model).hexdigest()
-        assert await call(app, "PUT", f"/admin/v1/blobs/sha256:{digest}", model) in (200, 201)
-        push = json.dumps({"module": None, "models": {"model": f"sha256:{digest}"}}).encode()
-        assert await call(app, "PUT", "/admin/v1/functions/digits", push) == 201
-        row = [float(v) for v in x_test[0]]
-        body = json.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": row}]}).encode()
+        body = await push_digits(app)
         for _ in range(300):  # loads the function and fills its pool
             assert await call(app, "POST", "/v2/models/digits/infer", body) == 200
         failed = 0

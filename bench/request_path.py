@@ -65,16 +65,22 @@ async def call(app: Any, method: str, path: str, body: bytes = b"") -> int:
     return status
 
 
-async def measure(requests: int, rounds: int) -> list[float]:
+async def push_digits(app: Any) -> bytes:
+    """Push the digits model (bare, behind the passthrough guest) through the app's admin API; returns a one-row
+    JSON request body for it."""
     model, x_test, _ = train_digits()
+    digest = hashlib.sha256(model).hexdigest()
+    assert await call(app, "PUT", f"/admin/v1/blobs/sha256:{digest}", model) in (200, 201)
+    push = json.dumps({"module": None, "models": {"model": f"sha256:{digest}"}}).encode()
+    assert await call(app, "PUT", "/admin/v1/functions/digits", push) == 201
+    row = [float(v) for v in x_test[0]]
+    return json.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": row}]}).encode()
+
+
+async def measure(requests: int, rounds: int) -> list[float]:
     app = create_app(Settings.from_env({}, data_dir=Path(tempfile.mkdtemp(prefix="wasmgate-bench-"))))
     async with app.router.lifespan_context(app):
-        digest = hashlib.sha256(model).hexdigest()
-        assert await call(app, "PUT", f"/admin/v1/blobs/sha256:{digest}", model) in (200, 201)
-        push = json.dumps({"module": None, "models": {"model": f"sha256:{digest}"}}).encode()
-        assert await call(app, "PUT", "/admin/v1/functions/digits", push) == 201
-        row = [float(v) for v in x_test[0]]
-        body = json.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": row}]}).encode()
+        body = await push_digits(app)
         for _ in range(500):  # loads the function, fills its pool, and teaches the tier that it is quick
             assert await call(app, "POST", "/v2/models/digits/infer", body) == 200
         per_request = []
