@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from typing import get_args
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -22,15 +21,10 @@ from prometheus_client import (
     multiprocess,
 )
 
-from gateway.request_tallies import LATENCY, REQUESTS, RequestTallies
-from router.policy import Reason, Retry
+from gateway.request_tallies import DECISIONS, LATENCY, REQUESTS, RequestTallies
 from wasm_host.pool import InstancePool
 
 INSTANCE_STATES = ("warm", "busy", "instantiating")
-DECISIONS_HELP = (
-    "Routing decisions by function, the tier chosen and the reason "
-    f"({', '.join((*get_args(Reason), *get_args(Retry)))})."
-)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -50,11 +44,9 @@ class Metrics:
         if multiprocess_dir:
             self.requests = Counter(*REQUESTS, ["function", "backend", "status"], registry=r)
             self.latency = Histogram(*LATENCY, ["function", "backend"], buckets=LATENCY_BUCKETS, registry=r)
-            self.decisions = Counter(
-                "wasmgate_route_decisions", DECISIONS_HELP, ["function", "tier", "reason"], registry=r
-            )
+            self.decisions = Counter(*DECISIONS, ["function", "tier", "reason"], registry=r)
         else:
-            self.tallies = RequestTallies(LATENCY_BUCKETS, DECISIONS_HELP)
+            self.tallies = RequestTallies(LATENCY_BUCKETS)
             r.register(self.tallies)
         self.cold_starts = Counter(
             "wasmgate_cold_starts",
@@ -190,16 +182,17 @@ class Metrics:
     def observe_request(self, function: str, backend: str, status: int, seconds: float, cold: bool) -> None:
         if self.tallies is not None:
             self.tallies.request(function, backend, status, seconds)
-            if cold:
-                self.cold_starts.labels(function).inc()
-            return
-        key = (function, backend, status)
-        children = self._children.get(key)
-        if children is None:  # labels() validates on every call; the hot path reuses bound children
-            children = (self.requests.labels(function, backend, str(status)), self.latency.labels(function, backend))
-            self._children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        else:
+            key = (function, backend, status)
+            children = self._children.get(key)
+            if children is None:  # labels() validates on every call; the hot path reuses bound children
+                children = (
+                    self.requests.labels(function, backend, str(status)),
+                    self.latency.labels(function, backend),
+                )
+                self._children[key] = children
+            children[0].inc()
+            children[1].observe(seconds)
         if cold:
             self.cold_starts.labels(function).inc()
 

@@ -20,20 +20,30 @@ import bisect
 import math
 import time
 from collections.abc import Iterator, Sequence
+from typing import get_args
 
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from router.policy import Reason, Retry
+
+#: The three series' names and help (gateway.metrics makes prometheus_client's metrics of the same with workers).
 REQUESTS = ("wasmgate_requests", "Inference requests by function, backend and HTTP status.")
 LATENCY = ("wasmgate_request_duration_seconds", "Inference latency inside the gateway, by function and backend.")
+DECISIONS = (
+    "wasmgate_route_decisions",
+    "Routing decisions by function, the tier chosen and the reason "
+    f"({', '.join((*get_args(Reason), *get_args(Retry)))}).",
+)
 
 
 class RequestTallies(Collector):
-    def __init__(self, buckets: Sequence[float], decisions_help: str) -> None:
+    """The three series in plain dicts, updated on the event loop, collected at a scrape (see the module doc)."""
+
+    def __init__(self, buckets: Sequence[float]) -> None:
         self._bounds = [*buckets, math.inf]
         self._le = [floatToGoString(b) for b in self._bounds]  # type: ignore[no-untyped-call]
-        self._decisions_help = decisions_help
         # label values -> [count, created]
         self._requests: dict[tuple[str, str, int], list[float]] = {}
         self._decisions: dict[tuple[str, str, str], list[float]] = {}
@@ -76,9 +86,7 @@ class RequestTallies(Collector):
             latency.add_metric([function, backend], buckets, total)
             latency.add_sample(f"{name}_created", {"function": function, "backend": backend}, created)
         yield latency
-        decisions = CounterMetricFamily(
-            "wasmgate_route_decisions", self._decisions_help, labels=["function", "tier", "reason"]
-        )
+        decisions = CounterMetricFamily(*DECISIONS, labels=["function", "tier", "reason"])
         for (function, tier, reason), (count, created) in list(self._decisions.items()):
             decisions.add_metric([function, tier, reason], count, created=created)
         yield decisions

@@ -8,8 +8,8 @@ import re
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from gateway.metrics import DECISIONS_HELP, LATENCY_BUCKETS, Metrics
-from gateway.request_tallies import LATENCY, REQUESTS
+from gateway.metrics import LATENCY_BUCKETS, Metrics
+from gateway.request_tallies import DECISIONS, LATENCY, REQUESTS
 
 OBSERVED = [
     ("digits", "wasm", 200, 0.0004),
@@ -36,7 +36,7 @@ def test_the_tallies_expose_what_prometheus_clients_metrics_expose() -> None:
     reference = CollectorRegistry()
     requests = Counter(*REQUESTS, ["function", "backend", "status"], registry=reference)
     latency = Histogram(*LATENCY, ["function", "backend"], buckets=LATENCY_BUCKETS, registry=reference)
-    decisions = Counter("wasmgate_route_decisions", DECISIONS_HELP, ["function", "tier", "reason"], registry=reference)
+    decisions = Counter(*DECISIONS, ["function", "tier", "reason"], registry=reference)
     assert exposition(metrics.registry, names) == exposition(reference, names)  # no series yet: help and type
     for function, backend, status, seconds in OBSERVED:
         metrics.observe_request(function, backend, status, seconds, False)
