@@ -272,13 +272,8 @@ class Activator:
         """What the router reads of this tier for one request of ``function``, in one call: (:attr:`ready`,
         :meth:`warm`, :attr:`in_flight_total`, :attr:`held`, :meth:`backlog_ms`)."""
         ready = self.scaler.ready()
-        holders = self._holders.get(function)
-        backlog = 0.0
-        if ready:  # else no replica to pick: nothing in flight on it
-            replica = self._candidate(function, ())
-            backlog = 0.0 if replica is None else self._backlog.get(replica.id, 0.0)
-        in_flight = sum(self.in_flight.values()) if self.in_flight else 0
-        return len(ready), len(holders) if holders else 0, in_flight, len(self._held), backlog
+        backlog = self.backlog_ms(function) if ready else 0.0  # no replica up: none to pick, nothing on it
+        return len(ready), self.warm(function), sum(self.in_flight.values()), len(self._held), backlog
 
     def note_demand(self) -> None:
         """A request that wants this tier was served by another one (cold-start masking, say): count it as one
