@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 
 from gateway import codec
 from wasm_host.compiled import packers
-from wasm_host.errors import InvalidRequest, WasmgateError
+from wasm_host.errors import WasmgateError
 from wasm_host.tensors import DTYPES, Tensor
 
 pack, unpack = packers() or (None, None)
@@ -42,20 +43,30 @@ class Raw:
         self.text = text
 
 
-def outcome(raw: bytes, monkeypatch: pytest.MonkeyPatch, packed: bool) -> bytes | str:
-    """The parsed input's bytes, or the error's words, with the packer on or off."""
-    with monkeypatch.context() as m:
-        if not packed:
-            m.setattr(codec, "_pack", None)
+def both_ways(converter: str, run: Callable[[], bytes | str]) -> tuple[bytes | str, bytes | str]:
+    """``run()`` with the codec's compiled ``converter`` (``_pack`` or ``_unpack``) in place, then without it."""
+    saved = getattr(codec, converter)
+    results = []
+    for value in (saved, None):
+        setattr(codec, converter, value)
         try:
-            return codec.parse_request(raw, None, 1 << 30).inputs[0].data
-        except WasmgateError as exc:
-            return f"{type(exc).__name__}: {exc}"
+            results.append(run())
+        finally:
+            setattr(codec, converter, saved)
+    return results[0], results[1]
 
 
-def same_both_ways(data: object, datatype: str, shape: list[int], monkeypatch: pytest.MonkeyPatch) -> bytes | str:
+def parsed(raw: bytes) -> bytes | str:
+    """The parsed input's bytes, or the error's words."""
+    try:
+        return codec.parse_request(raw, None, 1 << 30).inputs[0].data
+    except WasmgateError as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+def same_both_ways(data: object, datatype: str, shape: list[int]) -> bytes | str:
     raw = body(data, datatype, shape)
-    fast, reference = outcome(raw, monkeypatch, True), outcome(raw, monkeypatch, False)
+    fast, reference = both_ways("_pack", lambda: parsed(raw))
     assert fast == reference
     return fast
 
@@ -73,12 +84,12 @@ def same_both_ways(data: object, datatype: str, shape: list[int], monkeypatch: p
     ],
 )
 def test_common_bodies_are_packed_to_numpys_bytes(
-    data: object, datatype: str, shape: list[int], expected: bytes, monkeypatch: pytest.MonkeyPatch
+    data: object, datatype: str, shape: list[int], expected: bytes
 ) -> None:
     assert pack is not None
     numel = math.prod(shape)
     assert pack(json.loads(json.dumps(data)), KINDS[datatype], numel) == expected  # taken, not declined
-    assert same_both_ways(data, datatype, shape, monkeypatch) == expected
+    assert same_both_ways(data, datatype, shape) == expected
 
 
 @pytest.mark.parametrize(
@@ -102,13 +113,13 @@ def test_common_bodies_are_packed_to_numpys_bytes(
     ],
 )
 def test_what_the_packer_declines_is_numpys_to_convert_or_refuse(
-    data: object, datatype: str, shape: list[int], message: str | None, monkeypatch: pytest.MonkeyPatch
+    data: object, datatype: str, shape: list[int], message: str | None
 ) -> None:
     assert pack is not None
     if datatype in KINDS:
         parsed = codec._head_doc(body(data, datatype, shape))["inputs"][0]["data"]  # as the codec's parser reads it
         assert pack(parsed, KINDS[datatype], math.prod(shape)) is None
-    result = same_both_ways(data, datatype, shape, monkeypatch)
+    result = same_both_ways(data, datatype, shape)
     if message is not None:
         assert isinstance(result, str)
         assert message in result
@@ -150,18 +161,7 @@ def tensors(draw: st.DrawFn) -> tuple[object, list[int]]:
 @given(tensors(), st.sampled_from(sorted(KINDS)))
 def test_any_data_parses_the_same_with_the_packer_and_without(tensor: tuple[object, list[int]], datatype: str) -> None:
     data, shape = tensor
-    raw = body(data, datatype, shape)
-    results = []
-    for packed in (True, False):
-        saved = codec._pack
-        codec._pack = saved if packed else None
-        try:
-            results.append(codec.parse_request(raw, None, 1 << 30).inputs[0].data)
-        except InvalidRequest as exc:
-            results.append(str(exc))
-        finally:
-            codec._pack = saved
-    assert results[0] == results[1]
+    same_both_ways(data, datatype, shape)
 
 
 @settings(max_examples=300, deadline=None)
@@ -176,15 +176,8 @@ def test_an_answer_encodes_to_the_same_text_with_unpack_and_without(datatype: st
     raw = raw[: len(raw) - len(raw) % dtype.itemsize]
     tensor = Tensor("y", datatype, (len(raw) // dtype.itemsize,), raw)
     request = codec.parse_request(body([1.0], "FP32", [1]), None, 1 << 30)
-    texts = []
-    for unpacked in (True, False):
-        saved = codec._unpack
-        codec._unpack = saved if unpacked else None
-        try:
-            texts.append(codec.encode_response("m", "1", request, [(tensor, False)])[0])
-        finally:
-            codec._unpack = saved
-    assert texts[0] == texts[1]
+    fast, reference = both_ways("_unpack", lambda: codec.encode_response("m", "1", request, [(tensor, False)])[0])
+    assert fast == reference
     assert unpack is not None
     assert unpack(raw, KINDS[datatype]) is not None  # taken, not left to numpy
 
