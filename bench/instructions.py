@@ -45,20 +45,23 @@ def marks(workdir: Path) -> ctypes.CDLL:
 async def measure(requests: int, workdir: Path) -> None:
     helper = marks(workdir)
     # The forwarder's client is made on a timer thread 10 s after ready (gateway.app): under valgrind that lands
-    # among the counted requests. Nothing here forwards.
-    gateway.app.PREPARE_FORWARDER_AFTER_S = 1e9
-    settings = Settings.from_env({}, data_dir=workdir / "data", inline_below_ms=1e9)
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        body = await push_digits(app)
-        for _ in range(300):  # loads the function and fills its pool
-            assert await call(app, "POST", "/v2/models/digits/infer", body) == 200
-        failed = 0
-        helper.marks_on()
-        for _ in range(requests):
-            failed += await call(app, "POST", "/v2/models/digits/infer", body) != 200
-        helper.marks_off()
-        assert not failed, f"{failed} of the counted requests failed"
+    # among the counted requests. Nothing here forwards; the setting is put back for whoever imported this.
+    prepare_after, gateway.app.PREPARE_FORWARDER_AFTER_S = gateway.app.PREPARE_FORWARDER_AFTER_S, 1e9
+    try:
+        settings = Settings.from_env({}, data_dir=workdir / "data", inline_below_ms=1e9)
+        app = create_app(settings)
+        async with app.router.lifespan_context(app):
+            body = await push_digits(app)
+            for _ in range(300):  # loads the function and fills its pool
+                assert await call(app, "POST", "/v2/models/digits/infer", body) == 200
+            failed = 0
+            helper.marks_on()
+            for _ in range(requests):
+                failed += await call(app, "POST", "/v2/models/digits/infer", body) != 200
+            helper.marks_off()
+            assert not failed, f"{failed} of the counted requests failed"
+    finally:
+        gateway.app.PREPARE_FORWARDER_AFTER_S = prepare_after
 
 
 def main() -> None:
